@@ -1,0 +1,25 @@
+"""The results store: SQLAlchemy 2.0 records, one session scope, and the queries that scheduler
+and worker share. Returns plain dataclasses, never ORM rows, to everything outside this package."""
+
+from store.db import (
+    StoreError,
+    create_schema,
+    make_engine,
+    read_only_engine,
+    redact_url,
+    session_scope,
+)
+from store.records import Base, JobRecord, LossPointRecord, SweepRecord
+
+__all__ = [
+    "Base",
+    "JobRecord",
+    "LossPointRecord",
+    "StoreError",
+    "SweepRecord",
+    "create_schema",
+    "make_engine",
+    "read_only_engine",
+    "redact_url",
+    "session_scope",
+]

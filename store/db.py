@@ -1,0 +1,138 @@
+"""Engines and the one session scope. SQLite gets WAL, a long busy timeout and ``BEGIN IMMEDIATE``
+so that many worker processes can write one file without "database is locked"; PostgreSQL needs
+nothing special. ``read_only_engine`` is the door ``polyfit sql`` goes through: read-only at the
+database level, not by inspecting the statement."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from store.records import Base
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+class StoreError(Exception):
+    """Raised when the results database cannot be opened, read or written."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to print or log."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for reading and writing results; creates a SQLite file's folder if needed."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StoreError(f"not a database URL: {redact_url(url)}") from e
+    if parsed.get_backend_name() != "sqlite":
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except (ArgumentError, ImportError, SQLAlchemyError) as e:
+            raise StoreError(f"cannot use database {redact_url(url)}: {e}") from e
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # pragma: no branch - trivial
+        # Let SQLAlchemy (not pysqlite) emit BEGIN, so that we can make it IMMEDIATE below.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # A deferred transaction that later needs to write can fail at once with SQLITE_BUSY
+        # (the busy handler is not consulted for a lock upgrade); taking the write lock up front
+        # makes writers queue on busy_timeout instead.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _deny_writes(action, arg1, arg2, dbname, source):
+    """SQLite authorizer for the read-only door: reads only, no ATTACH, no pragma assignments."""
+    allowed = {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_FUNCTION,
+        sqlite3.SQLITE_RECURSIVE,
+    }
+    if action in allowed:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is None:
+        return sqlite3.SQLITE_OK  # reading a pragma (e.g. table_info) is harmless
+    return sqlite3.SQLITE_DENY
+
+
+def read_only_engine(url: str) -> Engine:
+    """An engine that cannot change the database, whatever SQL it is given."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StoreError(f"not a database URL: {redact_url(url)}") from e
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "").expanduser().resolve()
+        if not path.is_file():
+            raise StoreError(f"no results database at {path}")
+        engine = create_engine(
+            f"sqlite:///file:{path}?mode=ro&uri=true",
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA query_only=ON")
+            cur.close()
+            dbapi_conn.set_authorizer(_deny_writes)
+
+        return engine
+    try:
+        # Every transaction on this engine is READ ONLY; the caller also rolls back.
+        return create_engine(url).execution_options(postgresql_readonly=True)
+    except (ArgumentError, ImportError, SQLAlchemyError) as e:
+        raise StoreError(f"cannot use database {redact_url(url)}: {e}") from e
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables and views if they are missing (idempotent)."""
+    try:
+        Base.metadata.create_all(engine)
+    except SQLAlchemyError as e:
+        raise StoreError(f"cannot create tables in {redact_url(str(engine.url))}: {e}") from e
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error, always close."""
+    session = Session(engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

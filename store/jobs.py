@@ -1,0 +1,385 @@
+"""What scheduler and worker do to the results: record a sweep and its jobs, claim jobs for a
+worker, store results exactly once, count, list, cancel and requeue. Every function takes an
+engine and plain values and returns plain dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from store.db import StoreError, redact_url, session_scope
+from store.records import (
+    CANCELLED,
+    ENDED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    JobRecord,
+    LossPointRecord,
+    SweepRecord,
+)
+
+# Rows are written in chunks so that one statement never carries an unbounded parameter list
+# (SQLite caps bound parameters per statement).
+_CHUNK = 500
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SweepView:
+    id: str
+    name: str
+    spec: dict
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: str
+    sweep_id: str
+    variant: str
+    lr: float
+    degree: int
+    seed: int
+    epochs: int
+    optimizer: str
+    device: str
+    target: str
+    dtype: str
+    x_start: float
+    x_stop: float
+    x_points: int
+    status: str
+    final_loss: float | None
+    mse: float | None
+    optimum_mse: float | None
+    coefficients: list | None
+    monomial: list | None
+    diverged_at_epoch: int | None
+    worker: str | None
+    ran_on: str | None
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    attempts: int
+    error: str | None
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        for key in ("started_at", "heartbeat_at", "finished_at"):
+            if out[key] is not None:
+                out[key] = out[key].isoformat()
+        return out
+
+
+JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobView))
+
+
+def _job_view(rec: JobRecord) -> JobView:
+    return JobView(**{name: getattr(rec, name) for name in JOB_COLUMNS})
+
+
+def _sweep_view(rec: SweepRecord) -> SweepView:
+    return SweepView(id=rec.id, name=rec.name, spec=rec.spec, created_at=rec.created_at)
+
+
+def _chunks(items: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _wrap(engine: Engine, e: Exception) -> StoreError:
+    return StoreError(f"results database {redact_url(str(engine.url))}: {e.__class__.__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}")
+
+
+def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Sequence[dict]) -> int:
+    """Record a sweep and its jobs as ``queued``; jobs already recorded are left as they are.
+
+    Returns how many jobs were new. All in one transaction: a sweep is never half-recorded."""
+    try:
+        with session_scope(engine) as s:
+            if s.get(SweepRecord, sweep_id) is None:
+                s.add(SweepRecord(id=sweep_id, name=name, spec=spec, created_at=now()))
+                s.flush()
+            existing = set(
+                s.scalars(select(JobRecord.id).where(JobRecord.sweep_id == sweep_id)).all()
+            )
+            new = [
+                {**job, "sweep_id": sweep_id, "status": QUEUED, "attempts": 0}
+                for job in jobs
+                if job["id"] not in existing
+            ]
+            for chunk in _chunks(new, 50):
+                s.execute(insert(JobRecord), list(chunk))
+            return len(new)
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def claim_jobs(
+    engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str, stale_after_s: float
+) -> list[str]:
+    """Mark the given jobs ``running`` by ``worker`` and return the ids it now owns.
+
+    A job is claimable while ``queued``, or while ``running`` with a heartbeat older than
+    ``stale_after_s`` (its worker died). Ended and cancelled jobs are never claimed again, which
+    is what makes a redelivered message harmless."""
+    t = now()
+    stale = t - timedelta(seconds=stale_after_s)
+    claimed: list[str] = []
+    try:
+        with session_scope(engine) as s:
+            for chunk in _chunks(list(job_ids)):
+                claimable = or_(
+                    JobRecord.status == QUEUED,
+                    (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
+                )
+                ids = s.scalars(
+                    select(JobRecord.id).where(
+                        JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk), claimable
+                    )
+                ).all()
+                if not ids:
+                    continue
+                s.execute(
+                    update(JobRecord)
+                    .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(ids))
+                    .values(
+                        status=RUNNING,
+                        worker=worker,
+                        started_at=t,
+                        heartbeat_at=t,
+                        attempts=JobRecord.attempts + 1,
+                        error=None,
+                    )
+                )
+                claimed.extend(ids)
+        return claimed
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def beat(engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str) -> None:
+    """Tell the store that ``worker`` is still alive and training these jobs."""
+    try:
+        with session_scope(engine) as s:
+            for chunk in _chunks(list(job_ids)):
+                s.execute(
+                    update(JobRecord)
+                    .where(
+                        JobRecord.sweep_id == sweep_id,
+                        JobRecord.id.in_(chunk),
+                        JobRecord.status == RUNNING,
+                        JobRecord.worker == worker,
+                    )
+                    .values(heartbeat_at=now())
+                )
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def save_results(
+    engine: Engine, sweep_id: str, outcomes: Sequence[tuple[str, dict]], worker: str, ran_on: str
+) -> int:
+    """Store each job's result once: only a ``running`` row owned by ``worker`` is updated, so a
+    second delivery of the same job (or a late writer after a reclaim) changes nothing.
+
+    ``outcomes`` holds (job id, FitResult.to_dict()) or (job id, {"status": "failed",
+    "error": text}). Returns how many rows were written."""
+    t = now()
+    written = 0
+    try:
+        with session_scope(engine) as s:
+            for job_id, result in outcomes:
+                values = {
+                    "status": result["status"],
+                    "finished_at": t,
+                    "heartbeat_at": t,
+                    "ran_on": ran_on,
+                    "error": result.get("error"),
+                }
+                for key in ("final_loss", "mse", "optimum_mse", "coefficients", "monomial",
+                            "diverged_at_epoch", "duration_s"):
+                    if key in result:
+                        values[key] = result[key]
+                done = s.execute(
+                    update(JobRecord)
+                    .where(
+                        JobRecord.sweep_id == sweep_id,
+                        JobRecord.id == job_id,
+                        JobRecord.status == RUNNING,
+                        JobRecord.worker == worker,
+                    )
+                    .values(**values)
+                ).rowcount
+                written += done
+                curve = result.get("loss_curve") or []
+                if done and curve:
+                    s.execute(
+                        delete(LossPointRecord).where(
+                            LossPointRecord.sweep_id == sweep_id, LossPointRecord.job_id == job_id
+                        )
+                    )
+                    s.execute(
+                        insert(LossPointRecord),
+                        [
+                            {"sweep_id": sweep_id, "job_id": job_id, "epoch": int(ep),
+                             "loss": loss}
+                            for ep, loss in curve
+                        ],
+                    )
+        return written
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:
+    try:
+        with session_scope(engine) as s:
+            rows = s.execute(
+                select(JobRecord.status, func.count())
+                .where(JobRecord.sweep_id == sweep_id)
+                .group_by(JobRecord.status)
+            ).all()
+        return {status: n for status, n in rows}
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def find_sweep(engine: Engine, ref: str | None) -> SweepView | None:
+    """The sweep whose id or name is ``ref`` (the latest of that name), or the latest sweep."""
+    try:
+        with session_scope(engine) as s:
+            q = select(SweepRecord).order_by(SweepRecord.created_at.desc()).limit(1)
+            if ref is not None:
+                rec = s.get(SweepRecord, ref)
+                if rec is not None:
+                    return _sweep_view(rec)
+                q = q.where(SweepRecord.name == ref)
+            rec = s.scalars(q).first()
+            return _sweep_view(rec) if rec is not None else None
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def list_jobs(
+    engine: Engine,
+    sweep_id: str,
+    *,
+    variants: Sequence[str] = (),
+    statuses: Sequence[str] = (),
+    degrees: Sequence[int] = (),
+    lr_min: float | None = None,
+    lr_max: float | None = None,
+    sort: str = "mse",
+    descending: bool = False,
+    limit: int | None = None,
+) -> list[JobView]:
+    """The jobs of a sweep, filtered and sorted (missing values last)."""
+    if sort not in JOB_COLUMNS:
+        raise StoreError(f"unknown column {sort!r}")
+    col = getattr(JobRecord, sort)
+    q = select(JobRecord).where(JobRecord.sweep_id == sweep_id)
+    if variants:
+        q = q.where(JobRecord.variant.in_(variants))
+    if statuses:
+        q = q.where(JobRecord.status.in_(statuses))
+    if degrees:
+        q = q.where(JobRecord.degree.in_(degrees))
+    if lr_min is not None:
+        q = q.where(JobRecord.lr >= lr_min)
+    if lr_max is not None:
+        q = q.where(JobRecord.lr <= lr_max)
+    q = q.order_by(col.is_(None), col.desc() if descending else col.asc(), JobRecord.id)
+    if limit is not None:
+        q = q.limit(limit)
+    try:
+        with session_scope(engine) as s:
+            return [_job_view(r) for r in s.scalars(q).all()]
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def loss_curves(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> dict[str, list]:
+    """Each job's loss curve as a list of (epoch, loss)."""
+    out: dict[str, list] = {j: [] for j in job_ids}
+    try:
+        with session_scope(engine) as s:
+            for chunk in _chunks(list(job_ids)):
+                rows = s.execute(
+                    select(LossPointRecord.job_id, LossPointRecord.epoch, LossPointRecord.loss)
+                    .where(LossPointRecord.sweep_id == sweep_id,
+                           LossPointRecord.job_id.in_(chunk))
+                    .order_by(LossPointRecord.job_id, LossPointRecord.epoch)
+                ).all()
+                for job_id, epoch, loss in rows:
+                    out[job_id].append((epoch, loss))
+        return out
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def cancel_sweep(engine: Engine, sweep_id: str) -> int:
+    """Jobs that have not started become ``cancelled``; running ones finish. Returns the count."""
+    try:
+        with session_scope(engine) as s:
+            return s.execute(
+                update(JobRecord)
+                .where(JobRecord.sweep_id == sweep_id, JobRecord.status == QUEUED)
+                .values(status=CANCELLED, finished_at=now())
+            ).rowcount
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list[JobView]:
+    """Put back to ``queued`` every job that has not ended well: failed, cancelled, still queued,
+    or ``running`` on a worker whose heartbeat stopped. Returns those jobs, to be enqueued."""
+    stale = now() - timedelta(seconds=stale_after_s)
+    missing = or_(
+        JobRecord.status.in_((QUEUED, FAILED, CANCELLED)),
+        (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
+    )
+    try:
+        with session_scope(engine) as s:
+            recs = s.scalars(
+                select(JobRecord).where(JobRecord.sweep_id == sweep_id, missing)
+            ).all()
+            ids = [r.id for r in recs]
+            for chunk in _chunks(ids):
+                s.execute(
+                    update(JobRecord)
+                    .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk))
+                    .values(status=QUEUED, worker=None, error=None, finished_at=None)
+                )
+            return [dataclasses.replace(_job_view(r), status=QUEUED) for r in recs]
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def release_worker(engine: Engine, worker_prefix: str) -> int:
+    """Jobs left ``running`` by a worker known to be stopped go back to ``queued`` at once
+    (without waiting for their heartbeat to go stale). Returns the count."""
+    try:
+        with session_scope(engine) as s:
+            return s.execute(
+                update(JobRecord)
+                .where(JobRecord.status == RUNNING, JobRecord.worker.startswith(worker_prefix))
+                .values(status=QUEUED, worker=None)
+            ).rowcount
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def all_ended(counts: dict[str, int]) -> bool:
+    return sum(counts.values()) > 0 and all(k in ENDED for k, v in counts.items() if v)

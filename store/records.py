@@ -1,0 +1,85 @@
+"""ORM records for the results database. Named ``...Record`` because "model" already means a
+fitted polynomial here. Column names of ``jobs`` and ``sweeps`` are part of the user contract:
+people query them with plain SQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+DIVERGED = "diverged"
+FAILED = "failed"
+CANCELLED = "cancelled"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, DIVERGED, FAILED, CANCELLED)
+# A job in one of these states will not change again unless someone resumes it.
+ENDED = (SUCCEEDED, DIVERGED, FAILED, CANCELLED)
+# The states a sweep counts as a success.
+OK = (SUCCEEDED, DIVERGED)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SweepRecord(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobRecord(Base):
+    __tablename__ = "jobs"
+
+    # (sweep_id, id) is the unique key that makes a redelivered result a no-op.
+    sweep_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(32))
+    lr: Mapped[float] = mapped_column(Float)
+    degree: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    epochs: Mapped[int] = mapped_column(Integer)
+    optimizer: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(16))
+    dtype: Mapped[str] = mapped_column(String(16))
+    x_start: Mapped[float] = mapped_column(Float)
+    x_stop: Mapped[float] = mapped_column(Float)
+    x_points: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    final_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mse: Mapped[float | None] = mapped_column(Float, nullable=True)
+    optimum_mse: Mapped[float | None] = mapped_column(Float, nullable=True)
+    coefficients: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    monomial: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    diverged_at_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    ran_on: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_jobs_sweep_status", "sweep_id", "status"),)
+
+
+class LossPointRecord(Base):
+    """One point of a job's loss curve (every 100 epochs, as the lesson prints it)."""
+
+    __tablename__ = "loss_curve"
+
+    sweep_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)

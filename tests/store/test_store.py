@@ -1,0 +1,178 @@
+"""The store against a real SQLite file and the real PostgreSQL server of this machine."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from store import create_schema, make_engine, redact_url
+from store import jobs as J
+from store.db import StoreError
+from tests.conftest import PG_URL
+
+
+def _job(i: int, **kw) -> dict:
+    row = {"id": f"job{i:04d}", "variant": "numpy", "lr": 1e-6, "degree": 3, "seed": i,
+           "epochs": 10, "optimizer": "sgd", "device": "cpu", "target": "sin",
+           "dtype": "float64", "x_start": -3.14, "x_stop": 3.14, "x_points": 100}
+    row.update(kw)
+    return row
+
+
+def _result(status="succeeded", **kw) -> dict:
+    out = {"status": status, "final_loss": 1.5, "mse": 0.01, "optimum_mse": 0.005,
+           "coefficients": [0.1, 0.2], "monomial": [0.1, 0.2], "diverged_at_epoch": None,
+           "duration_s": 0.1, "loss_curve": [[99, 3.0], [199, 2.0]]}
+    out.update(kw)
+    return out
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        eng = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
+        create_schema(eng)
+        yield eng
+        eng.dispose()
+        return
+    schema = f"pf_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    try:
+        with admin.begin() as c:
+            c.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {e}")
+    eng = make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
+    create_schema(eng)
+    yield eng
+    eng.dispose()
+    with admin.begin() as c:
+        c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_save_sweep_is_idempotent_and_keeps_existing_jobs(engine):
+    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [_job(i) for i in range(3)]) == 3
+    J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
+    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [_job(i) for i in range(4)]) == 1
+    counts = J.status_counts(engine, "s1")
+    assert counts == {"queued": 3, "running": 1}
+
+
+def test_claim_gives_a_job_to_one_worker_only(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(4)])
+    first = J.claim_jobs(engine, "s1", ["job0000", "job0001"], "w1", 60)
+    second = J.claim_jobs(engine, "s1", ["job0001", "job0002"], "w2", 60)
+    assert sorted(first) == ["job0000", "job0001"]
+    assert second == ["job0002"]
+
+
+def test_a_stale_running_job_can_be_claimed_again(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [_job(0)])
+    assert J.claim_jobs(engine, "s1", ["job0000"], "dead", 60) == ["job0000"]
+    # Heartbeat from the past: the worker died.
+    from sqlalchemy import update
+
+    from store.records import JobRecord
+    with engine.begin() as c:
+        c.execute(update(JobRecord).values(heartbeat_at=J.now() - timedelta(seconds=120)))
+    assert J.claim_jobs(engine, "s1", ["job0000"], "alive", 60) == ["job0000"]
+    job = J.list_jobs(engine, "s1")[0]
+    assert job.worker == "alive" and job.attempts == 2
+
+
+def test_a_result_is_written_once_and_a_redelivery_is_a_no_op(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [_job(0)])
+    J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
+    assert J.save_results(engine, "s1", [("job0000", _result())], "w1", "cpu") == 1
+    assert J.save_results(engine, "s1", [("job0000", _result(mse=9.0))], "w1", "cpu") == 0
+    assert J.claim_jobs(engine, "s1", ["job0000"], "w2", 0) == []
+    job = J.list_jobs(engine, "s1")[0]
+    assert job.status == "succeeded" and job.mse == 0.01 and job.coefficients == [0.1, 0.2]
+    assert J.loss_curves(engine, "s1", ["job0000"]) == {"job0000": [(99, 3.0), (199, 2.0)]}
+
+
+def test_a_late_writer_that_lost_its_claim_writes_nothing(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [_job(0)])
+    J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
+    J.claim_jobs(engine, "s1", ["job0000"], "w2", -1)  # w1 looked dead; w2 took over
+    assert J.save_results(engine, "s1", [("job0000", _result())], "w1", "cpu") == 0
+    assert J.save_results(engine, "s1", [("job0000", _result())], "w2", "cpu") == 1
+
+
+def test_failed_outcome_keeps_its_error(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [_job(0)])
+    J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
+    J.save_results(engine, "s1", [("job0000", {"status": "failed", "error": "Boom: x"})],
+                   "w1", "cpu")
+    job = J.list_jobs(engine, "s1")[0]
+    assert job.status == "failed" and job.error == "Boom: x"
+
+
+def test_requeue_takes_exactly_the_jobs_that_have_not_ended_well(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(5)])
+    J.claim_jobs(engine, "s1", ["job0000", "job0001", "job0002"], "w1", 60)
+    J.save_results(engine, "s1", [("job0000", _result()),
+                                  ("job0001", {"status": "failed", "error": "x"})], "w1", "cpu")
+    # job0002 is running on a live worker; job0003/4 are queued.
+    ids = sorted(j.id for j in J.requeue_missing(engine, "s1", 60))
+    assert ids == ["job0001", "job0003", "job0004"]
+    assert J.status_counts(engine, "s1") == {"succeeded": 1, "queued": 3, "running": 1}
+    # The running one counts as missing once its worker's heartbeat is stale.
+    ids = sorted(j.id for j in J.requeue_missing(engine, "s1", -1))
+    assert "job0002" in ids
+
+
+def test_cancel_touches_only_jobs_that_have_not_started(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(3)])
+    J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
+    assert J.cancel_sweep(engine, "s1") == 2
+    assert J.status_counts(engine, "s1") == {"running": 1, "cancelled": 2}
+
+
+def test_find_sweep_by_id_name_or_latest(engine):
+    J.save_sweep(engine, "aaa", "first", {}, [_job(0)])
+    J.save_sweep(engine, "bbb", "second", {}, [_job(0)])
+    assert J.find_sweep(engine, "aaa").name == "first"
+    assert J.find_sweep(engine, "second").id == "bbb"
+    assert J.find_sweep(engine, None).id == "bbb"
+    assert J.find_sweep(engine, "nope") is None
+
+
+def test_list_jobs_filters_and_sorts(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [_job(0, lr=1e-3), _job(1, lr=1e-6),
+                                            _job(2, variant="module", degree=5)])
+    J.claim_jobs(engine, "s1", ["job0000", "job0001"], "w", 60)
+    J.save_results(engine, "s1", [("job0000", _result(mse=0.5)),
+                                  ("job0001", _result(mse=0.1))], "w", "cpu")
+    assert [j.id for j in J.list_jobs(engine, "s1", sort="mse")] == [
+        "job0001", "job0000", "job0002"]  # missing values last
+    assert [j.id for j in J.list_jobs(engine, "s1", variants=["module"])] == ["job0002"]
+    assert [j.id for j in J.list_jobs(engine, "s1", lr_min=1e-4)] == ["job0000"]
+    assert [j.id for j in J.list_jobs(engine, "s1", degrees=[5])] == ["job0002"]
+    assert len(J.list_jobs(engine, "s1", limit=1)) == 1
+    with pytest.raises(StoreError):
+        J.list_jobs(engine, "s1", sort="nope")
+
+
+def test_release_worker_requeues_only_that_workers_jobs(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(2)])
+    J.claim_jobs(engine, "s1", ["job0000"], "polyfit-cpu-12@h", 60)
+    J.claim_jobs(engine, "s1", ["job0001"], "polyfit-cpu-123@h", 60)
+    assert J.release_worker(engine, "polyfit-cpu-12@") == 1
+    assert J.status_counts(engine, "s1") == {"queued": 1, "running": 1}
+
+
+def test_redact_url_hides_passwords():
+    assert redact_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    assert redact_url("redis://:secret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_url("sqlite:///x.sqlite") == "sqlite:///x.sqlite"
+
+
+def test_unreachable_database_is_a_store_error(tmp_path):
+    eng = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with pytest.raises(StoreError):
+        J.status_counts(eng, "s1")
