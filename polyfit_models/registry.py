@@ -1,0 +1,118 @@
+"""The registry of model variants: one :class:`Variant` per program of the lesson.
+
+``VARIANTS`` is the single place where a variant's name, defaults, limits and implementation
+meet; validation, ``fit_many`` and the CLI all read it, so nothing elsewhere branches on a
+variant's name. Defaults are the lesson's settings.
+
+Degree caps (``max_degree`` = 16 for every variant): the sum-of-squares loss and the gradient of
+the top coefficient scale like ``x_points * max|x|^(2 degree)``. For x up to pi and 2000 points
+that stays finite in float32 (max ~3.4e38) up to degree ~29, but gradient descent on monomials
+stops meaning anything long before: the condition number of ``V^T V`` is ~1e7 at degree 5 and
+~1e17 at degree 12 on [-pi, pi], so past degree ~12 the top coefficients cannot move at any
+stable learning rate even in float64. 16 leaves room to show that while staying far from
+overflow. ``JobSpec`` also checks the cap against the job's own x range and dtype (see
+``problem.power_sum_is_safe``), which is what protects wide x ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .problem import OPTIMIZERS
+from .variants import autograd, dynamic, legendre, module, numpy_gd, tensor
+from .variants.common import monomial_identity, monomial_predict
+
+ALL_AXES = ("lr", "degree", "seed", "epochs", "optimizer", "dtype", "device")
+MAX_DEGREE = 16
+
+
+@dataclass(frozen=True, eq=False)
+class Variant:
+    """One model variant: what it is, what it accepts, and how it trains a batch."""
+
+    name: str
+    summary: str  # one line, for ``polyfit variants``
+    loss: str  # "sse" (sum of squared errors) or "mse" (mean squared error)
+    axes: tuple[str, ...]  # the JobSpec/sweep axes this variant uses
+    devices: tuple[str, ...]  # device types it runs on
+    optimizers: tuple[str, ...]
+    min_degree: int
+    max_degree: int
+    defaults: Mapping[str, object]  # lr, degree, epochs, optimizer, dtype
+    #: Trains one batch (specs equal except lr and seed) on a torch.device -> loop.RawFits.
+    train: Callable
+    #: Float64 values (B, N) of the fitted models, from (B, P) coefficients, x and the degree.
+    predict: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+    #: The ordinary-basis (ascending power) coefficients of one fit, or None.
+    monomial: Callable[[np.ndarray, int], list[float] | None]
+    #: Number of trainable parameters when it does not follow the degree (legendre, dynamic).
+    fixed_coefficients: int | None = None
+    #: Approximate number of (B, x_points) temporaries alive at the peak of one epoch.
+    live_rows: Callable[[int], int] = lambda degree: 6
+
+    def n_coefficients(self, degree: int) -> int:
+        """How many trainable coefficients a fit of this degree has."""
+        return self.fixed_coefficients if self.fixed_coefficients is not None else degree + 1
+
+
+def _defaults(lr: float, degree: int, epochs: int, optimizer: str, dtype: str):
+    return MappingProxyType(dict(lr=lr, degree=degree, epochs=epochs, optimizer=optimizer,
+                                 dtype=dtype))
+
+
+_TORCH_DEVICES = ("cpu", "cuda")
+
+VARIANTS: "Mapping[str, Variant]" = MappingProxyType({v.name: v for v in (
+    Variant(
+        name="numpy",
+        summary="NumPy, hand-written forward and backward, plain gradient descent (CPU only)",
+        loss="sse", axes=("lr", "degree", "seed", "epochs", "dtype"), devices=("cpu",),
+        optimizers=("sgd",), min_degree=1, max_degree=MAX_DEGREE,
+        defaults=_defaults(1e-6, 3, 2000, "sgd", "float64"),
+        train=numpy_gd.train, predict=monomial_predict, monomial=monomial_identity,
+        live_rows=lambda degree: 4),
+    Variant(
+        name="tensor",
+        summary="torch tensors with hand-written gradients, no autograd (CPU or GPU)",
+        loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+        min_degree=1, max_degree=MAX_DEGREE,
+        defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
+        train=tensor.train, predict=monomial_predict, monomial=monomial_identity,
+        live_rows=lambda degree: 3),
+    Variant(
+        name="autograd",
+        summary="torch tensors with requires_grad, loss.backward(), manual update",
+        loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+        min_degree=1, max_degree=MAX_DEGREE,
+        defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
+        train=autograd.train, predict=monomial_predict, monomial=monomial_identity,
+        live_rows=lambda degree: 6),
+    Variant(
+        name="legendre",
+        summary="y = a + b * P_n(c + d x) through a custom autograd Function (degree is n)",
+        loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+        min_degree=1, max_degree=MAX_DEGREE,
+        defaults=_defaults(5e-6, 3, 2000, "sgd", "float32"),
+        train=legendre.train, predict=legendre.predict, monomial=legendre.monomial,
+        fixed_coefficients=4, live_rows=lambda degree: 12),
+    Variant(
+        name="module",
+        summary="an nn.Module polynomial trained with torch.optim (Adam) and MSELoss",
+        loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+        min_degree=1, max_degree=MAX_DEGREE,
+        defaults=_defaults(1e-3, 3, 2000, "adam", "float32"),
+        train=module.train, predict=monomial_predict, monomial=monomial_identity,
+        live_rows=lambda degree: 6),
+    Variant(
+        name="dynamic",
+        summary="a cubic plus a shared weight e on x^4..x^k, k drawn from [4, degree] each pass",
+        loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+        min_degree=4, max_degree=MAX_DEGREE,
+        defaults=_defaults(1e-8, 5, 30000, "momentum", "float32"),
+        train=dynamic.train, predict=dynamic.predict, monomial=dynamic.monomial,
+        fixed_coefficients=5, live_rows=lambda degree: 6),
+)})

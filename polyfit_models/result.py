@@ -1,0 +1,80 @@
+"""The outcome of one fit, as a frozen record of JSON-safe values.
+
+Non-finite numbers never appear: a value that is not finite is reported as ``None``. ``mse`` is
+the one figure that compares variants (mean squared error of the final model against the target
+on the job's grid, evaluated in float64 from the final coefficients); ``final_loss`` is the
+variant's own training objective at the end (sum of squared errors or mean squared error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import ResultError
+
+STATUSES = ("succeeded", "diverged")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What one fit produced (see the module docstring for the meaning of each figure)."""
+
+    status: str  # "succeeded" | "diverged"
+    final_loss: float | None  # training objective at the end; last good value if diverged
+    mse: float | None  # mean squared error of the final model on the grid vs the target
+    optimum_mse: float  # least-squares optimum mse for a polynomial of the job's degree
+    coefficients: list  # the variant's own parameters (None where not finite)
+    monomial: list | None  # ascending-power coefficients in the ordinary basis, if defined
+    loss_curve: list  # [epoch, loss] at every epoch % 100 == 99 before divergence
+    diverged_at_epoch: int | None
+    duration_s: float  # this job's share of its batch's wall time
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FitResult":
+        """Rebuild a result from ``to_dict`` output; raises ``ResultError`` on malformed input."""
+        if not isinstance(data, Mapping):
+            raise ResultError(f"a fit result must be a mapping, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [repr(k) for k in data if k not in names]
+        missing = [k for k in names if k not in data]
+        if unknown or missing:
+            raise ResultError(f"fit result keys do not match: unknown {unknown}, missing {missing}")
+        if data["status"] not in STATUSES:
+            raise ResultError(f"status must be one of {', '.join(STATUSES)}, "
+                              f"got {data['status']!r}")
+        for name in ("final_loss", "mse", "optimum_mse", "duration_s"):
+            value = data[name]
+            if value is None and name in ("final_loss", "mse"):
+                continue
+            if not _is_finite_number(value):
+                raise ResultError(f"{name} must be a finite number, got {value!r}")
+        at = data["diverged_at_epoch"]
+        if at is not None and (isinstance(at, bool) or not isinstance(at, int)):
+            raise ResultError(f"diverged_at_epoch must be an integer or None, got {at!r}")
+        for name in ("coefficients", "monomial", "loss_curve"):
+            if data[name] is None and name == "monomial":
+                continue
+            if not isinstance(data[name], (list, tuple)):
+                raise ResultError(f"{name} must be a list, got {data[name]!r}")
+        return cls(**{**data,
+                      "coefficients": list(data["coefficients"]),
+                      "monomial": None if data["monomial"] is None else list(data["monomial"]),
+                      "loss_curve": [list(point) for point in data["loss_curve"]]})
+
+
+def _is_finite_number(value: Any) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def finite_or_none(value: float) -> float | None:
+    """``float(value)`` if it is finite, else None (results never hold NaN or inf)."""
+    value = float(value)
+    return value if math.isfinite(value) else None

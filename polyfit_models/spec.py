@@ -1,0 +1,148 @@
+"""The job spec: one fit, as a frozen record of JSON primitives.
+
+A :class:`JobSpec` is what travels in a queue message and what a result is keyed by. It cannot
+exist in an invalid state: ``__post_init__`` checks every field against the variant's entry in
+the registry and raises :class:`SpecError` with one line naming the field. ``from_dict`` adds the
+checks a plain dict needs (unknown and missing keys, wrong types), so it raises nothing but
+``SpecError`` on any input. The device is not part of a spec: the same job may run anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import SpecError
+from .problem import DTYPES, TARGETS, power_sum_is_safe
+from .registry import VARIANTS
+
+MAX_LR = 10.0
+SEED_LIMIT = 2 ** 32
+MAX_EPOCHS = 10_000_000
+MAX_POINTS = 10_000_000
+
+_FLOAT_FIELDS = ("lr", "x_start", "x_stop")
+_INT_FIELDS = ("degree", "seed", "epochs", "x_points")
+_STR_FIELDS = ("variant", "optimizer", "target", "dtype")
+
+
+def _show(value: Any) -> str:
+    """A short, single-line rendering of a bad value for an error message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SpecError(f"{name} must be a number, got {_show(value)}")
+    try:
+        result = float(value)
+    except (OverflowError, ValueError, TypeError):
+        raise SpecError(f"{name} must be a finite number, got {_show(value)}") from None
+    if not math.isfinite(result):
+        raise SpecError(f"{name} must be finite, got {_show(value)}")
+    return result
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SpecError(f"{name} must be an integer, got {_show(value)}")
+    return int(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """One polynomial fit: the variant and every setting that determines its result."""
+
+    variant: str
+    lr: float
+    degree: int
+    seed: int
+    epochs: int
+    optimizer: str
+    target: str = "sin"
+    x_start: float = -math.pi
+    x_stop: float = math.pi
+    x_points: int = 2000
+    dtype: str
+
+    def __post_init__(self) -> None:
+        for name in _STR_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise SpecError(f"{name} must be a string, got {_show(value)}")
+        if self.variant not in VARIANTS:
+            raise SpecError(f"variant must be one of {', '.join(VARIANTS)}, "
+                            f"got {_show(self.variant)}")
+        variant = VARIANTS[self.variant]
+        # Normalise numbers (an integral 3.0 for an int field, an int for a float field), so
+        # that equal specs compare, hash and serialise equal.
+        for name in _FLOAT_FIELDS:
+            object.__setattr__(self, name, _as_float(name, getattr(self, name)))
+        for name in _INT_FIELDS:
+            object.__setattr__(self, name, _as_int(name, getattr(self, name)))
+
+        if not 0.0 < self.lr <= MAX_LR:
+            raise SpecError(f"lr must be > 0 and <= {MAX_LR:g}, got {self.lr!r}")
+        if not variant.min_degree <= self.degree <= variant.max_degree:
+            raise SpecError(f"degree must be between {variant.min_degree} and "
+                            f"{variant.max_degree} for variant {self.variant}, got {self.degree}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise SpecError(f"seed must be >= 0 and < 2**32, got {self.seed}")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise SpecError(f"epochs must be between 1 and {MAX_EPOCHS}, got {self.epochs}")
+        if self.optimizer not in variant.optimizers:
+            raise SpecError(f"optimizer must be one of {', '.join(variant.optimizers)} for "
+                            f"variant {self.variant}, got {_show(self.optimizer)}")
+        if self.target not in TARGETS:
+            raise SpecError(f"target must be one of {', '.join(TARGETS)}, "
+                            f"got {_show(self.target)}")
+        if self.dtype not in DTYPES:
+            raise SpecError(f"dtype must be one of {', '.join(DTYPES)}, got {_show(self.dtype)}")
+        if not 2 <= self.x_points <= MAX_POINTS:
+            raise SpecError(f"x_points must be between 2 and {MAX_POINTS}, got {self.x_points}")
+        if not self.x_start < self.x_stop:
+            raise SpecError(f"x_start must be < x_stop, got x_start={self.x_start!r} "
+                            f"and x_stop={self.x_stop!r}")
+        if not power_sum_is_safe(self.degree, self.x_start, self.x_stop, self.x_points,
+                                 self.dtype):
+            raise SpecError(
+                f"degree {self.degree} is too high for x in [{self.x_start:g}, {self.x_stop:g}] "
+                f"with {self.x_points} points in {self.dtype}: the sum of x^(2*degree) would "
+                f"overflow; lower the degree, narrow the x range or use float64")
+
+    @classmethod
+    def create(cls, variant: str, **overrides: Any) -> "JobSpec":
+        """A spec for ``variant`` with the variant's defaults (seed 0) for every field not
+        given in ``overrides``."""
+        if not isinstance(variant, str) or variant not in VARIANTS:
+            raise SpecError(f"variant must be one of {', '.join(VARIANTS)}, got {_show(variant)}")
+        fields: dict[str, Any] = {"seed": 0, **VARIANTS[variant].defaults, **overrides}
+        return cls.from_dict({"variant": variant, **fields})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a plain dict of JSON primitives."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "JobSpec":
+        """Validate ``data`` and build the spec; raises ``SpecError`` (one line) on bad input."""
+        if not isinstance(data, Mapping):
+            raise SpecError(f"a job spec must be a mapping, got {type(data).__name__}")
+        unknown = [k for k in data if k not in _FIELD_NAMES]
+        if unknown:
+            raise SpecError("unknown job spec key(s): " + ", ".join(_show(k) for k in unknown))
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise SpecError("job spec is missing key(s): " + ", ".join(missing))
+        return cls(**data)
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(JobSpec))
+_REQUIRED = tuple(f.name for f in dataclasses.fields(JobSpec)
+                  if f.default is dataclasses.MISSING)

@@ -1,0 +1,1 @@
+"""One module per model variant of the lesson; ``polyfit_models.registry`` wires them up."""

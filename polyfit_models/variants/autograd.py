@@ -1,0 +1,48 @@
+"""The ``autograd`` variant: the lesson's second program, gradients by ``loss.backward()``.
+
+The coefficients are a leaf tensor with ``requires_grad``; the forward pass builds the graph
+``y_pred = C @ V.T``, ``loss = (y_pred - y).pow(2).sum()`` per job, and autograd fills
+``C.grad``. Summing the per-job losses before ``backward`` gives each row exactly its own
+gradient, because a job's loss depends on its own row only. ``sgd`` is the lesson's manual
+``p -= lr * p.grad``; the other rules come from ``optim.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import loop
+from ..optim import RowwiseOptimizer
+from ..problem import torch_grid
+from .common import initial_rows, lr_column
+
+
+class AutogradProgram:
+    """A batch of polynomial fits differentiated by autograd (rows of ``coef`` are jobs)."""
+
+    def __init__(self, specs, device: torch.device) -> None:
+        spec = specs[0]
+        _, self.y, V = torch_grid(spec, spec.degree, device)
+        self.Vt = V.T.contiguous()
+        self.coef = initial_rows(specs, spec.degree + 1, device).requires_grad_()
+        self.batch_size = len(specs)
+        self.params = [self.coef]
+        self.param_rows = [slice(None)]
+        self.optimizer = RowwiseOptimizer(spec.optimizer, self.params, lr_column(specs, device))
+
+    def evaluate(self, epoch: int, with_grads: bool):
+        with torch.set_grad_enabled(with_grads):
+            y_pred = self.coef @ self.Vt
+            loss = (y_pred - self.y).pow(2).sum(dim=1)
+        if not with_grads:
+            return loss, None
+        loss.sum().backward()
+        grad, self.coef.grad = self.coef.grad, None
+        return loss.detach(), [grad]
+
+    def coefficients(self, params):
+        return params[0]
+
+
+def train(specs, device) -> loop.RawFits:
+    return loop.run(AutogradProgram(specs, device), specs[0].epochs)

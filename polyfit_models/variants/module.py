@@ -1,0 +1,84 @@
+"""The ``module`` variant: the lesson's ``nn.Module`` polynomial trained with ``torch.optim``.
+
+:class:`PolynomialModel` holds the coefficients of a batch of polynomials as parameters, one
+(b, degree + 1) block per learning rate, so that ``torch.optim`` (Adam by default) can give each
+block its own parameter group and lr; its forward evaluates every job's polynomial on the grid.
+The loss is ``torch.nn.MSELoss`` per job (``reduction="none"``, then the mean over the points),
+summed over jobs before ``backward``: a job's loss depends on its own coefficients only, so each
+gets exactly the gradient of its own mean squared error.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import loop
+from ..optim import TorchOptimizer
+from ..problem import torch_grid
+from .common import initial_rows, lr_blocks
+
+_SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def describe_polynomial(coefficients) -> str:
+    """The lesson's ``y = a + bx + cx² + dx³`` text for ascending-power coefficients."""
+    terms = []
+    for k, c in enumerate(coefficients):
+        power = "" if k == 0 else "x" if k == 1 else "x" + str(k).translate(_SUPERSCRIPTS)
+        terms.append(f"{float(c):.3f}{power}")
+    return "y = " + " + ".join(terms)
+
+
+class PolynomialModel(torch.nn.Module):
+    """Polynomials ``sum_k c_k x^k`` for a batch of jobs (one row of coefficients per job),
+    stored as one parameter per block of rows that share a learning rate."""
+
+    def __init__(self, coefficients: torch.Tensor, blocks: list[slice]) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ParameterList(
+            [torch.nn.Parameter(coefficients[rows].clone()) for rows in blocks])
+
+    def coefficients(self) -> torch.Tensor:
+        """All jobs' coefficients, (B, degree + 1), in batch order."""
+        return torch.cat(list(self.blocks), dim=0)
+
+    def forward(self, powers: torch.Tensor) -> torch.Tensor:
+        """Every job's polynomial at the points whose powers are the rows of ``powers``."""
+        return self.coefficients() @ powers.T
+
+    def describe(self, job: int = 0) -> str:
+        """The fitted polynomial of one job as text, as the lesson prints it."""
+        return describe_polynomial(self.coefficients()[job].tolist())
+
+
+class ModuleProgram:
+    def __init__(self, specs, device: torch.device) -> None:
+        spec = specs[0]
+        _, y, self.V = torch_grid(spec, spec.degree, device)
+        blocks = lr_blocks(specs)
+        self.model = PolynomialModel(initial_rows(specs, spec.degree + 1, device),
+                                     [rows for rows, _ in blocks])
+        self.criterion = torch.nn.MSELoss(reduction="none")
+        self.target = y.expand(len(specs), -1)
+        self.batch_size = len(specs)
+        self.params = list(self.model.blocks)
+        self.param_rows = [rows for rows, _ in blocks]
+        self.optimizer = TorchOptimizer(spec.optimizer, [([p], lr) for p, (_, lr)
+                                                         in zip(self.params, blocks)])
+
+    def evaluate(self, epoch: int, with_grads: bool):
+        with torch.set_grad_enabled(with_grads):
+            loss = self.criterion(self.model(self.V), self.target).mean(dim=1)
+        if not with_grads:
+            return loss, None
+        loss.sum().backward()
+        grads = [p.grad for p in self.params]
+        self.model.zero_grad(set_to_none=True)
+        return loss.detach(), grads
+
+    def coefficients(self, params):
+        return torch.cat(list(params), dim=0)
+
+
+def train(specs, device) -> loop.RawFits:
+    return loop.run(ModuleProgram(specs, device), specs[0].epochs)

@@ -1,0 +1,61 @@
+"""The ``numpy`` variant: the lesson's first program, NumPy only.
+
+Forward ``y_pred = sum_k c_k x^k``, loss the sum of squared errors, hand-written backward
+``grad_y = 2 (y_pred - y)``, ``grad_k = sum(grad_y * x^k)``, plain gradient descent. A batch
+stacks its jobs' coefficients as the rows of ``C`` and keeps the powers ``x^k`` as the columns of
+``V``, so the lesson's per-coefficient sums become two matrix products, ``C @ V.T`` forward and
+``grad_y @ V`` backward, one row per job. The divergence bookkeeping mirrors ``loop.run`` (which
+is torch) in NumPy, so this variant never touches torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..loop import CURVE_EVERY, RawFits, explosion_limit
+from ..problem import grid, numpy_dtype, powers, seeded_generators, standard_normal_rows, \
+    target_values
+
+
+def train(specs, device) -> RawFits:
+    """Train ``specs`` (one batch: equal except lr and seed) on the CPU with NumPy."""
+    spec = specs[0]
+    dtype = numpy_dtype(spec.dtype)
+    x = grid(spec.x_start, spec.x_stop, spec.x_points)
+    y = target_values(spec.target, x).astype(dtype)
+    V = powers(x, spec.degree).astype(dtype)
+    coef = standard_normal_rows(seeded_generators(s.seed for s in specs),
+                                spec.degree + 1).astype(dtype)
+    lr = np.array([[s.lr] for s in specs], dtype=dtype)
+    batch, epochs = len(specs), spec.epochs
+
+    active = np.ones(batch, dtype=bool)
+    diverged_at = np.full(batch, -1, dtype=np.int64)
+    final_loss = np.full(batch, np.nan, dtype=dtype)
+    curve = np.full((batch, epochs // CURVE_EVERY), np.nan, dtype=dtype)
+    good = coef.copy()
+    limit = None
+    with np.errstate(all="ignore"):  # a diverging job overflows; that is detected, not an error
+        for epoch in range(epochs + 1):
+            y_pred = coef @ V.T
+            err = y_pred - y
+            loss = np.sum(err * err, axis=1)
+            if limit is None:
+                limit = explosion_limit(loss)
+            bad = ~(loss <= limit)
+            diverged_at[bad & active] = epoch
+            active &= ~bad
+            np.copyto(final_loss, loss, where=active)
+            if epoch % CURVE_EVERY == CURVE_EVERY - 1:
+                curve[:, epoch // CURVE_EVERY] = loss
+                if not active.any():
+                    break
+            np.copyto(good, coef, where=active[:, None])
+            if epoch == epochs:
+                break
+            grad_y = 2.0 * err
+            grad = grad_y @ V
+            coef -= lr * grad
+            np.copyto(coef, good, where=~active[:, None])
+    return RawFits(coefficients=good.astype(np.float64), final_loss=final_loss.astype(np.float64),
+                   diverged_at=diverged_at, curve=curve.astype(np.float64))
