@@ -1,0 +1,2 @@
+"""The Click scheduler: sweep spec -> jobs expansion, submission, local workers, queries and
+reports."""

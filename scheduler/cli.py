@@ -1,0 +1,364 @@
+"""The ``polyfit`` command line (Click). Settings come from flags and environment variables,
+read once here and passed down. Every error ends as one line on stderr: exit 2 for bad usage or
+input, exit 1 when the work ran but something failed or a server was unreachable."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from polyfit_models import VARIANTS, PolyfitModelError
+from scheduler import queries, report
+from scheduler.sweep import AXES, SweepSpecError, build_plan, load_spec_file, parse_flag
+from store import StoreError, create_schema, make_engine
+from store.db import sqlite_path
+from store import jobs as store_jobs
+from store.records import STATUSES
+from worker.settings import ENV_BROKER, ENV_DB, Settings, SettingsError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "optimizer", "device",
+                 "status", "final_loss", "mse", "optimum_mse", "diverged_at_epoch", "duration_s")
+
+
+class InputError(click.ClickException):
+    """Raised when the user's input (a spec, a flag value, a name) is unusable: exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class WorkFailed(click.ClickException):
+    """Raised when the work ran but failed, or a server was unreachable: exit 1."""
+
+    exit_code = EXIT_FAILED
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "error"
+
+
+class PolyfitGroup(click.Group):
+    """A group whose errors are one line on stderr, never a usage dump or a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            click.echo(f"Error: {_one_line(e.format_message())}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as e:
+            click.echo(f"Error: {_one_line(e.format_message())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except (SweepSpecError, SettingsError, PolyfitModelError, ValueError) as e:
+            click.echo(f"Error: {_one_line(str(e))}", err=True)
+            sys.exit(EXIT_USAGE)
+        except StoreError as e:
+            click.echo(f"Error: {_one_line(str(e))}", err=True)
+            sys.exit(EXIT_FAILED)
+        except Exception as e:  # noqa: BLE001 - the promise is: no traceback, ever
+            click.echo(f"Error: internal error: {e.__class__.__name__}: {_one_line(str(e))}",
+                       err=True)
+            sys.exit(EXIT_FAILED)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def db_option(f):
+    return click.option("--db", "db_url", envvar=ENV_DB, default=None, metavar="URL",
+                        help="Results database (any SQLAlchemy URL). "
+                             "[default: sqlite:///polyfit.sqlite]")(f)
+
+
+def broker_option(f):
+    return click.option("--broker", "broker", envvar=ENV_BROKER, default=None, metavar="URL",
+                        help="Broker URL, e.g. redis://HOST:6379/0. "
+                             "[default: embedded, next to the database, no server]")(f)
+
+
+def _settings(db_url: str | None, broker: str | None = None) -> Settings:
+    try:
+        return Settings.from_env(db_url=db_url, broker=broker)
+    except SettingsError as e:
+        raise InputError(str(e)) from e
+
+
+def _engine(settings: Settings):
+    """The results database of a command that reads it: refuse to create a new SQLite file."""
+    path = sqlite_path(settings.db_url)
+    if path is not None and not path.is_file():
+        raise InputError(f"no results database at {path} (run or submit a sweep first)")
+    engine = make_engine(settings.db_url)
+    create_schema(engine)
+    return engine
+
+
+def _sweep(engine, ref: str | None) -> store_jobs.SweepView:
+    sweep = store_jobs.find_sweep(engine, ref)
+    if sweep is None:
+        raise InputError(f"no sweep {ref!r}" if ref else "no sweep recorded yet")
+    return sweep
+
+
+@click.group(cls=PolyfitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="polyfit")
+def cli() -> None:
+    """polyfit: sweep many small polynomial fits across CPU and GPU workers; results in SQL."""
+
+
+@cli.command()
+def variants() -> None:
+    """List the model variants, one line each, with the axes each one uses."""
+    width = max(len(n) for n in VARIANTS)
+    for name, v in VARIANTS.items():
+        d = v.defaults
+        click.echo(f"{name.ljust(width)}  {v.summary}  axes: {', '.join(v.axes)}  "
+                   f"defaults: lr={d['lr']:g} degree={d['degree']} epochs={d['epochs']} "
+                   f"optimizer={d['optimizer']}")
+
+
+# -- sweeps ------------------------------------------------------------------------------------
+
+def axis_options(f):
+    for axis in reversed(AXES):
+        f = click.option(f"--{axis}", f"axis_{axis}", multiple=True, metavar="LIST",
+                         help=f"Comma-separated {axis} values (repeatable); overrides the file."
+                         + (" Ranges like 0-9 allowed." if axis in ("seed", "degree") else ""))(f)
+    return f
+
+
+def _plan(spec_path: str | None, axes: dict, name: str | None, settings: Settings):
+    raw = load_spec_file(spec_path) if spec_path else None
+    overrides = {}
+    for axis in AXES:
+        values = axes.get(f"axis_{axis}") or ()
+        if values:
+            overrides[axis] = [item for v in values for item in parse_flag(axis, v)]
+    default_name = Path(spec_path).stem if spec_path else "sweep"
+    plan = build_plan(raw, overrides, name=name, default_name=default_name,
+                      max_jobs=settings.max_jobs, max_job_work=settings.max_job_work)
+    for reason in plan.skipped:
+        click.echo(f"left out: {reason}", err=True)
+    return plan
+
+
+@cli.group()
+def sweep() -> None:
+    """Submit, run and resume sweeps."""
+
+
+@sweep.command("submit")
+@click.argument("spec_path", metavar="[SPEC.yaml]", required=False,
+                type=click.Path(dir_okay=False))
+@axis_options
+@click.option("--name", default=None, help="Sweep name (default: the spec's name or file name).")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
+              help="Jobs per task. [default: from a memory budget per device]")
+@db_option
+@broker_option
+def sweep_submit(spec_path, name, batch_size, db_url, broker, **axes) -> None:
+    """Only enqueue the sweep; print its id as the last line of stdout."""
+    from scheduler.submit import BrokerError, submit
+
+    settings = _settings(db_url, broker)
+    plan = _plan(spec_path, axes, name, settings)
+    try:
+        done = submit(settings, plan, batch_size=batch_size)
+    except BrokerError as e:
+        raise WorkFailed(f"{e} (the sweep is recorded; `polyfit sweep resume "
+                         f"{plan.sweep_id}` enqueues it)") from e
+    click.echo(f"sweep {plan.name}: {len(plan.jobs)} jobs ({done.new_jobs} new), "
+               f"{done.enqueued_jobs} enqueued in {done.batches} batches")
+    click.echo(plan.sweep_id)
+
+
+@sweep.command("run")
+@click.argument("spec_path", metavar="[SPEC.yaml]", required=False,
+                type=click.Path(dir_okay=False))
+@axis_options
+@click.option("--name", default=None, help="Sweep name (default: the spec's name or file name).")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Local worker processes. [default: one per core]")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
+              help="Jobs per task. [default: from a memory budget per device]")
+@click.option("--top", type=click.IntRange(0, 1000), default=1, show_default=True,
+              help="Best jobs to print per variant at the end.")
+@db_option
+@broker_option
+def sweep_run(spec_path, name, workers, batch_size, top, db_url, broker, **axes) -> None:
+    """Submit the sweep and run it to the end here with local workers."""
+    from scheduler.run import run_sweep
+
+    settings = _settings(db_url, broker)
+    plan = _plan(spec_path, axes, name, settings)
+    code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@sweep.command("resume")
+@click.argument("sweep_ref", metavar="SWEEP")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
+              help="Jobs per task. [default: from a memory budget per device]")
+@db_option
+@broker_option
+def sweep_resume(sweep_ref, batch_size, db_url, broker) -> None:
+    """Re-enqueue only what is missing or failed."""
+    from scheduler.submit import BrokerError, resume
+
+    settings = _settings(db_url, broker)
+    engine = _engine(settings)
+    target = _sweep(engine, sweep_ref)
+    engine.dispose()
+    try:
+        done = resume(settings, target.id, batch_size=batch_size)
+    except BrokerError as e:
+        raise WorkFailed(str(e)) from e
+    click.echo(f"sweep {target.name}: {done.enqueued_jobs} jobs re-enqueued "
+               f"in {done.batches} batches")
+    click.echo(target.id)
+
+
+@cli.command()
+@click.argument("sweep_ref", metavar="SWEEP")
+@db_option
+def cancel(sweep_ref, db_url) -> None:
+    """Cancel what has not run yet; running jobs finish."""
+    settings = _settings(db_url)
+    engine = _engine(settings)
+    target = _sweep(engine, sweep_ref)
+    n = store_jobs.cancel_sweep(engine, target.id)
+    click.echo(f"sweep {target.name}: {n} jobs cancelled")
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N",
+              help="The device this worker trains on.")
+@click.option("--gpus", default=None, metavar="all|0,1,..",
+              help="With --device cuda: one worker process per listed GPU.")
+@click.option("--concurrency", type=click.IntRange(1, 512), default=None,
+              help="CPU pool processes. [default: one per core]")
+@click.option("--loglevel", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@db_option
+@broker_option
+def worker(device, gpus, concurrency, loglevel, db_url, broker) -> None:
+    """A Celery worker pinned to its device(s); consumes the queues its device serves."""
+    from worker import launch
+
+    settings = _settings(db_url, broker)
+    try:
+        if device == "cpu":
+            if gpus:
+                raise InputError("--gpus needs --device cuda")
+            launch.run_cpu_worker(settings, concurrency, loglevel.upper())
+            return
+        if device == "cuda":
+            chosen = launch.parse_gpus(gpus or "all", launch.cuda_device_count())
+            if len(chosen) == 1:
+                launch.run_gpu_worker(settings, chosen[0], loglevel.upper())
+                return
+            raise click.exceptions.Exit(launch.run_gpu_fleet(settings, chosen, loglevel.upper()))
+        if device.startswith("cuda:") and device[5:].isdigit():
+            if gpus:
+                raise InputError("--gpus and --device cuda:N exclude each other")
+            launch.run_gpu_worker(settings, int(device[5:]), loglevel.upper())
+            return
+    except launch.LaunchError as e:
+        raise InputError(str(e)) from e
+    raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+
+
+# -- queries -----------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("sweep_ref", metavar="[SWEEP]", required=False)
+@click.option("--wait", is_flag=True, help="Block until the sweep has ended.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
+              help="Seconds between polls with --wait.")
+@db_option
+def status(sweep_ref, wait, as_json, interval, db_url) -> None:
+    """Counts per status, throughput and ETA of a sweep (the latest when omitted)."""
+    settings = _settings(db_url)
+    engine = _engine(settings)
+    target = _sweep(engine, sweep_ref)
+    while True:
+        p = queries.progress(engine, target)
+        if p.done or not wait:
+            break
+        if not as_json:
+            click.echo(report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s), err=True)
+        time.sleep(interval)
+    if as_json:
+        click.echo(json.dumps(p.to_dict()))
+    else:
+        click.echo(f"sweep {p.name} ({p.sweep_id}): "
+                   + report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s))
+    if wait and p.counts.get("failed"):
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("sweep_ref", metavar="[SWEEP]", required=False)
+@click.option("--variant", "variants_", multiple=True, type=click.Choice(list(VARIANTS)),
+              help="Only these variants (repeatable).")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+              help="Only jobs in these states (repeatable).")
+@click.option("--degree", "degrees", multiple=True, type=int, help="Only these degrees.")
+@click.option("--lr-min", type=float, default=None, help="Only jobs with lr >= this.")
+@click.option("--lr-max", type=float, default=None, help="Only jobs with lr <= this.")
+@click.option("--sort", default="mse", show_default=True,
+              type=click.Choice(store_jobs.JOB_COLUMNS), help="Column to sort by.")
+@click.option("--desc", is_flag=True, help="Sort descending.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows.")
+@click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
+              show_default=True)
+@db_option
+def results(sweep_ref, variants_, statuses, degrees, lr_min, lr_max, sort, desc, limit, fmt,
+            db_url) -> None:
+    """The jobs of a sweep (the latest when omitted)."""
+    settings = _settings(db_url)
+    engine = _engine(settings)
+    target = _sweep(engine, sweep_ref)
+    rows = store_jobs.list_jobs(engine, target.id, variants=variants_, statuses=statuses,
+                                degrees=degrees, lr_min=lr_min, lr_max=lr_max, sort=sort,
+                                descending=desc, limit=limit)
+    columns = TABLE_COLUMNS if fmt == "table" else store_jobs.JOB_COLUMNS
+    click.echo(report.render([r.to_dict() for r in rows], columns, fmt))
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
+              show_default=True)
+@db_option
+def sql(query, fmt, db_url) -> None:
+    """A read-only SQL query on the results database."""
+    settings = _settings(db_url)
+    try:
+        columns, rows = queries.run_sql(settings.db_url, query)
+    except queries.QueryError as e:
+        raise InputError(str(e)) from e
+    except StoreError as e:
+        raise InputError(str(e)) from e
+    click.echo(report.render(rows, columns, fmt))
+
+
+def main() -> None:
+    cli(prog_name="polyfit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

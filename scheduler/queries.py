@@ -1,0 +1,107 @@
+"""Read-side helpers behind ``status``, ``results`` and the end of ``sweep run``: a sweep's
+progress summary, the best job per group, and read-only SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from store import jobs as store_jobs
+from store.db import StoreError, read_only_engine, session_scope
+from store.records import ENDED, JobRecord
+
+
+class QueryError(ValueError):
+    """Raised when a user's SQL query is malformed or tries to change the database."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    sweep_id: str
+    name: str
+    total: int
+    counts: dict[str, int]
+    ended: int
+    fits_per_s: float | None
+    eta_s: float | None
+    done: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def progress(engine: Engine, sweep: store_jobs.SweepView) -> Progress:
+    counts = store_jobs.status_counts(engine, sweep.id)
+    total = sum(counts.values())
+    ended = sum(n for s, n in counts.items() if s in ENDED)
+    try:
+        with session_scope(engine) as s:
+            first, last = s.execute(
+                select(func.min(JobRecord.started_at), func.max(JobRecord.finished_at))
+                .where(JobRecord.sweep_id == sweep.id)
+            ).one()
+    except SQLAlchemyError as e:
+        raise StoreError(str(e).splitlines()[0]) from e
+    rate = eta = None
+    if first is not None and last is not None and ended:
+        span = (_aware(last) - _aware(first)).total_seconds()
+        if span > 0:
+            rate = ended / span
+            eta = (total - ended) / rate
+    return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta,
+                    store_jobs.all_ended(counts))
+
+
+def _aware(t: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything is stored in UTC.
+    from datetime import UTC
+
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def best_per_group(jobs: Sequence[store_jobs.JobView], by: Sequence[str]) -> list[dict]:
+    """The lowest-mse job of each group, with its gap to the least-squares optimum."""
+    best: dict[tuple, store_jobs.JobView] = {}
+    for job in jobs:
+        if job.mse is None or job.status not in ("succeeded", "diverged"):
+            continue
+        key = tuple(getattr(job, b) for b in by)
+        if key not in best or job.mse < best[key].mse:
+            best[key] = job
+    rows = []
+    for key in sorted(best, key=lambda k: tuple(str(v) for v in k)):
+        job = best[key]
+        row = job.to_dict()
+        row["gap"] = (job.mse - job.optimum_mse) if job.optimum_mse is not None else None
+        rows.append(row)
+    return rows
+
+
+def run_sql(url: str, query: str) -> tuple[list[str], list[dict]]:
+    """Run one statement through the read-only door; returns (columns, rows)."""
+    engine = read_only_engine(url)
+    try:
+        with engine.connect() as conn:
+            try:
+                result = conn.execute(text(query))
+                if not result.returns_rows:
+                    raise QueryError("the statement returned no rows (polyfit sql is read-only)")
+                columns = list(result.keys())
+                rows = [dict(zip(columns, r)) for r in result.fetchall()]
+            finally:
+                conn.rollback()
+        return columns, rows
+    except SQLAlchemyError as e:
+        msg = str(getattr(e, "orig", e) or e).strip().splitlines()
+        raise QueryError(f"query refused: {msg[0] if msg else e.__class__.__name__}") from e
+    except StoreError:
+        raise
+    except Exception as e:  # e.g. sqlite3.Warning for several statements
+        raise QueryError(f"query refused: {e}") from e
+    finally:
+        engine.dispose()
+

@@ -1,0 +1,120 @@
+"""``polyfit sweep run``: submit a sweep, train it with local worker processes, show progress,
+stop the workers and print the best results. (Jobs of a worker that died are re-enqueued by the
+workers' own reaper, see ``worker.reaper``.)
+
+Ctrl-C stops the local workers and leaves every finished result stored; jobs that were in a
+killed worker's hands go back to ``queued`` so ``polyfit sweep resume`` finishes them."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from scheduler import queries, report
+from scheduler.local import LocalWorkers
+from scheduler.submit import BrokerError, submit
+from scheduler.sweep import Plan
+from store import jobs as store_jobs
+from store.db import make_engine
+from worker.launch import cpu_count
+from worker.settings import Settings
+
+POLL_S = 0.25
+BEST_COLUMNS = ("variant", "lr", "degree", "seed", "optimizer", "status", "final_loss", "mse",
+                "optimum_mse", "gap")
+
+
+def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size: int | None,
+              top: int = 1, out=sys.stdout) -> int:
+    """Returns the exit code: 0 when every job ended succeeded or diverged, else 1."""
+    workers = workers or cpu_count()
+    local = LocalWorkers(settings, workers)
+    # Start the workers first: their start-up (imports) overlaps with recording and enqueueing.
+    local.start()
+    try:
+        try:
+            done = submit(settings, plan, batch_size=batch_size, spread=workers)
+        except BrokerError as e:
+            click.echo(f"Error: {e}", err=True)
+            return 1
+        click.echo(f"sweep {plan.name} ({plan.sweep_id}): {len(plan.jobs)} jobs, "
+                   f"{done.enqueued_jobs} to run in {done.batches} batches on {workers} "
+                   f"local worker processes", err=True)
+        code = _wait(settings, plan, local)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: stopping local workers; finished results are stored "
+                   f"(`polyfit sweep resume {plan.sweep_id}` finishes the rest)", err=True)
+        local.stop(timeout_s=5)
+        _release(settings, local)
+        return 130
+    local.stop()
+    _release(settings, local)
+    _print_best(settings, plan, top, out)
+    return code
+
+
+def _wait(settings: Settings, plan: Plan, local: LocalWorkers) -> int:
+    engine = make_engine(settings.db_url)
+    sweep = store_jobs.find_sweep(engine, plan.sweep_id)
+    tty = sys.stderr.isatty()
+    last_print = time.monotonic()
+    try:
+        while True:
+            p = queries.progress(engine, sweep)
+            now = time.monotonic()
+            if p.done:
+                break
+            if not local.alive():
+                click.echo(f"\nError: the local workers exited (code {local.returncode()}); "
+                           f"log: {local.log_path}\n{local.log_tail()}", err=True)
+                return 1
+            if tty or now - last_print >= 5:
+                line = report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s)
+                click.echo(("\r" + line + "\x1b[K") if tty else line, err=True, nl=not tty)
+                last_print = now
+            time.sleep(POLL_S)
+        line = report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s)
+        click.echo(("\r" + line + "\x1b[K") if tty else line, err=True)
+        return 1 if p.counts.get("failed") else 0
+    finally:
+        engine.dispose()
+
+
+def _release(settings: Settings, local: LocalWorkers) -> None:
+    """Jobs the (now stopped) local workers held but did not finish go back to ``queued``."""
+    if local.pid is None:
+        return
+    engine = make_engine(settings.db_url)
+    try:
+        store_jobs.release_worker(engine, f"polyfit-cpu-{local.pid}@")
+    finally:
+        engine.dispose()
+
+
+def _print_best(settings: Settings, plan: Plan, top: int, out) -> None:
+    if top <= 0:
+        return
+    engine = make_engine(settings.db_url)
+    try:
+        jobs = store_jobs.list_jobs(engine, plan.sweep_id, sort="mse")
+    finally:
+        engine.dispose()
+    rows: list[dict] = []
+    per_variant: dict[str, int] = {}
+    for job in jobs:
+        if job.mse is None or per_variant.get(job.variant, 0) >= top:
+            continue
+        per_variant[job.variant] = per_variant.get(job.variant, 0) + 1
+        row = job.to_dict()
+        row["gap"] = job.mse - job.optimum_mse if job.optimum_mse is not None else None
+        rows.append(row)
+    rows.sort(key=lambda r: (list(per_variant).index(r["variant"]), r["mse"]))
+    click.echo(f"best results of sweep {plan.name} ({plan.sweep_id}), lowest mse per variant:",
+               file=out)
+    click.echo(report.render(rows, BEST_COLUMNS, "table"), file=out)
+    failed = [j for j in jobs if j.status == "failed"]
+    if failed:
+        click.echo(f"{len(failed)} jobs failed, e.g. {failed[0].id}: {failed[0].error}",
+                   file=out)

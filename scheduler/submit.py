@@ -1,0 +1,53 @@
+"""Submission: record the sweep in the store, then enqueue its jobs in batches.
+
+The sweep and all its jobs are recorded (as ``queued``) in one transaction before anything is
+enqueued, so a submit that dies half-way leaves nothing that ``polyfit sweep resume`` cannot
+finish, and a job enqueued twice is still claimed only once by the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scheduler.sweep import Plan
+from store import jobs as store_jobs
+from store.db import create_schema, make_engine
+from worker.app import make_app
+from worker.batches import BrokerError, batches_for_views, publish
+from worker.settings import Settings
+
+__all__ = ["BrokerError", "Submitted", "resume", "submit"]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    sweep_id: str
+    new_jobs: int
+    enqueued_jobs: int
+    batches: int
+
+
+def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
+           spread: int = 8) -> Submitted:
+    """Record the plan and enqueue every job of it that has not ended yet."""
+    engine = make_engine(settings.db_url)
+    try:
+        create_schema(engine)
+        new = store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
+                                    [job.row() for job in plan.jobs])
+    finally:
+        engine.dispose()
+    done = resume(settings, plan.sweep_id, batch_size=batch_size, spread=spread)
+    return Submitted(plan.sweep_id, new, done.enqueued_jobs, done.batches)
+
+
+def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
+           spread: int = 8) -> Submitted:
+    """Re-enqueue exactly the jobs of a sweep that have not ended well."""
+    engine = make_engine(settings.db_url)
+    try:
+        todo = store_jobs.requeue_missing(engine, sweep_id, settings.stale_after_s)
+    finally:
+        engine.dispose()
+    batches = batches_for_views(todo, batch_size=batch_size, spread=spread)
+    publish(make_app(settings), batches)
+    return Submitted(sweep_id, 0, sum(len(b.jobs) for b in batches), len(batches))

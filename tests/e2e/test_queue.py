@@ -1,0 +1,81 @@
+"""End to end with real processes: a sweep submitted from one process, trained by two real
+``polyfit worker`` processes over a real redis-server (and over the embedded no-server broker),
+every job stored exactly once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import ROOT, polyfit_env
+
+pytestmark = pytest.mark.slow
+
+
+def polyfit(*args: str, env: dict, cwd=None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scheduler", *args], env=env, cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def stored_jobs(db_url: str, sweep_id: str) -> list[dict]:
+    eng = create_engine(db_url)
+    with eng.connect() as c:
+        rows = c.execute(text("SELECT id, status, attempts, worker, mse, ran_on FROM jobs "
+                              "WHERE sweep_id = :s"), {"s": sweep_id}).mappings().all()
+    eng.dispose()
+    return [dict(r) for r in rows]
+
+
+def _submit_and_wait(env: dict) -> tuple[str, list[dict]]:
+    sub = polyfit("sweep", "submit", "--variant", "numpy,autograd,module", "--seed", "0-7",
+                  "--epochs", "300", "--batch-size", "4", env=env)
+    assert sub.returncode == 0, sub.stderr
+    sweep_id = sub.stdout.split()[-1]
+    done = polyfit("status", sweep_id, "--wait", "--json", "--interval", "0.2", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["done"] is True
+    return sweep_id, stored_jobs(env["POLYFIT_DB_URL"], sweep_id)
+
+
+def test_two_workers_over_redis_store_every_job_exactly_once(redis_url, db_url, start_worker):
+    env = polyfit_env(POLYFIT_BROKER_URL=redis_url, POLYFIT_DB_URL=db_url)
+    for _ in range(2):
+        start_worker("--device", "cpu", "--concurrency", "1", POLYFIT_BROKER_URL=redis_url,
+                     POLYFIT_DB_URL=db_url)
+    sweep_id, rows = _submit_and_wait(env)
+    assert len(rows) == 24 and len({r["id"] for r in rows}) == 24
+    assert {r["status"] for r in rows} == {"succeeded"}
+    assert all(r["attempts"] == 1 and r["mse"] is not None for r in rows)
+    assert len({r["worker"] for r in rows}) == 2  # both workers trained part of it
+    assert {r["ran_on"] for r in rows} == {"cpu"}
+
+
+def test_the_embedded_default_needs_no_server(db_url, start_worker, tmp_path):
+    env = polyfit_env(POLYFIT_DB_URL=db_url)
+    for _ in range(2):
+        start_worker("--device", "cpu", "--concurrency", "1", POLYFIT_DB_URL=db_url)
+    sweep_id, rows = _submit_and_wait(env)
+    assert len(rows) == 24 and {r["status"] for r in rows} == {"succeeded"}
+    assert all(r["attempts"] == 1 for r in rows)
+    assert (tmp_path / "results-broker.sqlite").exists()
+
+
+def test_sweep_run_trains_to_the_end_and_prints_the_best(tmp_path):
+    env = polyfit_env()
+    r = polyfit("sweep", "run", "--variant", "numpy,legendre,dynamic", "--seed", "0-3",
+                "--epochs", "200", "--workers", "2", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "best results" in r.stdout
+    for variant in ("numpy", "legendre", "dynamic"):
+        assert variant in r.stdout
+    rows = stored_jobs(f"sqlite:///{tmp_path / 'polyfit.sqlite'}",
+                       r.stderr.split("(")[1].split(")")[0])
+    assert len(rows) == 12 and all(r["status"] in ("succeeded", "diverged") for r in rows)
+    # Running the same sweep again reuses the stored results: nothing is trained twice.
+    again = polyfit("sweep", "run", "--variant", "numpy,legendre,dynamic", "--seed", "0-3",
+                    "--epochs", "200", "--workers", "1", env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "0 to run" in again.stderr

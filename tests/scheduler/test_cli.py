@@ -1,0 +1,161 @@
+"""The CLI through Click's CliRunner: each command, and the bad-input paths (exit 2, one line on
+stderr, no traceback, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from polyfit_models import VARIANTS
+from scheduler.cli import cli
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for var in ("POLYFIT_DB_URL", "POLYFIT_BROKER_URL", "POLYFIT_MAX_JOBS"):
+        monkeypatch.delenv(var, raising=False)
+    runner = CliRunner()
+
+    def _run(*args, **kw):
+        return runner.invoke(cli, list(args), catch_exceptions=False, **kw)
+
+    return _run
+
+
+def _one_line_error(result):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in result.output
+
+
+def test_variants_lists_every_variant_with_its_axes(run):
+    r = run("variants")
+    assert r.exit_code == 0
+    lines = r.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(VARIANTS)
+    assert all("axes:" in line for line in lines)
+
+
+def test_submit_records_the_sweep_and_prints_its_id_last(run, tmp_path):
+    r = run("sweep", "submit", "--variant", "numpy,autograd", "--seed", "0-2", "--epochs", "5")
+    assert r.exit_code == 0, r.output
+    sweep_id = r.stdout.strip().splitlines()[-1]
+    assert (tmp_path / "polyfit.sqlite").exists()
+    assert (tmp_path / "polyfit-broker.sqlite").exists()  # the embedded broker, no server
+    s = run("status", sweep_id, "--json")
+    data = json.loads(s.stdout)
+    assert data["total"] == 6 and data["counts"] == {"queued": 6} and data["done"] is False
+    # Submitting again does not duplicate work.
+    r2 = run("sweep", "submit", "--variant", "numpy,autograd", "--seed", "0-2", "--epochs", "5")
+    assert r2.stdout.strip().splitlines()[-1] == sweep_id
+    assert json.loads(run("status", "--json").stdout)["total"] == 6
+
+
+def test_results_formats_parse(run):
+    sweep_id = run("sweep", "submit", "--variant", "numpy", "--seed", "0-3", "--epochs",
+                   "3").stdout.split()[-1]
+    out = run("results", sweep_id, "--format", "json").stdout
+    rows = json.loads(out)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"queued"}
+    assert {"id", "sweep_id", "variant", "lr", "mse", "optimum_mse", "coefficients",
+            "attempts"} <= set(rows[0])
+    rows = list(csv.DictReader(io.StringIO(run("results", "--format", "csv").stdout)))
+    assert len(rows) == 4 and rows[0]["variant"] == "numpy"
+    table = run("results", "--limit", "2").stdout.strip().splitlines()
+    assert table[0].split()[:3] == ["id", "variant", "lr"] and len(table) == 4
+
+
+def test_sql_reads_and_refuses_writes(run, tmp_path):
+    run("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs", "3")
+    r = run("sql", "SELECT variant, count(*) AS n FROM jobs GROUP BY variant", "--format",
+            "json")
+    assert json.loads(r.stdout) == [{"variant": "numpy", "n": 2}]
+    before = (tmp_path / "polyfit.sqlite").read_bytes()
+    for stmt in ("DELETE FROM jobs", "UPDATE jobs SET lr = 1", "DROP TABLE jobs",
+                 f"ATTACH DATABASE '{tmp_path / 'x.sqlite'}' AS x",
+                 "PRAGMA journal_mode=DELETE", "CREATE TABLE t (a)",
+                 "SELECT 1; DELETE FROM jobs"):
+        _one_line_error(run("sql", stmt))
+    assert not (tmp_path / "x.sqlite").exists()
+    assert json.loads(run("sql", "SELECT count(*) AS n FROM jobs", "--format",
+                          "json").stdout) == [{"n": 2}]
+    assert (tmp_path / "polyfit.sqlite").read_bytes() == before
+
+
+def test_cancel_then_resume(run):
+    sweep_id = run("sweep", "submit", "--variant", "numpy", "--seed", "0-2", "--epochs",
+                   "3").stdout.split()[-1]
+    assert "3 jobs cancelled" in run("cancel", sweep_id).stdout
+    assert json.loads(run("status", sweep_id, "--json").stdout)["counts"] == {"cancelled": 3}
+    r = run("sweep", "resume", sweep_id)
+    assert r.exit_code == 0 and "3 jobs re-enqueued" in r.stdout
+    assert r.stdout.split()[-1] == sweep_id
+
+
+@pytest.mark.parametrize("args", [
+    ["sweep", "submit", "--variant", "nope"],
+    ["sweep", "submit", "--variant", "numpy", "--lr", "-1"],
+    ["sweep", "submit", "--variant", "numpy", "--lr", "abc"],
+    ["sweep", "submit", "--variant", "numpy", "--epochs", "1e12"],
+    ["sweep", "submit", "--variant", "numpy", "--seed", "0-999999999"],
+    ["sweep", "submit", "--variant", "dynamic", "--degree", "3"],
+    ["sweep", "submit", "missing.yaml"],
+    ["sweep", "submit"],
+    ["sweep", "run", "--variant", "numpy", "--workers", "0"],
+    ["sweep", "submit", "--variant", "numpy", "--bogus-flag"],
+    ["results", "--format", "xml"],
+    ["nosuchcommand"],
+    ["worker", "--device", "tpu"],
+    ["worker", "--device", "cuda"],
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(run, tmp_path, args):
+    _one_line_error(run(*args))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_bad_spec_file_is_one_line_and_writes_nothing(run, tmp_path):
+    spec = tmp_path / "s.yaml"
+    for text in ("grid: [\n", "grid: {variant: [numpy], lr: [0]}\n", "42\n",
+                 "grid: {variant: [numpy]}\nextra: 1\n"):
+        spec.write_text(text)
+        _one_line_error(run("sweep", "submit", str(spec)))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_unknown_sweep_is_an_input_error(run):
+    run("sweep", "submit", "--variant", "numpy", "--epochs", "2")
+    _one_line_error(run("results", "nope"))
+    _one_line_error(run("cancel", "nope"))
+
+
+def test_queries_without_a_database_do_not_create_one(run, tmp_path):
+    for args in (["results"], ["status"], ["sql", "SELECT 1"]):
+        _one_line_error(run(*args))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_broker_on_submit_exits_1_and_resume_completes(run, tmp_path):
+    r = run("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs", "2",
+            "--broker", "redis://127.0.0.1:1/0")
+    assert r.exit_code == 1
+    assert len(r.stderr.strip().splitlines()) == 1 and "cannot reach the broker" in r.stderr
+    assert "Traceback" not in r.output
+    # The sweep is recorded whole, every job queued, so resume can finish it.
+    data = json.loads(run("status", "--json").stdout)
+    assert data["counts"] == {"queued": 2}
+
+
+def test_credentials_are_never_printed(run):
+    r = run("sweep", "submit", "--variant", "numpy", "--epochs", "2",
+            "--broker", "redis://:hunter2@127.0.0.1:1/0")
+    assert r.exit_code == 1 and "hunter2" not in r.output
+    r = run("results", "--db", "postgresql+psycopg://u:hunter2@127.0.0.1:1/x")
+    assert "hunter2" not in r.output and r.exit_code != 0

@@ -1,0 +1,164 @@
+"""Spec -> jobs expansion."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from polyfit_models import VARIANTS
+from scheduler.sweep import SweepSpecError, build_plan, load_spec_file, parse_flag
+
+
+def plan(grid, **kw):
+    return build_plan({"grid": grid}, **kw)
+
+
+def test_a_grid_is_the_product_of_its_axes():
+    p = plan({"variant": ["numpy", "autograd"], "lr": [1e-6, 3e-6], "seed": [0, 1, 2]})
+    assert len(p.jobs) == 12
+    assert {(j.spec.variant, j.spec.lr, j.spec.seed) for j in p.jobs} == {
+        (v, lr, s) for v in ("numpy", "autograd") for lr in (1e-6, 3e-6) for s in (0, 1, 2)}
+
+
+def test_a_list_of_grids_is_the_union_of_their_products_without_duplicates():
+    p = plan([{"variant": ["numpy"], "seed": [0, 1]}, {"variant": ["numpy"], "seed": [1, 2]},
+              {"variant": ["module"]}])
+    assert sorted((j.spec.variant, j.spec.seed) for j in p.jobs) == [
+        ("module", VARIANTS["module"].defaults.get("seed", 0)), ("numpy", 0), ("numpy", 1),
+        ("numpy", 2)]
+
+
+def test_axes_a_variant_does_not_use_are_ignored_for_it():
+    p = plan({"variant": ["numpy"], "optimizer": ["sgd", "adam", "rmsprop"]})
+    assert len(p.jobs) == 1 and p.jobs[0].spec.optimizer == "sgd"
+
+
+def test_each_variant_gets_its_own_defaults_for_axes_not_given():
+    p = plan({"variant": list(VARIANTS)})
+    for job in p.jobs:
+        d = VARIANTS[job.spec.variant].defaults
+        assert (job.spec.lr, job.spec.degree, job.spec.epochs, job.spec.optimizer) == (
+            d["lr"], d["degree"], d["epochs"], d["optimizer"])
+
+
+def test_combinations_a_variant_cannot_take_are_left_out_and_reported():
+    p = plan({"variant": ["numpy", "dynamic", "module"], "degree": [3, 5],
+              "device": ["cpu", "cuda"]})
+    kinds = {(j.spec.variant, j.spec.degree, j.device) for j in p.jobs}
+    assert ("numpy", 3, "cuda") not in kinds and ("numpy", 3, "cpu") in kinds
+    assert ("dynamic", 3, "cpu") not in kinds and ("dynamic", 5, "cuda") in kinds
+    assert any("numpy cannot run on cuda" in s for s in p.skipped)
+    assert any(s.startswith("dynamic takes degree") for s in p.skipped)
+
+
+def test_device_any_sends_numpy_to_the_cpu():
+    p = plan({"variant": ["numpy", "autograd"], "device": ["any"]})
+    assert {(j.spec.variant, j.device) for j in p.jobs} == {("numpy", "cpu"),
+                                                            ("autograd", "any")}
+
+
+def test_a_grid_left_with_no_job_is_an_error():
+    with pytest.raises(SweepSpecError, match="no job"):
+        plan({"variant": ["dynamic"], "degree": [2, 3]})
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"variant": ["nope"]}, "variant: unknown value 'nope'"),
+    ({"variant": ["numpy"], "colour": [1]}, "unknown axis 'colour'"),
+    ({"variant": ["numpy"], "lr": [-1]}, "lr"),
+    ({"variant": ["numpy"], "lr": ["fast"]}, "lr: expected a number"),
+    ({"variant": ["numpy"], "lr": [float("nan")]}, "lr: must be finite"),
+    ({"variant": ["numpy"], "seed": [-1]}, "seed"),
+    ({"variant": ["numpy"], "seed": ["9-3"]}, "empty range"),
+    ({"variant": ["numpy"], "epochs": [0]}, "epochs"),
+    ({"variant": ["numpy"], "epochs": [1.5]}, "whole number"),
+    ({"variant": ["numpy"], "degree": [10_000]}, "degree"),
+    ({"variant": ["numpy"], "device": ["tpu"]}, "device"),
+    ({"variant": []}, "empty list"),
+    ({"variant": ["numpy"], "lr": True}, "lr: expected a number"),
+])
+def test_bad_values_are_one_line_errors(grid, message):
+    with pytest.raises(SweepSpecError, match=message) as e:
+        plan(grid)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_top_level_key_and_bad_x_are_errors():
+    with pytest.raises(SweepSpecError, match="unknown key 'grids'"):
+        build_plan({"grids": {}})
+    with pytest.raises(SweepSpecError, match="x: unknown key"):
+        build_plan({"grid": {"variant": ["numpy"]}, "x": {"begin": 0}})
+    with pytest.raises(SweepSpecError, match="target"):
+        build_plan({"grid": {"variant": ["numpy"]}, "target": "square"})
+    with pytest.raises(SweepSpecError, match="nothing to sweep"):
+        build_plan({})
+
+
+def test_seed_ranges_expand_inclusively():
+    p = plan({"variant": ["numpy"], "seed": ["0-9", 20]})
+    assert sorted(j.spec.seed for j in p.jobs) == list(range(10)) + [20]
+
+
+def test_a_billion_job_grid_is_refused_quickly_without_expanding_it():
+    t0 = time.perf_counter()
+    with pytest.raises(SweepSpecError, match="over the limit"):
+        plan({"variant": ["numpy"], "seed": ["0-999999999"]}, max_jobs=1000)
+    with pytest.raises(SweepSpecError, match="over the limit"):
+        plan({"variant": list(VARIANTS), "seed": ["0-99"], "lr": [1e-6, 2e-6]}, max_jobs=1000)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_job_too_big_is_refused():
+    with pytest.raises(SweepSpecError, match="epochs x points"):
+        plan({"variant": ["numpy"], "epochs": [1_000_000]}, max_job_work=10**8)
+
+
+def test_flags_override_the_file():
+    spec = {"grid": [{"variant": ["numpy"], "seed": [0, 1]}, {"variant": ["module"]}]}
+    p = build_plan(spec, {"seed": ["7"]})
+    assert {j.spec.seed for j in p.jobs} == {7}
+
+
+def test_job_and_sweep_ids_are_derived_from_settings():
+    a = plan({"variant": ["numpy", "autograd"], "seed": [0, 1]})
+    b = plan({"variant": ["autograd", "numpy"], "seed": [1, 0]})
+    assert {j.id for j in a.jobs} == {j.id for j in b.jobs}
+    assert a.sweep_id == b.sweep_id
+    assert len({j.id for j in a.jobs}) == 4
+    c = plan({"variant": ["numpy", "autograd"], "seed": [0, 1]}, name="other")
+    assert c.sweep_id != a.sweep_id and {j.id for j in c.jobs} == {j.id for j in a.jobs}
+
+
+def test_parse_flag_rejects_empty_items():
+    assert parse_flag("lr", "1e-6, 3e-6") == ["1e-6", "3e-6"]
+    with pytest.raises(SweepSpecError):
+        parse_flag("lr", "1e-6,,3e-6")
+
+
+def test_load_spec_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: [\n")
+    with pytest.raises(SweepSpecError, match="not valid YAML"):
+        load_spec_file(bad)
+    with pytest.raises(SweepSpecError, match="cannot read"):
+        load_spec_file(tmp_path / "missing.yaml")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(SweepSpecError, match="must be a mapping"):
+        load_spec_file(scalar)
+
+
+def test_the_tutorial_example_expands_to_the_lessons_programs():
+    from tests.conftest import ROOT
+
+    p = build_plan(load_spec_file(ROOT / "examples" / "tutorial.yaml"))
+    by_variant = {}
+    for j in p.jobs:
+        by_variant.setdefault(j.spec.variant, set()).add(
+            (j.spec.lr, j.spec.epochs, j.spec.optimizer))
+    assert by_variant["numpy"] == {(1e-6, 2000, "sgd")}
+    assert by_variant["autograd"] == {(1e-6, 2000, "sgd")}
+    assert by_variant["module"] == {(1e-3, 2000, "adam")}
+    assert by_variant["dynamic"] == {(1e-8, 30000, "momentum")}
+    assert "legendre" in by_variant and p.name == "tutorial"

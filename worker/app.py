@@ -1,0 +1,68 @@
+"""The one Celery app. JSON on the wire only, late acks with reject-on-worker-lost, prefetch 1,
+a queue per device class, task events on (so Flower and ``celery inspect`` see the fleet).
+
+``celery -A worker.app worker -Q polyfit.cpu,polyfit.any`` works as with any Celery project; the
+module reads its settings from the environment once, at import, which is its process edge."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from worker import queues
+from worker.settings import Settings
+
+TASK_NAME = "polyfit.run_batch"
+
+# How long Redis waits before it hands an unacknowledged message to another consumer. Short, so
+# that the batch of a SIGKILLed worker is redelivered within minutes rather than the default
+# hour; a redelivery while the first worker is still alive is harmless, because the store only
+# lets a job be claimed again once its heartbeat has gone stale.
+VISIBILITY_TIMEOUT_S = 90
+
+
+def _transport_options(broker_url: str) -> dict:
+    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    if broker_url.startswith(("sqla+sqlite", "sqlalchemy+sqlite")):
+        # Passed to create_engine by kombu: several workers poll one file; wait, don't fail.
+        return {"connect_args": {"timeout": 60}}
+    return {}
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("polyfit", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        event_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_default_queue=queues.CPU,
+        task_queues=[Queue(q) for q in (queues.CPU, queues.CUDA, queues.ANY)],
+        task_create_missing_queues=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=_transport_options(settings.broker_url),
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2,
+                                   "interval_step": 0.5, "interval_max": 2},
+        worker_hijack_root_logger=False,
+        polyfit_settings=settings,
+    )
+    from worker.reaper import Reaper  # late: the reaper publishes through this module's app
+
+    app.steps["worker"].add(Reaper)
+    return app
+
+
+app = make_app(Settings.from_env())
+# A worker started by ``celery -A worker.app worker`` (not ``polyfit worker``) trains on the CPU
+# with torch's default threads; ``polyfit worker`` replaces this before the worker starts.
+from worker.runtime import Runtime  # noqa: E402
+
+app.conf.polyfit_runtime = Runtime(settings=app.conf.polyfit_settings)

@@ -1,0 +1,115 @@
+"""Starting workers: one Celery worker pinned to one device, or one process per GPU.
+
+The device is decided here, once, before anything touches CUDA: a GPU worker process gets
+``CUDA_VISIBLE_DEVICES`` set to its one GPU and uses the ``solo`` pool, so nothing ever forks
+after CUDA is initialized. CPU workers use the prefork pool and share the cores between their
+pool processes' torch threads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from worker.queues import queues_served
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+
+class LaunchError(Exception):
+    """Raised when a worker cannot be started as asked (e.g. no CUDA device)."""
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def cuda_device_count() -> int:
+    # NVML-based count: does not initialize CUDA in this (possibly forking) process.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def parse_gpus(gpus: str, available: int) -> list[int]:
+    if gpus == "all":
+        if available == 0:
+            raise LaunchError("no CUDA device on this machine")
+        return list(range(available))
+    try:
+        chosen = [int(g) for g in gpus.split(",") if g.strip() != ""]
+    except ValueError as e:
+        raise LaunchError(f"--gpus must be 'all' or a list like 0,1, got {gpus!r}") from e
+    if not chosen:
+        raise LaunchError("--gpus names no GPU")
+    bad = [g for g in chosen if not 0 <= g < available]
+    if bad:
+        raise LaunchError(f"no CUDA device {bad[0]} on this machine ({available} visible)")
+    return sorted(set(chosen))
+
+
+def worker_argv(device: str, queues: list[str], concurrency: int, loglevel: str) -> list[str]:
+    name = f"polyfit-{device.replace(':', '')}-{os.getpid()}@%h"
+    pool = ["-P", "prefork", "-c", str(concurrency)] if device == "cpu" else ["-P", "solo"]
+    return ["worker", "-Q", ",".join(queues), "-n", name, "--loglevel", loglevel, "-E",
+            "--without-gossip", "--without-mingle", *pool]
+
+
+def run_cpu_worker(settings: Settings, concurrency: int | None, loglevel: str = "WARNING") -> None:
+    """Serve the CPU queues in this process until stopped (blocks)."""
+    concurrency = concurrency or cpu_count()
+    threads = max(1, cpu_count() // concurrency)
+    _serve(settings, Runtime(settings, "cpu", None, threads), worker_argv(
+        "cpu", queues_served("cpu"), concurrency, loglevel))
+
+
+def run_gpu_worker(settings: Settings, gpu: int, loglevel: str = "WARNING") -> None:
+    """Serve the GPU queues pinned to physical GPU ``gpu`` in this process (blocks)."""
+    available = cuda_device_count()
+    if not 0 <= gpu < available:
+        raise LaunchError(f"no CUDA device cuda:{gpu} on this machine ({available} visible)")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = visible.split(",")[gpu].strip() if visible else str(gpu)
+    # Narrow this process to its one GPU before CUDA is initialized anywhere in it.
+    os.environ["CUDA_VISIBLE_DEVICES"] = physical
+    _serve(settings, Runtime(settings, "cuda", physical, None), worker_argv(
+        f"cuda:{gpu}", queues_served("cuda", gpu), 1, loglevel))
+
+
+def _serve(settings: Settings, runtime: Runtime, argv: list[str]) -> None:
+    from worker.app import app
+
+    app.conf.update(broker_url=settings.broker_url, polyfit_settings=settings,
+                    polyfit_runtime=runtime)
+    from worker.runtime import apply_threads
+
+    apply_threads(runtime.torch_threads)
+    app.worker_main(argv)
+
+
+def run_gpu_fleet(settings: Settings, gpus: list[int], loglevel: str = "WARNING") -> int:
+    """One pinned worker process per GPU; waits for all, forwards SIGTERM/SIGINT to them."""
+    env = {**os.environ, **settings.to_env()}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "worker", "--device", f"cuda:{g}",
+             "--loglevel", loglevel],
+            env=env,
+        )
+        for g in gpus
+    ]
+
+    def _forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    codes = [p.wait() for p in procs]
+    return max(codes, default=0)

@@ -1,0 +1,48 @@
+"""Per-process state of a worker: its device (decided once, at start), its torch thread count,
+and its database engine (created lazily in each pool process, never shared across a fork)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from store import make_engine
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    # "cpu" or "cuda" (a cuda worker sees only its pinned GPU, as cuda:0).
+    device: str = "cpu"
+    # The physical GPU this process is pinned to, recorded in each job row.
+    gpu: str | None = None
+    torch_threads: int | None = None
+
+    def torch_device(self) -> str:
+        return "cuda:0" if self.device == "cuda" else "cpu"
+
+    def ran_on(self) -> str:
+        return f"cuda:{self.gpu}" if self.device == "cuda" and self.gpu is not None else self.device
+
+
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def engine_for(settings: Settings) -> Engine:
+    """This process's engine for the results database (one per process, made after any fork)."""
+    key = (os.getpid(), settings.db_url)
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = make_engine(settings.db_url)
+    return engine
+
+
+def apply_threads(threads: int | None) -> None:
+    """Give torch its share of the cores, so N workers on one machine do not oversubscribe."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

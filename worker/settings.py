@@ -1,0 +1,103 @@
+"""The one settings object: built once at a process edge (the CLI, or the worker module that
+``celery -A worker.app`` imports) from flags and environment variables, then passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DB_URL = "sqlite:///polyfit.sqlite"
+
+ENV_BROKER = "POLYFIT_BROKER_URL"
+ENV_DB = "POLYFIT_DB_URL"
+ENV_MAX_JOBS = "POLYFIT_MAX_JOBS"
+ENV_MAX_JOB_WORK = "POLYFIT_MAX_JOB_WORK"
+ENV_STALE_AFTER = "POLYFIT_STALE_AFTER_S"
+
+
+class SettingsError(ValueError):
+    """Raised when a setting (flag or environment variable) has an unusable value."""
+
+
+def embedded_broker_url(db_url: str) -> str:
+    """The no-server broker that lives next to the results database.
+
+    For a SQLite results file ``x.sqlite`` it is kombu's SQLAlchemy transport on
+    ``x-broker.sqlite`` beside it (its own file, so broker polling never contends with result
+    writes); for a server database it is the same transport on that database."""
+    try:
+        url = make_url(db_url)
+    except ArgumentError as e:
+        raise SettingsError(f"not a database URL: {db_url!r}") from e
+    if url.get_backend_name() == "sqlite":
+        db = url.database or "polyfit.sqlite"
+        if db == ":memory:":
+            raise SettingsError("an in-memory database cannot be shared with workers")
+        path = Path(db).expanduser().resolve()
+        return f"sqla+sqlite:///{path.with_name(path.stem + '-broker.sqlite')}"
+    return "sqla+" + url.render_as_string(hide_password=False)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(float(raw))
+    except ValueError as e:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from e
+    if value <= 0:
+        raise SettingsError(f"{name} must be > 0, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str = DEFAULT_DB_URL
+    # None means the embedded broker next to the database.
+    broker: str | None = None
+    # Refuse sweeps larger than this many jobs...
+    max_jobs: int = 200_000
+    # ...and any job whose epochs x points exceeds this (a typo like --epochs 1e12).
+    max_job_work: int = 2_000_000_000
+    # A running job whose heartbeat is older than this is taken to have lost its worker.
+    stale_after_s: float = 60.0
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker or embedded_broker_url(self.db_url)
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **flags) -> Settings:
+        """Flags (non-None values in ``flags``) win over environment variables."""
+        env = os.environ if env is None else env
+        base = cls(
+            db_url=env.get(ENV_DB) or DEFAULT_DB_URL,
+            broker=env.get(ENV_BROKER) or None,
+            max_jobs=_int(env, ENV_MAX_JOBS, cls.max_jobs),
+            max_job_work=_int(env, ENV_MAX_JOB_WORK, cls.max_job_work),
+            stale_after_s=float(_int(env, ENV_STALE_AFTER, int(cls.stale_after_s))),
+        )
+        given = {k: v for k, v in flags.items() if v is not None}
+        return replace(base, **given)
+
+    def to_env(self) -> dict[str, str]:
+        """Environment for a child process (keeps credentials off the command line)."""
+        env = {
+            ENV_DB: self.db_url,
+            ENV_MAX_JOBS: str(self.max_jobs),
+            ENV_MAX_JOB_WORK: str(self.max_job_work),
+            ENV_STALE_AFTER: str(int(self.stale_after_s)),
+        }
+        if self.broker:
+            env[ENV_BROKER] = self.broker
+        return env
