@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -47,19 +47,20 @@ def progress(engine: Engine, sweep: store_jobs.SweepView) -> Progress:
     except SQLAlchemyError as e:
         raise StoreError(str(e).splitlines()[0]) from e
     rate = eta = None
+    done = store_jobs.all_ended(counts)
     if first is not None and last is not None and ended:
-        span = (_aware(last) - _aware(first)).total_seconds()
+        # While the sweep runs, the rate is over the time so far (not up to the last finish),
+        # so the ETA keeps moving while a long batch is in flight.
+        until = _aware(last) if done else datetime.now(UTC)
+        span = (until - _aware(first)).total_seconds()
         if span > 0:
             rate = ended / span
             eta = (total - ended) / rate
-    return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta,
-                    store_jobs.all_ended(counts))
+    return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done)
 
 
 def _aware(t: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything is stored in UTC.
-    from datetime import UTC
-
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 

@@ -3,10 +3,9 @@ stderr, no traceback, nothing written)."""
 
 from __future__ import annotations
 
-import json
 import csv
 import io
-from pathlib import Path
+import json
 
 import pytest
 from click.testing import CliRunner

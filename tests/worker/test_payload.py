@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polyfit_models import JobSpec
-from worker.payload import Batch, BadMessage
+from worker.payload import BadMessage, Batch
 
 
 def _batch() -> Batch:
