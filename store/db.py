@@ -30,8 +30,15 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
 
 
-def _is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases or an in-memory one)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StoreError(f"not a database URL: {redact_url(url)}") from e
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser().resolve()
 
 
 def make_engine(url: str) -> Engine:
@@ -92,8 +99,8 @@ def read_only_engine(url: str) -> Engine:
     except ArgumentError as e:
         raise StoreError(f"not a database URL: {redact_url(url)}") from e
     if parsed.get_backend_name() == "sqlite":
-        path = Path(parsed.database or "").expanduser().resolve()
-        if not path.is_file():
+        path = sqlite_path(url)
+        if path is None or not path.is_file():
             raise StoreError(f"no results database at {path}")
         engine = create_engine(
             f"sqlite:///file:{path}?mode=ro&uri=true",
@@ -118,8 +125,11 @@ def read_only_engine(url: str) -> Engine:
 
 def create_schema(engine: Engine) -> None:
     """Create the tables and views if they are missing (idempotent)."""
+    from store.views import create_views
+
     try:
         Base.metadata.create_all(engine)
+        create_views(engine)
     except SQLAlchemyError as e:
         raise StoreError(f"cannot create tables in {redact_url(str(engine.url))}: {e}") from e
 
