@@ -9,7 +9,7 @@ the caller decides the device and the threads.
 """
 
 from .errors import DeviceError, PolyfitModelError, ResultError, SpecError
-from .fit import batch_key, bytes_per_job, fit, fit_many
+from .runner import batch_key, bytes_per_job, fit, fit_many
 from .problem import DTYPES, OPTIMIZERS, TARGETS
 from .registry import VARIANTS, Variant
 from .result import FitResult

@@ -4,13 +4,14 @@
 meet; validation, ``fit_many`` and the CLI all read it, so nothing elsewhere branches on a
 variant's name. Defaults are the lesson's settings.
 
-Degree caps (``max_degree`` = 16 for every variant): the sum-of-squares loss and the gradient of
-the top coefficient scale like ``x_points * max|x|^(2 degree)``. For x up to pi and 2000 points
-that stays finite in float32 (max ~3.4e38) up to degree ~29, but gradient descent on monomials
-stops meaning anything long before: the condition number of ``V^T V`` is ~1e7 at degree 5 and
-~1e17 at degree 12 on [-pi, pi], so past degree ~12 the top coefficients cannot move at any
-stable learning rate even in float64. 16 leaves room to show that while staying far from
-overflow. ``JobSpec`` also checks the cap against the job's own x range and dtype (see
+Degree cap (``max_degree`` = 14 for every variant): the sum-of-squares loss and the gradient
+of the top coefficient scale like ``x_points * max|x|^(2 degree)``, which for x up to pi and 2000
+points stays finite in float32 up to degree ~29; but gradient descent on monomials stops meaning
+anything long before that. On [-pi, pi] the condition number of ``V^T V`` is ~3e2 at degree 3,
+~1e7 (float32's 1/eps) at degree 7, ~1e13 at degree 12, and at degree 15 it passes float64's
+1/eps (~5e16): the Gram matrix is singular to working precision and no learning rate can move
+the top coefficients. 14 is the last degree where the problem is still well posed in float64.
+``JobSpec`` also checks the degree against the job's own x range and dtype (see
 ``problem.power_sum_is_safe``), which is what protects wide x ranges.
 """
 
@@ -27,7 +28,7 @@ from .variants import autograd, dynamic, legendre, module, numpy_gd, tensor
 from .variants.common import monomial_identity, monomial_predict
 
 ALL_AXES = ("lr", "degree", "seed", "epochs", "optimizer", "dtype", "device")
-MAX_DEGREE = 16
+MAX_DEGREE = 14
 
 
 @dataclass(frozen=True, eq=False)

@@ -91,11 +91,11 @@ class JobSpec:
             raise SpecError(f"lr must be > 0 and <= {MAX_LR:g}, got {self.lr!r}")
         if not variant.min_degree <= self.degree <= variant.max_degree:
             raise SpecError(f"degree must be between {variant.min_degree} and "
-                            f"{variant.max_degree} for variant {self.variant}, got {self.degree}")
+                            f"{variant.max_degree} for variant {self.variant}, got {_show(self.degree)}")
         if not 0 <= self.seed < SEED_LIMIT:
-            raise SpecError(f"seed must be >= 0 and < 2**32, got {self.seed}")
+            raise SpecError(f"seed must be >= 0 and < 2**32, got {_show(self.seed)}")
         if not 1 <= self.epochs <= MAX_EPOCHS:
-            raise SpecError(f"epochs must be between 1 and {MAX_EPOCHS}, got {self.epochs}")
+            raise SpecError(f"epochs must be between 1 and {MAX_EPOCHS}, got {_show(self.epochs)}")
         if self.optimizer not in variant.optimizers:
             raise SpecError(f"optimizer must be one of {', '.join(variant.optimizers)} for "
                             f"variant {self.variant}, got {_show(self.optimizer)}")
@@ -105,7 +105,7 @@ class JobSpec:
         if self.dtype not in DTYPES:
             raise SpecError(f"dtype must be one of {', '.join(DTYPES)}, got {_show(self.dtype)}")
         if not 2 <= self.x_points <= MAX_POINTS:
-            raise SpecError(f"x_points must be between 2 and {MAX_POINTS}, got {self.x_points}")
+            raise SpecError(f"x_points must be between 2 and {MAX_POINTS}, got {_show(self.x_points)}")
         if not self.x_start < self.x_stop:
             raise SpecError(f"x_start must be < x_stop, got x_start={self.x_start!r} "
                             f"and x_stop={self.x_stop!r}")

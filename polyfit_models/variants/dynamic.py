@@ -65,6 +65,7 @@ class DynamicProgram:
         self.target = y.expand(len(specs), -1)
         self.device = device
         self.draws = None
+        self.drawn_block = -1
         self.batch_size = len(specs)
         self.params = [p for pair in zip(self.model.abcd, self.model.e) for p in pair]
         self.param_rows = [rows for rows, _ in blocks for _ in range(2)]
@@ -73,11 +74,13 @@ class DynamicProgram:
                              in zip(self.model.abcd, self.model.e, blocks)])
 
     def degrees(self, epoch: int) -> torch.Tensor:
-        """The top power k each job uses at ``epoch`` (drawn DRAW_BLOCK epochs at a time)."""
-        if epoch % DRAW_BLOCK == 0:
+        """The top power k each job uses at ``epoch`` (epochs are visited in order; the draws
+        are made DRAW_BLOCK epochs at a time, so asking twice for one epoch is harmless)."""
+        while epoch // DRAW_BLOCK > self.drawn_block:
             draws = np.stack([g.integers(4, self.degree + 1, size=DRAW_BLOCK)
                               for g in self.generators])
             self.draws = torch.from_numpy(draws).to(self.device)
+            self.drawn_block += 1
         return self.draws[:, epoch % DRAW_BLOCK]
 
     def evaluate(self, epoch: int, with_grads: bool):

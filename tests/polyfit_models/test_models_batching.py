@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import spec, stability_limit
 
-import polyfit_models.fit as fit_module
+import polyfit_models.runner as runner
 from polyfit_models import VARIANTS, fit, fit_many
 
 EPOCHS = 300
@@ -69,7 +69,7 @@ def test_cpu_chunks_do_not_change_results(monkeypatch):
     specs = [spec("autograd", seed=s, lr=lr, epochs=EPOCHS) for s in range(6)
              for lr in (1e-6, 3e-6)]
     whole = fit_many(specs)
-    monkeypatch.setattr(fit_module, "CPU_CHUNK_BYTES", 1)  # one job per chunk
+    monkeypatch.setattr(runner, "CPU_CHUNK_BYTES", 1)  # one job per chunk
     for a, b in zip(whole, fit_many(specs)):
         assert close(a.coefficients, b.coefficients, 1e-4)
 
@@ -112,8 +112,10 @@ def test_diverged_at_epoch_is_the_first_bad_epoch(name):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_divergence_never_raises_and_results_stay_json_safe(name):
-    specs = [spec(name, lr=10.0, epochs=500, seed=1),
-             spec(name, lr=10.0, epochs=500, seed=2, degree=VARIANTS[name].max_degree),
+    # sgd, because Adam and RMSprop steps are bounded by the lr and never blow up.
+    specs = [spec(name, lr=10.0, epochs=500, seed=1, optimizer="sgd"),
+             spec(name, lr=10.0, epochs=500, seed=2, optimizer="sgd",
+                  degree=VARIANTS[name].max_degree),
              spec(name, epochs=150, seed=3)]
     results = fit_many(specs)
     assert [r.status for r in results[:2]] == ["diverged", "diverged"]

@@ -89,8 +89,10 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu") -> li
 
     results: list[FitResult | None] = [None] * len(specs)
     for indices in groups.values():
-        # Sorting by lr gives torch.optim variants one parameter group per distinct lr.
-        indices.sort(key=lambda i: specs[i].lr)
+        # Sorting by lr gives torch.optim variants one parameter group per distinct lr; sorting
+        # by seed too makes a batch's row order a function of its contents, not of the input
+        # order, so the same set of jobs gives bit-identical results however it is listed.
+        indices.sort(key=lambda i: (specs[i].lr, specs[i].seed))
         for chunk in _chunks(indices, specs[indices[0]], dev):
             batch = [specs[i] for i in chunk]
             started = time.perf_counter()
