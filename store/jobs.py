@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from store.db import StoreError, redact_url, session_scope
@@ -84,6 +84,11 @@ class JobView:
 JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobView))
 
 
+# Bulk UPDATEs skip the ORM's matching of affected rows against objects loaded in the session:
+# that costs O(rows x objects) and made requeueing 10,000 jobs take seconds.
+_NO_SYNC = {"synchronize_session": False}
+
+
 def _job_view(rec: JobRecord) -> JobView:
     return JobView(**{name: getattr(rec, name) for name in JOB_COLUMNS})
 
@@ -119,8 +124,9 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Seque
                 for job in jobs
                 if job["id"] not in existing
             ]
-            for chunk in _chunks(new, 50):
-                s.execute(insert(JobRecord), list(chunk))
+            if new:
+                # Core executemany: SQLAlchemy batches the VALUES itself.
+                s.execute(insert(JobRecord.__table__), new)
             return len(new)
     except SQLAlchemyError as e:
         raise _wrap(engine, e) from e
@@ -161,7 +167,7 @@ def claim_jobs(
                         heartbeat_at=t,
                         attempts=JobRecord.attempts + 1,
                         error=None,
-                    )
+                    ).execution_options(**_NO_SYNC)
                 )
                 claimed.extend(ids)
         return claimed
@@ -182,7 +188,7 @@ def beat(engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str) -> 
                         JobRecord.status == RUNNING,
                         JobRecord.worker == worker,
                     )
-                    .values(heartbeat_at=now())
+                    .values(heartbeat_at=now()).execution_options(**_NO_SYNC)
                 )
     except SQLAlchemyError as e:
         raise _wrap(engine, e) from e
@@ -197,50 +203,53 @@ def save_results(
     ``outcomes`` holds (job id, FitResult.to_dict()) or (job id, {"status": "failed",
     "error": text}). Returns how many rows were written."""
     t = now()
-    written = 0
+    table = JobRecord.__table__
+    by_id = dict(outcomes)
     try:
         with session_scope(engine) as s:
-            for job_id, result in outcomes:
-                values = {
-                    "status": result["status"],
-                    "finished_at": t,
-                    "heartbeat_at": t,
-                    "ran_on": ran_on,
-                    "error": result.get("error"),
-                }
-                for key in ("final_loss", "mse", "optimum_mse", "coefficients", "monomial",
-                            "diverged_at_epoch", "duration_s"):
-                    if key in result:
-                        values[key] = result[key]
-                done = s.execute(
-                    update(JobRecord)
-                    .where(
-                        JobRecord.sweep_id == sweep_id,
-                        JobRecord.id == job_id,
-                        JobRecord.status == RUNNING,
-                        JobRecord.worker == worker,
-                    )
-                    .values(**values)
-                ).rowcount
-                written += done
-                curve = result.get("loss_curve") or []
-                if done and curve:
-                    s.execute(
-                        delete(LossPointRecord).where(
-                            LossPointRecord.sweep_id == sweep_id, LossPointRecord.job_id == job_id
-                        )
-                    )
-                    s.execute(
-                        insert(LossPointRecord),
-                        [
-                            {"sweep_id": sweep_id, "job_id": job_id, "epoch": int(ep),
-                             "loss": loss}
-                            for ep, loss in curve
-                        ],
-                    )
+            # Which of these rows this worker still owns, read inside the write transaction
+            # (BEGIN IMMEDIATE on SQLite, row-level UPDATE guard on PostgreSQL below).
+            owned: list[str] = []
+            for chunk in _chunks(list(by_id)):
+                owned += s.scalars(
+                    select(JobRecord.id).where(
+                        JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk),
+                        JobRecord.status == RUNNING, JobRecord.worker == worker)
+                ).all()
+            if not owned:
+                return 0
+            params = [{"b_id": job_id, **_result_values(by_id[job_id])} for job_id in owned]
+            # One executemany instead of a statement per job: 1,250 results went from ~2 s to
+            # a few tens of milliseconds.
+            written = s.execute(
+                update(table)
+                .where(table.c.sweep_id == sweep_id, table.c.id == bindparam("b_id"),
+                       table.c.status == RUNNING, table.c.worker == worker)
+                .values(finished_at=t, heartbeat_at=t, ran_on=ran_on,
+                        **{k: bindparam(f"b_{k}") for k in _RESULT_KEYS}),
+                params,
+            ).rowcount
+            points = [
+                {"sweep_id": sweep_id, "job_id": job_id, "epoch": int(ep), "loss": loss}
+                for job_id in owned
+                for ep, loss in (by_id[job_id].get("loss_curve") or [])
+            ]
+            if points:
+                for chunk in _chunks(owned):
+                    s.execute(delete(LossPointRecord).where(
+                        LossPointRecord.sweep_id == sweep_id, LossPointRecord.job_id.in_(chunk)))
+                s.execute(insert(LossPointRecord.__table__), points)
         return written
     except SQLAlchemyError as e:
         raise _wrap(engine, e) from e
+
+
+_RESULT_KEYS = ("status", "error", "final_loss", "mse", "optimum_mse", "coefficients",
+                "monomial", "diverged_at_epoch", "duration_s")
+
+
+def _result_values(result: dict) -> dict:
+    return {f"b_{k}": result.get(k) for k in _RESULT_KEYS}
 
 
 def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:
@@ -336,7 +345,7 @@ def cancel_sweep(engine: Engine, sweep_id: str) -> int:
             return s.execute(
                 update(JobRecord)
                 .where(JobRecord.sweep_id == sweep_id, JobRecord.status == QUEUED)
-                .values(status=CANCELLED, finished_at=now())
+                .values(status=CANCELLED, finished_at=now()).execution_options(**_NO_SYNC)
             ).rowcount
     except SQLAlchemyError as e:
         raise _wrap(engine, e) from e
@@ -352,17 +361,45 @@ def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list
     )
     try:
         with session_scope(engine) as s:
-            recs = s.scalars(
-                select(JobRecord).where(JobRecord.sweep_id == sweep_id, missing)
-            ).all()
-            ids = [r.id for r in recs]
+            # Plain rows, not ORM objects: this may be every job of a large sweep.
+            rows = s.execute(
+                select(*JobRecord.__table__.c).where(JobRecord.sweep_id == sweep_id, missing)
+            ).mappings().all()
+            ids = [r["id"] for r in rows]
             for chunk in _chunks(ids):
                 s.execute(
                     update(JobRecord)
                     .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk))
                     .values(status=QUEUED, worker=None, error=None, finished_at=None)
+                    .execution_options(**_NO_SYNC)
                 )
-            return [dataclasses.replace(_job_view(r), status=QUEUED) for r in recs]
+            return [JobView(**{**{c: r[c] for c in JOB_COLUMNS}, "status": QUEUED})
+                    for r in rows]
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def reap_stale(engine: Engine, stale_after_s: float) -> list[JobView]:
+    """Jobs ``running`` on a worker whose heartbeat stopped go back to ``queued``; returns them
+    (to be enqueued again). Two reapers racing get disjoint sets: each row moves once."""
+    stale = now() - timedelta(seconds=stale_after_s)
+    try:
+        with session_scope(engine) as s:
+            recs = s.scalars(
+                select(JobRecord).where(JobRecord.status == RUNNING,
+                                        JobRecord.heartbeat_at < stale)
+            ).all()
+            moved = []
+            for rec in recs:
+                done = s.execute(
+                    update(JobRecord)
+                    .where(JobRecord.sweep_id == rec.sweep_id, JobRecord.id == rec.id,
+                           JobRecord.status == RUNNING, JobRecord.heartbeat_at < stale)
+                    .values(status=QUEUED, worker=None).execution_options(**_NO_SYNC)
+                ).rowcount
+                if done:
+                    moved.append(dataclasses.replace(_job_view(rec), status=QUEUED))
+            return moved
     except SQLAlchemyError as e:
         raise _wrap(engine, e) from e
 
@@ -375,7 +412,7 @@ def release_worker(engine: Engine, worker_prefix: str) -> int:
             return s.execute(
                 update(JobRecord)
                 .where(JobRecord.status == RUNNING, JobRecord.worker.startswith(worker_prefix))
-                .values(status=QUEUED, worker=None)
+                .values(status=QUEUED, worker=None).execution_options(**_NO_SYNC)
             ).rowcount
     except SQLAlchemyError as e:
         raise _wrap(engine, e) from e

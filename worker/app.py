@@ -10,9 +10,8 @@ from celery import Celery
 from kombu import Queue
 
 from worker import queues
+from worker.payload import TASK_NAME  # noqa: F401 - re-exported
 from worker.settings import Settings
-
-TASK_NAME = "polyfit.run_batch"
 
 # How long Redis waits before it hands an unacknowledged message to another consumer. Short, so
 # that the batch of a SIGKILLed worker is redelivered within minutes rather than the default

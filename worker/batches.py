@@ -12,10 +12,9 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
 from polyfit_models import JobSpec, batch_key, bytes_per_job
-from store.jobs import JobView
 from store.db import redact_url
-from worker.app import TASK_NAME
-from worker.payload import Batch
+from store.jobs import JobView
+from worker.payload import TASK_NAME, Batch
 from worker.queues import queue_for
 
 # Memory one batch may use on its device; the batch size follows from it unless overridden.

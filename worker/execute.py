@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from polyfit_models import JobSpec, fit_many
-from store import StoreError, jobs as store_jobs
+from store import StoreError
+from store import jobs as store_jobs
 from worker.payload import Batch
 from worker.runtime import Runtime, engine_for
 

@@ -28,7 +28,18 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+ENV_EMULATE_CUDA = "POLYFIT_EMULATE_CUDA"
+
+
+def emulated_gpus() -> int:
+    """How many GPUs to pretend this machine has (tests of fleet routing without CUDA)."""
+    raw = os.environ.get(ENV_EMULATE_CUDA, "")
+    return int(raw) if raw.isdigit() else 0
+
+
 def cuda_device_count() -> int:
+    if emulated_gpus():
+        return emulated_gpus()
     # NVML-based count: does not initialize CUDA in this (possibly forking) process.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
@@ -77,8 +88,9 @@ def run_gpu_worker(settings: Settings, gpu: int, loglevel: str = "WARNING") -> N
     physical = visible.split(",")[gpu].strip() if visible else str(gpu)
     # Narrow this process to its one GPU before CUDA is initialized anywhere in it.
     os.environ["CUDA_VISIBLE_DEVICES"] = physical
-    _serve(settings, Runtime(settings, "cuda", physical, None), worker_argv(
-        f"cuda:{gpu}", queues_served("cuda", gpu), 1, loglevel))
+    runtime = Runtime(settings, "cuda", physical, None, emulated=emulated_gpus() > 0)
+    _serve(settings, runtime, worker_argv(
+        f"cuda:{physical}", queues_served("cuda", physical), 1, loglevel))
 
 
 def _serve(settings: Settings, runtime: Runtime, argv: list[str]) -> None:

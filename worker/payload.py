@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from polyfit_models import JobSpec, SpecError
-
 from worker.queues import is_device
 
+# The task's registered name: part of the message contract between scheduler and workers.
+TASK_NAME = "polyfit.run_batch"
 SCHEMA = 1
 MAX_JOBS_PER_BATCH = 65_536
 

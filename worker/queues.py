@@ -32,11 +32,12 @@ def queue_for(device: str) -> str:
     raise ValueError(f"unknown device {device!r}")
 
 
-def queues_served(device: str, gpu_index: int | None = None) -> list[str]:
-    """The queues a worker pinned to ``device`` consumes (``gpu_index``: its physical GPU)."""
+def queues_served(device: str, gpu: str | int | None = None) -> list[str]:
+    """The queues a worker pinned to ``device`` consumes (``gpu``: the machine's id of its GPU,
+    as nvidia-smi numbers them, so a job for ``cuda:N`` lands on that card)."""
     if device == "cpu":
         return [CPU, ANY]
     served = [CUDA, ANY]
-    if gpu_index is not None:
-        served.insert(1, f"{CUDA}.{gpu_index}")
+    if gpu is not None:
+        served.insert(1, f"{CUDA}.{gpu}")
     return served

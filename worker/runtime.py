@@ -20,12 +20,19 @@ class Runtime:
     # The physical GPU this process is pinned to, recorded in each job row.
     gpu: str | None = None
     torch_threads: int | None = None
+    # Test seam for fleets on machines without CUDA (POLYFIT_EMULATE_CUDA): the worker serves
+    # the GPU queues and pins itself as a GPU worker would, but trains on the CPU and says so
+    # in every job row it writes.
+    emulated: bool = False
 
     def torch_device(self) -> str:
-        return "cuda:0" if self.device == "cuda" else "cpu"
+        return "cuda:0" if self.device == "cuda" and not self.emulated else "cpu"
 
     def ran_on(self) -> str:
-        return f"cuda:{self.gpu}" if self.device == "cuda" and self.gpu is not None else self.device
+        if self.device != "cuda":
+            return self.device
+        where = f"cuda:{self.gpu}" if self.gpu is not None else "cuda"
+        return f"{where} (emulated on cpu)" if self.emulated else where
 
 
 _engines: dict[tuple[int, str], Engine] = {}

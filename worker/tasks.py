@@ -11,7 +11,7 @@ from celery import signals
 from store import StoreError
 from worker import execute
 from worker.app import TASK_NAME, app
-from worker.payload import Batch, BadMessage
+from worker.payload import BadMessage, Batch
 from worker.runtime import Runtime, apply_threads
 
 log = logging.getLogger("polyfit.worker")
