@@ -117,7 +117,9 @@ def variants() -> None:
     width = max(len(n) for n in VARIANTS)
     for name, v in VARIANTS.items():
         d = v.defaults
-        click.echo(f"{name.ljust(width)}  {v.summary}  axes: {', '.join(v.axes)}  "
+        # The sweep axes it uses (the registry may know more, such as dtype, that no flag sets).
+        axes = [a for a in AXES if a in v.axes or a in ("lr", "seed", "epochs")]
+        click.echo(f"{name.ljust(width)}  {v.summary}  axes: {', '.join(axes)}  "
                    f"defaults: lr={d['lr']:g} degree={d['degree']} epochs={d['epochs']} "
                    f"optimizer={d['optimizer']}")
 

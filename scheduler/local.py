@@ -58,8 +58,9 @@ class LocalWorkers:
     def stop(self, timeout_s: float = 20.0) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return
-        # SIGTERM = Celery's warm shutdown: finish the batch in hand, then exit.
-        os.killpg(self._proc.pid, signal.SIGTERM)
+        # SIGTERM to the main process = Celery's warm shutdown: finish the batch in hand, stop
+        # the pool, exit. (Signalling the whole group would kill the pool children under it.)
+        self._proc.send_signal(signal.SIGTERM)
         try:
             self._proc.wait(timeout_s)
         except subprocess.TimeoutExpired:

@@ -104,8 +104,13 @@ class WorkerProcess:
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """SIGKILL goes to the whole process group (a crash); SIGTERM to the main process, as
+        Celery's warm shutdown expects."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:

@@ -79,3 +79,59 @@ def test_sweep_run_trains_to_the_end_and_prints_the_best(tmp_path):
     again = polyfit("sweep", "run", "--variant", "numpy,legendre,dynamic", "--seed", "0-3",
                     "--epochs", "200", "--workers", "1", env=env, cwd=tmp_path)
     assert again.returncode == 0 and "0 to run" in again.stderr
+
+
+def test_ctrl_c_stops_cleanly_keeps_what_finished_and_resume_completes(tmp_path,
+                                                                       start_worker):
+    import os
+    import signal
+    import time
+
+    db_url = f"sqlite:///{tmp_path / 'polyfit.sqlite'}"
+    env = polyfit_env()
+    args = ["sweep", "run", "--variant", "autograd", "--seed", "0-5", "--epochs", "6000",
+            "--batch-size", "1", "--workers", "1", "--name", "interrupted"]
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler", *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            if (tmp_path / "polyfit.sqlite").exists():
+                eng = create_engine(db_url)
+                with eng.connect() as c:
+                    n = c.execute(text("SELECT count(*) FROM jobs WHERE status = 'succeeded'"))
+                    done = n.scalar()
+                eng.dispose()
+                if done >= 1:
+                    break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "sweep resume" in err
+    sweep_id = err.split("(")[1].split(")")[0]
+    rows = stored_jobs(db_url, sweep_id)
+    finished = {r["id"] for r in rows if r["status"] == "succeeded"}
+    assert finished and len(finished) < 6
+    assert {r["status"] for r in rows} <= {"succeeded", "queued"}  # nothing left "running"
+    # The local worker processes are gone (they ran with their cwd in tmp_path).
+    pids = subprocess.run(["pgrep", "-f", "scheduler worker"], capture_output=True,
+                          text=True).stdout.split()
+    for pid in pids:
+        try:
+            assert os.readlink(f"/proc/{pid}/cwd") != str(tmp_path)
+        except FileNotFoundError:
+            pass
+    # Resume enqueues exactly the rest; a worker finishes it; finished jobs were not re-run.
+    r = polyfit("sweep", "resume", sweep_id, env=polyfit_env(POLYFIT_DB_URL=db_url))
+    assert r.returncode == 0 and f"{6 - len(finished)} jobs re-enqueued" in r.stdout
+    start_worker("--concurrency", "1", POLYFIT_DB_URL=db_url)
+    done = polyfit("status", sweep_id, "--wait", "--json", "--interval", "0.3",
+                   env=polyfit_env(POLYFIT_DB_URL=db_url))
+    assert done.returncode == 0
+    rows = stored_jobs(db_url, sweep_id)
+    assert {r["status"] for r in rows} == {"succeeded"}
+    assert all(r["attempts"] == 1 for r in rows if r["id"] in finished)
