@@ -1,20 +1,23 @@
-"""The training loop every torch variant shares, with per-job divergence.
+"""The training loop every torch variant shares, with exact per-job divergence.
 
 A variant supplies a *program*: its stacked parameters (rows are jobs), an optimizer over them,
 and ``evaluate(epoch, with_grads)`` returning the per-job training loss (and gradients). This
-loop runs ``epochs`` updates plus one last forward pass that scores the final parameters, and
-keeps, per job and with tensor operations only (no per-epoch host sync):
+loop runs ``epochs`` updates plus one last forward pass that scores the final parameters.
 
-* the epoch at which the job's loss first went bad (not finite, or above ``EXPLOSION_FACTOR``
-  times its initial loss floored at 1). From then on the job is frozen at the parameters of its
-  last good epoch, which are what it reports; its batch-mates keep training untouched, because
-  the freeze is a row mask and every rule is row-wise. ``diverged_at_epoch`` is the index of the
-  forward pass that went bad, 0..epochs (epochs = the final scoring pass).
-* its loss at every epoch with ``epoch % 100 == 99`` (the lesson's print schedule), written into
-  a preallocated tensor.
+Divergence: a job diverges at the first forward pass whose loss is bad (not finite, or above
+``EXPLOSION_FACTOR`` times its initial loss floored at ``LOSS_FLOOR``). It then reports the
+parameters and loss of its last good epoch, and ``diverged_at_epoch`` is the index of the bad
+pass, 0..epochs (epochs = the final scoring pass). Its batch-mates are untouched, because every
+operation of a program is row-wise.
 
-The whole batch stops early once every job has diverged; that is checked every 100 epochs, the
-only host sync in the loop.
+Why a window instead of a per-epoch mask: every tensor operation costs several microseconds of
+dispatch whatever its size, which is most of an epoch's cost for one small fit. So each epoch
+only copies the loss and the parameters into a ring of ``WINDOW`` slots (preallocated, two or
+three copies an epoch), and once per window, with one host sync, the loop finds each job's first
+bad epoch in the ring, restores that job's previous parameters from the ring, and retires it. A
+retired row keeps being computed (its values are garbage and may be NaN) but never read again.
+The whole batch stops early when no job is left. The window is the lesson's print interval, so
+the loss curve (epoch % 100 == 99) falls out of the ring.
 """
 
 from __future__ import annotations
@@ -25,15 +28,16 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-#: A loss this many times above the job's initial loss (or above this many units, for a tiny
-#: initial loss) counts as divergence. Below the stability limit gradient descent on a
-#: quadratic never raises the loss at all, and Adam's overshoots stay orders of magnitude below
-#: this; past the limit the loss grows geometrically and crosses it within a few dozen epochs,
-#: well before it would overflow.
+#: A loss this many times above the job's initial loss (or above EXPLOSION_FACTOR * LOSS_FLOOR
+#: for a tiny initial loss) counts as divergence. Below the stability limit gradient descent on
+#: a quadratic never raises the loss at all, and Adam's overshoots stay orders of magnitude
+#: below this; past the limit the loss grows geometrically and crosses it within a few dozen
+#: epochs, well before it would overflow.
 EXPLOSION_FACTOR = 1e6
 LOSS_FLOOR = 1.0
 #: The lesson prints the loss when ``epoch % CURVE_EVERY == CURVE_EVERY - 1``.
 CURVE_EVERY = 100
+WINDOW = CURVE_EVERY
 
 
 @dataclass
@@ -43,12 +47,12 @@ class RawFits:
     coefficients: np.ndarray  # (B, P); the last good parameters
     final_loss: np.ndarray  # (B,); NaN where no epoch was good
     diverged_at: np.ndarray  # (B,); -1 where the job never diverged
-    curve: np.ndarray  # (B, epochs // CURVE_EVERY); loss at epochs 99, 199, ...
+    curve: np.ndarray  # (B, epochs // CURVE_EVERY); loss at epochs 99, 199, ... (< epochs)
 
 
 class Program(Protocol):
     batch_size: int
-    params: list[torch.Tensor]  # leaves, updated in place by the optimizer
+    params: list[torch.Tensor]  # (b, k) leaves, updated in place by the optimizer
     param_rows: list[slice]  # the jobs (rows of the batch) each of params holds
     optimizer: object  # has step(grads)
 
@@ -59,50 +63,109 @@ class Program(Protocol):
 
 
 def explosion_limit(initial_loss):
-    """The per-job loss above which a job has diverged, from its initial loss (NumPy or torch);
-    a loss is bad unless ``loss <= limit``, which also catches NaN and +inf."""
-    return EXPLOSION_FACTOR * initial_loss.clip(min=LOSS_FLOOR)
+    """The per-job loss above which a job has diverged, from its initial loss (NumPy array or
+    tensor). A loss is good only if ``loss <= limit``; that is False for NaN, and the limit is
+    NaN where the initial loss is not finite, so such a job is bad from the start."""
+    limit = EXPLOSION_FACTOR * initial_loss.clip(min=LOSS_FLOOR)
+    limit[~(initial_loss <= float("inf"))] = float("nan")
+    return limit
+
+
+class _Tracker:
+    """The per-job bookkeeping of ``run``: rings, divergence, loss curve (see module doc)."""
+
+    def __init__(self, program: Program, epochs: int) -> None:
+        self.params = [p.detach() for p in program.params]  # aliases of the live storage
+        self.rows = program.param_rows
+        ref = self.params[0]
+        batch, self.device = program.batch_size, ref.device
+        self.epochs = epochs
+
+        def full(shape, value, dtype=ref.dtype):
+            return torch.full(shape, value, dtype=dtype, device=self.device)
+
+        self.loss_ring = full((batch, WINDOW), float("nan"))
+        self.loss_slots = self.loss_ring.unbind(1)
+        self.param_rings = [full((p.shape[0], WINDOW, *p.shape[1:]), float("nan"))
+                            for p in self.params]
+        self.param_slots = [ring.unbind(1) for ring in self.param_rings]
+        # What a job that goes bad in the first slot of a window falls back to: the last slot
+        # of the previous window (for epoch 0, the initial parameters and no loss).
+        self.carry = [p.clone() for p in self.params]
+        self.carry_loss = full((batch,), float("nan"))
+        self.frozen = [p.clone() for p in self.params]
+        self.final_loss = full((batch,), float("nan"))
+        self.active = torch.ones(batch, dtype=torch.bool, device=self.device)
+        self.diverged_at = torch.full((batch,), -1, dtype=torch.int64, device=self.device)
+        self.curve = full((batch, epochs // CURVE_EVERY), float("nan"))
+        self.limit: torch.Tensor | None = None
+
+    def record(self, epoch: int, loss: torch.Tensor) -> bool:
+        """Note this epoch's loss and parameters; at a window's end, settle it. Returns False
+        when no job is left training."""
+        slot = epoch % WINDOW
+        self.loss_slots[slot].copy_(loss)
+        for slots, p in zip(self.param_slots, self.params):
+            slots[slot].copy_(p)
+        if self.limit is None:
+            self.limit = explosion_limit(loss.detach().clone())
+        if slot == WINDOW - 1 or epoch == self.epochs:
+            return self._settle(epoch, slot + 1)
+        return True
+
+    def _settle(self, last_epoch: int, filled: int) -> bool:
+        losses = self.loss_ring[:, :filled]
+        bad = ~(losses <= self.limit.unsqueeze(1)) & self.active.unsqueeze(1)
+        newly = bad.any(dim=1)
+        any_newly, any_active = torch.stack([newly.any(), (self.active & ~newly).any()]).tolist()
+        if any_newly:
+            first = bad.to(torch.uint8).argmax(dim=1)  # first bad slot of each job
+            self.diverged_at = torch.where(newly, last_epoch - filled + 1 + first,
+                                           self.diverged_at)
+            before = (first - 1).clamp(min=0)
+            in_ring = first > 0
+            good_loss = torch.where(in_ring, losses.gather(1, before.unsqueeze(1)).squeeze(1),
+                                    self.carry_loss)
+            self.final_loss = torch.where(newly, good_loss, self.final_loss)
+            for i, (ring, rows) in enumerate(zip(self.param_rings, self.rows)):
+                local = torch.arange(ring.shape[0], device=self.device)
+                good = torch.where(_column(in_ring[rows]), ring[local, before[rows]],
+                                   self.carry[i])
+                self.frozen[i] = torch.where(_column(newly[rows]), good, self.frozen[i])
+            self.active &= ~newly
+        if filled == WINDOW and last_epoch < self.epochs:
+            self.curve[:, last_epoch // CURVE_EVERY] = self.loss_slots[WINDOW - 1]
+        self.carry_loss = self.loss_slots[filled - 1].clone()
+        self.carry = [slots[filled - 1].clone() for slots in self.param_slots]
+        return bool(any_active)
+
+    def finish(self, program: Program) -> "RawFits":
+        final = [torch.where(_column(self.active[rows]), p, frozen)
+                 for p, frozen, rows in zip(self.params, self.frozen, self.rows)]
+        final_loss = torch.where(self.active, self.carry_loss, self.final_loss)
+        return RawFits(
+            coefficients=program.coefficients(final).double().cpu().numpy(),
+            final_loss=final_loss.double().cpu().numpy(),
+            diverged_at=self.diverged_at.cpu().numpy(),
+            curve=self.curve.double().cpu().numpy(),
+        )
+
+
+def _column(mask: torch.Tensor) -> torch.Tensor:
+    """A per-job mask as a column, to select whole rows of a (b, k) parameter."""
+    return mask.unsqueeze(1)
 
 
 def run(program: Program, epochs: int) -> RawFits:
     """Train ``program`` for ``epochs`` updates, then score it; see the module docstring."""
-    params = program.params
-    ref = params[0]
-    batch = program.batch_size
-    active = torch.ones(batch, dtype=torch.bool, device=ref.device)
-    active_rows = [active[rows].unsqueeze(1) for rows in program.param_rows]  # views: see &=
-    diverged_at = torch.full((batch,), -1, dtype=torch.int64, device=ref.device)
-    final_loss = torch.full((batch,), float("nan"), dtype=ref.dtype, device=ref.device)
-    curve = torch.full((batch, epochs // CURVE_EVERY), float("nan"), dtype=ref.dtype,
-                       device=ref.device)
-    good = [p.detach().clone() for p in params]
-    limit = None
+    tracker = _Tracker(program, epochs)
+    for epoch in range(epochs + 1):
+        training = epoch < epochs
+        loss, grads = program.evaluate(epoch, training)
+        with torch.no_grad():
+            going = tracker.record(epoch, loss)
+        if not (going and training):
+            break
+        program.optimizer.step(grads)
     with torch.no_grad():
-        for epoch in range(epochs + 1):
-            training = epoch < epochs
-            with torch.enable_grad():
-                loss, grads = program.evaluate(epoch, training)
-            if limit is None:
-                limit = explosion_limit(loss)
-            bad = ~(loss <= limit)
-            diverged_at.masked_fill_(bad & active, epoch)
-            active.logical_and_(~bad)  # in place, so active_rows stay views of it
-            torch.where(active, loss, final_loss, out=final_loss)
-            if epoch % CURVE_EVERY == CURVE_EVERY - 1:
-                curve[:, epoch // CURVE_EVERY] = loss
-                if not bool(active.any()):
-                    break
-            for p, g, keep in zip(params, good, active_rows):
-                torch.where(keep, p, g, out=g)
-            if not training:
-                break
-            program.optimizer.step(grads)
-            for p, g, keep in zip(params, good, active_rows):
-                p.copy_(torch.where(keep, p, g))
-        coefficients = program.coefficients(good)
-    return RawFits(
-        coefficients=coefficients.double().cpu().numpy(),
-        final_loss=final_loss.double().cpu().numpy(),
-        diverged_at=diverged_at.cpu().numpy(),
-        curve=curve.double().cpu().numpy(),
-    )
+        return tracker.finish(program)

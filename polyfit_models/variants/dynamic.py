@@ -2,12 +2,13 @@
 
 ``y = a + b x + c x^2 + d x^3 + e x^4 + ... + e x^k`` where k is drawn anew, uniformly from
 [4, degree], at every forward pass, and the one weight ``e`` is shared by all the powers above 3.
-A batch keeps ``[a, b, c, d]`` as a (b, 4) parameter and ``e`` as a (b, 1) parameter per block
-of rows sharing a learning rate (``torch.optim`` parameter groups, SGD with momentum 0.9 by
-default, as in the lesson). Each forward pass builds, per job, the coefficient row
-``[a, b, c, d, e*[4 <= k], ..., e*[degree <= k]]`` and multiplies it with the powers; autograd
-then sums e's gradient over exactly the powers that job used, which is the weight sharing the
-lesson demonstrates. Loss: mean squared error per job (``torch.nn.MSELoss``).
+Each job's five parameters ``[a, b, c, d, e]`` are a row of a (b, 5) parameter, one per block of
+rows sharing a learning rate (``torch.optim`` parameter groups; SGD with momentum 0.9 by default,
+as in the lesson). A forward pass maps every row onto its polynomial's coefficients with the 0/1
+sharing matrix of its k, ``[a, b, c, d, e] @ S_k = [a, b, c, d, e, ..., e, 0, ..., 0]`` (e on the
+powers 4..k), and multiplies those with the powers. Autograd then sums e's gradient over exactly
+the powers that job used: the weight sharing the lesson demonstrates. Loss: mean squared error
+per job (``torch.nn.MSELoss``).
 
 Draws: job j's k sequence comes from ``numpy.random.default_rng(seed_j)`` (after its five
 initial parameters), so it is the same whatever the batch. The final scoring pass of
@@ -30,32 +31,43 @@ from .common import lr_blocks
 DRAW_BLOCK = 1024
 
 
+def sharing_matrices(degree: int) -> np.ndarray:
+    """``S[k - 4]`` for k = 4..degree: the (5, degree + 1) 0/1 matrix that puts a, b, c, d on
+    the powers 0..3 and the one weight e on every power 4..k."""
+    S = np.zeros((degree - 3, 5, degree + 1))
+    for k in range(4, degree + 1):
+        S[k - 4, :4, :4] = np.eye(4)
+        S[k - 4, 4, 4:k + 1] = 1.0
+    return S
+
+
 class DynamicPolynomial(torch.nn.Module):
     """The lesson's ``DynamicHighOrder`` for a batch: a cubic plus a shared weight e on
     x^4..x^k, k per job and per call."""
 
     def __init__(self, init: torch.Tensor, blocks: list[slice], degree: int) -> None:
         super().__init__()
-        self.abcd = torch.nn.ParameterList(
-            [torch.nn.Parameter(init[rows, :4].clone()) for rows in blocks])
-        self.e = torch.nn.ParameterList(
-            [torch.nn.Parameter(init[rows, 4:].clone()) for rows in blocks])
-        self.register_buffer("high_powers", torch.arange(4, degree + 1, device=init.device))
+        self.blocks = torch.nn.ParameterList(
+            [torch.nn.Parameter(init[rows].clone()) for rows in blocks])
+        self.register_buffer("sharing", torch.from_numpy(sharing_matrices(degree)).to(init))
 
-    def forward(self, powers: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Values (B, N) at the points whose powers 0..degree are the rows of ``powers``, with
-        job j summing the powers 4..k[j]."""
-        abcd = torch.cat(list(self.abcd), dim=0)
-        e = torch.cat(list(self.e), dim=0)
-        used = (self.high_powers <= k.unsqueeze(1)).to(e.dtype)  # (B, degree - 3)
-        return torch.cat([abcd, e * used], dim=1) @ powers.T
+    def parameters_by_job(self) -> torch.Tensor:
+        blocks = list(self.blocks)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
+
+    def forward(self, powers_t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Values (B, N) at the points whose powers 0..degree are the columns of ``powers_t``,
+        job j summing the powers 4..k[j] with its shared weight."""
+        S = self.sharing.index_select(0, k - 4)  # (B, 5, degree + 1)
+        coefficients = torch.bmm(self.parameters_by_job().unsqueeze(1), S).squeeze(1)
+        return coefficients @ powers_t
 
 
 class DynamicProgram:
     def __init__(self, specs, device: torch.device) -> None:
         spec = specs[0]
         self.degree = spec.degree
-        _, y, self.V = torch_grid(spec, spec.degree, device)
+        _, y, self.Vt = torch_grid(spec, spec.degree, device)
         self.generators = seeded_generators(s.seed for s in specs)
         init = np.stack([g.standard_normal(5) for g in self.generators])
         init_t = torch.from_numpy(init).to(device=device, dtype=torch_dtype(spec.dtype))
@@ -67,11 +79,10 @@ class DynamicProgram:
         self.draws = None
         self.drawn_block = -1
         self.batch_size = len(specs)
-        self.params = [p for pair in zip(self.model.abcd, self.model.e) for p in pair]
-        self.param_rows = [rows for rows, _ in blocks for _ in range(2)]
-        self.optimizer = TorchOptimizer(
-            spec.optimizer, [([abcd, e], lr) for abcd, e, (_, lr)
-                             in zip(self.model.abcd, self.model.e, blocks)])
+        self.params = list(self.model.blocks)
+        self.param_rows = [rows for rows, _ in blocks]
+        self.optimizer = TorchOptimizer(spec.optimizer,
+                                        [([p], lr) for p, (_, lr) in zip(self.params, blocks)])
 
     def degrees(self, epoch: int) -> torch.Tensor:
         """The top power k each job uses at ``epoch`` (epochs are visited in order; the draws
@@ -79,14 +90,15 @@ class DynamicProgram:
         while epoch // DRAW_BLOCK > self.drawn_block:
             draws = np.stack([g.integers(4, self.degree + 1, size=DRAW_BLOCK)
                               for g in self.generators])
-            self.draws = torch.from_numpy(draws).to(self.device)
+            # column-major, so that one epoch's draws are a contiguous index vector
+            self.draws = torch.from_numpy(draws.T.copy()).to(self.device)
             self.drawn_block += 1
-        return self.draws[:, epoch % DRAW_BLOCK]
+        return self.draws[epoch % DRAW_BLOCK]
 
     def evaluate(self, epoch: int, with_grads: bool):
         k = self.degrees(epoch)
         with torch.set_grad_enabled(with_grads):
-            loss = self.criterion(self.model(self.V, k), self.target).mean(dim=1)
+            loss = self.criterion(self.model(self.Vt, k), self.target).mean(dim=1)
         if not with_grads:
             return loss, None
         loss.sum().backward()
@@ -95,9 +107,7 @@ class DynamicProgram:
         return loss.detach(), grads
 
     def coefficients(self, params):
-        abcd = torch.cat(list(params[0::2]), dim=0)
-        e = torch.cat(list(params[1::2]), dim=0)
-        return torch.cat([abcd, e], dim=1)
+        return params[0] if len(params) == 1 else torch.cat(list(params), dim=0)
 
 
 def train(specs, device) -> loop.RawFits:
@@ -107,8 +117,7 @@ def train(specs, device) -> loop.RawFits:
 def full_degree_monomial(coefficients: np.ndarray, degree: int) -> np.ndarray:
     """Rows ``[a, b, c, d, e]`` -> ascending powers at full degree ``[a, b, c, d, e, ..., e]``."""
     coefficients = np.atleast_2d(coefficients)
-    e = coefficients[:, 4:5]
-    return np.concatenate([coefficients[:, :4], np.repeat(e, degree - 3, axis=1)], axis=1)
+    return coefficients @ sharing_matrices(degree)[-1]
 
 
 def predict(coefficients: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:

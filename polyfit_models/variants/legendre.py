@@ -32,15 +32,34 @@ INIT_NOISE = 0.05
 
 
 def legendre_and_derivative(t: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(P_n(t), P_n'(t))`` elementwise, by the two recurrences of the module docstring."""
+    """``(P_n(t), P_n'(t))`` elementwise, by the two recurrences of the module docstring.
+
+    P_0 = 1, P_0' = 0 and P_1' = 1 are kept as Python numbers rather than tensors: for small n
+    (the lesson's n = 3 takes five tensor operations) the cost of a fit is the number of tensor
+    operations per epoch, not their size."""
     if n == 0:
         return torch.ones_like(t), torch.zeros_like(t)
-    p_prev, p = torch.ones_like(t), t.clone()
-    dp_prev, dp = torch.zeros_like(t), torch.ones_like(t)
+    p_prev: torch.Tensor | float = 1.0
+    p: torch.Tensor = t
+    dp_prev: torch.Tensor | float = 0.0
+    dp: torch.Tensor | float = 1.0
     for k in range(1, n):
-        p_next = ((2 * k + 1) * t * p - k * p_prev) / (k + 1)
-        dp_next = dp_prev + (2 * k + 1) * p
+        # (k+1) P_{k+1} = (2k+1) t P_k - k P_{k-1}
+        scaled_prev = p_prev * (-k / (k + 1))
+        if isinstance(scaled_prev, float):
+            p_next = torch.mul(t, p).mul_((2 * k + 1) / (k + 1)).add_(scaled_prev)
+        else:
+            p_next = scaled_prev.addcmul_(t, p, value=(2 * k + 1) / (k + 1))
+        # P'_{k+1} = P'_{k-1} + (2k+1) P_k
+        if isinstance(dp_prev, float):
+            dp_next = torch.mul(p, 2 * k + 1)
+            if dp_prev != 0.0:
+                dp_next.add_(dp_prev)
+        else:
+            dp_next = torch.add(dp_prev, p, alpha=2 * k + 1)
         p_prev, p, dp_prev, dp = p, p_next, dp, dp_next
+    if isinstance(dp, float):  # n == 1
+        return t.clone(), torch.ones_like(t)
     return p, dp
 
 
@@ -78,9 +97,8 @@ class LegendreProgram:
 
     def evaluate(self, epoch: int, with_grads: bool):
         with torch.set_grad_enabled(with_grads):
-            a, b, c, d = self.abcd.unbind(dim=1)
-            t = c.unsqueeze(1) + d.unsqueeze(1) * self.x
-            y_pred = a.unsqueeze(1) + b.unsqueeze(1) * LegendreP.apply(t, self.n)
+            a, b, c, d = self.abcd.split(1, dim=1)  # (B, 1) each
+            y_pred = torch.addcmul(a, b, LegendreP.apply(torch.addcmul(c, d, self.x), self.n))
             loss = (y_pred - self.y).pow(2).sum(dim=1)
         if not with_grads:
             return loss, None

@@ -40,11 +40,13 @@ class PolynomialModel(torch.nn.Module):
 
     def coefficients(self) -> torch.Tensor:
         """All jobs' coefficients, (B, degree + 1), in batch order."""
-        return torch.cat(list(self.blocks), dim=0)
+        blocks = list(self.blocks)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
 
-    def forward(self, powers: torch.Tensor) -> torch.Tensor:
-        """Every job's polynomial at the points whose powers are the rows of ``powers``."""
-        return self.coefficients() @ powers.T
+    def forward(self, powers_t: torch.Tensor) -> torch.Tensor:
+        """Every job's polynomial at the points whose powers are the columns of ``powers_t``
+        (``powers_t[k, n] = x[n] ** k``)."""
+        return self.coefficients() @ powers_t
 
     def describe(self, job: int = 0) -> str:
         """The fitted polynomial of one job as text, as the lesson prints it."""
@@ -54,7 +56,7 @@ class PolynomialModel(torch.nn.Module):
 class ModuleProgram:
     def __init__(self, specs, device: torch.device) -> None:
         spec = specs[0]
-        _, y, self.V = torch_grid(spec, spec.degree, device)
+        _, y, self.Vt = torch_grid(spec, spec.degree, device)
         blocks = lr_blocks(specs)
         self.model = PolynomialModel(initial_rows(specs, spec.degree + 1, device),
                                      [rows for rows, _ in blocks])
@@ -63,12 +65,12 @@ class ModuleProgram:
         self.batch_size = len(specs)
         self.params = list(self.model.blocks)
         self.param_rows = [rows for rows, _ in blocks]
-        self.optimizer = TorchOptimizer(spec.optimizer, [([p], lr) for p, (_, lr)
-                                                         in zip(self.params, blocks)])
+        self.optimizer = TorchOptimizer(spec.optimizer,
+                                        [([p], lr) for p, (_, lr) in zip(self.params, blocks)])
 
     def evaluate(self, epoch: int, with_grads: bool):
         with torch.set_grad_enabled(with_grads):
-            loss = self.criterion(self.model(self.V), self.target).mean(dim=1)
+            loss = self.criterion(self.model(self.Vt), self.target).mean(dim=1)
         if not with_grads:
             return loss, None
         loss.sum().backward()
@@ -77,7 +79,7 @@ class ModuleProgram:
         return loss.detach(), grads
 
     def coefficients(self, params):
-        return torch.cat(list(params), dim=0)
+        return params[0] if len(params) == 1 else torch.cat(list(params), dim=0)
 
 
 def train(specs, device) -> loop.RawFits:

@@ -28,6 +28,10 @@ def train(specs, device) -> RawFits:
                                 spec.degree + 1).astype(dtype)
     lr = np.array([[s.lr] for s in specs], dtype=dtype)
     batch, epochs = len(specs), spec.epochs
+    Vt = np.ascontiguousarray(V.T)  # one row per power: both products stream along the points
+    err = np.empty((batch, spec.x_points), dtype=dtype)  # reused: no page faults per epoch
+    loss = np.empty(batch, dtype=dtype)
+    grad = np.empty_like(coef)
 
     active = np.ones(batch, dtype=bool)
     diverged_at = np.full(batch, -1, dtype=np.int64)
@@ -37,24 +41,26 @@ def train(specs, device) -> RawFits:
     limit = None
     with np.errstate(all="ignore"):  # a diverging job overflows; that is detected, not an error
         for epoch in range(epochs + 1):
-            y_pred = coef @ V.T
-            err = y_pred - y
-            loss = np.sum(err * err, axis=1)
+            np.matmul(coef, Vt, out=err)  # y_pred = sum_k c_k x^k
+            np.subtract(err, y, out=err)  # y_pred - y
+            np.einsum("ij,ij->i", err, err, out=loss)  # sum of squared errors
             if limit is None:
-                limit = explosion_limit(loss)
+                limit = explosion_limit(loss.copy())
             bad = ~(loss <= limit)
             diverged_at[bad & active] = epoch
             active &= ~bad
             np.copyto(final_loss, loss, where=active)
-            if epoch % CURVE_EVERY == CURVE_EVERY - 1:
+            if epoch % CURVE_EVERY == CURVE_EVERY - 1 and epoch < epochs:
                 curve[:, epoch // CURVE_EVERY] = loss
                 if not active.any():
                     break
             np.copyto(good, coef, where=active[:, None])
             if epoch == epochs:
                 break
-            grad_y = 2.0 * err
-            grad = grad_y @ V
+            # grad_y = 2 (y_pred - y); grad_k = sum(grad_y * x^k) for every k and job at once
+            # (the factor 2 is applied after the sum: scaling by 2 is exact either way)
+            np.matmul(err, Vt.T, out=grad)
+            grad *= 2.0
             coef -= lr * grad
             np.copyto(coef, good, where=~active[:, None])
     return RawFits(coefficients=good.astype(np.float64), final_loss=final_loss.astype(np.float64),

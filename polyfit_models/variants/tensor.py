@@ -21,23 +21,29 @@ class TensorProgram:
 
     def __init__(self, specs, device: torch.device) -> None:
         spec = specs[0]
-        _, self.y, self.V = torch_grid(spec, spec.degree, device)
-        self.Vt = self.V.T.contiguous()
+        _, self.y, self.Vt = torch_grid(spec, spec.degree, device)
         self.coef = initial_rows(specs, spec.degree + 1, device)
-        self.batch_size = len(specs)
+        batch = len(specs)
+        # Every epoch writes into the same buffers: a fresh (B, x_points) tensor per epoch costs
+        # page faults that take longer than the arithmetic.
+        self.err = self.coef.new_empty((batch, spec.x_points))
+        self.loss = self.coef.new_empty((batch,))
+        self.grad = torch.empty_like(self.coef)
+        self.batch_size = batch
         self.params = [self.coef]
         self.param_rows = [slice(None)]
         self.optimizer = RowwiseOptimizer(spec.optimizer, self.params, lr_column(specs, device))
 
     def evaluate(self, epoch: int, with_grads: bool):
         with torch.no_grad():
-            y_pred = self.coef @ self.Vt
-            err = y_pred.sub_(self.y)
-            loss = (err * err).sum(dim=1)
+            # forward, y_pred = C @ V^T, written straight as the error y_pred - y
+            torch.addmm(self.y, self.coef, self.Vt, beta=-1, out=self.err)
+            torch.linalg.vecdot(self.err, self.err, out=self.loss)  # sum of squared errors
             if not with_grads:
-                return loss, None
-            grad = (err @ self.V).mul_(2.0)  # == (2 * err) @ V exactly: scaling by 2 is exact
-            return loss, [grad]
+                return self.loss, None
+            # backward: grad_k = sum(2 (y_pred - y) x^k), every k and job in one product
+            torch.mm(self.err, self.Vt.T, out=self.grad).mul_(2.0)
+            return self.loss, [self.grad]
 
     def coefficients(self, params):
         return params[0]

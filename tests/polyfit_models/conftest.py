@@ -12,6 +12,17 @@ TORCH_VARIANTS = ("tensor", "autograd", "legendre", "module", "dynamic")
 SSE_MONOMIAL_VARIANTS = ("numpy", "tensor", "autograd")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """These tests fit small batches: one torch thread is as fast, and much faster when the
+    machine is busy (two threads on two loaded cores spend their time waiting on each other).
+    The package itself never sets threads; its caller does, as this fixture does here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def stability_limit(degree: int, x_points: int = 2000, dtype=np.float64) -> float:
     """2 / lambda_max of the Hessian 2 V^T V of the sum-of-squares loss on the default grid:
     gradient descent converges below this learning rate and diverges above it."""
