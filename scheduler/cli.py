@@ -56,7 +56,7 @@ class PolyfitGroup(click.Group):
         except click.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
-        except (SweepSpecError, SettingsError, PolyfitModelError, ValueError) as e:
+        except (SweepSpecError, SettingsError, PolyfitModelError) as e:
             click.echo(f"Error: {_one_line(str(e))}", err=True)
             sys.exit(EXIT_USAGE)
         except StoreError as e:
