@@ -135,3 +135,26 @@ def test_ctrl_c_stops_cleanly_keeps_what_finished_and_resume_completes(tmp_path,
     rows = stored_jobs(db_url, sweep_id)
     assert {r["status"] for r in rows} == {"succeeded"}
     assert all(r["attempts"] == 1 for r in rows if r["id"] in finished)
+
+
+def test_a_plain_celery_worker_serves_the_queue_too(redis_url, db_url, tmp_path):
+    """`celery -A worker.app worker` conventions work: settings from the environment."""
+    import os
+    import signal
+
+    env = polyfit_env(POLYFIT_BROKER_URL=redis_url, POLYFIT_DB_URL=db_url)
+    with open(tmp_path / "celery.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo",
+             "-Q", "polyfit.cpu,polyfit.any", "--loglevel", "INFO"],
+            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        sub = polyfit("sweep", "submit", "--variant", "numpy,legendre", "--seed", "0-2",
+                      "--epochs", "50", env=env)
+        sweep_id = sub.stdout.split()[-1]
+        done = polyfit("status", sweep_id, "--wait", "--json", "--interval", "0.2", env=env,
+                       timeout=120)
+        assert done.returncode == 0 and json.loads(done.stdout)["counts"] == {"succeeded": 6}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
