@@ -57,7 +57,9 @@ class Program(Protocol):
     optimizer: object  # has step(grads)
 
     def evaluate(self, epoch: int, with_grads: bool
-                 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]: ...
+                 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The detached per-job loss at ``epoch`` and, if ``with_grads``, the gradients of the
+        params (``run`` calls it under ``torch.no_grad`` when ``with_grads`` is False)."""
 
     def coefficients(self, params: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
@@ -157,15 +159,18 @@ def _column(mask: torch.Tensor) -> torch.Tensor:
 
 
 def run(program: Program, epochs: int) -> RawFits:
-    """Train ``program`` for ``epochs`` updates, then score it; see the module docstring."""
+    """Train ``program`` for ``epochs`` updates, then score it; see the module docstring.
+
+    Training epochs run in the caller's grad mode (autograd on, by default) without entering
+    any context per epoch; the bookkeeping touches detached tensors only."""
     tracker = _Tracker(program, epochs)
-    for epoch in range(epochs + 1):
-        training = epoch < epochs
-        loss, grads = program.evaluate(epoch, training)
-        with torch.no_grad():
-            going = tracker.record(epoch, loss)
-        if not (going and training):
+    for epoch in range(epochs):
+        loss, grads = program.evaluate(epoch, True)
+        if not tracker.record(epoch, loss):
             break
         program.optimizer.step(grads)
-    with torch.no_grad():
-        return tracker.finish(program)
+    else:
+        with torch.no_grad():
+            loss, _ = program.evaluate(epochs, False)
+        tracker.record(epochs, loss)
+    return tracker.finish(program)

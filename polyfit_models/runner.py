@@ -26,7 +26,7 @@ from .spec import JobSpec
 #: Rough per-chunk working-set budget on the CPU: (B, x_points) temporaries of a chunk this size
 #: stay within the caches of a small machine, which beats streaming one huge batch through
 #: memory, while a chunk is still big enough to hide the per-operation overhead.
-CPU_CHUNK_BYTES = 4 * 2 ** 20
+CPU_CHUNK_BYTES = 8 * 2 ** 20
 
 
 def batch_key(spec: JobSpec) -> tuple:

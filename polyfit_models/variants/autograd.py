@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .. import loop
 from ..optim import RowwiseOptimizer
-from ..problem import torch_grid
+from ..problem import torch_dtype, torch_grid
 from .common import initial_rows, lr_column
 
 
@@ -27,20 +27,20 @@ class AutogradProgram:
         self.y = y.expand(len(specs), -1)
         self.coef = initial_rows(specs, spec.degree + 1, device).requires_grad_()
         self.batch_size = len(specs)
+        self.seed_grad = torch.ones(len(specs), dtype=torch_dtype(spec.dtype), device=device)
         self.params = [self.coef]
         self.param_rows = [slice(None)]
         self.optimizer = RowwiseOptimizer(spec.optimizer, self.params, lr_column(specs, device))
 
     def evaluate(self, epoch: int, with_grads: bool):
-        with torch.set_grad_enabled(with_grads):
-            y_pred = self.coef @ self.Vt
-            # The lesson's (y_pred - y).pow(2).sum() per job; mse_loss with no reduction is
-            # that same elementwise (y_pred - y)^2 in one kernel, and its backward is one pass
-            # over the batch where pow's takes three.
-            loss = F.mse_loss(y_pred, self.y, reduction="none").sum(dim=1)
+        y_pred = self.coef @ self.Vt
+        # The lesson's (y_pred - y).pow(2).sum() per job; mse_loss with no reduction is
+        # that same elementwise (y_pred - y)^2 in one kernel, and its backward is one pass
+        # over the batch where pow's takes three.
+        loss = F.mse_loss(y_pred, self.y, reduction="none").sum(dim=1)
         if not with_grads:
             return loss, None
-        loss.sum().backward()
+        loss.backward(self.seed_grad)  # = loss.sum().backward(), without the sum
         grad, self.coef.grad = self.coef.grad, None
         return loss.detach(), [grad]
 

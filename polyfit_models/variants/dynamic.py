@@ -79,6 +79,7 @@ class DynamicProgram:
         self.draws = None
         self.drawn_block = -1
         self.batch_size = len(specs)
+        self.seed_grad = torch.ones(len(specs), dtype=torch_dtype(spec.dtype), device=device)
         self.params = list(self.model.blocks)
         self.param_rows = [rows for rows, _ in blocks]
         self.optimizer = TorchOptimizer(spec.optimizer,
@@ -97,11 +98,10 @@ class DynamicProgram:
 
     def evaluate(self, epoch: int, with_grads: bool):
         k = self.degrees(epoch)
-        with torch.set_grad_enabled(with_grads):
-            loss = self.criterion(self.model(self.Vt, k), self.target).mean(dim=1)
+        loss = self.criterion(self.model(self.Vt, k), self.target).mean(dim=1)
         if not with_grads:
             return loss, None
-        loss.sum().backward()
+        loss.backward(self.seed_grad)  # = loss.sum().backward(), without the sum
         grads = [p.grad for p in self.params]
         self.model.zero_grad(set_to_none=True)
         return loss.detach(), grads

@@ -19,8 +19,11 @@ fits), and the default settings converge like the tutorial's.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import loop
 from ..optim import RowwiseOptimizer
@@ -34,33 +37,41 @@ INIT_NOISE = 0.05
 def legendre_and_derivative(t: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(P_n(t), P_n'(t))`` elementwise, by the two recurrences of the module docstring.
 
-    P_0 = 1, P_0' = 0 and P_1' = 1 are kept as Python numbers rather than tensors: for small n
-    (the lesson's n = 3 takes five tensor operations) the cost of a fit is the number of tensor
-    operations per epoch, not their size."""
+    Written for few passes over ``t`` (for a batch, each pass is a sweep over a
+    (B, x_points) tensor): P_0 = 1, P'_0 = 0 and P'_1 = 1 stay numbers, and only the
+    derivatives of n's parity are formed, since P'_n = P'_{n-2} + (2n-1) P_{n-1} never needs
+    the others. n = 3 takes four passes."""
     if n == 0:
         return torch.ones_like(t), torch.zeros_like(t)
-    p_prev: torch.Tensor | float = 1.0
-    p: torch.Tensor = t
-    dp_prev: torch.Tensor | float = 0.0
-    dp: torch.Tensor | float = 1.0
-    for k in range(1, n):
-        # (k+1) P_{k+1} = (2k+1) t P_k - k P_{k-1}
-        scaled_prev = p_prev * (-k / (k + 1))
-        if isinstance(scaled_prev, float):
-            p_next = torch.mul(t, p).mul_((2 * k + 1) / (k + 1)).add_(scaled_prev)
-        else:
-            p_next = scaled_prev.addcmul_(t, p, value=(2 * k + 1) / (k + 1))
-        # P'_{k+1} = P'_{k-1} + (2k+1) P_k
-        if isinstance(dp_prev, float):
-            dp_next = torch.mul(p, 2 * k + 1)
-            if dp_prev != 0.0:
-                dp_next.add_(dp_prev)
-        else:
-            dp_next = torch.add(dp_prev, p, alpha=2 * k + 1)
-        p_prev, p, dp_prev, dp = p, p_next, dp, dp_next
-    if isinstance(dp, float):  # n == 1
+    if n == 1:
         return t.clone(), torch.ones_like(t)
-    return p, dp
+
+    def const(value: float) -> torch.Tensor:
+        return _constant(value, t.dtype, t.device)
+
+    p_prev: torch.Tensor = t  # placeholder, replaced at k = 1 where P_0 = 1 is used
+    p = t
+    dp: torch.Tensor | float = 1.0 if n % 2 else 0.0  # P'_1 or P'_0
+    for k in range(1, n):
+        if (n - k) % 2 == 1:  # P'_{k+1} is on n's chain: P'_{k+1} = P'_{k-1} + (2k+1) P_k
+            dp = (torch.add(const(dp), p, alpha=2 * k + 1) if isinstance(dp, float)
+                  else dp.add_(p, alpha=2 * k + 1))
+        # (k+1) P_{k+1} = (2k+1) t P_k - k P_{k-1}
+        if k == 1:
+            p_next = torch.addcmul(const(-0.5), t, t, value=1.5)
+        elif k == 2:
+            p_next = torch.mul(t, -2 / 3).addcmul_(t, p, value=5 / 3)  # P_1 is t: no in-place
+        else:
+            p_next = p_prev.mul_(-k / (k + 1)).addcmul_(t, p, value=(2 * k + 1) / (k + 1))
+        p_prev, p = p, p_next
+    return p, dp  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-dim constant to broadcast into one fused operation (only ever read, never written);
+    cached, because making it costs as much as the operation on a small fit."""
+    return torch.full((), value, dtype=dtype, device=device)
 
 
 class LegendreP(torch.autograd.Function):
@@ -84,27 +95,30 @@ class LegendreProgram:
     def __init__(self, specs, device: torch.device) -> None:
         spec = specs[0]
         self.n = spec.degree
-        x, self.y, _ = torch_grid(spec, 1, device)
+        x, y, _ = torch_grid(spec, 1, device)
+        self.y = y.expand(len(specs), -1)
         self.x = x.unsqueeze(0)
         noise = standard_normal_rows(seeded_generators(s.seed for s in specs), 4)
         init = np.asarray(TUTORIAL_INIT) + INIT_NOISE * noise
+        # One (B, 4) storage for the optimizer and the bookkeeping, seen by autograd as four
+        # (B, 1) leaves a, b, c, d (detached views of it): the lesson's four parameters, with
+        # no split in the graph, which costs a tenth of a small fit's epoch.
         self.abcd = torch.from_numpy(init).to(device=device, dtype=torch_dtype(spec.dtype))
-        self.abcd.requires_grad_()
+        self.leaves = [self.abcd[:, i:i + 1].detach().requires_grad_() for i in range(4)]
         self.batch_size = len(specs)
+        self.seed_grad = torch.ones(len(specs), dtype=torch_dtype(spec.dtype), device=device)
         self.params = [self.abcd]
         self.param_rows = [slice(None)]
         self.optimizer = RowwiseOptimizer(spec.optimizer, self.params, lr_column(specs, device))
 
     def evaluate(self, epoch: int, with_grads: bool):
-        with torch.set_grad_enabled(with_grads):
-            a, b, c, d = self.abcd.split(1, dim=1)  # (B, 1) each
-            y_pred = torch.addcmul(a, b, LegendreP.apply(torch.addcmul(c, d, self.x), self.n))
-            loss = (y_pred - self.y).pow(2).sum(dim=1)
+        a, b, c, d = self.leaves
+        y_pred = torch.addcmul(a, b, LegendreP.apply(torch.addcmul(c, d, self.x), self.n))
+        loss = F.mse_loss(y_pred, self.y, reduction="none").sum(dim=1)  # sum of squared errors
         if not with_grads:
             return loss, None
-        loss.sum().backward()
-        grad, self.abcd.grad = self.abcd.grad, None
-        return loss.detach(), [grad]
+        grads = torch.autograd.grad(loss, self.leaves, self.seed_grad)  # = loss.sum().backward()
+        return loss.detach(), [torch.cat(grads, dim=1)]
 
     def coefficients(self, params):
         return params[0]

@@ -14,7 +14,7 @@ import torch
 
 from .. import loop
 from ..optim import TorchOptimizer
-from ..problem import torch_grid
+from ..problem import torch_dtype, torch_grid
 from .common import initial_rows, lr_blocks
 
 _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -63,17 +63,17 @@ class ModuleProgram:
         self.criterion = torch.nn.MSELoss(reduction="none")
         self.target = y.expand(len(specs), -1)
         self.batch_size = len(specs)
+        self.seed_grad = torch.ones(len(specs), dtype=torch_dtype(spec.dtype), device=device)
         self.params = list(self.model.blocks)
         self.param_rows = [rows for rows, _ in blocks]
         self.optimizer = TorchOptimizer(spec.optimizer,
                                         [([p], lr) for p, (_, lr) in zip(self.params, blocks)])
 
     def evaluate(self, epoch: int, with_grads: bool):
-        with torch.set_grad_enabled(with_grads):
-            loss = self.criterion(self.model(self.Vt), self.target).mean(dim=1)
+        loss = self.criterion(self.model(self.Vt), self.target).mean(dim=1)
         if not with_grads:
             return loss, None
-        loss.sum().backward()
+        loss.backward(self.seed_grad)  # = loss.sum().backward(), without the sum
         grads = [p.grad for p in self.params]
         self.model.zero_grad(set_to_none=True)
         return loss.detach(), grads

@@ -1,6 +1,6 @@
 """The ``tensor`` variant: the lesson's NumPy program on torch tensors, gradients by hand.
 
-No autograd (everything runs under ``torch.no_grad``): forward ``y_pred = C @ V.T``, loss the
+No autograd (the coefficients do not require grad, so no graph is recorded): forward ``y_pred = C @ V.T``, loss the
 sum of squared errors per job, backward ``grad = 2 (y_pred - y) @ V``, which is the lesson's
 ``sum(grad_y * x^k)`` for every k and every job at once. The update is any rule of ``optim.py``
 with a per-job learning rate. Runs on the CPU or on a CUDA device.
@@ -35,15 +35,16 @@ class TensorProgram:
         self.optimizer = RowwiseOptimizer(spec.optimizer, self.params, lr_column(specs, device))
 
     def evaluate(self, epoch: int, with_grads: bool):
-        with torch.no_grad():
-            # forward, y_pred = C @ V^T, written straight as the error y_pred - y
-            torch.addmm(self.y, self.coef, self.Vt, beta=-1, out=self.err)
-            torch.linalg.vecdot(self.err, self.err, out=self.loss)  # sum of squared errors
-            if not with_grads:
-                return self.loss, None
-            # backward: grad_k = sum(2 (y_pred - y) x^k), every k and job in one product
-            torch.mm(self.err, self.Vt.T, out=self.grad).mul_(2.0)
-            return self.loss, [self.grad]
+        # forward, y_pred = C @ V^T, written straight as the error y_pred - y
+        torch.addmm(self.y, self.coef, self.Vt, beta=-1, out=self.err)
+        # sum of squared errors, as the squared 2-norm of each row: one pass over the batch
+        # without a (B, x_points) temporary, where (err * err).sum(1) takes two and one
+        torch.linalg.vector_norm(self.err, dim=1, out=self.loss).square_()
+        if not with_grads:
+            return self.loss, None
+        # backward: grad_k = sum(2 (y_pred - y) x^k), every k and job in one product
+        torch.mm(self.err, self.Vt.T, out=self.grad).mul_(2.0)
+        return self.loss, [self.grad]
 
     def coefficients(self, params):
         return params[0]

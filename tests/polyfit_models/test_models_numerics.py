@@ -46,7 +46,7 @@ def test_gradient_descent_below_the_stability_limit_converges_above_it_diverges(
                   for s in (1, 2)])
     for r in below:
         assert r.status == "succeeded" and r.diverged_at_epoch is None
-        assert r.loss_curve[-1][1] <= r.loss_curve[0][1]
+        assert r.loss_curve[-1][1] <= r.loss_curve[0][1] * (1 + 1e-5)  # flat once converged
     for r in above:
         assert r.status == "diverged" and 0 < r.diverged_at_epoch <= 600
         assert r.final_loss is not None and np.isfinite(r.final_loss)
