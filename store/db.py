@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from store.records import Base
 
@@ -26,8 +27,11 @@ class StoreError(Exception):
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to print or log."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
+    """The URL with any password replaced by ``***``, safe to print or log: the one between
+    ``user:`` and the host's ``@`` (up to the last ``@`` of the authority, as a password may hold
+    one), and a ``password=`` query parameter."""
+    url = re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", str(url))
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -77,6 +81,16 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# Pragmas ``polyfit sql`` may read. Those with an argument name a table or an index; the others
+# would set something if given one (``journal_mode=DELETE``), so they are read-only without.
+_PRAGMAS_ON_A_TABLE = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+                       "foreign_key_list"}
+_PRAGMAS_READ = {"table_list", "database_list", "collation_list", "function_list",
+                 "pragma_list", "compile_options", "journal_mode", "page_count", "page_size",
+                 "user_version", "schema_version", "data_version", "freelist_count",
+                 "encoding", "foreign_keys", "busy_timeout", "query_only"}
+
+
 def _deny_writes(action, arg1, arg2, dbname, source):
     """SQLite authorizer for the read-only door: reads only, no ATTACH, no pragma assignments."""
     allowed = {
@@ -87,13 +101,21 @@ def _deny_writes(action, arg1, arg2, dbname, source):
     }
     if action in allowed:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg2 is None:
-        return sqlite3.SQLITE_OK  # reading a pragma (e.g. table_info) is harmless
+    if action == sqlite3.SQLITE_PRAGMA:
+        name = (arg1 or "").lower()
+        if name in _PRAGMAS_ON_A_TABLE or (name in _PRAGMAS_READ and arg2 is None):
+            return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 
 
 def read_only_engine(url: str) -> Engine:
-    """An engine that cannot change the database, whatever SQL it is given."""
+    """An engine that cannot change the database, whatever SQL it is given.
+
+    SQLite: the file opened read-only (``mode=ro``), ``query_only``, and an authorizer that
+    allows reads only. PostgreSQL: every statement alone in a READ ONLY transaction, sent as one
+    prepared statement (so the server refuses ``COMMIT; DELETE ...``), and, if the account is a
+    superuser, under the ``pg_read_all_data`` role (so no ``COPY ... TO PROGRAM``, no reading of
+    server files); each connection is closed after use, so nothing a statement sets lingers."""
     try:
         parsed = make_url(url)
     except ArgumentError as e:
@@ -105,6 +127,7 @@ def read_only_engine(url: str) -> Engine:
         engine = create_engine(
             f"sqlite:///file:{path}?mode=ro&uri=true",
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+            poolclass=NullPool,
         )
 
         @event.listens_for(engine, "connect")
@@ -116,11 +139,43 @@ def read_only_engine(url: str) -> Engine:
             dbapi_conn.set_authorizer(_deny_writes)
 
         return engine
+    if parsed.get_backend_name() != "postgresql":
+        raise StoreError(f"polyfit sql supports SQLite and PostgreSQL, not "
+                         f"{parsed.get_backend_name()}")
     try:
-        # Every transaction on this engine is READ ONLY; the caller also rolls back.
-        return create_engine(url).execution_options(postgresql_readonly=True)
+        engine = create_engine(url, poolclass=NullPool)
     except (ArgumentError, ImportError, SQLAlchemyError) as e:
         raise StoreError(f"cannot use database {redact_url(url)}: {e}") from e
+    if engine.dialect.driver != "psycopg":
+        raise StoreError("polyfit sql on PostgreSQL needs the psycopg driver "
+                         "(postgresql+psycopg://...)")
+
+    @event.listens_for(engine, "do_execute")
+    def _one_prepared(cursor, statement, parameters, context):
+        # The extended query protocol takes exactly one statement.
+        cursor.execute(statement, parameters, prepare=True)
+        return True
+
+    @event.listens_for(engine, "do_execute_no_params")
+    def _one_prepared_no_params(cursor, statement, context):
+        cursor.execute(statement, prepare=True)
+        return True
+
+    @event.listens_for(engine, "begin")
+    def _drop_privileges(conn):
+        # Runs inside the READ ONLY transaction, before the caller's statement.
+        superuser = conn.exec_driver_sql(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").scalar()
+        if superuser:
+            has_role = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_roles WHERE rolname = 'pg_read_all_data'").scalar()
+            if not has_role:
+                raise StoreError("polyfit sql will not run as a PostgreSQL superuser on a "
+                                 "server older than 14; connect as a read-only user")
+            conn.exec_driver_sql("SET LOCAL ROLE pg_read_all_data")
+
+    # Every transaction on this engine is READ ONLY; the caller also rolls back.
+    return engine.execution_options(postgresql_readonly=True)
 
 
 def create_schema(engine: Engine) -> None:

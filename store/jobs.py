@@ -111,6 +111,7 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Seque
     """Record a sweep and its jobs as ``queued``; jobs already recorded are left as they are.
 
     Returns how many jobs were new. All in one transaction: a sweep is never half-recorded."""
+    t = now()
     try:
         with session_scope(engine) as s:
             if s.get(SweepRecord, sweep_id) is None:
@@ -120,7 +121,8 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Seque
                 s.scalars(select(JobRecord.id).where(JobRecord.sweep_id == sweep_id)).all()
             )
             new = [
-                {**job, "sweep_id": sweep_id, "status": QUEUED, "attempts": 0}
+                {**job, "sweep_id": sweep_id, "status": QUEUED, "attempts": 0,
+                 "heartbeat_at": t}
                 for job in jobs
                 if job["id"] not in existing
             ]
@@ -142,24 +144,20 @@ def claim_jobs(
     is what makes a redelivered message harmless."""
     t = now()
     stale = t - timedelta(seconds=stale_after_s)
+    claimable = or_(
+        JobRecord.status == QUEUED,
+        (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
+    )
     claimed: list[str] = []
     try:
         with session_scope(engine) as s:
             for chunk in _chunks(list(job_ids)):
-                claimable = or_(
-                    JobRecord.status == QUEUED,
-                    (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
-                )
-                ids = s.scalars(
-                    select(JobRecord.id).where(
-                        JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk), claimable
-                    )
-                ).all()
-                if not ids:
-                    continue
-                s.execute(
+                # The guard sits in the UPDATE itself, so that two workers handed the same job
+                # (a redelivered or duplicated message) cannot both take it, on PostgreSQL too,
+                # where a SELECT then UPDATE would race under READ COMMITTED.
+                claimed += s.scalars(
                     update(JobRecord)
-                    .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(ids))
+                    .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk), claimable)
                     .values(
                         status=RUNNING,
                         worker=worker,
@@ -167,9 +165,10 @@ def claim_jobs(
                         heartbeat_at=t,
                         attempts=JobRecord.attempts + 1,
                         error=None,
-                    ).execution_options(**_NO_SYNC)
-                )
-                claimed.extend(ids)
+                    )
+                    .returning(JobRecord.id)
+                    .execution_options(**_NO_SYNC)
+                ).all()
         return claimed
     except SQLAlchemyError as e:
         raise _wrap(engine, e) from e
@@ -354,7 +353,8 @@ def cancel_sweep(engine: Engine, sweep_id: str) -> int:
 def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list[JobView]:
     """Put back to ``queued`` every job that has not ended well: failed, cancelled, still queued,
     or ``running`` on a worker whose heartbeat stopped. Returns those jobs, to be enqueued."""
-    stale = now() - timedelta(seconds=stale_after_s)
+    t = now()
+    stale = t - timedelta(seconds=stale_after_s)
     missing = or_(
         JobRecord.status.in_((QUEUED, FAILED, CANCELLED)),
         (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
@@ -370,7 +370,8 @@ def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list
                 s.execute(
                     update(JobRecord)
                     .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk))
-                    .values(status=QUEUED, worker=None, error=None, finished_at=None)
+                    .values(status=QUEUED, worker=None, error=None, finished_at=None,
+                            heartbeat_at=t)
                     .execution_options(**_NO_SYNC)
                 )
             return [JobView(**{**{c: r[c] for c in JOB_COLUMNS}, "status": QUEUED})
@@ -382,24 +383,56 @@ def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list
 def reap_stale(engine: Engine, stale_after_s: float) -> list[JobView]:
     """Jobs ``running`` on a worker whose heartbeat stopped go back to ``queued``; returns them
     (to be enqueued again). Two reapers racing get disjoint sets: each row moves once."""
+    t = now()
+    stale = t - timedelta(seconds=stale_after_s)
+    return _requeue_returning(engine, t, (JobRecord.status == RUNNING) &
+                              (JobRecord.heartbeat_at < stale),
+                              status=QUEUED, worker=None)
+
+
+def lost_queued_devices(engine: Engine, stale_after_s: float) -> list[str]:
+    """The devices of jobs ``queued`` longer than ``stale_after_s`` ago (candidates for a lost
+    message: see ``take_lost_queued``)."""
     stale = now() - timedelta(seconds=stale_after_s)
     try:
         with session_scope(engine) as s:
-            recs = s.scalars(
-                select(JobRecord).where(JobRecord.status == RUNNING,
-                                        JobRecord.heartbeat_at < stale)
-            ).all()
-            moved = []
-            for rec in recs:
-                done = s.execute(
-                    update(JobRecord)
-                    .where(JobRecord.sweep_id == rec.sweep_id, JobRecord.id == rec.id,
-                           JobRecord.status == RUNNING, JobRecord.heartbeat_at < stale)
-                    .values(status=QUEUED, worker=None).execution_options(**_NO_SYNC)
-                ).rowcount
-                if done:
-                    moved.append(dataclasses.replace(_job_view(rec), status=QUEUED))
-            return moved
+            return list(s.scalars(
+                select(JobRecord.device).where(_queued_before(stale)).distinct()
+            ).all())
+    except SQLAlchemyError as e:
+        raise _wrap(engine, e) from e
+
+
+def take_lost_queued(engine: Engine, stale_after_s: float, devices: Sequence[str]) -> list[JobView]:
+    """Jobs of these devices ``queued`` longer than ``stale_after_s`` ago, whose queue the
+    caller found empty: their message was lost (fetched by a worker killed before it claimed
+    them, dropped by a broker, never published by a scheduler that died). Marks them as queued
+    now, so that each is taken once per ``stale_after_s`` however many reapers race, and
+    returns them, to be enqueued again."""
+    if not devices:
+        return []
+    t = now()
+    stale = t - timedelta(seconds=stale_after_s)
+    return _requeue_returning(engine, t, _queued_before(stale) &
+                              JobRecord.device.in_(list(devices)))
+
+
+def _queued_before(t: datetime):
+    # ``heartbeat_at`` of a queued job is when it was (re)queued; NULL in rows written before.
+    return (JobRecord.status == QUEUED) & or_(JobRecord.heartbeat_at < t,
+                                              JobRecord.heartbeat_at.is_(None))
+
+
+def _requeue_returning(engine: Engine, t: datetime, where, **values) -> list[JobView]:
+    """One guarded UPDATE ... RETURNING: concurrent callers get disjoint rows."""
+    table = JobRecord.__table__
+    try:
+        with session_scope(engine) as s:
+            rows = s.execute(
+                update(table).where(where).values(heartbeat_at=t, **values)
+                .returning(*(table.c[name] for name in JOB_COLUMNS))
+            ).mappings().all()
+            return [JobView(**r) for r in rows]
     except SQLAlchemyError as e:
         raise _wrap(engine, e) from e
 
@@ -412,7 +445,8 @@ def release_worker(engine: Engine, worker_prefix: str) -> int:
             return s.execute(
                 update(JobRecord)
                 .where(JobRecord.status == RUNNING, JobRecord.worker.startswith(worker_prefix))
-                .values(status=QUEUED, worker=None).execution_options(**_NO_SYNC)
+                .values(status=QUEUED, worker=None, heartbeat_at=now())
+                .execution_options(**_NO_SYNC)
             ).rowcount
     except SQLAlchemyError as e:
         raise _wrap(engine, e) from e

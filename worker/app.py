@@ -6,24 +6,35 @@ module reads its settings from the environment once, at import, which is its pro
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 
 from worker import queues
 from worker.payload import TASK_NAME  # noqa: F401 - re-exported
 from worker.settings import Settings
 
-# How long Redis waits before it hands an unacknowledged message to another consumer. Short, so
-# that the batch of a SIGKILLed worker is redelivered within minutes rather than the default
-# hour; a redelivery while the first worker is still alive is harmless, because the store only
-# lets a job be claimed again once its heartbeat has gone stale.
-VISIBILITY_TIMEOUT_S = 90
 
-
-def _transport_options(broker_url: str) -> dict:
-    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
-        return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
-    if broker_url.startswith(("sqla+sqlite", "sqlalchemy+sqlite")):
+def transport_options(settings: Settings) -> dict:
+    """Broker transport options for the settings' broker."""
+    url = settings.broker_url
+    if url.startswith(("redis://", "rediss://", "redis+socket://")):
+        vt = settings.visibility_timeout_s
+        return {
+            # How long Redis keeps an unacknowledged message (the batch of a worker that was
+            # SIGKILLed, or that lost its connection) before handing it to another consumer.
+            # A redelivery while the first worker is still alive is harmless: the store lets a
+            # job be claimed again only once its heartbeat has gone stale.
+            "visibility_timeout": vt,
+            # Look for such messages every few seconds, not every 100 s (kombu's default
+            # 10 s x throttle 10), so that they come back within about the timeout.
+            "unacked_restore_interval": max(1, min(10, int(vt // 3))),
+            "unacked_restore_throttle": 1,
+            # A broker that vanishes without closing the socket must not hang a publish.
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 10,
+        }
+    if url.startswith(("sqla+sqlite", "sqlalchemy+sqlite")):
         # Passed to create_engine by kombu: several workers poll one file; wait, don't fail.
         return {"connect_args": {"timeout": 60}}
     return {}
@@ -46,7 +57,7 @@ def make_app(settings: Settings) -> Celery:
         task_queues=[Queue(q) for q in (queues.CPU, queues.CUDA, queues.ANY)],
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options=_transport_options(settings.broker_url),
+        broker_transport_options=transport_options(settings),
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2,
                                    "interval_step": 0.5, "interval_max": 2},
@@ -60,6 +71,15 @@ def make_app(settings: Settings) -> Celery:
 
 
 app = make_app(Settings.from_env())
+
+
+@signals.celeryd_init.connect
+def _settle_settings(**_kwargs) -> None:
+    # ``polyfit worker`` replaces the settings (flags win over the environment this module was
+    # imported with) before the worker starts; the transport options must follow them.
+    app.conf.broker_transport_options = transport_options(app.conf.polyfit_settings)
+
+
 # A worker started by ``celery -A worker.app worker`` (not ``polyfit worker``) trains on the CPU
 # with torch's default threads; ``polyfit worker`` replaces this before the worker starts.
 from worker.runtime import Runtime  # noqa: E402

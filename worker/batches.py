@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from celery import Celery
-from kombu.exceptions import KombuError, OperationalError
+from kombu.exceptions import ChannelError, KombuError, OperationalError
 
 from polyfit_models import JobSpec, batch_key, bytes_per_job
 from store.db import redact_url
@@ -81,3 +81,22 @@ def publish(app: Celery, batches: Sequence[Batch]) -> None:
                                   queue=queue_for(batch.device), producer=producer)
     except (OperationalError, KombuError, OSError) as e:
         raise BrokerError(f"cannot reach the broker at {where}: {e}") from e
+
+
+def queue_sizes(app: Celery, names: Sequence[str]) -> dict[str, int]:
+    """How many messages wait in each queue (not counting those a worker holds);
+    raises BrokerError if the broker is unreachable."""
+    where = redact_url(app.conf.broker_url)
+    sizes = {}
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.default_channel
+            for name in names:
+                try:
+                    sizes[name] = channel.queue_declare(queue=name, passive=True).message_count
+                except ChannelError:  # never declared, or (Redis) empty and so deleted
+                    sizes[name] = 0
+    except (OperationalError, KombuError, OSError) as e:
+        raise BrokerError(f"cannot reach the broker at {where}: {e}") from e
+    return sizes

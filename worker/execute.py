@@ -12,16 +12,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from polyfit_models import JobSpec, fit_many
+from polyfit_models import JobSpec, batch_key, fit_many
 from store import StoreError
 from store import jobs as store_jobs
+from worker.batches import auto_batch_size
 from worker.payload import Batch
 from worker.runtime import Runtime, engine_for
 
 log = logging.getLogger("polyfit.worker")
 
-HEARTBEAT_S = 10.0
-STORE_ATTEMPTS = 6
+# Quick in-process retries of a store call (a blip); a longer outage fails the task, which Celery
+# retries with backoff (POLYFIT_MAX_RETRIES), see worker.tasks.
+STORE_ATTEMPTS = 3
 
 Trainer = Callable[[Sequence[JobSpec], str], list]
 
@@ -92,6 +94,22 @@ def _free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
+def train_within_budget(specs: Sequence[JobSpec], device: str, trainer: Trainer = fit_many
+                        ) -> list:
+    """``train_resilient`` over slices of ``specs`` that each fit the device's memory budget:
+    however many jobs a message holds, no more than the budget is trained at once."""
+    outcomes: list = []
+    start = 0
+    while start < len(specs):
+        key, room = batch_key(specs[start]), auto_batch_size(specs[start], device)
+        end = start + 1
+        while end < len(specs) and end - start < room and batch_key(specs[end]) == key:
+            end += 1
+        outcomes += train_resilient(specs[start:end], device, trainer)
+        start = end
+    return outcomes
+
+
 def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer = fit_many) -> dict:
     """Claim, train and store one batch; returns a small summary for the task's return value."""
     settings = runtime.settings
@@ -107,8 +125,9 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer = fi
         return {"sweep_id": batch.sweep_id, "ran": 0, "skipped": len(ids)}
     beat = lambda: store_jobs.beat(engine, batch.sweep_id, [j for j, _ in todo], worker)  # noqa: E731
     try:
-        with _Heartbeat(beat, HEARTBEAT_S):
-            outcomes = train_resilient([spec for _, spec in todo], runtime.torch_device(), trainer)
+        with _Heartbeat(beat, settings.heartbeat_s):
+            outcomes = train_within_budget([spec for _, spec in todo], runtime.torch_device(),
+                                           trainer)
     finally:
         if runtime.device == "cuda":
             _free_cuda()

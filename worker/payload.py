@@ -34,7 +34,9 @@ class Batch:
         }
 
     @classmethod
-    def from_dict(cls, data: object) -> Batch:
+    def from_dict(cls, data: object, *, max_job_work: int | None = None) -> Batch:
+        """The batch a message describes; ``max_job_work`` caps each job's epochs x points (a
+        message put straight into the queue has not been through the scheduler's limits)."""
         if not isinstance(data, dict):
             raise BadMessage(f"a batch must be a JSON object, got {type(data).__name__}")
         if data.get("schema") != SCHEMA:
@@ -60,5 +62,9 @@ class Batch:
                 spec = JobSpec.from_dict(job["spec"])
             except SpecError as e:
                 raise BadMessage(f"job {job_id}: {e}") from e
+            work = spec.epochs * spec.x_points
+            if max_job_work is not None and work > max_job_work:
+                raise BadMessage(f"job {job_id}: epochs x points = {work:,} is over the limit "
+                                 f"of {max_job_work:,} (POLYFIT_MAX_JOB_WORK)")
             parsed.append((job_id, spec))
         return cls(sweep_id=sweep_id, device=device, jobs=tuple(parsed))

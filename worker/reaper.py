@@ -1,8 +1,12 @@
-"""The reaper: a worker bootstep that, every ``REAP_EVERY_S``, puts back in the queue the jobs
-whose worker stopped sending heartbeats (killed, lost its machine, lost the database).
+"""The reaper: a worker bootstep that, every ``Settings.reap_every_s``, puts back in the queue
+the jobs whose worker stopped sending heartbeats (killed, lost its machine, lost the database),
+and the jobs whose message was lost (a worker killed between fetching a message and claiming
+its jobs, a broker that dropped it, a publish that failed).
 
 It runs on the worker's own timer in its main process, so every live worker of the fleet is a
-reaper and no extra service is needed; reapers racing each other move each job once."""
+reaper and no extra service is needed; reapers racing each other move each job once. Enqueueing
+a job twice is harmless (the store lets one worker claim it), losing one is not: when in doubt,
+the reaper enqueues."""
 
 from __future__ import annotations
 
@@ -12,32 +16,52 @@ from celery import bootsteps
 
 from store import StoreError
 from store import jobs as store_jobs
-from worker.batches import BrokerError, batches_for_views, publish
+from worker.batches import BrokerError, batches_for_views, publish, queue_sizes
+from worker.queues import queue_for
 from worker.runtime import engine_for
 
 log = logging.getLogger("polyfit.worker")
 
-REAP_EVERY_S = 15.0
-
 
 def reap_once(app) -> int:
-    """Requeue and re-enqueue the jobs of dead workers; returns how many."""
+    """Requeue and re-enqueue the jobs of dead workers and of lost messages; returns how many."""
     settings = app.conf.polyfit_settings
+    engine = engine_for(settings)
     try:
-        stale = store_jobs.reap_stale(engine_for(settings), settings.stale_after_s)
+        stale = store_jobs.reap_stale(engine, settings.stale_after_s)
     except StoreError as e:
-        log.warning("reaper could not read the store: %s", e)
-        return 0
-    if not stale:
+        log.warning("reaper could not use the store: %s", e)
         return 0
     try:
-        publish(app, batches_for_views(stale))
-    except BrokerError as e:
-        # The jobs are ``queued`` in the store; `polyfit sweep resume` enqueues them.
-        log.warning("reaper could not re-enqueue %d jobs: %s", len(stale), e)
+        lost = _take_lost(app, engine, settings.stale_after_s)
+    except (StoreError, BrokerError) as e:
+        log.warning("reaper could not look for lost messages: %s", e)
+        lost = []
+    todo = stale + lost
+    if not todo:
         return 0
-    log.warning("reaper re-enqueued %d jobs of a worker that stopped beating", len(stale))
-    return len(stale)
+    try:
+        publish(app, batches_for_views(todo))
+    except BrokerError as e:
+        # They stay ``queued``; once the broker is back their queue is empty and the next
+        # rounds enqueue them again as lost.
+        log.warning("reaper could not re-enqueue %d jobs: %s", len(todo), e)
+        return 0
+    if stale:
+        log.warning("reaper re-enqueued %d jobs of a worker that stopped beating", len(stale))
+    if lost:
+        log.warning("reaper re-enqueued %d queued jobs whose message was lost", len(lost))
+    return len(todo)
+
+
+def _take_lost(app, engine, stale_after_s: float) -> list:
+    """Queued jobs that have waited longer than ``stale_after_s`` while their queue is empty."""
+    devices = store_jobs.lost_queued_devices(engine, stale_after_s)
+    if not devices:
+        return []
+    sizes = queue_sizes(app, sorted({queue_for(d) for d in devices}))
+    empty = [d for d in devices if sizes[queue_for(d)] == 0]
+    return store_jobs.take_lost_queued(engine, stale_after_s, empty)
 
 
 class Reaper(bootsteps.StartStopStep):
@@ -48,8 +72,8 @@ class Reaper(bootsteps.StartStopStep):
         self.tref = None
 
     def start(self, worker):
-        self.tref = worker.timer.call_repeatedly(REAP_EVERY_S, reap_once, (worker.app,),
-                                                 priority=10)
+        every = worker.app.conf.polyfit_settings.reap_every_s
+        self.tref = worker.timer.call_repeatedly(every, reap_once, (worker.app,), priority=10)
 
     def stop(self, worker):
         if self.tref is not None:

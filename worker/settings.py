@@ -18,6 +18,8 @@ ENV_DB = "POLYFIT_DB_URL"
 ENV_MAX_JOBS = "POLYFIT_MAX_JOBS"
 ENV_MAX_JOB_WORK = "POLYFIT_MAX_JOB_WORK"
 ENV_STALE_AFTER = "POLYFIT_STALE_AFTER_S"
+ENV_MAX_RETRIES = "POLYFIT_MAX_RETRIES"
+ENV_VISIBILITY = "POLYFIT_VISIBILITY_TIMEOUT_S"
 
 
 class SettingsError(ValueError):
@@ -43,17 +45,18 @@ def embedded_broker_url(db_url: str) -> str:
     return "sqla+" + url.render_as_string(hide_password=False)
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
+         high: int = 10**15) -> int:
     raw = env.get(name)
     if raw in (None, ""):
         return default
     try:
-        value = int(float(raw))
+        number = float(raw)
     except ValueError as e:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from e
-    if value <= 0:
-        raise SettingsError(f"{name} must be > 0, got {raw!r}")
-    return value
+    if not (low <= number <= high) or number != int(number):
+        raise SettingsError(f"{name} must be a whole number in {low}..{high:,}, got {raw!r}")
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,26 @@ class Settings:
     max_jobs: int = 200_000
     # ...and any job whose epochs x points exceeds this (a typo like --epochs 1e12).
     max_job_work: int = 2_000_000_000
-    # A running job whose heartbeat is older than this is taken to have lost its worker.
+    # A running job whose heartbeat is older than this is taken to have lost its worker; a
+    # queued job enqueued longer ago than this, whose queue is empty, has lost its message.
     stale_after_s: float = 60.0
+    # How often a task whose store call failed (database unreachable) is retried, with
+    # exponential backoff, before it is given up (its jobs are then found by the reaper).
+    max_retries: int = 5
+    # Redis only: how long an unacknowledged message waits before it is delivered again
+    # (the batch of a worker that died with it in hand, or that lost its connection).
+    visibility_timeout_s: float = 90.0
+
+    @property
+    def heartbeat_s(self) -> float:
+        """How often a worker refreshes the heartbeat of the jobs it trains: several beats per
+        ``stale_after_s``, so a live worker's jobs never look stale."""
+        return min(10.0, self.stale_after_s / 4)
+
+    @property
+    def reap_every_s(self) -> float:
+        """How often each worker looks for jobs of dead workers and for lost messages."""
+        return min(15.0, self.stale_after_s / 2)
 
     @property
     def broker_url(self) -> str:
@@ -86,6 +107,8 @@ class Settings:
             max_jobs=_int(env, ENV_MAX_JOBS, cls.max_jobs),
             max_job_work=_int(env, ENV_MAX_JOB_WORK, cls.max_job_work),
             stale_after_s=float(_int(env, ENV_STALE_AFTER, int(cls.stale_after_s))),
+            max_retries=_int(env, ENV_MAX_RETRIES, cls.max_retries, low=0, high=100),
+            visibility_timeout_s=float(_int(env, ENV_VISIBILITY, int(cls.visibility_timeout_s))),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         return replace(base, **given)
@@ -97,6 +120,8 @@ class Settings:
             ENV_MAX_JOBS: str(self.max_jobs),
             ENV_MAX_JOB_WORK: str(self.max_job_work),
             ENV_STALE_AFTER: str(int(self.stale_after_s)),
+            ENV_MAX_RETRIES: str(self.max_retries),
+            ENV_VISIBILITY: str(int(self.visibility_timeout_s)),
         }
         if self.broker:
             env[ENV_BROKER] = self.broker

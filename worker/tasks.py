@@ -5,6 +5,7 @@ the app config."""
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import signals
 
@@ -32,17 +33,26 @@ def _init_pool_process(**_kwargs) -> None:
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
+    # The database unreachable or refusing a write is transient: retry later, with exponential
+    # backoff (1, 2, 4, ... s, at most 60 s, jittered), up to POLYFIT_MAX_RETRIES times.
     autoretry_for=(StoreError,),
     retry_backoff=True,
     retry_backoff_max=60,
+    retry_jitter=True,
     max_retries=5,
 )
 def run_batch(self, payload: dict) -> dict:
     """Train one batch of compatible jobs and store their results."""
+    settings = _runtime().settings
+    # The retry count is a setting of this worker; Celery's autoretry reads it from here.
+    self.override_max_retries = settings.max_retries
     try:
-        batch = Batch.from_dict(payload)
+        batch = Batch.from_dict(payload, max_job_work=settings.max_job_work)
     except BadMessage as e:
         # Retrying cannot fix a malformed message: log it and drop it, keep the worker serving.
         log.error("rejected malformed batch message %s: %s", self.request.id, e)
         return {"rejected": str(e)}
-    return execute.run_batch(batch, _runtime(), worker=self.request.hostname or "worker")
+    # One owner per process: the prefork children of a worker share its hostname, and a job
+    # must never be claimed by a second process while the first one still trains it.
+    worker = f"{self.request.hostname or 'worker'}/{os.getpid()}"
+    return execute.run_batch(batch, _runtime(), worker=worker)

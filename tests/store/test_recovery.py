@@ -1,0 +1,72 @@
+"""What the reaper and concurrent workers rely on from the store, on SQLite and PostgreSQL: a
+claim that two racing workers can never both win, stale jobs moved once, and queued jobs whose
+message was lost found again."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from store import jobs as J
+from store.records import JobRecord
+from tests.store.test_store import _job, _result, engine  # noqa: F401 - the fixture
+
+
+def _age(engine, seconds: float, **where) -> None:  # noqa: F811
+    with engine.begin() as c:
+        q = update(JobRecord).values(heartbeat_at=J.now() - timedelta(seconds=seconds))
+        for col, value in where.items():
+            q = q.where(getattr(JobRecord, col) == value)
+        c.execute(q)
+
+
+def test_racing_claims_on_the_same_jobs_never_both_win(engine):  # noqa: F811
+    ids = [f"job{i:04d}" for i in range(200)]
+    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(200)])
+    start = threading.Barrier(8)
+    won: dict[int, list[str]] = {}
+
+    def claim(k: int) -> None:
+        start.wait()
+        won[k] = []
+        for chunk in (ids[i : i + 20] for i in range(0, 200, 20)):
+            won[k] += J.claim_jobs(engine, "s1", chunk, f"w{k}", 60)
+
+    threads = [threading.Thread(target=claim, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [j for got in won.values() for j in got]
+    assert sorted(everything) == ids  # each job won exactly once
+    assert all(j.attempts == 1 for j in J.list_jobs(engine, "s1"))
+
+
+def test_stale_running_jobs_are_moved_once_however_many_reapers(engine):  # noqa: F811
+    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(4)])
+    J.claim_jobs(engine, "s1", ["job0000", "job0001"], "dead", 60)
+    J.claim_jobs(engine, "s1", ["job0002"], "alive", 60)
+    _age(engine, 120, worker="dead")
+    moved = J.reap_stale(engine, 60)
+    assert sorted(j.id for j in moved) == ["job0000", "job0001"]
+    assert all(j.status == "queued" and j.worker is None for j in moved)
+    assert J.reap_stale(engine, 60) == []
+    assert J.status_counts(engine, "s1") == {"queued": 3, "running": 1}
+
+
+def test_queued_jobs_that_waited_too_long_are_taken_once(engine):  # noqa: F811
+    J.save_sweep(engine, "s1", "demo", {}, [_job(0), _job(1), _job(2, device="cuda"),
+                                            _job(3)])
+    J.claim_jobs(engine, "s1", ["job0003"], "w", 60)
+    J.save_results(engine, "s1", [("job0003", _result())], "w", "cpu")
+    assert J.lost_queued_devices(engine, 60) == []  # just queued: not lost
+    _age(engine, 120)
+    assert sorted(J.lost_queued_devices(engine, 60)) == ["cpu", "cuda"]
+    # The caller found only the CPU queue empty: the cuda job may still have its message.
+    taken = J.take_lost_queued(engine, 60, ["cpu"])
+    assert sorted(j.id for j in taken) == ["job0000", "job0001"]
+    assert J.take_lost_queued(engine, 60, ["cpu"]) == []  # marked: once per stale period
+    assert J.lost_queued_devices(engine, 60) == ["cuda"]
+    assert J.status_counts(engine, "s1") == {"queued": 3, "succeeded": 1}
