@@ -13,19 +13,35 @@ output). Prints, per variant: lesson seconds, polyfit seconds, ratio (lesson / p
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import os
 import platform
 import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+
+def _threads_from_argv(default: int = 2) -> int:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--threads", type=int, default=default)
+    return parser.parse_known_args()[0].threads
+
+
+# The thread pools of OpenMP, MKL and NumPy's OpenBLAS are sized when numpy and torch load,
+# so the benchmark (the process edge) fixes them from --threads before importing either.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = str(_threads_from_argv())
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from polyfit_models import VARIANTS, JobSpec, fit  # noqa: E402
+
+DEVNULL = open(os.devnull, "w")  # where the lesson's progress prints go
 
 
 # --- the lesson's programs ----------------------------------------------------------------
@@ -39,7 +55,7 @@ def lesson_numpy(seed: int, epochs: int = 2000, lr: float = 1e-6) -> list[float]
         y_pred = a + b * x + c * x ** 2 + d * x ** 3
         loss = np.square(y_pred - y).sum()
         if t % 100 == 99:
-            pass  # the lesson prints (t, loss) here
+            print(t, loss, file=DEVNULL)  # the lesson prints its progress
         grad_y_pred = 2.0 * (y_pred - y)
         grad_a = grad_y_pred.sum()
         grad_b = (grad_y_pred * x).sum()
@@ -61,7 +77,7 @@ def lesson_tensor(seed: int, epochs: int = 2000, lr: float = 1e-6) -> list[float
         y_pred = a + b * x + c * x ** 2 + d * x ** 3
         loss = (y_pred - y).pow(2).sum()
         if t % 100 == 99:
-            loss.item()  # the lesson prints (t, loss.item()) here
+            print(t, loss.item(), file=DEVNULL)
         grad_y_pred = 2.0 * (y_pred - y)
         grad_a = grad_y_pred.sum()
         grad_b = (grad_y_pred * x).sum()
@@ -83,7 +99,7 @@ def lesson_autograd(seed: int, epochs: int = 2000, lr: float = 1e-6) -> list[flo
         y_pred = a + b * x + c * x ** 2 + d * x ** 3
         loss = (y_pred - y).pow(2).sum()
         if t % 100 == 99:
-            loss.item()
+            print(t, loss.item(), file=DEVNULL)
         loss.backward()
         with torch.no_grad():
             for p in (a, b, c, d):
@@ -116,7 +132,7 @@ def lesson_legendre(seed: int, epochs: int = 2000, lr: float = 5e-6) -> list[flo
         y_pred = a + b * P3(c + d * x)
         loss = (y_pred - y).pow(2).sum()
         if t % 100 == 99:
-            loss.item()
+            print(t, loss.item(), file=DEVNULL)
         loss.backward()
         with torch.no_grad():
             for p in (a, b, c, d):
@@ -146,7 +162,7 @@ def lesson_module(seed: int, epochs: int = 2000, lr: float = 1e-3) -> list[float
         optimizer.zero_grad()
         loss = criterion(model(x), y)
         if t % 100 == 99:
-            loss.item()
+            print(t, loss.item(), file=DEVNULL)
         loss.backward()
         optimizer.step()
     return [p.item() for p in model.parameters()]
@@ -176,7 +192,7 @@ def lesson_dynamic(seed: int, epochs: int = 30000, lr: float = 1e-8) -> list[flo
         optimizer.zero_grad()
         loss = criterion(model(x), y)
         if t % 100 == 99:
-            loss.item()
+            print(t, loss.item(), file=DEVNULL)
         loss.backward()
         optimizer.step()
     return [p.item() for p in model.parameters()]
@@ -213,8 +229,8 @@ def main(argv=None) -> None:
         spec = JobSpec.create(name, epochs=epochs, seed=1)
         LESSON[name](0, epochs=min(epochs, 50))  # warm-up: first-call costs on neither side
         fit(JobSpec.create(name, epochs=50))
-        lesson_s = best_of(args.repeats, lambda: LESSON[name](1, epochs=epochs))
-        polyfit_s = best_of(args.repeats, lambda: fit(spec))
+        lesson_s = best_of(args.repeats, functools.partial(LESSON[name], 1, epochs=epochs))
+        polyfit_s = best_of(args.repeats, functools.partial(fit, spec))
         print(f"{name:<10} {lesson_s:>9.3f} {polyfit_s:>9.3f} {lesson_s / polyfit_s:>6.2f}",
               flush=True)
 

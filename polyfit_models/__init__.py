@@ -9,10 +9,10 @@ the caller decides the device and the threads.
 """
 
 from .errors import DeviceError, PolyfitModelError, ResultError, SpecError
-from .runner import batch_key, bytes_per_job, fit, fit_many
 from .problem import DTYPES, OPTIMIZERS, TARGETS
 from .registry import VARIANTS, Variant
 from .result import FitResult
+from .runner import batch_key, bytes_per_job, fit, fit_many
 from .spec import JobSpec
 
 __all__ = [

@@ -22,8 +22,9 @@ the loss curve (epoch % 100 == 99) falls out of the ring.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -141,7 +142,7 @@ class _Tracker:
         self.carry = [slots[filled - 1].clone() for slots in self.param_slots]
         return bool(any_active)
 
-    def finish(self, program: Program) -> "RawFits":
+    def finish(self, program: Program) -> RawFits:
         final = [torch.where(_column(self.active[rows]), p, frozen)
                  for p, frozen, rows in zip(self.params, self.frozen, self.rows)]
         final_loss = torch.where(self.active, self.carry_loss, self.final_loss)

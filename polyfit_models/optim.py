@@ -16,7 +16,7 @@ invisible to a job. Two implementations sit behind one small interface:
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

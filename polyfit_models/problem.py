@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
 DTYPES: tuple[str, ...] = ("float32", "float64")
 
 #: Target name -> (NumPy function, torch function).
-TARGETS: "MappingProxyType[str, tuple[Callable, Callable]]" = MappingProxyType({
+TARGETS: MappingProxyType[str, tuple[Callable, Callable]] = MappingProxyType({
     "sin": (np.sin, torch.sin),
     "cos": (np.cos, torch.cos),
     "exp": (np.exp, torch.exp),

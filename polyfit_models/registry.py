@@ -17,9 +17,9 @@ the top coefficients. 14 is the last degree where the problem is still well pose
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def _defaults(lr: float, degree: int, epochs: int, optimizer: str, dtype: str):
 
 _TORCH_DEVICES = ("cpu", "cuda")
 
-VARIANTS: "Mapping[str, Variant]" = MappingProxyType({v.name: v for v in (
+VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
     Variant(
         name="numpy",
         summary="NumPy, hand-written forward and backward, plain gradient descent (CPU only)",

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ResultError
 
@@ -37,7 +38,7 @@ class FitResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FitResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> FitResult:
         """Rebuild a result from ``to_dict`` output; raises ``ResultError`` on malformed input."""
         if not isinstance(data, Mapping):
             raise ResultError(f"a fit result must be a mapping, got {type(data).__name__}")

@@ -11,7 +11,7 @@ is row-wise). ``fit(spec)`` is ``fit_many([spec])``. The device is passed in, ne
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import SpecError
 from .problem import DTYPES, TARGETS, power_sum_is_safe
@@ -91,11 +92,13 @@ class JobSpec:
             raise SpecError(f"lr must be > 0 and <= {MAX_LR:g}, got {self.lr!r}")
         if not variant.min_degree <= self.degree <= variant.max_degree:
             raise SpecError(f"degree must be between {variant.min_degree} and "
-                            f"{variant.max_degree} for variant {self.variant}, got {_show(self.degree)}")
+                            f"{variant.max_degree} for variant {self.variant}, "
+                            f"got {_show(self.degree)}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise SpecError(f"seed must be >= 0 and < 2**32, got {_show(self.seed)}")
         if not 1 <= self.epochs <= MAX_EPOCHS:
-            raise SpecError(f"epochs must be between 1 and {MAX_EPOCHS}, got {_show(self.epochs)}")
+            raise SpecError(f"epochs must be between 1 and {MAX_EPOCHS}, "
+                            f"got {_show(self.epochs)}")
         if self.optimizer not in variant.optimizers:
             raise SpecError(f"optimizer must be one of {', '.join(variant.optimizers)} for "
                             f"variant {self.variant}, got {_show(self.optimizer)}")
@@ -105,7 +108,8 @@ class JobSpec:
         if self.dtype not in DTYPES:
             raise SpecError(f"dtype must be one of {', '.join(DTYPES)}, got {_show(self.dtype)}")
         if not 2 <= self.x_points <= MAX_POINTS:
-            raise SpecError(f"x_points must be between 2 and {MAX_POINTS}, got {_show(self.x_points)}")
+            raise SpecError(f"x_points must be between 2 and {MAX_POINTS}, "
+                            f"got {_show(self.x_points)}")
         if not self.x_start < self.x_stop:
             raise SpecError(f"x_start must be < x_stop, got x_start={self.x_start!r} "
                             f"and x_stop={self.x_stop!r}")
@@ -117,7 +121,7 @@ class JobSpec:
                 f"overflow; lower the degree, narrow the x range or use float64")
 
     @classmethod
-    def create(cls, variant: str, **overrides: Any) -> "JobSpec":
+    def create(cls, variant: str, **overrides: Any) -> JobSpec:
         """A spec for ``variant`` with the variant's defaults (seed 0) for every field not
         given in ``overrides``."""
         if not isinstance(variant, str) or variant not in VARIANTS:
@@ -130,7 +134,7 @@ class JobSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "JobSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
         """Validate ``data`` and build the spec; raises ``SpecError`` (one line) on bad input."""
         if not isinstance(data, Mapping):
             raise SpecError(f"a job spec must be a mapping, got {type(data).__name__}")

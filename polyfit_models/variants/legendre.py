@@ -96,13 +96,15 @@ class LegendreProgram:
         spec = specs[0]
         self.n = spec.degree
         x, y, _ = torch_grid(spec, 1, device)
-        self.y = y.expand(len(specs), -1)
         self.x = x.unsqueeze(0)
+        self.y = y.expand(len(specs), -1)
         noise = standard_normal_rows(seeded_generators(s.seed for s in specs), 4)
         init = np.asarray(TUTORIAL_INIT) + INIT_NOISE * noise
         # One (B, 4) storage for the optimizer and the bookkeeping, seen by autograd as four
         # (B, 1) leaves a, b, c, d (detached views of it): the lesson's four parameters, with
-        # no split in the graph, which costs a tenth of a small fit's epoch.
+        # no split node in the graph. Every operation here is elementwise or a row reduction,
+        # so a job computes the same bits in any batch (a matrix product, whose rounding
+        # depends on the batch's size, would not: with RMSprop that is enough to diverge).
         self.abcd = torch.from_numpy(init).to(device=device, dtype=torch_dtype(spec.dtype))
         self.leaves = [self.abcd[:, i:i + 1].detach().requires_grad_() for i in range(4)]
         self.batch_size = len(specs)

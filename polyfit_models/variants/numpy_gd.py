@@ -13,8 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..loop import CURVE_EVERY, RawFits, explosion_limit
-from ..problem import grid, numpy_dtype, powers, seeded_generators, standard_normal_rows, \
-    target_values
+from ..problem import (
+    grid,
+    numpy_dtype,
+    powers,
+    seeded_generators,
+    standard_normal_rows,
+    target_values,
+)
 
 
 def train(specs, device) -> RawFits:
@@ -28,7 +34,13 @@ def train(specs, device) -> RawFits:
                                 spec.degree + 1).astype(dtype)
     lr = np.array([[s.lr] for s in specs], dtype=dtype)
     batch, epochs = len(specs), spec.epochs
-    Vt = np.ascontiguousarray(V.T)  # one row per power: both products stream along the points
+    # y_pred - y = C @ V^T - y as one product: each coefficient row carries a constant -1 and
+    # the powers carry y as one more row (a separate subtraction is one more pass over the
+    # batch). Powers are stored one row per power, so both products stream along the points.
+    powers_and_y = np.concatenate([V.T, y[None, :]]).astype(dtype)
+    coef_and_minus_one = np.concatenate([coef, np.full((batch, 1), -1.0, dtype=dtype)], axis=1)
+    coef = coef_and_minus_one[:, :-1]  # the trainable view, updated in place
+    Vt_T = powers_and_y[:-1].T
     err = np.empty((batch, spec.x_points), dtype=dtype)  # reused: no page faults per epoch
     loss = np.empty(batch, dtype=dtype)
     grad = np.empty_like(coef)
@@ -41,8 +53,7 @@ def train(specs, device) -> RawFits:
     limit = None
     with np.errstate(all="ignore"):  # a diverging job overflows; that is detected, not an error
         for epoch in range(epochs + 1):
-            np.matmul(coef, Vt, out=err)  # y_pred = sum_k c_k x^k
-            np.subtract(err, y, out=err)  # y_pred - y
+            np.matmul(coef_and_minus_one, powers_and_y, out=err)  # y_pred - y
             np.einsum("ij,ij->i", err, err, out=loss)  # sum of squared errors
             if limit is None:
                 limit = explosion_limit(loss.copy())
@@ -59,7 +70,7 @@ def train(specs, device) -> RawFits:
                 break
             # grad_y = 2 (y_pred - y); grad_k = sum(grad_y * x^k) for every k and job at once
             # (the factor 2 is applied after the sum: scaling by 2 is exact either way)
-            np.matmul(err, Vt.T, out=grad)
+            np.matmul(err, Vt_T, out=grad)
             grad *= 2.0
             coef -= lr * grad
             np.copyto(coef, good, where=~active[:, None])

@@ -1,9 +1,10 @@
 """The ``tensor`` variant: the lesson's NumPy program on torch tensors, gradients by hand.
 
-No autograd (the coefficients do not require grad, so no graph is recorded): forward ``y_pred = C @ V.T``, loss the
-sum of squared errors per job, backward ``grad = 2 (y_pred - y) @ V``, which is the lesson's
-``sum(grad_y * x^k)`` for every k and every job at once. The update is any rule of ``optim.py``
-with a per-job learning rate. Runs on the CPU or on a CUDA device.
+No autograd (the coefficients do not require grad, so no graph is recorded): forward
+``y_pred = C @ V.T``, loss the sum of squared errors per job, backward
+``grad = 2 (y_pred - y) @ V``, which is the lesson's ``sum(grad_y * x^k)`` for every k and
+every job at once. The update is any rule of ``optim.py`` with a per-job learning rate. Runs on
+the CPU or on a CUDA device.
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ class TensorProgram:
 
     def __init__(self, specs, device: torch.device) -> None:
         spec = specs[0]
-        _, self.y, self.Vt = torch_grid(spec, spec.degree, device)
-        self.coef = initial_rows(specs, spec.degree + 1, device)
+        _, y, Vt = torch_grid(spec, spec.degree, device)
         batch = len(specs)
+        # The error y_pred - y = C @ V^T - y as one product: each row of coefficients carries
+        # a constant -1 and the powers carry y as one more row. (addmm would first copy y into
+        # the output and then add the product: two passes over the batch instead of one.)
+        self.powers_and_y = torch.cat([Vt, y.unsqueeze(0)])
+        self.coef_and_minus_one = torch.cat(
+            [initial_rows(specs, spec.degree + 1, device), Vt.new_full((batch, 1), -1.0)], dim=1)
+        self.coef = self.coef_and_minus_one[:, :-1]  # the trainable view, updated in place
+        self.Vt_T = Vt.T
         # Every epoch writes into the same buffers: a fresh (B, x_points) tensor per epoch costs
         # page faults that take longer than the arithmetic.
-        self.err = self.coef.new_empty((batch, spec.x_points))
-        self.loss = self.coef.new_empty((batch,))
+        self.err = Vt.new_empty((batch, spec.x_points))
+        self.loss = Vt.new_empty((batch,))
         self.grad = torch.empty_like(self.coef)
         self.batch_size = batch
         self.params = [self.coef]
@@ -36,14 +44,14 @@ class TensorProgram:
 
     def evaluate(self, epoch: int, with_grads: bool):
         # forward, y_pred = C @ V^T, written straight as the error y_pred - y
-        torch.addmm(self.y, self.coef, self.Vt, beta=-1, out=self.err)
+        torch.mm(self.coef_and_minus_one, self.powers_and_y, out=self.err)
         # sum of squared errors, as the squared 2-norm of each row: one pass over the batch
         # without a (B, x_points) temporary, where (err * err).sum(1) takes two and one
         torch.linalg.vector_norm(self.err, dim=1, out=self.loss).square_()
         if not with_grads:
             return self.loss, None
         # backward: grad_k = sum(2 (y_pred - y) x^k), every k and job in one product
-        torch.mm(self.err, self.Vt.T, out=self.grad).mul_(2.0)
+        torch.mm(self.err, self.Vt_T, out=self.grad).mul_(2.0)
         return self.loss, [self.grad]
 
     def coefficients(self, params):

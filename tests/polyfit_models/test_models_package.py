@@ -10,14 +10,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cuda_or_skip, spec
 
 import polyfit_models
-from polyfit_models import (DTYPES, OPTIMIZERS, TARGETS, VARIANTS, DeviceError, FitResult,
-                            JobSpec, PolyfitModelError, SpecError, Variant, batch_key,
-                            bytes_per_job, fit, fit_many)
+from polyfit_models import (
+    DTYPES,
+    OPTIMIZERS,
+    TARGETS,
+    VARIANTS,
+    DeviceError,
+    FitResult,
+    PolyfitModelError,
+    SpecError,
+    Variant,
+    batch_key,
+    bytes_per_job,
+    fit,
+    fit_many,
+)
 from polyfit_models.errors import ResultError
-
-from conftest import cuda_or_skip, spec
 
 PACKAGE = Path(polyfit_models.__file__).parent
 INFRA = ["celery", "redis", "sqlalchemy", "click", "kombu", "yaml"]
@@ -40,7 +51,8 @@ def test_core_reads_no_environment_and_sets_no_threads():
 
 
 def test_no_string_branches_on_variant_names():
-    pattern = re.compile(r"""(==|!=)\s*["'](%s)["']""" % "|".join(VARIANTS))
+    names = "|".join(VARIANTS)
+    pattern = re.compile(rf"""(==|!=)\s*["']({names})["']""")
     for path in PACKAGE.rglob("*.py"):
         assert not pattern.search(path.read_text()), path.name
 
