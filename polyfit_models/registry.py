@@ -52,7 +52,9 @@ class Variant:
     monomial: Callable[[np.ndarray, int], list[float] | None]
     #: Number of trainable parameters when it does not follow the degree (legendre, dynamic).
     fixed_coefficients: int | None = None
-    #: Approximate number of (B, x_points) temporaries alive at the peak of one epoch.
+    #: Approximate number of (B, x_points) arrays alive at the peak of one epoch (buffers,
+    #: tensors saved for backward, temporaries), counted from the variant's graph with a
+    #: little margin; ``bytes_per_job`` builds on it.
     live_rows: Callable[[int], int] = lambda degree: 6
 
     def n_coefficients(self, degree: int) -> int:
@@ -75,7 +77,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         optimizers=("sgd",), min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float64"),
         train=numpy_gd.train, predict=monomial_predict, monomial=monomial_identity,
-        live_rows=lambda degree: 4),
+        live_rows=lambda degree: 2),
     Variant(
         name="tensor",
         summary="torch tensors with hand-written gradients, no autograd (CPU or GPU)",
@@ -83,7 +85,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
         train=tensor.train, predict=monomial_predict, monomial=monomial_identity,
-        live_rows=lambda degree: 3),
+        live_rows=lambda degree: 2),
     Variant(
         name="autograd",
         summary="torch tensors with requires_grad, loss.backward(), manual update",
@@ -91,7 +93,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
         train=autograd.train, predict=monomial_predict, monomial=monomial_identity,
-        live_rows=lambda degree: 6),
+        live_rows=lambda degree: 4),
     Variant(
         name="legendre",
         summary="y = a + b * P_n(c + d x) through a custom autograd Function (degree is n)",
@@ -99,7 +101,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(5e-6, 3, 2000, "sgd", "float32"),
         train=legendre.train, predict=legendre.predict, monomial=legendre.monomial,
-        fixed_coefficients=4, live_rows=lambda degree: 12),
+        fixed_coefficients=4, live_rows=lambda degree: 10),
     Variant(
         name="module",
         summary="an nn.Module polynomial trained with torch.optim (Adam) and MSELoss",
@@ -107,7 +109,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-3, 3, 2000, "adam", "float32"),
         train=module.train, predict=monomial_predict, monomial=monomial_identity,
-        live_rows=lambda degree: 6),
+        live_rows=lambda degree: 5),
     Variant(
         name="dynamic",
         summary="a cubic plus a shared weight e on x^4..x^k, k drawn from [4, degree] each pass",
@@ -115,5 +117,5 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         min_degree=4, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-8, 5, 30000, "momentum", "float32"),
         train=dynamic.train, predict=dynamic.predict, monomial=dynamic.monomial,
-        fixed_coefficients=5, live_rows=lambda degree: 6),
+        fixed_coefficients=5, live_rows=lambda degree: 5),
 )})
