@@ -124,20 +124,22 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer = fi
     if not todo:
         return {"sweep_id": batch.sweep_id, "ran": 0, "skipped": len(ids)}
     beat = lambda: store_jobs.beat(engine, batch.sweep_id, [j for j, _ in todo], worker)  # noqa: E731
-    try:
-        with _Heartbeat(beat, settings.heartbeat_s):
+    with _Heartbeat(beat, settings.heartbeat_s):
+        try:
             outcomes = train_within_budget([spec for _, spec in todo], runtime.torch_device(),
                                            trainer)
-    finally:
-        if runtime.device == "cuda":
-            _free_cuda()
-    written = _with_retries(
-        lambda: store_jobs.save_results(
-            engine, batch.sweep_id, list(zip([j for j, _ in todo], outcomes)), worker,
-            runtime.ran_on(),
-        ),
-        "save results",
-    )
+        finally:
+            if runtime.device == "cuda":
+                _free_cuda()
+        # Still beating while the results wait for the write lock: a slow save must not make
+        # the jobs look abandoned and send them to another worker.
+        written = _with_retries(
+            lambda: store_jobs.save_results(
+                engine, batch.sweep_id, list(zip([j for j, _ in todo], outcomes)), worker,
+                runtime.ran_on(),
+            ),
+            "save results",
+        )
     statuses: dict[str, int] = {}
     for outcome in outcomes:
         statuses[outcome["status"]] = statuses.get(outcome["status"], 0) + 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
@@ -259,3 +259,26 @@ def test_a_grid_over_the_job_cap_is_refused_before_it_is_expanded(workdir, monke
     r = invoke("sweep", "submit", "--variant", "numpy", "--seed", f"0-{10**n}")
     assert_refused(r, workdir, before)
     assert "POLYFIT_MAX_JOBS" in r.stderr
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(epochs=st.integers(min_value=1, max_value=10_000_000),
+       points=st.integers(min_value=2, max_value=10_000_000))
+def test_a_job_over_the_work_cap_is_refused(workdir, monkeypatch, epochs, points):
+    # A cap of 10**6 epochs x points (POLYFIT_MAX_JOB_WORK): any pair over it is refused.
+    assume(epochs * points > 1_000_000)
+    monkeypatch.setenv("POLYFIT_MAX_JOB_WORK", "1000000")
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(
+        {"x": {"points": points}, "grid": {"variant": ["numpy"], "epochs": [epochs]}}))
+    before = state(workdir)
+    r = invoke("sweep", "submit", "spec.yaml")
+    assert_refused(r, workdir, before)
+    assert "POLYFIT_MAX_JOB_WORK" in r.stderr
+
+
+def test_a_job_at_the_work_cap_is_taken(workdir, monkeypatch):
+    monkeypatch.setenv("POLYFIT_MAX_JOB_WORK", "1000000")
+    monkeypatch.setenv("POLYFIT_BROKER_URL", "redis://127.0.0.1:1/0")  # recorded, not sent
+    r = invoke("sweep", "submit", "--variant", "numpy", "--epochs", "500")  # x 2000 points
+    assert r.exit_code == 1 and "cannot reach the broker" in r.stderr

@@ -75,3 +75,23 @@ def test_a_message_over_the_work_cap_is_refused():
     assert Batch.from_dict(data, max_job_work=2_000_000).jobs[0][1] == spec
     with pytest.raises(BadMessage, match="POLYFIT_MAX_JOB_WORK"):
         Batch.from_dict(data, max_job_work=1_999_999)
+
+
+def test_transport_options_follow_the_settings_the_worker_starts_with():
+    from celery import signals
+
+    from worker.app import app, transport_options
+
+    before = (app.conf.polyfit_settings, app.conf.broker_transport_options)
+    try:
+        # As `polyfit worker --broker redis://...` does: settings from a flag, after import.
+        app.conf.polyfit_settings = Settings(broker="redis://127.0.0.1:1/0",
+                                             visibility_timeout_s=30)
+        signals.celeryd_init.send(sender="test", instance=None, conf=app.conf, options={})
+        opts = app.conf.broker_transport_options
+        assert opts["visibility_timeout"] == 30 and opts["unacked_restore_interval"] == 10
+        assert opts["unacked_restore_throttle"] == 1
+    finally:
+        app.conf.polyfit_settings, app.conf.broker_transport_options = before
+    assert transport_options(Settings(db_url="sqlite:///x.sqlite")) == {
+        "connect_args": {"timeout": 60}}
