@@ -82,6 +82,6 @@ def _settle_settings(**_kwargs) -> None:
 
 # A worker started by ``celery -A worker.app worker`` (not ``polyfit worker``) trains on the CPU
 # with torch's default threads; ``polyfit worker`` replaces this before the worker starts.
-from worker.runtime import Runtime  # noqa: E402
+from worker.runtime import Runtime
 
 app.conf.polyfit_runtime = Runtime(settings=app.conf.polyfit_settings)

@@ -123,7 +123,7 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer = fi
     todo = [(job_id, spec) for job_id, spec in batch.jobs if job_id in owned]
     if not todo:
         return {"sweep_id": batch.sweep_id, "ran": 0, "skipped": len(ids)}
-    beat = lambda: store_jobs.beat(engine, batch.sweep_id, [j for j, _ in todo], worker)  # noqa: E731
+    beat = lambda: store_jobs.beat(engine, batch.sweep_id, [j for j, _ in todo], worker)
     with _Heartbeat(beat, settings.heartbeat_s):
         try:
             outcomes = train_within_budget([spec for _, spec in todo], runtime.torch_device(),

@@ -11,6 +11,7 @@ the reaper enqueues."""
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from celery import bootsteps
 
@@ -65,7 +66,7 @@ def _take_lost(app, engine, stale_after_s: float) -> list:
 
 
 class Reaper(bootsteps.StartStopStep):
-    requires = {"celery.worker.components:Timer"}
+    requires: ClassVar[set] = {"celery.worker.components:Timer"}
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)

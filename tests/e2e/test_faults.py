@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -24,7 +23,6 @@ from sqlalchemy import create_engine, text
 from polyfit_models import JobSpec, fit_many
 from scheduler.cli import cli as scheduler_cli
 from tests.conftest import ROOT, free_port, polyfit_env, wait_port
-from tests.e2e.test_queue import polyfit
 from worker.payload import TASK_NAME, Batch
 
 pytestmark = pytest.mark.slow
