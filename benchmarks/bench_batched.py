@@ -8,12 +8,13 @@ are the same for both sides. Prints fits/s and the ratio; writes a JSON copy of 
 ``benchmarks/out/`` and nothing anywhere else.
 
     python benchmarks/bench_batched.py [--jobs 1024] [--variants numpy,tensor,...]
-        [--epochs N] [--device cpu] [--threads 2] [--sample 8]
+        [--epochs N] [--device cpu] [--threads 1] [--sample 8] [--keep-heap]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 
-def _threads_from_argv(default: int = 2) -> int:
+def _threads_from_argv(default: int = 1) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--threads", type=int, default=default)
     return parser.parse_known_args()[0].threads
@@ -49,6 +50,20 @@ from polyfit_models import VARIANTS, JobSpec, fit_many  # noqa: E402
 DYNAMIC_EPOCHS = 2000
 
 
+def keep_heap() -> None:
+    """Stop glibc from returning freed heap memory to the OS (``mallopt``; the same as
+    ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` in a worker's environment).
+
+    A batch frees and reallocates its (B, x_points) temporaries every epoch; by default glibc
+    trims the heap when they are freed and the next epoch page-faults them back in, which on
+    this VM costs a quarter of a Legendre batch's time. This is a process-wide setting, so it
+    belongs at a process edge like this one, never in polyfit_models."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1024, help="jobs per variant (even)")
@@ -57,14 +72,19 @@ def main(argv=None) -> None:
                         help=f"epochs for every variant (default: the lesson's, dynamic "
                              f"{DYNAMIC_EPOCHS})")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fit_many side)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     parser.add_argument("--sample", type=int, default=8, help="lesson fits timed per variant")
+    parser.add_argument("--keep-heap", action="store_true",
+                        help="tell glibc to keep freed memory (mallopt), see keep_heap()")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.keep_heap:
+        keep_heap()
 
     print(f"# fit_many on {args.jobs} jobs (2 lrs x {args.jobs // 2} seeds) vs the lesson's "
           f"program one fit at a time: {platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} torch threads, fit_many on {args.device}")
+          f"{args.threads} torch threads, fit_many on {args.device}"
+          + (", glibc heap kept (--keep-heap)" if args.keep_heap else ""))
     print(f"# lesson time per fit: mean of {args.sample} fits of the same jobs on the CPU, "
           f"extrapolated to {args.jobs} jobs")
     header = (f"{'variant':<9} {'epochs':>6} {'fit_many_s':>10} {'fits/s':>8} "
@@ -105,9 +125,11 @@ def main(argv=None) -> None:
 
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    path = out / f"batched-{args.device.replace(':', '')}-{args.threads}t.json"
+    path = out / (f"batched-{args.device.replace(':', '')}-{args.threads}t"
+                  f"{'-keepheap' if args.keep_heap else ''}.json")
     path.write_text(json.dumps(dict(machine=platform.machine(), torch=torch.__version__,
-                                    threads=args.threads, device=args.device, rows=rows),
+                                    threads=args.threads, device=args.device,
+                                    keep_heap=args.keep_heap, rows=rows),
                                indent=2))
     print(f"# figures written to {path.relative_to(HERE.parent)}")
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 
-def _threads_from_argv(default: int = 2) -> int:
+def _threads_from_argv(default: int = 1) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--threads", type=int, default=default)
     return parser.parse_known_args()[0].threads
@@ -202,19 +202,24 @@ LESSON = {"numpy": lesson_numpy, "tensor": lesson_tensor, "autograd": lesson_aut
           "legendre": lesson_legendre, "module": lesson_module, "dynamic": lesson_dynamic}
 
 
-def best_of(repeats: int, run) -> float:
-    best = math.inf
+def best_pair(repeats: int, lesson, polyfit) -> tuple[float, float]:
+    """Best wall time of each side over ``repeats`` rounds, the two runs of a round back to
+    back, so that a burst of load elsewhere on the machine hits both sides alike."""
+    best_lesson = best_polyfit = math.inf
     for _ in range(repeats):
         started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
+        lesson()
+        best_lesson = min(best_lesson, time.perf_counter() - started)
+        started = time.perf_counter()
+        polyfit()
+        best_polyfit = min(best_polyfit, time.perf_counter() - started)
+    return best_lesson, best_polyfit
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many runs")
     parser.add_argument("--dynamic-epochs", type=int, default=3000,
                         help="epochs for the dynamic model, both sides (lesson: 30000)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
@@ -229,8 +234,9 @@ def main(argv=None) -> None:
         spec = JobSpec.create(name, epochs=epochs, seed=1)
         LESSON[name](0, epochs=min(epochs, 50))  # warm-up: first-call costs on neither side
         fit(JobSpec.create(name, epochs=50))
-        lesson_s = best_of(args.repeats, functools.partial(LESSON[name], 1, epochs=epochs))
-        polyfit_s = best_of(args.repeats, functools.partial(fit, spec))
+        lesson_s, polyfit_s = best_pair(args.repeats,
+                                        functools.partial(LESSON[name], 1, epochs=epochs),
+                                        functools.partial(fit, spec))
         print(f"{name:<10} {lesson_s:>9.3f} {polyfit_s:>9.3f} {lesson_s / polyfit_s:>6.2f}",
               flush=True)
 

@@ -3,7 +3,8 @@
 ``fit_many`` groups jobs by :func:`batch_key` (every setting except lr and seed), and trains each
 group as one tensor program through its variant's ``train`` (jobs stacked along a leading axis,
 per-job learning rates and seeds). On the CPU a group is cut into chunks small enough for their
-(B, x_points) temporaries to stay in cache (``CPU_CHUNK_BYTES``); on a GPU a group runs whole.
+(B, x_points) temporaries to stay in cache (``CPU_CHUNK_BYTES``); on a GPU a group runs whole
+unless it would need more than half the device's free memory (by ``bytes_per_job``).
 Either way a job's result does not depend on its batch-mates beyond rounding (every operation
 is row-wise). ``fit(spec)`` is ``fit_many([spec])``. The device is passed in, never looked up.
 """
@@ -97,28 +98,36 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu") -> li
             batch = [specs[i] for i in chunk]
             started = time.perf_counter()
             raw = VARIANTS[batch[0].variant].train(batch, dev)
+            mses = _model_mse(batch[0], raw.coefficients)
             share = (time.perf_counter() - started) / len(batch)
             for row, i in enumerate(chunk):
-                results[i] = _result(specs[i], raw, row, share)
+                results[i] = _result(specs[i], raw, row, mses[row], share)
     return results  # type: ignore[return-value]
 
 
 def _chunks(indices: list[int], spec: JobSpec, dev: torch.device) -> list[list[int]]:
-    if dev.type != "cpu":
-        return [indices]
-    size = max(1, CPU_CHUNK_BYTES // bytes_per_job(spec))
+    if dev.type == "cpu":
+        budget = CPU_CHUNK_BYTES
+    else:  # a GPU batch runs whole, as far as half the device's free memory allows
+        budget = torch.cuda.mem_get_info(dev)[0] // 2
+    size = max(1, budget // bytes_per_job(spec))
     return [indices[i:i + size] for i in range(0, len(indices), size)]
 
 
-def _result(spec: JobSpec, raw: RawFits, row: int, duration_s: float) -> FitResult:
+def _model_mse(spec: JobSpec, coefficients: np.ndarray) -> np.ndarray:
+    """Mean squared error of each final model (rows of ``coefficients``) on the grid, in
+    float64 with the variant's own model; NaN where it is not finite."""
+    x = grid(spec.x_start, spec.x_stop, spec.x_points)
+    with np.errstate(all="ignore"):
+        pred = VARIANTS[spec.variant].predict(coefficients, x, spec.degree)
+        return np.mean((pred - target_values(spec.target, x)) ** 2, axis=1)
+
+
+def _result(spec: JobSpec, raw: RawFits, row: int, mse: float, duration_s: float) -> FitResult:
     variant = VARIANTS[spec.variant]
     coefficients = raw.coefficients[row]
     at = int(raw.diverged_at[row])
     diverged = at >= 0
-    x = grid(spec.x_start, spec.x_stop, spec.x_points)
-    with np.errstate(all="ignore"):
-        pred = variant.predict(coefficients[None, :], x, spec.degree)[0]
-        mse = finite_or_none(np.mean((pred - target_values(spec.target, x)) ** 2))
     finite = bool(np.all(np.isfinite(coefficients)))
     curve = []
     for j, loss in enumerate(raw.curve[row]):
@@ -128,7 +137,7 @@ def _result(spec: JobSpec, raw: RawFits, row: int, duration_s: float) -> FitResu
     return FitResult(
         status="diverged" if diverged else "succeeded",
         final_loss=finite_or_none(raw.final_loss[row]),
-        mse=mse,
+        mse=finite_or_none(mse),
         optimum_mse=optimum_mse(spec.target, spec.x_start, spec.x_stop, spec.x_points,
                                 spec.degree),
         coefficients=[finite_or_none(c) for c in coefficients],
