@@ -4,8 +4,9 @@ Forward ``y_pred = sum_k c_k x^k``, loss the sum of squared errors, hand-written
 ``grad_y = 2 (y_pred - y)``, ``grad_k = sum(grad_y * x^k)``, plain gradient descent. A batch
 stacks its jobs' coefficients as the rows of ``C`` and keeps the powers ``x^k`` as the columns of
 ``V``, so the lesson's per-coefficient sums become two matrix products, ``C @ V.T`` forward and
-``grad_y @ V`` backward, one row per job. The divergence bookkeeping mirrors ``loop.run`` (which
-is torch) in NumPy, so this variant never touches torch.
+``grad_y @ V`` backward, one row per job. Divergence follows ``loop.py``'s rule
+(``explosion_limit``), checked every epoch with NumPy masks (NumPy's per-call cost is small
+enough not to need the torch loop's windowed bookkeeping), so this variant never touches torch.
 """
 
 from __future__ import annotations
