@@ -1,9 +1,12 @@
-"""The commands that read a sweep's results: status, results, sql, cancel. Registered on the
-``polyfit`` group defined in ``scheduler.cli``."""
+"""The commands that read a sweep's results: status (with ``--watch``, a live progress line for
+a sweep running anywhere), results, best, sql, plot, and cancel. Registered on the ``polyfit``
+group defined in ``scheduler.cli``; none of them creates a database that is not there."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 
 import click
@@ -20,9 +23,10 @@ from scheduler.cli import (
     cli,
     db_option,
 )
+from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
 from store import StoreError
 from store import jobs as store_jobs
-from store.records import STATUSES
+from store.records import OK, STATUSES
 
 
 @cli.command()
@@ -37,47 +41,116 @@ def cancel(sweep_ref, db_url) -> None:
     click.echo(f"sweep {target.name}: {n} jobs cancelled")
 
 
+# Every column of ``results`` but the JSON lists, which have no order (PostgreSQL refuses to
+# sort by them).
+SORT_COLUMNS = tuple(c for c in store_jobs.JOB_COLUMNS if c not in ("coefficients", "monomial"))
+BEST_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "status",
+                "final_loss", "mse", "optimum_mse", "gap", "id")
+
+
+def _listed(choices):
+    """A callback for a repeatable option whose values are comma-separated lists of choices."""
+
+    def callback(ctx, param, values) -> tuple[str, ...]:
+        items = [item.strip() for value in values for item in value.split(",")]
+        for item in items:
+            if item not in choices:
+                raise click.BadParameter(f"{item!r} is not one of {', '.join(choices)}")
+        return tuple(dict.fromkeys(items))
+
+    return callback
+
+
+def _degrees(ctx, param, values) -> tuple[int, ...]:
+    if not values:
+        return ()
+    try:
+        return tuple(parse_axis("degree", [i for v in values for i in parse_flag("degree", v)]))
+    except SweepSpecError as e:
+        raise click.BadParameter(str(e)) from e
+
+
 # -- queries -----------------------------------------------------------------------------------
+
+# Seconds between progress lines of ``status --watch`` when the output is not a terminal.
+LINE_EVERY_S = 5.0
+
 
 @cli.command()
 @click.argument("sweep_ref", metavar="[SWEEP]", required=False)
 @click.option("--wait", is_flag=True, help="Block until the sweep has ended.")
+@click.option("--watch", is_flag=True,
+              help="Show live progress until the sweep has ended: redrawn in place on a "
+                   "terminal, a line every few seconds otherwise (one JSON object a line "
+                   "with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-@click.option("--interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
-              help="Seconds between polls with --wait.")
+@click.option("--interval", type=click.FloatRange(0.05, 3600), default=None,
+              help="Seconds between polls. [default: 1; with --watch off a terminal, "
+                   f"{LINE_EVERY_S:g}]")
 @db_option
-def status(sweep_ref, wait, as_json, interval, db_url) -> None:
+def status(sweep_ref, wait, watch, as_json, interval, db_url) -> None:
     """Counts per status, throughput and ETA of a sweep (the latest when omitted)."""
     settings = _settings(db_url)
     engine = _engine(settings)
     target = _sweep(engine, sweep_ref)
+    if watch:
+        p = _watch(engine, target, as_json, interval)
+    else:
+        interval = interval or 1.0
+        while True:
+            p = queries.progress(engine, target)
+            if p.done or not wait:
+                break
+            if not as_json:
+                click.echo(report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s),
+                           err=True)
+            time.sleep(interval)
+        if as_json:
+            click.echo(json.dumps(p.to_dict()))
+        else:
+            click.echo(_status_line(p))
+    if (wait or watch) and p.counts.get("failed"):
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _status_line(p: queries.Progress) -> str:
+    return f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
+        p.counts, p.total, p.fits_per_s, p.eta_s)
+
+
+def _watch(engine, target, as_json: bool, interval: float | None) -> queries.Progress:
+    """Poll until the sweep has ended. On a terminal the line is redrawn in place (cut to the
+    terminal's width, so that it never wraps); otherwise, or with --json, one line per poll."""
+    tty = sys.stdout.isatty() and not as_json
+    interval = interval or (1.0 if tty else LINE_EVERY_S)
     while True:
         p = queries.progress(engine, target)
-        if p.done or not wait:
-            break
-        if not as_json:
-            click.echo(report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s), err=True)
+        if as_json:
+            click.echo(json.dumps(p.to_dict()))
+        elif tty:
+            width = shutil.get_terminal_size().columns - 1
+            click.echo("\r" + _status_line(p)[:width] + "\x1b[K", nl=p.done)
+        else:
+            click.echo(_status_line(p))
+        if p.done:
+            return p
         time.sleep(interval)
-    if as_json:
-        click.echo(json.dumps(p.to_dict()))
-    else:
-        click.echo(f"sweep {p.name} ({p.sweep_id}): "
-                   + report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s))
-    if wait and p.counts.get("failed"):
-        raise click.exceptions.Exit(EXIT_FAILED)
 
 
 @cli.command()
 @click.argument("sweep_ref", metavar="[SWEEP]", required=False)
-@click.option("--variant", "variants_", multiple=True, type=click.Choice(list(VARIANTS)),
-              help="Only these variants (repeatable).")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
-              help="Only jobs in these states (repeatable).")
-@click.option("--degree", "degrees", multiple=True, type=int, help="Only these degrees.")
+@click.option("--variant", "variants_", multiple=True, metavar="LIST",
+              callback=_listed(list(VARIANTS)),
+              help=f"Only these variants, comma-separated, repeatable ({', '.join(VARIANTS)}).")
+@click.option("--status", "statuses", multiple=True, metavar="LIST", callback=_listed(STATUSES),
+              help=f"Only jobs in these states, comma-separated, repeatable "
+                   f"({', '.join(STATUSES)}).")
+@click.option("--degree", "degrees", multiple=True, metavar="LIST", callback=_degrees,
+              help="Only these degrees, comma-separated, repeatable; ranges like 3-5 allowed.")
 @click.option("--lr-min", type=float, default=None, help="Only jobs with lr >= this.")
 @click.option("--lr-max", type=float, default=None, help="Only jobs with lr <= this.")
 @click.option("--sort", default="mse", show_default=True,
-              type=click.Choice(store_jobs.JOB_COLUMNS), help="Column to sort by.")
+              type=click.Choice(SORT_COLUMNS), help="Column to sort by.")
 @click.option("--desc", is_flag=True, help="Sort descending.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows.")
 @click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
@@ -111,3 +184,55 @@ def sql(query, fmt, db_url) -> None:
     except StoreError as e:
         raise InputError(str(e)) from e
     click.echo(report.render(rows, columns, fmt))
+
+
+def _group_columns(text: str) -> list[str]:
+    by = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in by if c not in queries.GROUP_COLUMNS]
+    if not by or unknown:
+        raise InputError(f"--by takes a comma-separated list of "
+                         f"{', '.join(queries.GROUP_COLUMNS)}; got {text!r}")
+    return list(dict.fromkeys(by))
+
+
+@cli.command()
+@click.argument("sweep_ref", metavar="[SWEEP]", required=False)
+@click.option("--by", "by_text", default="variant", show_default=True, metavar="COLS",
+              help="Group by these job settings, comma-separated "
+                   f"({', '.join(queries.GROUP_COLUMNS)}).")
+@click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
+              show_default=True)
+@db_option
+def best(sweep_ref, by_text, fmt, db_url) -> None:
+    """The best job (lowest mse) per group, with its gap to the least-squares optimum."""
+    by = _group_columns(by_text)
+    settings = _settings(db_url)
+    engine = _engine(settings)
+    target = _sweep(engine, sweep_ref)
+    jobs = store_jobs.list_jobs(engine, target.id, statuses=OK)
+    rows = queries.best_per_group(jobs, by)
+    if fmt == "table":
+        columns = list(by) + [c for c in BEST_COLUMNS if c not in by]
+    else:
+        columns = list(store_jobs.JOB_COLUMNS) + ["gap"]
+    click.echo(report.render(rows, columns, fmt))
+
+
+@cli.command()
+@click.argument("sweep_ref", metavar="SWEEP")
+@click.option("-o", "--output", "output", required=True, metavar="FILE.png",
+              type=click.Path(dir_okay=False, writable=True),
+              help="Where to write the figure (.png, .svg or .pdf).")
+@db_option
+def plot(sweep_ref, output, db_url) -> None:
+    """Fitted curves against the target, loss curves, and a lr x degree map of the mse."""
+    from scheduler.plot import PlotError, save_plot
+
+    settings = _settings(db_url)
+    engine = _engine(settings)
+    target = _sweep(engine, sweep_ref)
+    try:
+        path = save_plot(engine, target, output)
+    except PlotError as e:
+        raise InputError(str(e)) from e
+    click.echo(f"sweep {target.name}: plot written to {path}")

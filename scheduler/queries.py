@@ -1,5 +1,5 @@
-"""Read-side helpers behind ``status``, ``results`` and the end of ``sweep run``: a sweep's
-progress summary, the best job per group, and read-only SQL."""
+"""Read-side helpers behind ``status``, ``results``, ``best`` and the end of ``sweep run``: a
+sweep's progress summary, the best job per group, and read-only SQL."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from polyfit_models import VARIANTS
 from store import jobs as store_jobs
 from store.db import StoreError, read_only_engine, session_scope
-from store.records import ENDED, JobRecord
+from store.records import ENDED, OK, JobRecord
 
 
 class QueryError(ValueError):
@@ -64,22 +65,41 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+# The job settings ``best_per_group`` (and ``polyfit best --by``) can group by.
+GROUP_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device", "dtype",
+                 "target")
+
+_VARIANT_ORDER = {name: i for i, name in enumerate(VARIANTS)}
+
+
 def best_per_group(jobs: Sequence[store_jobs.JobView], by: Sequence[str]) -> list[dict]:
-    """The lowest-mse job of each group, with its gap to the least-squares optimum."""
+    """The lowest-mse job of each group (ties: the lower id), with its gap to the least-squares
+    optimum, ordered by the group's values (numbers as numbers)."""
+    unknown = [b for b in by if b not in GROUP_COLUMNS]
+    if unknown:
+        raise QueryError(f"cannot group by {unknown[0]!r} (choose from "
+                         f"{', '.join(GROUP_COLUMNS)})")
     best: dict[tuple, store_jobs.JobView] = {}
     for job in jobs:
-        if job.mse is None or job.status not in ("succeeded", "diverged"):
+        if job.mse is None or job.status not in OK:
             continue
         key = tuple(getattr(job, b) for b in by)
-        if key not in best or job.mse < best[key].mse:
+        if key not in best or (job.mse, job.id) < (best[key].mse, best[key].id):
             best[key] = job
     rows = []
-    for key in sorted(best, key=lambda k: tuple(str(v) for v in k)):
+    for key in sorted(best, key=lambda k: _group_order(by, k)):
         job = best[key]
         row = job.to_dict()
         row["gap"] = (job.mse - job.optimum_mse) if job.optimum_mse is not None else None
         rows.append(row)
     return rows
+
+
+def _group_order(by: Sequence[str], key: tuple) -> tuple:
+    # Variants in the registry's order, other values as themselves (each position holds one
+    # column's values, all of one type, so the tuples compare).
+    return tuple(_VARIANT_ORDER.get(v, len(_VARIANT_ORDER)) if b == "variant" else v
+                 for b, v in zip(by, key))
 
 
 def run_sql(url: str, query: str) -> tuple[list[str], list[dict]]:

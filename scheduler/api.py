@@ -1,0 +1,125 @@
+"""A small Python API for notebooks: a sweep's jobs, its best jobs and its loss curves as pandas
+DataFrames. pandas is an optional extra (``pip install 'polyfit[pandas]'``), imported only when
+a function is called. Each function takes a sweep (its id or name; the latest sweep when None)
+and ``db_url`` (``POLYFIT_DB_URL`` or ``sqlite:///polyfit.sqlite`` in the current folder when
+None), reads through the same store functions as the CLI, and never creates a database::
+
+    from scheduler.api import jobs_frame, loss_curve_frame
+    jobs = jobs_frame("tutorial")
+    jobs.groupby("variant")["mse"].min()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from scheduler import queries
+from store import jobs as store_jobs
+from store.db import StoreError, make_engine, sqlite_path
+from worker.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+
+__all__ = ["SweepNotFound", "best_frame", "jobs_frame", "loss_curve_frame"]
+
+_TIMES = ("started_at", "heartbeat_at", "finished_at")
+
+
+class SweepNotFound(LookupError):
+    """Raised when no sweep in the database has the given id or name."""
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError as e:
+        raise ImportError("scheduler.api needs pandas: pip install 'polyfit[pandas]'") from e
+    return pandas
+
+
+def _open(db_url: str | None) -> Engine:
+    url = db_url or Settings.from_env().db_url
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StoreError(f"no results database at {path}")
+    return make_engine(url)
+
+
+def _sweep(engine: Engine, sweep: str | None) -> store_jobs.SweepView:
+    found = store_jobs.find_sweep(engine, sweep)
+    if found is None:
+        raise SweepNotFound(f"no sweep {sweep!r}" if sweep else "no sweep recorded yet")
+    return found
+
+
+def _frame(rows: list[dict], columns: Sequence[str]) -> pandas.DataFrame:
+    pd = _pandas()
+    frame = pd.DataFrame(rows, columns=list(columns))
+    for name in _TIMES:
+        if name in frame:
+            frame[name] = pd.to_datetime(frame[name], utc=True)
+    if "diverged_at_epoch" in frame:
+        frame["diverged_at_epoch"] = frame["diverged_at_epoch"].astype("Int64")
+    return frame
+
+
+def jobs_frame(sweep: str | None = None, *, db_url: str | None = None) -> pandas.DataFrame:
+    """One row per job of the sweep, every column of the ``jobs`` table plus ``gap`` (mse minus
+    the least-squares optimum), sorted by mse (missing last). Times are UTC timestamps;
+    ``coefficients`` and ``monomial`` hold lists."""
+    _pandas()
+    engine = _open(db_url)
+    try:
+        jobs = store_jobs.list_jobs(engine, _sweep(engine, sweep).id, sort="mse")
+    finally:
+        engine.dispose()
+    rows = []
+    for job in jobs:
+        row = job.to_dict()
+        row["gap"] = job.mse - job.optimum_mse if None not in (job.mse, job.optimum_mse) else None
+        rows.append(row)
+    return _frame(rows, list(store_jobs.JOB_COLUMNS) + ["gap"])
+
+
+def best_frame(sweep: str | None = None, by: Sequence[str] = ("variant",), *,
+               db_url: str | None = None) -> pandas.DataFrame:
+    """The best job (lowest mse) per group of ``by`` (as ``polyfit best --by``)."""
+    _pandas()
+    engine = _open(db_url)
+    try:
+        jobs = store_jobs.list_jobs(engine, _sweep(engine, sweep).id)
+    finally:
+        engine.dispose()
+    return _frame(queries.best_per_group(jobs, list(by)), list(store_jobs.JOB_COLUMNS) + ["gap"])
+
+
+LOSS_COLUMNS = ("job_id", "variant", "lr", "degree", "seed", "optimizer", "status", "epoch",
+                "loss")
+
+
+def loss_curve_frame(sweep: str | None = None, *,
+                     db_url: str | None = None) -> pandas.DataFrame:
+    """The ``loss_curve`` table of the sweep (the training loss every 100 epochs, each job's own
+    loss: sum of squared errors or mean squared error, see ``polyfit variants``), one row per
+    (job, epoch), with the job's settings alongside for grouping and plotting. ``epoch`` counts
+    from 0 as in the lesson's ``if t % 100 == 99`` (99 is the 100th epoch)."""
+    _pandas()
+    engine = _open(db_url)
+    try:
+        target = _sweep(engine, sweep)
+        jobs = store_jobs.list_jobs(engine, target.id, sort="id")
+        curves = store_jobs.loss_curves(engine, target.id, [j.id for j in jobs])
+    finally:
+        engine.dispose()
+    rows = [
+        {"job_id": job.id, "variant": job.variant, "lr": job.lr, "degree": job.degree,
+         "seed": job.seed, "optimizer": job.optimizer, "status": job.status, "epoch": epoch,
+         "loss": loss}
+        for job in jobs
+        for epoch, loss in curves[job.id]
+    ]
+    return _frame(rows, LOSS_COLUMNS)

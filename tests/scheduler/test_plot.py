@@ -1,0 +1,178 @@
+"""``polyfit plot`` and the loss curves behind it: the file is a real image, the fitted curves
+are the stored models (they reproduce each job's stored mse), the maps mark what diverged, and,
+end to end through a real ``polyfit sweep run``, the loss every 100 epochs lands in the
+``loss_curve`` table where SQL reads it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib import image as mpimg
+
+from polyfit_models import VARIANTS
+from scheduler import plot
+from scheduler.cli import cli
+from store import jobs as store_jobs
+from store import make_engine
+from tests.conftest import polyfit_env
+from tests.scheduler.test_cli_query import finished_sweep, record_sweep
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Every variant, one diverging cell (numpy at lr 1e-4), lr x degree for numpy. 22 jobs.
+GRID = [
+    {"variant": ["numpy"], "lr": [1e-6, 1e-4], "degree": [2, 3], "seed": [0, 1],
+     "epochs": [200]},
+    {"variant": ["tensor", "autograd", "legendre"], "lr": [1e-6], "degree": [3],
+     "seed": [0, 1], "epochs": [200]},
+    {"variant": ["module"], "optimizer": ["adam"], "lr": [1e-2], "degree": [3],
+     "seed": [0, 1], "epochs": [200]},
+    {"variant": ["dynamic"], "optimizer": ["momentum"], "lr": [1e-8], "degree": [4, 5],
+     "seed": [0, 1], "epochs": [200]},
+]
+
+
+@pytest.fixture(scope="module")
+def sweep_db(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('plot') / 'results.sqlite'}"
+    return url, finished_sweep(url, GRID, name="plotted")
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("POLYFIT_DB_URL", raising=False)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _assert_real_png(path, min_size=(800, 1000)):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    pixels = mpimg.imread(path)
+    height, width, channels = pixels.shape
+    assert height >= min_size[0] and width >= min_size[1] and channels in (3, 4)
+    # Not a blank canvas: many distinct colours, drawn across the whole figure.
+    rgb = (pixels[..., :3] * 255).astype(np.uint32)
+    assert len(np.unique(rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2])) > 200
+    for band in np.array_split(pixels[..., :3], 3):  # top, middle, bottom thirds
+        assert band.std() > 0.05
+
+
+def test_plot_writes_a_real_png(run, sweep_db, tmp_path):
+    url, _ = sweep_db
+    r = run("plot", "plotted", "-o", tmp_path / "fit.png", "--db", url)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == f"sweep plotted: plot written to {tmp_path / 'fit.png'}"
+    _assert_real_png(tmp_path / "fit.png")
+
+
+def test_plot_writes_svg_too(run, sweep_db, tmp_path):
+    url, sweep_id = sweep_db
+    assert run("plot", sweep_id, "-o", "fit.svg", "--db", url).exit_code == 0
+    assert "<svg" in (tmp_path / "fit.svg").read_text()[:2000]
+
+
+@pytest.mark.parametrize("output", ["fit.jpg", "no/such/folder/fit.png", "fit"])
+def test_plot_refuses_an_unusable_output_in_one_line(run, sweep_db, tmp_path, output):
+    url, _ = sweep_db
+    r = run("plot", "plotted", "-o", output, "--db", url)
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("Error: ") and "Traceback" not in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_with_nothing_finished_is_an_input_error(run, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    record_sweep(url, [{"variant": ["numpy"], "epochs": [100]}], name="waiting")
+    r = run("plot", "waiting", "-o", "fit.png", "--db", url)
+    assert r.exit_code == 2 and "no finished job" in r.stderr
+    assert not (tmp_path / "fit.png").exists()
+
+
+def test_fitted_curves_are_the_stored_models(sweep_db):
+    """Evaluated on the job's grid, each drawn curve gives back the job's stored mse, for every
+    variant (legendre and dynamic through their own predict); the monomial column, used when
+    the coefficients are missing, draws the same curve."""
+    url, sweep_id = sweep_db
+    engine = make_engine(url)
+    jobs = store_jobs.list_jobs(engine, sweep_id, statuses=["succeeded"])
+    engine.dispose()
+    assert {j.variant for j in jobs} == set(VARIANTS)
+    for job in jobs:
+        x = plot.x_grid(job)
+        values = plot.fitted_values(job, x)
+        assert np.mean((values - np.sin(x)) ** 2) == pytest.approx(job.mse, rel=1e-9), job.variant
+        from_monomial = plot.fitted_values(dataclasses.replace(job, coefficients=None), x)
+        assert np.allclose(from_monomial, values, rtol=1e-6, atol=1e-9), job.variant
+    assert plot.fitted_values(dataclasses.replace(jobs[0], coefficients=None, monomial=None),
+                              plot.x_grid(jobs[0])) is None
+
+
+def test_the_figure_shows_each_variant_and_marks_diverged_cells(sweep_db):
+    url, sweep_id = sweep_db
+    engine = make_engine(url)
+    data = plot.load(engine, store_jobs.find_sweep(engine, sweep_id))
+    engine.dispose()
+    fig = plot.draw(data)
+    axes = {ax.get_title(loc="left") or ax.get_title(): ax for ax in fig.axes}
+    fits, losses = axes["best fit per variant"], axes["training loss"]
+    labels = [line.get_label() for line in fits.get_lines()]
+    for job in data.best:
+        assert any(label.startswith(f"{job.variant}  ") and f"mse {job.mse:.3g}" in label
+                   for label in labels)
+    assert losses.get_yscale() == "log"
+    assert [t.get_text() for t in losses.get_legend().get_texts()] == list(VARIANTS)
+    # One lr x degree map per variant; numpy's has 2 x 2 cells, and its lr 1e-4 row diverged.
+    numpy_map = axes["numpy"]
+    assert [t.get_text() for t in numpy_map.get_yticklabels()] == ["1e-06", "0.0001"]
+    assert [t.get_text() for t in numpy_map.get_xticklabels()] == ["2", "3"]
+    grey = numpy_map.patches
+    assert len(grey) == 2  # the cells of lr 1e-4, degrees 2 and 3
+    assert sorted((p.get_x(), p.get_y()) for p in grey) == [(-0.5, 0.5), (0.5, 0.5)]
+    assert all(not axes[v].patches for v in VARIANTS if v != "numpy")
+    values = {t.get_text().split("\n")[0] for t in numpy_map.texts}
+    assert len(values) == 2  # the two cells that trained, annotated with their mse
+    assert "diverged" in fig.get_supxlabel()
+
+
+@pytest.mark.slow
+def test_a_real_sweep_stores_loss_curves_that_sql_reads_and_plot_draws(run, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "scheduler", "sweep", "run", "--variant",
+                        "numpy,legendre,dynamic", "--lr", "1e-6,1e-4", "--seed", "0-1",
+                        "--epochs", "300", "--workers", "1", "--name", "curves"],
+                       env=polyfit_env(), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=180, check=False)
+    assert r.returncode == 0, r.stderr
+    q = run("sql", "SELECT j.id, j.variant, j.lr, j.status, j.final_loss, j.diverged_at_epoch, "
+            "l.epoch, l.loss FROM jobs j LEFT JOIN loss_curve l ON l.sweep_id = j.sweep_id "
+            "AND l.job_id = j.id ORDER BY j.id, l.epoch", "--format", "json")
+    assert q.exit_code == 0, q.output
+    jobs: dict[str, list] = {}
+    for row in json.loads(q.stdout):
+        jobs.setdefault(row["id"], []).append(row)
+    assert len(jobs) == 12
+    for rows in jobs.values():
+        job = rows[0]
+        points = [(p["epoch"], p["loss"]) for p in rows if p["epoch"] is not None]
+        if job["lr"] == 1e-4:
+            # Every variant blows up at this lr; its curve stops before the epoch it did.
+            assert job["status"] == "diverged"
+            assert all(epoch < job["diverged_at_epoch"] for epoch, _ in points)
+            continue
+        assert job["status"] == "succeeded"
+        assert [epoch for epoch, _ in points] == [99, 199, 299]  # as the lesson prints
+        if VARIANTS[job["variant"]].loss == "sse":
+            losses = [loss for _, loss in points]
+            assert losses == sorted(losses, reverse=True)  # gradient descent at a safe lr
+            # The last point is the loss one update before the end: close to final_loss.
+            assert losses[-1] == pytest.approx(job["final_loss"], rel=2e-2)
+    p = run("plot", "curves", "-o", "fit.png")
+    assert p.exit_code == 0, p.output
+    _assert_real_png(tmp_path / "fit.png")
