@@ -5,14 +5,16 @@ Describe a fit with a :class:`JobSpec` (``JobSpec.create("autograd", lr=1e-6, se
 with :func:`fit` or many at once, vectorized, with :func:`fit_many`, and read the
 :class:`FitResult`. ``VARIANTS`` is the registry of the six variants. This package imports only
 NumPy, torch and the standard library; it never reads the environment or sets torch's threads:
-the caller decides the device and the threads.
+the caller decides the device and the threads. torch itself is imported only when a fit runs
+(``fit``, ``fit_many``): specs, the registry and batching load without it, so a scheduler that
+only plans and enqueues jobs starts in a fraction of a second.
 """
 
+from .batching import batch_key, bytes_per_job
 from .errors import DeviceError, PolyfitModelError, ResultError, SpecError
 from .problem import DTYPES, OPTIMIZERS, TARGETS
 from .registry import VARIANTS, Variant
 from .result import FitResult
-from .runner import batch_key, bytes_per_job, fit, fit_many
 from .spec import JobSpec
 
 __all__ = [
@@ -20,3 +22,12 @@ __all__ = [
     "JobSpec", "FitResult", "Variant", "VARIANTS", "OPTIMIZERS", "TARGETS", "DTYPES",
     "fit", "fit_many", "batch_key", "bytes_per_job",
 ]
+
+
+def __getattr__(name: str):
+    # PEP 562: ``fit`` and ``fit_many`` live in the torch-importing runner, loaded on first use.
+    if name in ("fit", "fit_many"):
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,6 +29,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .result import CURVE_EVERY
+
 #: A loss this many times above the job's initial loss (or above EXPLOSION_FACTOR * LOSS_FLOOR
 #: for a tiny initial loss) counts as divergence. Below the stability limit gradient descent on
 #: a quadratic never raises the loss at all, and Adam's overshoots stay orders of magnitude
@@ -36,8 +38,6 @@ import torch
 #: epochs, well before it would overflow.
 EXPLOSION_FACTOR = 1e6
 LOSS_FLOOR = 1.0
-#: The lesson prints the loss when ``epoch % CURVE_EVERY == CURVE_EVERY - 1``.
-CURVE_EVERY = 100
 WINDOW = CURVE_EVERY
 
 

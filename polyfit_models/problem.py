@@ -16,7 +16,6 @@ from collections.abc import Callable
 from types import MappingProxyType
 
 import numpy as np
-import torch
 
 #: Names of the update rules a torch variant may train with (see ``optim.py``).
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
@@ -24,16 +23,16 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop")
 #: Floating point types a job may train in.
 DTYPES: tuple[str, ...] = ("float32", "float64")
 
-#: Target name -> (NumPy function, torch function).
-TARGETS: MappingProxyType[str, tuple[Callable, Callable]] = MappingProxyType({
-    "sin": (np.sin, torch.sin),
-    "cos": (np.cos, torch.cos),
-    "exp": (np.exp, torch.exp),
-    "tanh": (np.tanh, torch.tanh),
+#: Target name -> its NumPy function (targets are evaluated in float64 with NumPy only, then
+#: cast: see the module docstring).
+TARGETS: MappingProxyType[str, Callable] = MappingProxyType({
+    "sin": np.sin,
+    "cos": np.cos,
+    "exp": np.exp,
+    "tanh": np.tanh,
 })
 
 _NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: Headroom between the largest sum of squared powers a grid can produce and the dtype's
 #: largest finite value: random initial coefficients of a few units and the early, growing
@@ -45,8 +44,10 @@ def numpy_dtype(name: str) -> type:
     return _NUMPY_DTYPES[name]
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    return _TORCH_DTYPES[name]
+def torch_dtype(name: str):
+    import torch  # torch is imported only where a fit runs: the scheduler never needs it
+
+    return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 def grid(x_start: float, x_stop: float, x_points: int) -> np.ndarray:
@@ -56,7 +57,7 @@ def grid(x_start: float, x_stop: float, x_points: int) -> np.ndarray:
 
 def target_values(target: str, x: np.ndarray) -> np.ndarray:
     """The float64 target values on ``x``."""
-    return TARGETS[target][0](x)
+    return TARGETS[target](x)
 
 
 def powers(x: np.ndarray, degree: int) -> np.ndarray:
@@ -99,13 +100,15 @@ def standard_normal_rows(generators, n: int) -> np.ndarray:
     return np.stack([g.standard_normal(n) for g in generators])
 
 
-def torch_grid(spec, degree: int, device: torch.device):
+def torch_grid(spec, degree: int, device):
     """``(x, y, Vt)`` for a job on ``device`` in its dtype: the grid, the target values and the
     transposed powers ``Vt[k, n] = x[n] ** k`` (k = 0..degree), all computed in float64 first.
 
     The powers are stored one row per power, so that both products of a batch, ``C @ Vt``
     forward and ``E @ Vt.T`` backward, stream along the points: the BLAS kernel for
     ``E @ V`` with a column-major ``V`` of four columns is several times slower."""
+    import torch
+
     x64 = grid(spec.x_start, spec.x_stop, spec.x_points)
     dtype = torch_dtype(spec.dtype)
 

@@ -17,6 +17,7 @@ the top coefficients. 14 is the last degree where the problem is still well pose
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -24,8 +25,8 @@ from types import MappingProxyType
 import numpy as np
 
 from .problem import OPTIMIZERS
-from .variants import autograd, dynamic, legendre, module, numpy_gd, tensor
-from .variants.common import monomial_identity, monomial_predict
+from .variants import bases
+from .variants.bases import monomial_identity, monomial_predict
 
 ALL_AXES = ("lr", "degree", "seed", "epochs", "optimizer", "dtype", "device")
 MAX_DEGREE = 14
@@ -62,6 +63,17 @@ class Variant:
         return self.fixed_coefficients if self.fixed_coefficients is not None else degree + 1
 
 
+def _trainer(module: str) -> Callable:
+    """The ``train`` function of ``variants.<module>``, imported on first use: the registry (and
+    so job specs, validation and the whole scheduler) loads without importing torch."""
+
+    def train(specs, device):
+        return importlib.import_module(f"{__package__}.variants.{module}").train(specs, device)
+
+    train.__qualname__ = f"{module}.train"
+    return train
+
+
 def _defaults(lr: float, degree: int, epochs: int, optimizer: str, dtype: str):
     return MappingProxyType(dict(lr=lr, degree=degree, epochs=epochs, optimizer=optimizer,
                                  dtype=dtype))
@@ -76,7 +88,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="sse", axes=("lr", "degree", "seed", "epochs", "dtype"), devices=("cpu",),
         optimizers=("sgd",), min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float64"),
-        train=numpy_gd.train, predict=monomial_predict, monomial=monomial_identity,
+        train=_trainer("numpy_gd"), predict=monomial_predict, monomial=monomial_identity,
         live_rows=lambda degree: 2),
     Variant(
         name="tensor",
@@ -84,7 +96,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
-        train=tensor.train, predict=monomial_predict, monomial=monomial_identity,
+        train=_trainer("tensor"), predict=monomial_predict, monomial=monomial_identity,
         live_rows=lambda degree: 2),
     Variant(
         name="autograd",
@@ -92,7 +104,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
-        train=autograd.train, predict=monomial_predict, monomial=monomial_identity,
+        train=_trainer("autograd"), predict=monomial_predict, monomial=monomial_identity,
         live_rows=lambda degree: 4),
     Variant(
         name="legendre",
@@ -100,7 +112,8 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(5e-6, 3, 2000, "sgd", "float32"),
-        train=legendre.train, predict=legendre.predict, monomial=legendre.monomial,
+        train=_trainer("legendre"), predict=bases.legendre_predict,
+        monomial=bases.legendre_monomial,
         fixed_coefficients=4, live_rows=lambda degree: 10),
     Variant(
         name="module",
@@ -108,7 +121,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-3, 3, 2000, "adam", "float32"),
-        train=module.train, predict=monomial_predict, monomial=monomial_identity,
+        train=_trainer("module"), predict=monomial_predict, monomial=monomial_identity,
         live_rows=lambda degree: 5),
     Variant(
         name="dynamic",
@@ -116,6 +129,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=4, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-8, 5, 30000, "momentum", "float32"),
-        train=dynamic.train, predict=dynamic.predict, monomial=dynamic.monomial,
+        train=_trainer("dynamic"), predict=bases.dynamic_predict,
+        monomial=bases.dynamic_monomial,
         fixed_coefficients=5, live_rows=lambda degree: 5),
 )})

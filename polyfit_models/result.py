@@ -18,6 +18,9 @@ from typing import Any
 from .errors import ResultError
 
 STATUSES = ("succeeded", "diverged")
+#: The loss curve keeps the loss at every epoch with ``epoch % CURVE_EVERY == CURVE_EVERY - 1``,
+#: where the lesson prints it.
+CURVE_EVERY = 100
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,12 @@ class FitResult:
     duration_s: float  # this job's share of its batch's wall time
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The result as a dict of JSON-safe values; its lists are copies."""
+        d = {f: getattr(self, f) for f in _FIELD_ORDER}
+        d["coefficients"] = list(self.coefficients)
+        d["monomial"] = None if self.monomial is None else list(self.monomial)
+        d["loss_curve"] = [list(point) for point in self.loss_curve]
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FitResult:
@@ -68,6 +76,9 @@ class FitResult:
                       "coefficients": list(data["coefficients"]),
                       "monomial": None if data["monomial"] is None else list(data["monomial"]),
                       "loss_curve": [list(point) for point in data["loss_curve"]]})
+
+
+_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(FitResult))
 
 
 def _is_finite_number(value: Any) -> bool:

@@ -17,35 +17,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .batching import batch_key, bytes_per_job
 from .errors import DeviceError, SpecError
-from .loop import CURVE_EVERY, RawFits
-from .problem import grid, numpy_dtype, optimum_mse, target_values
+from .loop import RawFits
+from .problem import grid, optimum_mse, target_values
 from .registry import VARIANTS
-from .result import FitResult, finite_or_none
+from .result import CURVE_EVERY, FitResult, finite_or_none
 from .spec import JobSpec
 
 #: Rough per-chunk working-set budget on the CPU: (B, x_points) temporaries of a chunk this size
 #: stay within the caches of a small machine, which beats streaming one huge batch through
 #: memory, while a chunk is still big enough to hide the per-operation overhead.
 CPU_CHUNK_BYTES = 8 * 2 ** 20
-
-
-def batch_key(spec: JobSpec) -> tuple:
-    """The settings that must be equal for jobs to train as one vectorized program: all of a
-    spec's fields except ``lr`` and ``seed``."""
-    return (spec.variant, spec.degree, spec.epochs, spec.optimizer, spec.target, spec.x_start,
-            spec.x_stop, spec.x_points, spec.dtype)
-
-
-def bytes_per_job(spec: JobSpec) -> int:
-    """Approximate peak memory one job adds to a batch: its (x_points,) rows of every live
-    temporary of an epoch, its loss curve, its parameters and optimizer state."""
-    variant = VARIANTS[spec.variant]
-    itemsize = np.dtype(numpy_dtype(spec.dtype)).itemsize
-    rows = variant.live_rows(spec.degree) * spec.x_points * itemsize
-    curve = (spec.epochs // CURVE_EVERY) * itemsize
-    params = 8 * variant.n_coefficients(spec.degree) * itemsize
-    return rows + curve + params + 1024  # + draws and per-job bookkeeping
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

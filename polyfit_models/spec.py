@@ -37,6 +37,8 @@ def _show(value: Any) -> str:
 
 
 def _as_float(name: str, value: Any) -> float:
+    if type(value) is float and math.isfinite(value):  # the common case, without ABC checks
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SpecError(f"{name} must be a number, got {_show(value)}")
     try:
@@ -49,6 +51,8 @@ def _as_float(name: str, value: Any) -> float:
 
 
 def _as_int(name: str, value: Any) -> int:
+    if type(value) is int:
+        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -130,8 +134,8 @@ class JobSpec:
         return cls.from_dict({"variant": variant, **fields})
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as a plain dict of JSON primitives."""
-        return dataclasses.asdict(self)
+        """The spec as a plain dict of JSON primitives (every field is one already)."""
+        return {name: getattr(self, name) for name in _FIELD_ORDER}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -147,6 +151,7 @@ class JobSpec:
         return cls(**data)
 
 
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(JobSpec))
+_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(JobSpec))
+_FIELD_NAMES = frozenset(_FIELD_ORDER)
 _REQUIRED = tuple(f.name for f in dataclasses.fields(JobSpec)
                   if f.default is dataclasses.MISSING)

@@ -117,7 +117,7 @@ def _draw_fits(fig: Figure, spec, data: PlotData) -> None:
     res = fig.add_subplot(inner[1], sharex=ax)
     first = data.best[0]
     x = x_grid(first)
-    y = TARGETS[first.target][0](x)
+    y = TARGETS[first.target](x)
     ax.plot(x, y, color="black", lw=4.5, alpha=0.25, label=f"target  {first.target}(x)",
             solid_capstyle="round")
     best_mse = min(j.mse for j in data.best)

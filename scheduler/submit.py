@@ -12,7 +12,7 @@ from scheduler.sweep import Plan
 from store import jobs as store_jobs
 from store.db import create_schema, make_engine
 from worker.app import make_app
-from worker.batches import BrokerError, batches_for_views, publish
+from worker.batches import BrokerError, batches_for_views, plan_batches, publish
 from worker.settings import Settings
 
 __all__ = ["BrokerError", "Submitted", "resume", "submit"]
@@ -36,8 +36,15 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
                                     [job.row() for job in plan.jobs])
     finally:
         engine.dispose()
-    done = resume(settings, plan.sweep_id, batch_size=batch_size, spread=spread)
-    return Submitted(plan.sweep_id, new, done.enqueued_jobs, done.batches)
+    if new < len(plan.jobs):
+        # A re-run: some jobs are recorded already; the store says which still need to run.
+        done = resume(settings, plan.sweep_id, batch_size=batch_size, spread=spread)
+        return Submitted(plan.sweep_id, new, done.enqueued_jobs, done.batches)
+    # A new sweep: every job was just recorded as queued, so the plan is the work list.
+    batches = plan_batches(plan.sweep_id, [(job.id, job.spec, job.device) for job in plan.jobs],
+                           batch_size=batch_size, spread=spread)
+    publish(make_app(settings), batches)
+    return Submitted(plan.sweep_id, new, len(plan.jobs), len(batches))
 
 
 def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,

@@ -1,9 +1,8 @@
-"""Pieces the torch variants share: a batch's seeded initial parameters, its learning rates, and
-the float64 NumPy evaluation of a polynomial used to score every variant the same way."""
+"""Pieces the torch variants share: a batch's seeded initial parameters and its learning rates.
+(The float64 NumPy evaluation that scores every variant is in ``bases``.)"""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..problem import seeded_generators, standard_normal_rows, torch_dtype
@@ -30,13 +29,3 @@ def lr_blocks(specs) -> list[tuple[slice, float]]:
             blocks.append((slice(start, i), specs[start].lr))
             start = i
     return blocks
-
-
-def monomial_predict(coefficients: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
-    """Values (B, N) of the polynomials with ascending-power rows ``coefficients`` at ``x``."""
-    return coefficients @ np.vander(x, coefficients.shape[1], increasing=True).T
-
-
-def monomial_identity(coefficients: np.ndarray, degree: int) -> list[float]:
-    """The ordinary-basis coefficients of a monomial variant: its own parameters."""
-    return [float(c) for c in coefficients]

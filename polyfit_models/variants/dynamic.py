@@ -25,20 +25,11 @@ import torch
 from .. import loop
 from ..optim import TorchOptimizer
 from ..problem import seeded_generators, torch_dtype, torch_grid
+from .bases import sharing_matrices
 from .common import lr_blocks
 
 #: Epochs of k draws generated at a time (bounds the memory of the draws for long fits).
 DRAW_BLOCK = 1024
-
-
-def sharing_matrices(degree: int) -> np.ndarray:
-    """``S[k - 4]`` for k = 4..degree: the (5, degree + 1) 0/1 matrix that puts a, b, c, d on
-    the powers 0..3 and the one weight e on every power 4..k."""
-    S = np.zeros((degree - 3, 5, degree + 1))
-    for k in range(4, degree + 1):
-        S[k - 4, :4, :4] = np.eye(4)
-        S[k - 4, 4, 4:k + 1] = 1.0
-    return S
 
 
 class DynamicPolynomial(torch.nn.Module):
@@ -112,18 +103,3 @@ class DynamicProgram:
 
 def train(specs, device) -> loop.RawFits:
     return loop.run(DynamicProgram(specs, device), specs[0].epochs)
-
-
-def full_degree_monomial(coefficients: np.ndarray, degree: int) -> np.ndarray:
-    """Rows ``[a, b, c, d, e]`` -> ascending powers at full degree ``[a, b, c, d, e, ..., e]``."""
-    coefficients = np.atleast_2d(coefficients)
-    return coefficients @ sharing_matrices(degree)[-1]
-
-
-def predict(coefficients: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
-    full = full_degree_monomial(coefficients, degree)
-    return full @ np.vander(x, degree + 1, increasing=True).T
-
-
-def monomial(coefficients: np.ndarray, degree: int) -> list[float]:
-    return [float(v) for v in full_degree_monomial(coefficients, degree)[0]]

@@ -130,23 +130,3 @@ class LegendreProgram:
 
 def train(specs, device) -> loop.RawFits:
     return loop.run(LegendreProgram(specs, device), specs[0].epochs)
-
-
-def predict(coefficients: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
-    """Float64 values (B, N) of ``a + b P_n(c + d x)`` for rows ``[a, b, c, d]``."""
-    a, b, c, d = (coefficients[:, i:i + 1] for i in range(4))
-    unit = np.zeros(degree + 1)
-    unit[degree] = 1.0
-    return a + b * np.polynomial.legendre.legval(c + d * x, unit)
-
-
-def monomial(coefficients: np.ndarray, degree: int) -> list[float]:
-    """``a + b P_n(c + d x)`` expanded into ascending powers of x (length n + 1)."""
-    a, b, c, d = (float(v) for v in coefficients)
-    unit = np.zeros(degree + 1)
-    unit[degree] = 1.0
-    p_n = np.polynomial.Polynomial(np.polynomial.legendre.leg2poly(unit))
-    expanded = a + b * p_n(np.polynomial.Polynomial([c, d]))
-    out = np.zeros(degree + 1)
-    out[: len(expanded.coef)] = expanded.coef
-    return [float(v) for v in out]

@@ -42,6 +42,22 @@ def test_import_pulls_in_no_infrastructure():
     assert out.stdout.strip() == "[]"
 
 
+def test_specs_registry_and_batching_load_without_torch():
+    # torch costs seconds to import; a scheduler that only plans jobs must not pay for it.
+    code = ("import sys, polyfit_models as m; "
+            "s = m.JobSpec.create('legendre', seed=3); "
+            "m.batch_key(s); m.bytes_per_job(s); m.VARIANTS['dynamic'].monomial([1, 2, 3, 4, 5], 6); "
+            "print('torch' in sys.modules); m.fit; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=str(PACKAGE.parent))
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'fit_all'"):
+        polyfit_models.fit_all  # noqa: B018
+
+
 def test_core_reads_no_environment_and_sets_no_threads():
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()

@@ -162,3 +162,19 @@ def test_the_tutorial_example_expands_to_the_lessons_programs():
     assert by_variant["module"] == {(1e-3, 2000, "adam")}
     assert by_variant["dynamic"] == {(1e-8, 30000, "momentum")}
     assert "legendre" in by_variant and p.name == "tutorial"
+
+
+def test_planning_and_batching_a_sweep_does_not_import_torch():
+    # `polyfit sweep submit` plans, records and enqueues: seconds of torch import would be the
+    # largest part of its run time for nothing.
+    import subprocess
+    import sys
+
+    code = ("import sys, scheduler.cli, scheduler.submit\n"
+            "from scheduler.sweep import build_plan\n"
+            "from worker.batches import plan_batches\n"
+            "p = build_plan({'grid': {'variant': ['legendre', 'dynamic'], 'seed': [0, 1]}})\n"
+            "plan_batches(p.sweep_id, [(j.id, j.spec, j.device) for j in p.jobs])\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
