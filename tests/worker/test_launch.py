@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from worker import launch
@@ -53,3 +58,18 @@ def test_pinning_narrows_cuda_visible_devices_to_the_chosen_card(monkeypatch):
     assert "solo" in served["argv"]  # no fork after CUDA initialization
     with pytest.raises(launch.LaunchError):
         launch.run_gpu_worker(Settings(), 4)
+
+
+def test_a_worker_process_limits_torch_and_blas_threads_to_its_share():
+    # A fresh interpreter whose OpenBLAS starts 2 threads: the limits are process-wide.
+    code = ("import json, numpy, torch, threadpoolctl\n"
+            "from worker.runtime import apply_threads\n"
+            "apply_threads(1)\n"
+            "blas = [p['num_threads'] for p in threadpoolctl.threadpool_info()"
+            " if p['user_api'] == 'blas']\n"
+            "print(json.dumps([torch.get_num_threads(), blas]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
+    torch_threads, blas = json.loads(out.stdout)
+    assert torch_threads == 1
+    assert blas and set(blas) == {1}
