@@ -22,6 +22,10 @@ from worker.launch import cpu_count
 from worker.settings import Settings
 
 POLL_S = 0.25
+#: Once every job has ended (and so is stored), the local workers hold nothing: Celery's warm
+#: stop still spends 2-4 s in its 2 s broker poll and the pool's joins, dead time for whoever
+#: waits on ``sweep run``. They get this long to exit by themselves, then are killed.
+IDLE_STOP_S = 2.0
 BEST_COLUMNS = ("variant", "lr", "degree", "seed", "optimizer", "status", "final_loss", "mse",
                 "optimum_mse", "gap")
 
@@ -49,7 +53,7 @@ def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size
         local.stop(timeout_s=5)
         _release(settings, local)
         return 130
-    local.stop()
+    local.stop(timeout_s=IDLE_STOP_S)
     _release(settings, local)
     _print_best(settings, plan, top, out)
     return code

@@ -5,8 +5,12 @@ every job stored exactly once."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -79,6 +83,35 @@ def test_sweep_run_trains_to_the_end_and_prints_the_best(tmp_path):
     again = polyfit("sweep", "run", "--variant", "numpy,legendre,dynamic", "--seed", "0-3",
                     "--epochs", "200", "--workers", "1", env=env, cwd=tmp_path)
     assert again.returncode == 0 and "0 to run" in again.stderr
+    # However the local workers were stopped, none outlives the command (a killed process
+    # may take a moment to be torn down by the kernel).
+    deadline = time.monotonic() + 10
+    while processes_in(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in(tmp_path) == []
+
+
+def processes_in(directory) -> list[int]:
+    """Pids of the live processes whose working directory is ``directory``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == Path(directory):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+    return pids
+
+
+def test_a_worker_stops_cleanly_on_sigterm(db_url, start_worker):
+    worker = start_worker("--device", "cpu", "--concurrency", "2", POLYFIT_DB_URL=db_url)
+    env = polyfit_env(POLYFIT_DB_URL=db_url)
+    sweep_id, rows = _submit_and_wait(env)
+    assert {r["status"] for r in rows} == {"succeeded"}
+    worker.kill(signal.SIGTERM)
+    # Exit code 0 after Celery's warm shutdown, its last words flushed to the log.
+    assert worker.proc.returncode == 0, worker.output()[-2000:]
+    assert "Warm shutdown" in worker.output()
 
 
 def test_ctrl_c_stops_cleanly_keeps_what_finished_and_resume_completes(tmp_path,
