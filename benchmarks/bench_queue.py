@@ -4,7 +4,8 @@ Measures, in one run on one machine:
   1. Celery's floor: N no-op tasks through Redis into a solo worker (tasks/s);
   2. polyfit one job per task: N one-epoch numpy jobs, ``--batch-size 1``, one worker process,
      from ``polyfit sweep submit`` until every result is in SQLite (jobs/s);
-  3. polyfit batched: M one-epoch jobs with the automatic batch size (jobs/s, seconds).
+  3. polyfit batched: M one-epoch jobs with the automatic batch size, one worker with its
+     default pool (a process per core), from submit until every result is stored (jobs/s, s).
 Prints each rate and the ratio to the no-op floor. Start-up of the worker is excluded (the
 worker is started and warmed first); submit + train + store are included.
 
@@ -90,9 +91,10 @@ def _wait(cond, timeout: float) -> None:
 
 
 def polyfit_rate(url: str, db: str, jobs: int, batch_size: int | None, tmp: Path,
-                 tag: str) -> tuple[float, float]:
+                 tag: str, concurrency: int | None) -> tuple[float, float]:
     env = base_env(POLYFIT_BROKER_URL=url, POLYFIT_DB_URL=db)
-    worker = start([sys.executable, "-m", "scheduler", "worker", "--concurrency", "1",
+    pool = ["--concurrency", str(concurrency)] if concurrency else []
+    worker = start([sys.executable, "-m", "scheduler", "worker", *pool,
                     "--loglevel", "WARNING"], env, tmp / f"worker-{tag}.log")
     eng = create_engine(db)
     try:
@@ -137,10 +139,13 @@ def main() -> None:
     url = f"redis://127.0.0.1:{port}/0"
     try:
         floor = noop_rate(url.replace("/0", "/15"), a.tasks, tmp)
+        # One job per task on one pool process: comparable with the solo no-op worker.
         per_task, _ = polyfit_rate(url, f"sqlite:///{tmp / 'one.sqlite'}", a.tasks, 1, tmp,
-                                   "one")
+                                   "one", concurrency=1)
+        # Batched as a user runs it: automatic batch size, default worker (one pool process
+        # per core).
         batched, took = polyfit_rate(url, f"sqlite:///{tmp / 'batched.sqlite'}",
-                                     a.batched_jobs, None, tmp, "batched")
+                                     a.batched_jobs, None, tmp, "batched", concurrency=None)
     finally:
         server.terminate()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -68,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default="autograd,module,numpy,dynamic")
     ap.add_argument("--seeds", type=int, default=512)
-    ap.add_argument("--sample", type=int, default=4, help="lesson fits timed per variant")
+    ap.add_argument("--sample", type=int, default=8, help="lesson fits timed per variant")
     a = ap.parse_args()
     jobs = 2 * a.seeds
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
