@@ -231,8 +231,13 @@ def build_plan(
     target = spec.get("target", "sin")
     _choice("target", target, list(TARGETS))
     x = _x_grid(spec)
-    sweep_name = name or spec.get("name") or default_name
-    if not isinstance(sweep_name, str) or not 0 < len(sweep_name) <= 200:
+    # An explicit empty name is an error, not a request for the default (``name:`` with no
+    # value in YAML is null and means "not given").
+    sweep_name = name if name is not None else spec.get("name")
+    if sweep_name is None:
+        sweep_name = default_name
+    if (not isinstance(sweep_name, str) or not sweep_name.strip()
+            or len(sweep_name) > 200):
         raise SweepSpecError("name: must be a non-empty string of at most 200 characters")
 
     grids = [{axis: parse_axis(axis, values, max_jobs) for axis, values in g.items()}

@@ -158,3 +158,24 @@ def test_credentials_are_never_printed(run):
     assert r.exit_code == 1 and "hunter2" not in r.output
     r = run("results", "--db", "postgresql+psycopg://u:hunter2@127.0.0.1:1/x")
     assert "hunter2" not in r.output and r.exit_code != 0
+
+
+@pytest.mark.parametrize("how", ["flag", "spec"])
+@pytest.mark.parametrize("bad", ["", "   "])
+def test_an_empty_sweep_name_is_refused_not_replaced_by_the_default(run, tmp_path, how, bad):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: {bad!r}\ngrid: {{variant: [numpy]}}\n" if how == "spec"
+                    else "grid: {variant: [numpy]}\n")
+    args = ["--name", bad] if how == "flag" else []
+    r = run("sweep", "submit", str(spec), *args)
+    _one_line_error(r)
+    assert "name" in r.stderr
+    assert not (tmp_path / "polyfit.sqlite").exists()  # nothing written
+
+
+def test_a_null_name_in_the_spec_means_the_default(run, tmp_path):
+    spec = tmp_path / "nameless.yaml"
+    spec.write_text("name:\ngrid: {variant: [numpy]}\n")
+    r = run("sweep", "submit", str(spec))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("sweep nameless:")
