@@ -33,6 +33,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(t: datetime) -> datetime:
+    """``t`` with its time zone; a naive time from the store is UTC (every time written is)."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
 @dataclass(frozen=True)
 class SweepView:
     id: str
@@ -74,10 +79,12 @@ class JobView:
     error: str | None
 
     def to_dict(self) -> dict:
+        """The job as JSON-ready values; times as ISO 8601 with their UTC offset (SQLite hands
+        back the stored UTC times without one)."""
         out = dataclasses.asdict(self)
         for key in ("started_at", "heartbeat_at", "finished_at"):
             if out[key] is not None:
-                out[key] = out[key].isoformat()
+                out[key] = as_utc(out[key]).isoformat()
         return out
 
 

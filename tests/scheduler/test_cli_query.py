@@ -20,6 +20,7 @@ import termios
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -142,6 +143,15 @@ def test_results_filters_match_plain_sql(run, sweep_db):
                               "--format", "json").stdout)
     assert {(d["lr"], d["degree"]) for d in diverged} == {(1e-4, 3), (1e-4, 4), (1e-6, 4)}
     assert all(d["diverged_at_epoch"] is not None for d in diverged)
+
+
+def test_results_json_times_carry_their_utc_offset(run, sweep_db):
+    url, sweep_id = sweep_db
+    rows = json.loads(run("results", sweep_id, "--db", url, "--format", "json").stdout)
+    for row in rows:
+        for key in ("started_at", "finished_at"):
+            t = datetime.fromisoformat(row[key])
+            assert t.utcoffset() == timedelta(0), row[key]
 
 
 def test_results_sorts_by_any_column_and_limits(run, sweep_db):
