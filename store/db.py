@@ -184,6 +184,11 @@ def create_schema(engine: Engine) -> None:
 
     try:
         Base.metadata.create_all(engine)
+        # create_all makes the indexes of the tables it creates; a database made by an older
+        # polyfit gets the indexes added since.
+        for table in Base.metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(engine, checkfirst=True)
         create_views(engine)
     except SQLAlchemyError as e:
         raise StoreError(f"cannot create tables in {redact_url(str(engine.url))}: {e}") from e

@@ -71,7 +71,12 @@ class JobRecord(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
-    __table_args__ = (Index("ix_jobs_sweep_status", "sweep_id", "status"),)
+    __table_args__ = (
+        Index("ix_jobs_sweep_status", "sweep_id", "status"),
+        # Every worker's reaper looks for running jobs with a stale heartbeat, and queued ones
+        # that waited too long, across all sweeps: without this, a scan of the whole table.
+        Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
+    )
 
 
 class LossPointRecord(Base):

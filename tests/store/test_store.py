@@ -176,3 +176,22 @@ def test_unreachable_database_is_a_store_error(tmp_path):
     eng = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
     with pytest.raises(StoreError):
         J.status_counts(eng, "s1")
+
+
+def test_the_reapers_queries_have_an_index_also_in_databases_made_before_it(engine):
+    from sqlalchemy import inspect
+
+    # A database from before the index: drop it, as an older polyfit would not have made it.
+    with engine.begin() as c:
+        c.execute(text("DROP INDEX ix_jobs_status_heartbeat"))
+    names = {i["name"] for i in inspect(engine).get_indexes("jobs")}
+    assert "ix_jobs_status_heartbeat" not in names
+    create_schema(engine)  # what every command and worker does on start
+    indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("jobs")}
+    assert indexes["ix_jobs_status_heartbeat"] == ["status", "heartbeat_at"]
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as c:
+            plan = " ".join(str(r[-1]) for r in c.execute(text(
+                "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status = 'running' "
+                "AND heartbeat_at < '2026-01-01'")))
+        assert "ix_jobs_status_heartbeat" in plan, plan
