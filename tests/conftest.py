@@ -1,5 +1,6 @@
 """Shared fixtures: a real redis-server on a free port per test session, a fresh SQLite results
-file per test, and helpers to start real ``polyfit worker`` processes."""
+file per test, a fresh schema on the real PostgreSQL server, and helpers to start real
+``polyfit worker`` processes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,35 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("POLYFIT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh schema on the test PostgreSQL server; yields a URL whose tables live in it."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"pf_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    try:
+        with admin.begin() as c:
+            c.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {e}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as c:
+            c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def free_port() -> int:

@@ -422,7 +422,7 @@ def _task_body(args: list, extra: list | None = None):
 def test_credentials_in_urls_never_reach_the_logs(tmp_path, start_worker):
     from celery import Celery
 
-    from tests.store.test_readonly import pg_schema
+    from tests.conftest import pg_schema
 
     port = free_port()
     server = subprocess.Popen(

@@ -46,7 +46,8 @@ def test_specs_registry_and_batching_load_without_torch():
     # torch costs seconds to import; a scheduler that only plans jobs must not pay for it.
     code = ("import sys, polyfit_models as m; "
             "s = m.JobSpec.create('legendre', seed=3); "
-            "m.batch_key(s); m.bytes_per_job(s); m.VARIANTS['dynamic'].monomial([1, 2, 3, 4, 5], 6); "
+            "m.batch_key(s); m.bytes_per_job(s); "
+            "m.VARIANTS['dynamic'].monomial([1, 2, 3, 4, 5], 6); "
             "print('torch' in sys.modules); m.fit; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=str(PACKAGE.parent))

@@ -19,7 +19,6 @@ import sys
 import termios
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta
 
 import pytest
@@ -32,7 +31,7 @@ from scheduler.sweep import build_plan
 from store import create_schema, make_engine
 from store import jobs as store_jobs
 from store.views import VIEWS
-from tests.conftest import PG_URL, ROOT, polyfit_env
+from tests.conftest import ROOT, pg_schema, polyfit_env
 from worker.execute import run_batch
 from worker.payload import Batch
 from worker.runtime import Runtime
@@ -263,17 +262,8 @@ def any_db(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'v.sqlite'}"
         return
-    schema = f"pf_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    try:
-        with admin.begin() as c:
-            c.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as e:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {e}")
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as c:
-        c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with pg_schema() as url:
+        yield url
 
 
 def _view_sql(engine, name: str) -> str | None:

@@ -6,8 +6,6 @@ stay as they were."""
 from __future__ import annotations
 
 import json
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,25 +15,7 @@ from sqlalchemy import create_engine, text
 from scheduler.cli import cli
 from store import create_schema, make_engine
 from store import jobs as J
-from tests.conftest import PG_URL
-
-
-@contextmanager
-def pg_schema():
-    """A fresh schema on the test PostgreSQL server; yields a URL whose tables live in it."""
-    schema = f"pf_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    try:
-        with admin.begin() as c:
-            c.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as e:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {e}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as c:
-            c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+from tests.conftest import pg_schema
 
 
 def _job(i: int) -> dict:

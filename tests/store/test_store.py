@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from store import create_schema, make_engine, redact_url
 from store import jobs as J
 from store.db import StoreError
-from tests.conftest import PG_URL
+from tests.conftest import pg_schema
 
 
 def _job(i: int, **kw) -> dict:
@@ -38,20 +37,11 @@ def engine(request, tmp_path):
         yield eng
         eng.dispose()
         return
-    schema = f"pf_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    try:
-        with admin.begin() as c:
-            c.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as e:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {e}")
-    eng = make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
-    create_schema(eng)
-    yield eng
-    eng.dispose()
-    with admin.begin() as c:
-        c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with pg_schema() as url:
+        eng = make_engine(url)
+        create_schema(eng)
+        yield eng
+        eng.dispose()
 
 
 def test_save_sweep_is_idempotent_and_keeps_existing_jobs(engine):
