@@ -149,18 +149,29 @@ def _plan(spec_path: str | None, axes: dict, name: str | None, settings: Setting
     return plan
 
 
+def sweep_inputs(f):
+    """What defines a sweep, for ``sweep submit`` and ``sweep run``: SPEC.yaml, the axis flags
+    and --name."""
+    f = click.option("--name", default=None,
+                     help="Sweep name (default: the spec's name or file name).")(f)
+    f = axis_options(f)
+    return click.argument("spec_path", metavar="[SPEC.yaml]", required=False,
+                          type=click.Path(dir_okay=False))(f)
+
+
+def batch_size_option(f):
+    return click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
+                        help="Jobs per task. [default: from a memory budget per device]")(f)
+
+
 @cli.group()
 def sweep() -> None:
     """Submit, run and resume sweeps."""
 
 
 @sweep.command("submit")
-@click.argument("spec_path", metavar="[SPEC.yaml]", required=False,
-                type=click.Path(dir_okay=False))
-@axis_options
-@click.option("--name", default=None, help="Sweep name (default: the spec's name or file name).")
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
-              help="Jobs per task. [default: from a memory budget per device]")
+@sweep_inputs
+@batch_size_option
 @db_option
 @broker_option
 def sweep_submit(spec_path, name, batch_size, db_url, broker, **axes) -> None:
@@ -180,14 +191,10 @@ def sweep_submit(spec_path, name, batch_size, db_url, broker, **axes) -> None:
 
 
 @sweep.command("run")
-@click.argument("spec_path", metavar="[SPEC.yaml]", required=False,
-                type=click.Path(dir_okay=False))
-@axis_options
-@click.option("--name", default=None, help="Sweep name (default: the spec's name or file name).")
+@sweep_inputs
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Local worker processes. [default: one per core]")
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
-              help="Jobs per task. [default: from a memory budget per device]")
+@batch_size_option
 @click.option("--top", type=click.IntRange(0, 1000), default=1, show_default=True,
               help="Best jobs to print per variant at the end.")
 @db_option

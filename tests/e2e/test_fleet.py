@@ -7,21 +7,15 @@ import json
 import time
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.conftest import polyfit_env
-from tests.e2e.test_queue import polyfit
+from tests.e2e.test_queue import polyfit, stored_jobs
 
 pytestmark = pytest.mark.slow
 
 
 def rows(db_url: str, sweep_id: str) -> list[dict]:
-    eng = create_engine(db_url)
-    with eng.connect() as c:
-        out = c.execute(text("SELECT variant, device, status, ran_on, worker FROM jobs "
-                             "WHERE sweep_id = :s"), {"s": sweep_id}).mappings().all()
-    eng.dispose()
-    return [dict(r) for r in out]
+    return stored_jobs(db_url, sweep_id, "variant, device, status, ran_on, worker")
 
 
 def submit(env, *args) -> str:

@@ -25,11 +25,13 @@ def polyfit(*args: str, env: dict, cwd=None, timeout: float = 180) -> subprocess
                           capture_output=True, text=True, timeout=timeout)
 
 
-def stored_jobs(db_url: str, sweep_id: str) -> list[dict]:
+def stored_jobs(db_url: str, sweep_id: str,
+                columns: str = "id, status, attempts, worker, mse, ran_on") -> list[dict]:
+    """``columns`` of the sweep's rows in the jobs table, read with plain SQL."""
     eng = create_engine(db_url)
     with eng.connect() as c:
-        rows = c.execute(text("SELECT id, status, attempts, worker, mse, ran_on FROM jobs "
-                              "WHERE sweep_id = :s"), {"s": sweep_id}).mappings().all()
+        rows = c.execute(text(f"SELECT {columns} FROM jobs WHERE sweep_id = :s"),
+                         {"s": sweep_id}).mappings().all()
     eng.dispose()
     return [dict(r) for r in rows]
 
