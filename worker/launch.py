@@ -106,7 +106,11 @@ def _serve(settings: Settings, runtime: Runtime, argv: list[str]) -> None:
         app.worker_main(argv)
         code = 0
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:  # sys.exit("message"): the interpreter would print it; we skip the interpreter
+            print(e.code, file=sys.stderr)
+            code = 1
     # Celery has stopped the pool and closed its connections by now; what is left is the
     # interpreter's own teardown, which with torch loaded costs a second or more of CPU for
     # nothing. Flush what we print and log, and leave.
