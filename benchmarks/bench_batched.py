@@ -16,32 +16,22 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-
-def _threads_from_argv(default: int = 1) -> int:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--threads", type=int, default=default)
-    return parser.parse_known_args()[0].threads
-
-
-# The thread pools of OpenMP, MKL and NumPy's OpenBLAS are sized when numpy and torch load,
-# so the benchmark (the process edge) fixes them from --threads before importing either.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = str(_threads_from_argv())
-
-import torch  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+# Imported first: at import, bench_models sizes the OpenMP, MKL and OpenBLAS thread pools from
+# this command line's --threads, before numpy and torch load.
 from bench_models import LESSON  # noqa: E402
+
+# isort: split
+import torch  # noqa: E402
 
 from polyfit_models import VARIANTS, JobSpec, fit_many  # noqa: E402
 
