@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import random
 import sys
 import tempfile
@@ -53,7 +54,8 @@ def _writer(db_url: str, n_jobs: int, batch: int, seed: int, start: mp.Event, ou
     for chunk in chunks:
         try:
             t = time.perf_counter()
-            mine = J.claim_jobs(engine, SWEEP, chunk, name, stale_after_s=3600)
+            mine = [job.id for job in J.claim_jobs(engine, SWEEP, chunk, name,
+                                                   stale_after_s=3600)]
             stats["claim_ms"].append((time.perf_counter() - t) * 1000)
             if not mine:
                 continue
@@ -80,6 +82,23 @@ def _pct(values: list[float], q: float) -> float:
     return round(values[min(len(values) - 1, int(q * len(values)))], 2)
 
 
+def _collect(out, procs, timeout_s: float) -> dict:
+    """Each writer's figures; fails at once (not after the timeout) if a writer died."""
+    results: dict = {}
+    deadline = time.monotonic() + timeout_s
+    while len(results) < len(procs):
+        try:
+            name, stats = out.get(timeout=1)
+            results[name] = stats
+        except queue.Empty:
+            crashed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if crashed:
+                raise RuntimeError(f"a writer process exited with code {crashed[0]}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"writers still running after {timeout_s:.0f} s") from None
+    return results
+
+
 def run(db_url: str, processes: int = 8, jobs: int = 10_000, batch: int = 25) -> dict:
     """Race ``processes`` writers over ``jobs`` jobs; returns the figures (see module doc)."""
     engine = make_engine(db_url)
@@ -95,7 +114,7 @@ def run(db_url: str, processes: int = 8, jobs: int = 10_000, batch: int = 25) ->
     time.sleep(0.5)  # let every process import and connect before the race starts
     t0 = time.perf_counter()
     start.set()
-    results = dict(out.get(timeout=600) for _ in procs)
+    results = _collect(out, procs, timeout_s=600)
     wall = time.perf_counter() - t0
     for p in procs:
         p.join(60)

@@ -10,7 +10,7 @@ the caller decides the device and the threads. torch itself is imported only whe
 only plans and enqueues jobs starts in a fraction of a second.
 """
 
-from .batching import batch_key, bytes_per_job
+from .batching import batch_bytes, batch_key, bytes_per_job, jobs_within, shared_bytes
 from .errors import DeviceError, PolyfitModelError, ResultError, SpecError
 from .problem import DTYPES, OPTIMIZERS, TARGETS
 from .registry import VARIANTS, Variant
@@ -18,9 +18,24 @@ from .result import FitResult
 from .spec import JobSpec
 
 __all__ = [
-    "PolyfitModelError", "SpecError", "ResultError", "DeviceError",
-    "JobSpec", "FitResult", "Variant", "VARIANTS", "OPTIMIZERS", "TARGETS", "DTYPES",
-    "fit", "fit_many", "batch_key", "bytes_per_job",
+    "DTYPES",
+    "OPTIMIZERS",
+    "TARGETS",
+    "VARIANTS",
+    "DeviceError",
+    "FitResult",
+    "JobSpec",
+    "PolyfitModelError",
+    "ResultError",
+    "SpecError",
+    "Variant",
+    "batch_bytes",
+    "batch_key",
+    "bytes_per_job",
+    "fit",
+    "fit_many",
+    "jobs_within",
+    "shared_bytes",
 ]
 
 

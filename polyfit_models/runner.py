@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .batching import batch_key, bytes_per_job
+from .batching import batch_key, bytes_per_job, jobs_within
 from .errors import DeviceError, SpecError
 from .loop import RawFits
 from .problem import grid, optimum_mse, target_values
@@ -90,20 +90,29 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu") -> li
 
 def _chunks(indices: list[int], spec: JobSpec, dev: torch.device) -> list[list[int]]:
     if dev.type == "cpu":
-        budget = CPU_CHUNK_BYTES
+        size = max(1, CPU_CHUNK_BYTES // bytes_per_job(spec))
     else:  # a GPU batch runs whole, as far as half the device's free memory allows
-        budget = torch.cuda.mem_get_info(dev)[0] // 2
-    size = max(1, budget // bytes_per_job(spec))
+        size = max(1, jobs_within(spec, torch.cuda.mem_get_info(dev)[0] // 2))
     return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+#: Rows of a batch scored at a time: the float64 scoring needs a few (rows, x_points) arrays,
+#: which for a GPU batch of a hundred thousand jobs would otherwise take gigabytes of host memory.
+SCORE_ROWS = 1024
 
 
 def _model_mse(spec: JobSpec, coefficients: np.ndarray) -> np.ndarray:
     """Mean squared error of each final model (rows of ``coefficients``) on the grid, in
     float64 with the variant's own model; NaN where it is not finite."""
     x = grid(spec.x_start, spec.x_stop, spec.x_points)
+    y = target_values(spec.target, x)
+    predict = VARIANTS[spec.variant].predict
+    out = np.empty(len(coefficients))
     with np.errstate(all="ignore"):
-        pred = VARIANTS[spec.variant].predict(coefficients, x, spec.degree)
-        return np.mean((pred - target_values(spec.target, x)) ** 2, axis=1)
+        for start in range(0, len(coefficients), SCORE_ROWS):
+            rows = slice(start, start + SCORE_ROWS)
+            out[rows] = np.mean((predict(coefficients[rows], x, spec.degree) - y) ** 2, axis=1)
+    return out
 
 
 def _result(spec: JobSpec, raw: RawFits, row: int, mse: float, duration_s: float) -> FitResult:

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from scheduler import queries
 from store import jobs as store_jobs
-from store.db import StoreError, make_engine, sqlite_path
+from store.reader import open_results
 from worker.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,11 +42,7 @@ def _pandas():
 
 
 def _open(db_url: str | None) -> Engine:
-    url = db_url or Settings.from_env().db_url
-    path = sqlite_path(url)
-    if path is not None and not path.is_file():
-        raise StoreError(f"no results database at {path}")
-    return make_engine(url)
+    return open_results(db_url or Settings.from_env().db_url)
 
 
 def _sweep(engine: Engine, sweep: str | None) -> store_jobs.SweepView:

@@ -4,6 +4,7 @@ input, exit 1 when the work ran but something failed or a server was unreachable
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import click
 
 from polyfit_models import VARIANTS, PolyfitModelError
 from scheduler.sweep import AXES, SweepSpecError, build_plan, load_spec_file, parse_flag
-from store import StoreError, create_schema, make_engine
+from store import StoreError, make_engine
 from store import jobs as store_jobs
-from store.db import sqlite_path
+from store.db import redact_url
+from store.reader import NotResultsDatabase, open_results
 from worker.settings import ENV_BROKER, ENV_DB, Settings, SettingsError
 
 EXIT_FAILED = 1
@@ -36,7 +38,8 @@ class WorkFailed(click.ClickException):
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "error"
+    """One line, with every password hidden: errors may quote URLs (malformed ones too)."""
+    return redact_url(" ".join(str(text).split())) or "error"
 
 
 class PolyfitGroup(click.Group):
@@ -89,13 +92,19 @@ def _settings(db_url: str | None, broker: str | None = None) -> Settings:
 
 
 def _engine(settings: Settings):
-    """The results database of a command that reads it: refuse to create a new SQLite file."""
-    path = sqlite_path(settings.db_url)
-    if path is not None and not path.is_file():
-        raise InputError(f"no results database at {path} (run or submit a sweep first)")
-    engine = make_engine(settings.db_url)
-    create_schema(engine)
-    return engine
+    """The results database of a command that only reads it: opened read-only, never created
+    or changed (a foreign or missing file is bad input, exit 2, and is left as it was)."""
+    try:
+        return open_results(settings.db_url)
+    except NotResultsDatabase as e:
+        raise InputError(str(e)) from e
+
+
+def _write_engine(settings: Settings):
+    """The results database of a command that changes existing sweeps (cancel, resume): it
+    must already be a polyfit database; nothing is created in a foreign file."""
+    _engine(settings).dispose()
+    return make_engine(settings.db_url)
 
 
 def _sweep(engine, ref: str | None) -> store_jobs.SweepView:
@@ -143,7 +152,8 @@ def _plan(spec_path: str | None, axes: dict, name: str | None, settings: Setting
             overrides[axis] = [item for v in values for item in parse_flag(axis, v)]
     default_name = Path(spec_path).stem if spec_path else "sweep"
     plan = build_plan(raw, overrides, name=name, default_name=default_name,
-                      max_jobs=settings.max_jobs, max_job_work=settings.max_job_work)
+                      max_jobs=settings.max_jobs, max_job_work=settings.max_job_work,
+                      memory_budget=settings.budget_bytes)
     for reason in plan.skipped:
         click.echo(f"left out: {reason}", err=True)
     return plan
@@ -235,6 +245,12 @@ def sweep_resume(sweep_ref, batch_size, db_url, broker) -> None:
 
 # -- workers -----------------------------------------------------------------------------------
 
+def _token(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[0-9a-f]{8,32}", value):
+        raise click.BadParameter("must be 8 to 32 lowercase hex digits")
+    return value
+
+
 @cli.command()
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N",
               help="The device this worker trains on.")
@@ -244,9 +260,13 @@ def sweep_resume(sweep_ref, batch_size, db_url, broker) -> None:
               help="CPU pool processes. [default: one per core]")
 @click.option("--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--token", default=None, hidden=True,
+              type=click.STRING, callback=lambda _c, _p, v: _token(v),
+              help="The random part of the worker's identity (set by `sweep run` for its "
+                   "local workers). [default: a new one]")
 @db_option
 @broker_option
-def worker(device, gpus, concurrency, loglevel, db_url, broker) -> None:
+def worker(device, gpus, concurrency, loglevel, token, db_url, broker) -> None:
     """A Celery worker pinned to its device(s); consumes the queues its device serves."""
     from worker import launch
 
@@ -255,18 +275,18 @@ def worker(device, gpus, concurrency, loglevel, db_url, broker) -> None:
         if device == "cpu":
             if gpus:
                 raise InputError("--gpus needs --device cuda")
-            launch.run_cpu_worker(settings, concurrency, loglevel.upper())
+            launch.run_cpu_worker(settings, concurrency, loglevel.upper(), token)
             return
         if device == "cuda":
             chosen = launch.parse_gpus(gpus or "all", launch.cuda_device_count())
             if len(chosen) == 1:
-                launch.run_gpu_worker(settings, chosen[0], loglevel.upper())
+                launch.run_gpu_worker(settings, chosen[0], loglevel.upper(), token)
                 return
             raise click.exceptions.Exit(launch.run_gpu_fleet(settings, chosen, loglevel.upper()))
         if device.startswith("cuda:") and device[5:].isdigit():
             if gpus:
                 raise InputError("--gpus and --device cuda:N exclude each other")
-            launch.run_gpu_worker(settings, int(device[5:]), loglevel.upper())
+            launch.run_gpu_worker(settings, int(device[5:]), loglevel.upper(), token)
             return
     except launch.LaunchError as e:
         raise InputError(str(e)) from e

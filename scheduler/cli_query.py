@@ -20,12 +20,20 @@ from scheduler.cli import (
     _engine,
     _settings,
     _sweep,
+    _write_engine,
     cli,
     db_option,
 )
 from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
-from store import StoreError
 from store import jobs as store_jobs
+from store.reader import (
+    READER_ROLE,
+    NotResultsDatabase,
+    QueryError,
+    UnsafeAccount,
+    create_reader_role,
+    run_sql,
+)
 from store.records import OK, STATUSES
 
 
@@ -35,7 +43,7 @@ from store.records import OK, STATUSES
 def cancel(sweep_ref, db_url) -> None:
     """Cancel what has not run yet; running jobs finish."""
     settings = _settings(db_url)
-    engine = _engine(settings)
+    engine = _write_engine(settings)
     target = _sweep(engine, sweep_ref)
     n = store_jobs.cancel_sweep(engine, target.id)
     click.echo(f"sweep {target.name}: {n} jobs cancelled")
@@ -173,17 +181,60 @@ def results(sweep_ref, variants_, statuses, degrees, lr_min, lr_max, sort, desc,
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
               show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.01, 86400), default=None,
+              help="Stop the statement after this many seconds. [default: 30, or "
+                   "POLYFIT_SQL_TIMEOUT_S]")
+@click.option("--max-rows", type=click.IntRange(1, 10**9), default=None,
+              help="Return at most this many rows. [default: 100,000, or POLYFIT_SQL_MAX_ROWS]")
 @db_option
-def sql(query, fmt, db_url) -> None:
-    """A read-only SQL query on the results database."""
+def sql(query, fmt, timeout_s, max_rows, db_url) -> None:
+    """A read-only SQL query on the results database.
+
+    On PostgreSQL it runs as an account that cannot write or escalate: POLYFIT_SQL_URL, else
+    the results URL's own account if it is such an account, else the role polyfit_reader
+    (create it once with `polyfit db create-reader`)."""
     settings = _settings(db_url)
     try:
-        columns, rows = queries.run_sql(settings.db_url, query)
-    except queries.QueryError as e:
+        out = run_sql(settings.db_url, query, sql_url=settings.sql_url,
+                      timeout_s=timeout_s or settings.sql_timeout_s,
+                      max_rows=max_rows or settings.sql_max_rows)
+    except (QueryError, NotResultsDatabase, UnsafeAccount) as e:
         raise InputError(str(e)) from e
-    except StoreError as e:
+    rows = [dict(zip(out.columns, r)) for r in out.rows]
+    click.echo(report.render(rows, out.columns, fmt))
+    if out.truncated:
+        click.echo(f"warning: only the first {len(out.rows):,} rows are shown (--max-rows, "
+                   "POLYFIT_SQL_MAX_ROWS)", err=True)
+
+
+@cli.group()
+def db() -> None:
+    """Set up the results database."""
+
+
+@db.command("create-reader")
+@click.option("--role", default=READER_ROLE, show_default=True,
+              help="Name of the read-only login role.")
+@click.option("--password", default=None, metavar="TEXT",
+              help="Give the role this password. [default: none: the server must trust the "
+                   "host, or the password is set by hand]")
+@db_option
+def create_reader(role, password, db_url) -> None:
+    """Create the read-only PostgreSQL role that `polyfit sql` logs in as (once, as an account
+    that may create roles; running it again repairs the role)."""
+    settings = _settings(db_url)
+    if not settings.db_url.startswith(("postgresql", "postgres")):
+        raise InputError("polyfit db create-reader is for PostgreSQL; on SQLite `polyfit sql` "
+                         "opens the file read-only and needs no role")
+    try:
+        url = create_reader_role(settings.db_url, role, password)
+    except NotResultsDatabase as e:
         raise InputError(str(e)) from e
-    click.echo(report.render(rows, columns, fmt))
+    click.echo(f"role {role}: can read polyfit's tables and views, and nothing else")
+    if role != READER_ROLE or password is not None:
+        click.echo("polyfit sql finds it with: export POLYFIT_SQL_URL=" + url)
+    else:
+        click.echo(f"polyfit sql logs in as it by itself ({url})")
 
 
 def _group_columns(text: str) -> list[str]:

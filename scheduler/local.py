@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.launch import new_token, node_name
 from worker.settings import Settings
 
 
@@ -22,6 +24,7 @@ class LocalWorkers:
     log_path: Path = field(default_factory=lambda: Path(
         tempfile.mkstemp(prefix="polyfit-worker-", suffix=".log")[1]))
     _proc: subprocess.Popen | None = None
+    token: str = field(default_factory=new_token)
 
     def start(self) -> None:
         env = {**os.environ, **self.settings.to_env()}
@@ -30,7 +33,8 @@ class LocalWorkers:
         log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "scheduler", "worker", "--device", "cpu",
-             "--concurrency", str(self.processes), "--loglevel", "WARNING"],
+             "--concurrency", str(self.processes), "--loglevel", "WARNING",
+             "--token", self.token],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             # Own process group: Ctrl-C in the terminal reaches us, and we stop the workers
             # ourselves (warm shutdown), instead of them dying mid-write.
@@ -40,8 +44,16 @@ class LocalWorkers:
 
     @property
     def pid(self) -> int | None:
-        """The pid the local worker names itself after (polyfit-cpu-PID@host)."""
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def identity(self) -> str | None:
+        """The local worker's identity in the store (its Celery node name, see
+        ``worker.launch.node_name``); the jobs its processes hold carry it."""
+        if self._proc is None:
+            return None
+        return node_name("cpu", self.token, pid=self._proc.pid).replace(
+            "%h", socket.gethostname())
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

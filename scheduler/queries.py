@@ -7,17 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from polyfit_models import VARIANTS
 from store import jobs as store_jobs
-from store.db import StoreError, read_only_engine, session_scope
+from store.db import StoreError, session_scope
+from store.reader import QueryError
 from store.records import ENDED, OK, JobRecord
-
-
-class QueryError(ValueError):
-    """Raised when a user's SQL query is malformed or tries to change the database."""
 
 
 @dataclass(frozen=True)
@@ -100,29 +97,3 @@ def _group_order(by: Sequence[str], key: tuple) -> tuple:
     # column's values, all of one type, so the tuples compare).
     return tuple(_VARIANT_ORDER.get(v, len(_VARIANT_ORDER)) if b == "variant" else v
                  for b, v in zip(by, key))
-
-
-def run_sql(url: str, query: str) -> tuple[list[str], list[dict]]:
-    """Run one statement through the read-only door; returns (columns, rows)."""
-    engine = read_only_engine(url)
-    try:
-        with engine.connect() as conn:
-            try:
-                result = conn.execute(text(query))
-                if not result.returns_rows:
-                    raise QueryError("the statement returned no rows (polyfit sql is read-only)")
-                columns = list(result.keys())
-                rows = [dict(zip(columns, r)) for r in result.fetchall()]
-            finally:
-                conn.rollback()
-        return columns, rows
-    except SQLAlchemyError as e:
-        msg = str(getattr(e, "orig", e) or e).strip().splitlines()
-        raise QueryError(f"query refused: {msg[0] if msg else e.__class__.__name__}") from e
-    except StoreError:
-        raise
-    except Exception as e:  # e.g. sqlite3.Warning for several statements
-        raise QueryError(f"query refused: {e}") from e
-    finally:
-        engine.dispose()
-

@@ -16,6 +16,7 @@ from scheduler import queries, report
 from scheduler.local import LocalWorkers
 from scheduler.submit import BrokerError, submit
 from scheduler.sweep import Plan
+from store import StoreError
 from store import jobs as store_jobs
 from store.db import make_engine
 from worker.launch import cpu_count
@@ -27,17 +28,22 @@ POLL_S = 0.25
 #: waits on ``sweep run``. They get this long to exit by themselves, then are killed (SQLite
 #: and Redis both survive a killed client; nothing of the sweep is in a worker's hands).
 IDLE_STOP_S = 0.5
+#: After Ctrl-C the workers may be writing results: they get this long to stop warm.
+INTERRUPT_STOP_S = 5.0
 BEST_COLUMNS = ("variant", "lr", "degree", "seed", "optimizer", "status", "final_loss", "mse",
                 "optimum_mse", "gap")
 
 
 def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size: int | None,
-              top: int = 1, out=sys.stdout) -> int:
-    """Returns the exit code: 0 when every job ended succeeded or diverged, else 1."""
+              top: int = 1, out=None) -> int:
+    """Returns the exit code: 0 when every job ended succeeded or diverged, else 1. The local
+    workers are stopped on every way out, an error or Ctrl-C included."""
+    out = out or sys.stdout
     workers = workers or cpu_count()
     local = LocalWorkers(settings, workers)
     # Start the workers first: their start-up (imports) overlaps with recording and enqueueing.
     local.start()
+    grace = 0.0  # an error: nothing to wait for
     try:
         try:
             done = submit(settings, plan, batch_size=batch_size, spread=workers)
@@ -48,14 +54,15 @@ def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size
                    f"{done.enqueued_jobs} to run in {done.batches} batches on {workers} "
                    f"local worker processes", err=True)
         code = _wait(settings, plan, local)
+        grace = IDLE_STOP_S
     except KeyboardInterrupt:
         click.echo("\ninterrupted: stopping local workers; finished results are stored "
                    f"(`polyfit sweep resume {plan.sweep_id}` finishes the rest)", err=True)
-        local.stop(timeout_s=5)
-        _release(settings, local)
+        grace = INTERRUPT_STOP_S
         return 130
-    local.stop(timeout_s=IDLE_STOP_S)
-    _release(settings, local)
+    finally:
+        local.stop(timeout_s=grace)
+        _release(settings, local)
     _print_best(settings, plan, top, out)
     return code
 
@@ -88,12 +95,16 @@ def _wait(settings: Settings, plan: Plan, local: LocalWorkers) -> int:
 
 
 def _release(settings: Settings, local: LocalWorkers) -> None:
-    """Jobs the (now stopped) local workers held but did not finish go back to ``queued``."""
-    if local.pid is None:
+    """Jobs the (now stopped) local workers held but did not finish go back to ``queued``:
+    those of this run's workers (their identity carries a random token), never another's."""
+    if local.identity is None:
         return
     engine = make_engine(settings.db_url)
     try:
-        store_jobs.release_worker(engine, f"polyfit-cpu-{local.pid}@")
+        store_jobs.release_worker(engine, local.identity)
+    except StoreError as e:
+        click.echo(f"warning: could not release the local workers' jobs ({e}); the workers' "
+                   "reaper puts them back in the queue once their heartbeat is stale", err=True)
     finally:
         engine.dispose()
 

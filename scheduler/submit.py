@@ -28,33 +28,39 @@ class Submitted:
 
 def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
            spread: int = 8) -> Submitted:
-    """Record the plan and enqueue every job of it that has not ended yet."""
+    """Record the plan and enqueue every job of it that has not ended yet. A job that ended in
+    an earlier run of the same sweep (succeeded, diverged, failed or cancelled) is left as it
+    is: submitting again never undoes a cancel nor retrains a result (``resume`` retries)."""
     engine = make_engine(settings.db_url)
     try:
         create_schema(engine)
         new = store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
                                     [job.row() for job in plan.jobs])
+        if new < len(plan.jobs):
+            # A re-run: some jobs are recorded already; the store says which still need to run.
+            todo = store_jobs.requeue(engine, plan.sweep_id, settings.stale_after_s)
     finally:
         engine.dispose()
     if new < len(plan.jobs):
-        # A re-run: some jobs are recorded already; the store says which still need to run.
-        done = resume(settings, plan.sweep_id, batch_size=batch_size, spread=spread)
-        return Submitted(plan.sweep_id, new, done.enqueued_jobs, done.batches)
-    # A new sweep: every job was just recorded as queued, so the plan is the work list.
-    batches = plan_batches(plan.sweep_id, [(job.id, job.spec, job.device) for job in plan.jobs],
-                           batch_size=batch_size, spread=spread)
+        batches = batches_for_views(todo, settings, batch_size=batch_size, spread=spread)
+    else:
+        # A new sweep: every job was just recorded as queued, so the plan is the work list.
+        batches = plan_batches(plan.sweep_id,
+                               [(job.id, job.spec, job.device) for job in plan.jobs], settings,
+                               batch_size=batch_size, spread=spread)
     publish(make_app(settings), batches)
-    return Submitted(plan.sweep_id, new, len(plan.jobs), len(batches))
+    return Submitted(plan.sweep_id, new, sum(len(b.job_ids) for b in batches), len(batches))
 
 
 def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
            spread: int = 8) -> Submitted:
-    """Re-enqueue exactly the jobs of a sweep that have not ended well."""
+    """Re-enqueue the jobs of a sweep that have not ended well: queued, stuck on a dead
+    worker, failed, and cancelled (resuming is how a cancel is undone)."""
     engine = make_engine(settings.db_url)
     try:
         todo = store_jobs.requeue_missing(engine, sweep_id, settings.stale_after_s)
     finally:
         engine.dispose()
-    batches = batches_for_views(todo, batch_size=batch_size, spread=spread)
+    batches = batches_for_views(todo, settings, batch_size=batch_size, spread=spread)
     publish(make_app(settings), batches)
-    return Submitted(sweep_id, 0, sum(len(b.jobs) for b in batches), len(batches))
+    return Submitted(sweep_id, 0, sum(len(b.job_ids) for b in batches), len(batches))

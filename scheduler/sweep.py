@@ -11,14 +11,16 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
-from collections.abc import Mapping, Sequence
+import stat
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from polyfit_models import OPTIMIZERS, TARGETS, VARIANTS, JobSpec, SpecError
+from polyfit_models import OPTIMIZERS, TARGETS, VARIANTS, JobSpec, SpecError, batch_bytes
 from worker.queues import is_device
 
 AXES = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device")
@@ -61,22 +63,127 @@ def job_id(spec: JobSpec, device: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+#: A sweep spec is a small text file: anything bigger is refused unread.
+MAX_SPEC_BYTES = 256 * 1024
+#: Mappings and lists nested deeper than this are refused (a spec needs four levels).
+MAX_SPEC_DEPTH = 16
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_spec_file(path: str | Path) -> dict:
+    """The spec file at ``path`` as a mapping. Refused with one line (``SweepSpecError``),
+    quickly and in little memory, whatever the file: not a regular file (a FIFO, a device such
+    as /dev/zero, a folder), over ``MAX_SPEC_BYTES``, not UTF-8, not YAML, YAML aliases (which
+    can expand a few hundred bytes into gigabytes), nesting deeper than ``MAX_SPEC_DEPTH``,
+    keys that are not text."""
+    shown = _printable(str(path))
+    raw = _read_small_regular_file(path, shown)
     try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise SweepSpecError(f"cannot read {path}: {e.strerror or e}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise SweepSpecError(f"{path}: not valid YAML{at}") from e
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SweepSpecError(f"{shown}: not UTF-8 text (byte {e.start})") from None
+    data = _parse_yaml(text, shown)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SweepSpecError(f"{path}: a sweep spec must be a mapping, got {type(data).__name__}")
+        raise SweepSpecError(f"{shown}: a sweep spec must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _read_small_regular_file(path: str | Path, shown: str) -> bytes:
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the
+        # open descriptor, so the file cannot be swapped between the check and the read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise SweepSpecError(f"cannot read {shown}: {e.strerror or e}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SweepSpecError(f"{shown}: not a regular file")
+        if info.st_size > MAX_SPEC_BYTES:
+            raise SweepSpecError(f"{shown}: {info.st_size:,} bytes, over the limit of "
+                                 f"{MAX_SPEC_BYTES:,} for a sweep spec")
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES:
+            chunk = os.read(fd, MAX_SPEC_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise SweepSpecError(f"cannot read {shown}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_SPEC_BYTES:
+        raise SweepSpecError(f"{shown}: over the limit of {MAX_SPEC_BYTES:,} bytes for a spec")
+    return b"".join(chunks)
+
+
+def _parse_yaml(text: str, shown: str) -> object:
+    """Parse, then check the node graph before building any Python object from it."""
+    loader = _YAML_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, shown)
+        return loader.construct_document(node)
+    except SweepSpecError:
+        raise
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise SweepSpecError(f"{shown}: not valid YAML{at}") from None
+    except (RecursionError, MemoryError):
+        raise SweepSpecError(f"{shown}: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. an int of 10,000 digits
+        raise SweepSpecError(f"{shown}: a value YAML cannot read: "
+                             f"{_printable(str(e))[:80]}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node, shown: str) -> None:
+    """Refuse aliases (a node reached twice), deep nesting and keys that are not text."""
+    seen: set[int] = set()
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            raise SweepSpecError(f"{shown}: YAML aliases (*name) are not allowed in a sweep "
+                                 f"spec (line {node.start_mark.line + 1})")
+        seen.add(id(node))
+        if depth > MAX_SPEC_DEPTH:
+            raise SweepSpecError(f"{shown}: nested more than {MAX_SPEC_DEPTH} levels deep "
+                                 f"(line {node.start_mark.line + 1})")
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if not (isinstance(key, yaml.ScalarNode)
+                        and key.tag == "tag:yaml.org,2002:str"):
+                    raise SweepSpecError(f"{shown}: keys must be text (line "
+                                         f"{key.start_mark.line + 1})")
+                stack += [(key, depth + 1), (value, depth + 1)]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, depth + 1) for item in node.value]
+
+
+def _printable(text: str) -> str:
+    """``text`` for a one-line message: control and format characters shown escaped."""
+    if all(c.isprintable() for c in text):
+        return text
+    return repr(text)[1:-1]
+
+
+def check_name(name: object) -> str:
+    """A sweep name: non-empty text of at most 200 printable characters (it is printed in
+    progress lines and tables, and matched by every command that takes SWEEP)."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise SweepSpecError("name: must be a non-empty string of at most 200 characters")
+    if not name.isprintable():
+        raise SweepSpecError(f"name: control characters are not allowed, got "
+                             f"{_printable(name)!r}")
+    return name
 
 
 # -- axis values ------------------------------------------------------------------------------
@@ -218,8 +325,12 @@ def build_plan(
     default_name: str = "sweep",
     max_jobs: int = 200_000,
     max_job_work: int = 2_000_000_000,
+    memory_budget: Callable[[str], int] | None = None,
 ) -> Plan:
-    """Validate a spec (from YAML) plus axis overrides (from flags) and expand it into jobs."""
+    """Validate a spec (from YAML) plus axis overrides (from flags) and expand it into jobs.
+
+    ``memory_budget(device)``: the bytes one batch may use on a job's device (see
+    ``Settings.budget_bytes``); a job that alone needs more is refused."""
     spec = dict(spec or {})
     overrides = dict(overrides or {})
     unknown = set(spec) - set(TOP_KEYS)
@@ -236,9 +347,7 @@ def build_plan(
     sweep_name = name if name is not None else spec.get("name")
     if sweep_name is None:
         sweep_name = default_name
-    if (not isinstance(sweep_name, str) or not sweep_name.strip()
-            or len(sweep_name) > 200):
-        raise SweepSpecError("name: must be a non-empty string of at most 200 characters")
+    check_name(sweep_name)
 
     grids = [{axis: parse_axis(axis, values, max_jobs) for axis, values in g.items()}
              for g in _grids(spec, overrides)]
@@ -256,7 +365,8 @@ def build_plan(
     skipped: dict[str, None] = {}
     for g in grids:
         for variant_name in g.get("variant", list(VARIANTS)):
-            _expand(VARIANTS[variant_name], g, target, x, jobs, skipped, max_job_work)
+            _expand(VARIANTS[variant_name], g, target, x, jobs, skipped, max_job_work,
+                    memory_budget)
     if not jobs:
         why = f" ({next(iter(skipped))})" if skipped else ""
         raise SweepSpecError(f"the grid leaves no job to run{why}")
@@ -276,7 +386,7 @@ def build_plan(
 
 
 def _expand(variant, grid: Mapping, target: str, x: Mapping, jobs: dict, skipped: dict,
-            max_job_work: int) -> None:
+            max_job_work: int, memory_budget: Callable[[str], int] | None) -> None:
     used = [a for a in AXES if a != "variant" and a in grid and
             (a in variant.axes or a in ("lr", "seed", "epochs", "device"))]
     for combo in itertools.product(*(grid[a] for a in used)):
@@ -304,5 +414,17 @@ def _expand(variant, grid: Mapping, target: str, x: Mapping, jobs: dict, skipped
             raise SweepSpecError(
                 f"{variant.name}: epochs x points = {spec.epochs * spec.x_points:,} per job is "
                 f"over the limit of {max_job_work:,} (POLYFIT_MAX_JOB_WORK)")
+        if memory_budget is not None:
+            _check_memory(spec, device, memory_budget(device))
         jid = job_id(spec, device)
         jobs.setdefault(jid, Job(jid, spec, device))
+
+
+def _check_memory(spec: JobSpec, device: str, budget: int) -> None:
+    need = batch_bytes(spec, 1)
+    if need > budget:
+        setting = "POLYFIT_CPU_MEMORY_MB" if device == "cpu" else "POLYFIT_GPU_MEMORY_MB"
+        raise SweepSpecError(
+            f"{spec.variant}: one job of {spec.x_points:,} points at degree {spec.degree} "
+            f"needs about {need / 2**20:,.0f} MiB, over the {device} budget of "
+            f"{budget / 2**20:,.0f} MiB per batch ({setting})")

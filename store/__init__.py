@@ -3,9 +3,9 @@ and worker share. Returns plain dataclasses, never ORM rows, to everything outsi
 
 from store.db import (
     StoreError,
+    StoreUnavailable,
     create_schema,
     make_engine,
-    read_only_engine,
     redact_url,
     session_scope,
 )
@@ -16,10 +16,10 @@ __all__ = [
     "JobRecord",
     "LossPointRecord",
     "StoreError",
+    "StoreUnavailable",
     "SweepRecord",
     "create_schema",
     "make_engine",
-    "read_only_engine",
     "redact_url",
     "session_scope",
 ]

@@ -1,21 +1,27 @@
-"""Engines and the one session scope. SQLite gets WAL, a long busy timeout and ``BEGIN IMMEDIATE``
-so that many worker processes can write one file without "database is locked"; PostgreSQL needs
-nothing special. ``read_only_engine`` is the door ``polyfit sql`` goes through: read-only at the
-database level, not by inspecting the statement."""
+"""Engines and the one session scope for the processes that write results (scheduler, workers).
+SQLite gets WAL, a long busy timeout and ``BEGIN IMMEDIATE`` so that many worker processes can
+write one file without "database is locked"; PostgreSQL gets TCP keepalives and timeouts, so a
+worker cut off from the server notices instead of hanging. The read-only doors (read commands,
+``polyfit sql``) are in ``store.reader``. Every URL or error shown anywhere passes
+``redact_url``."""
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
 
 from store.records import Base
 
@@ -26,12 +32,52 @@ class StoreError(Exception):
     """Raised when the results database cannot be opened, read or written."""
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to print or log: the one between
-    ``user:`` and the host's ``@`` (up to the last ``@`` of the authority, as a password may hold
-    one), and a ``password=`` query parameter."""
-    url = re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", str(url))
-    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
+class StoreUnavailable(StoreError):
+    """Raised when the results database cannot be reached or is busy (a connection refused,
+    dropped or timed out, a lock not granted): worth retrying, unlike other store errors."""
+
+
+# A password in a URL's user info: ``scheme://user:secret@host`` (up to the last ``@`` of the
+# token, as a password may hold one), then, for malformed URLs (``postgres:/u:secret@h``,
+# ``postgresql//u:secret@h``, no scheme at all), anything else shaped like ``user:secret@``.
+_USERINFO = re.compile(r"(://[^\s:/@]*):[^\s]*@")
+_USERINFO_MALFORMED = re.compile(r"((?:^|[\s/'\"(=,;])[^\s:/@'\"]*):(?!//)[^\s]*@")
+# ``password=...`` as a URL query parameter or a libpq keyword.
+_PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&;\s])(?:password|passwd|pwd)=)[^&;\s]*")
+
+
+# Passwords seen in the settings of this process (see ``remember_secrets``): hidden wherever
+# they appear, also where no pattern above recognises them (a password with a space in it).
+_SECRETS: set[str] = set()
+
+
+def remember_secrets(url: str | None) -> None:
+    """Note the password of ``url`` (well-formed or not), so that ``redact_url`` hides it in any
+    text from now on. Called where settings are read, at each process edge."""
+    if not url:
+        return
+    for pattern in (_USERINFO, _USERINFO_MALFORMED):
+        for m in pattern.finditer(str(url)):
+            secret = m.group(0)[len(m.group(1)) + 1:-1]
+            if len(secret) >= 3 and secret != "***":
+                _SECRETS.add(secret)
+    for m in _PASSWORD_PARAM.finditer(str(url)):
+        secret = str(url)[m.end(1):m.end()]
+        if len(secret) >= 3 and secret != "***":
+            _SECRETS.add(secret)
+
+
+def redact_url(text: str) -> str:
+    """``text`` (a URL, or a message that may hold URLs) with every password replaced by
+    ``***``, safe to print or log. Works on malformed URLs too: anything shaped like
+    ``user:secret@`` or ``password=secret`` is hidden, and so is any password that
+    ``remember_secrets`` was told of."""
+    text = str(text)
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = _USERINFO.sub(r"\1:***@", text)
+    text = _USERINFO_MALFORMED.sub(r"\1:***@", text)
+    return _PASSWORD_PARAM.sub(r"\1***", text)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -45,6 +91,13 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).expanduser().resolve()
 
 
+# libpq connection options: give up on a connect after 10 s; probe an idle connection after 10 s,
+# every 5 s, 3 times; drop a connection whose sent data stays unacknowledged for 30 s (a
+# partition: keepalives alone do not fire while data waits to be sent).
+_PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                    "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
+
+
 def make_engine(url: str) -> Engine:
     """An engine for reading and writing results; creates a SQLite file's folder if needed."""
     try:
@@ -52,8 +105,9 @@ def make_engine(url: str) -> Engine:
     except ArgumentError as e:
         raise StoreError(f"not a database URL: {redact_url(url)}") from e
     if parsed.get_backend_name() != "sqlite":
+        connect_args = _PG_CONNECT_ARGS if parsed.get_backend_name() == "postgresql" else {}
         try:
-            return create_engine(url, pool_pre_ping=True)
+            return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
         except (ArgumentError, ImportError, SQLAlchemyError) as e:
             raise StoreError(f"cannot use database {redact_url(url)}: {e}") from e
     if parsed.database and parsed.database != ":memory:":
@@ -81,103 +135,6 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-# Pragmas ``polyfit sql`` may read. Those with an argument name a table or an index; the others
-# would set something if given one (``journal_mode=DELETE``), so they are read-only without.
-_PRAGMAS_ON_A_TABLE = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
-                       "foreign_key_list"}
-_PRAGMAS_READ = {"table_list", "database_list", "collation_list", "function_list",
-                 "pragma_list", "compile_options", "journal_mode", "page_count", "page_size",
-                 "user_version", "schema_version", "data_version", "freelist_count",
-                 "encoding", "foreign_keys", "busy_timeout", "query_only"}
-
-
-def _deny_writes(action, arg1, arg2, dbname, source):
-    """SQLite authorizer for the read-only door: reads only, no ATTACH, no pragma assignments."""
-    allowed = {
-        sqlite3.SQLITE_SELECT,
-        sqlite3.SQLITE_READ,
-        sqlite3.SQLITE_FUNCTION,
-        sqlite3.SQLITE_RECURSIVE,
-    }
-    if action in allowed:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA:
-        name = (arg1 or "").lower()
-        if name in _PRAGMAS_ON_A_TABLE or (name in _PRAGMAS_READ and arg2 is None):
-            return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
-
-def read_only_engine(url: str) -> Engine:
-    """An engine that cannot change the database, whatever SQL it is given.
-
-    SQLite: the file opened read-only (``mode=ro``), ``query_only``, and an authorizer that
-    allows reads only. PostgreSQL: every statement alone in a READ ONLY transaction, sent as one
-    prepared statement (so the server refuses ``COMMIT; DELETE ...``), and, if the account is a
-    superuser, under the ``pg_read_all_data`` role (so no ``COPY ... TO PROGRAM``, no reading of
-    server files); each connection is closed after use, so nothing a statement sets lingers."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as e:
-        raise StoreError(f"not a database URL: {redact_url(url)}") from e
-    if parsed.get_backend_name() == "sqlite":
-        path = sqlite_path(url)
-        if path is None or not path.is_file():
-            raise StoreError(f"no results database at {path}")
-        engine = create_engine(
-            f"sqlite:///file:{path}?mode=ro&uri=true",
-            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
-            poolclass=NullPool,
-        )
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):
-            cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA query_only=ON")
-            cur.close()
-            dbapi_conn.set_authorizer(_deny_writes)
-
-        return engine
-    if parsed.get_backend_name() != "postgresql":
-        raise StoreError(f"polyfit sql supports SQLite and PostgreSQL, not "
-                         f"{parsed.get_backend_name()}")
-    try:
-        engine = create_engine(url, poolclass=NullPool)
-    except (ArgumentError, ImportError, SQLAlchemyError) as e:
-        raise StoreError(f"cannot use database {redact_url(url)}: {e}") from e
-    if engine.dialect.driver != "psycopg":
-        raise StoreError("polyfit sql on PostgreSQL needs the psycopg driver "
-                         "(postgresql+psycopg://...)")
-
-    @event.listens_for(engine, "do_execute")
-    def _one_prepared(cursor, statement, parameters, context):
-        # The extended query protocol takes exactly one statement.
-        cursor.execute(statement, parameters, prepare=True)
-        return True
-
-    @event.listens_for(engine, "do_execute_no_params")
-    def _one_prepared_no_params(cursor, statement, context):
-        cursor.execute(statement, prepare=True)
-        return True
-
-    @event.listens_for(engine, "begin")
-    def _drop_privileges(conn):
-        # Runs inside the READ ONLY transaction, before the caller's statement.
-        superuser = conn.exec_driver_sql(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").scalar()
-        if superuser:
-            has_role = conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_roles WHERE rolname = 'pg_read_all_data'").scalar()
-            if not has_role:
-                raise StoreError("polyfit sql will not run as a PostgreSQL superuser on a "
-                                 "server older than 14; connect as a read-only user")
-            conn.exec_driver_sql("SET LOCAL ROLE pg_read_all_data")
-
-    # Every transaction on this engine is READ ONLY; the caller also rolls back.
-    return engine.execution_options(postgresql_readonly=True)
-
-
 def create_schema(engine: Engine) -> None:
     """Create the tables and views if they are missing (idempotent)."""
     from store.views import create_views
@@ -192,6 +149,34 @@ def create_schema(engine: Engine) -> None:
         create_views(engine)
     except SQLAlchemyError as e:
         raise StoreError(f"cannot create tables in {redact_url(str(engine.url))}: {e}") from e
+
+
+def store_error(engine: Engine, e: Exception) -> StoreError:
+    """A driver or SQLAlchemy error as a one-line ``StoreError`` naming the database (redacted):
+    ``StoreUnavailable`` for what a retry may cure (see ``is_transient``)."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    cls = StoreUnavailable if is_transient(e) else StoreError
+    return cls(redact_url(f"results database {engine.url.render_as_string()}: "
+                          f"{e.__class__.__name__}: {first}"))
+
+
+def is_transient(e: Exception) -> bool:
+    """Whether a database error may go away by itself: the server unreachable, a connection
+    dropped, a lock or a deadlock (SQLAlchemy's OperationalError covers these on both
+    backends; a file that cannot be opened is one too, as when a disk is away)."""
+    return isinstance(e, (OperationalError, InterfaceError)) or bool(
+        isinstance(e, DBAPIError) and e.connection_invalidated)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """``session_scope`` for the store's own operations: database errors come out as
+    ``StoreError`` (the one way into the database; see ``store.jobs``)."""
+    try:
+        with session_scope(engine) as s:
+            yield s
+    except SQLAlchemyError as e:
+        raise store_error(engine, e) from e
 
 
 @contextmanager

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, bindparam, delete, func, insert, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, bindparam, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from store.db import StoreError, redact_url, session_scope
+from store.db import StoreError, transaction
 from store.records import (
     CANCELLED,
     ENDED,
@@ -20,6 +20,7 @@ from store.records import (
     QUEUED,
     RUNNING,
     JobRecord,
+    JobStatus,
     LossPointRecord,
     SweepRecord,
 )
@@ -109,145 +110,147 @@ def _chunks(items: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
         yield items[start : start + size]
 
 
-def _wrap(engine: Engine, e: Exception) -> StoreError:
-    return StoreError(f"results database {redact_url(str(engine.url))}: {e.__class__.__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}")
+def _insert_ignoring_existing(engine: Engine, table):
+    """INSERT that leaves rows whose primary key exists alone (ON CONFLICT DO NOTHING), so that
+    two processes recording the same sweep at once both succeed, on every backend."""
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if engine.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise StoreError(f"polyfit's store supports SQLite and PostgreSQL, not {engine.dialect.name}")
 
 
 def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Sequence[dict]) -> int:
-    """Record a sweep and its jobs as ``queued``; jobs already recorded are left as they are.
+    """Record a sweep and its jobs as ``queued``; a sweep or job already recorded is left as it
+    is, also when another process records the same sweep at the same moment.
 
     Returns how many jobs were new. All in one transaction: a sweep is never half-recorded."""
     t = now()
-    try:
-        with session_scope(engine) as s:
-            if s.get(SweepRecord, sweep_id) is None:
-                s.add(SweepRecord(id=sweep_id, name=name, spec=spec, created_at=now()))
-                s.flush()
-            existing = set(
-                s.scalars(select(JobRecord.id).where(JobRecord.sweep_id == sweep_id)).all()
-            )
-            new = [
-                {**job, "sweep_id": sweep_id, "status": QUEUED, "attempts": 0,
-                 "heartbeat_at": t}
-                for job in jobs
-                if job["id"] not in existing
-            ]
-            if new:
-                # Core executemany: SQLAlchemy batches the VALUES itself.
-                s.execute(insert(JobRecord.__table__), new)
-            return len(new)
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    rows = [{**job, "sweep_id": sweep_id, "status": QUEUED, "attempts": 0, "heartbeat_at": t}
+            for job in jobs]
+    table = JobRecord.__table__
+    with transaction(engine) as s:
+        s.execute(_insert_ignoring_existing(engine, SweepRecord.__table__),
+                  [{"id": sweep_id, "name": name, "spec": spec, "created_at": t}])
+        new = 0
+        for chunk in _chunks(rows):
+            # RETURNING counts exactly the rows this call inserted (executemany rowcounts
+            # differ between drivers).
+            new += len(s.execute(
+                _insert_ignoring_existing(engine, table).returning(table.c.id), list(chunk)
+            ).all())
+        return new
+
+
+def _spec_columns(table) -> list:
+    return [table.c[name] for name in JOB_COLUMNS]
 
 
 def claim_jobs(
-    engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str, stale_after_s: float
-) -> list[str]:
-    """Mark the given jobs ``running`` by ``worker`` and return the ids it now owns.
+    engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str, stale_after_s: float,
+    *, devices: Sequence[str] | None = None, max_attempts: int | None = None,
+) -> list[JobView]:
+    """Mark the given jobs ``running`` by ``worker`` and return the jobs it now owns, with the
+    settings stored for them: a worker trains what the store says, never what a message says.
 
     A job is claimable while ``queued``, or while ``running`` with a heartbeat older than
-    ``stale_after_s`` (its worker died). Ended and cancelled jobs are never claimed again, which
-    is what makes a redelivered message harmless."""
+    ``stale_after_s`` (its worker died) and fewer than ``max_attempts`` claims (the reaper
+    fails it otherwise). ``devices``: only jobs whose ``device`` is one of these (the ones this
+    worker serves). Ended and cancelled jobs are never claimed again, which is what makes a
+    redelivered message harmless. One guarded UPDATE ... RETURNING: of two workers racing for a
+    job, exactly one gets it, on SQLite (one writer at a time) and on PostgreSQL (the row lock
+    makes the second UPDATE re-check the guard against the committed row)."""
     t = now()
     stale = t - timedelta(seconds=stale_after_s)
-    claimable = or_(
-        JobRecord.status == QUEUED,
-        (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
-    )
-    claimed: list[str] = []
-    try:
-        with session_scope(engine) as s:
-            for chunk in _chunks(list(job_ids)):
-                # The guard sits in the UPDATE itself, so that two workers handed the same job
-                # (a redelivered or duplicated message) cannot both take it, on PostgreSQL too,
-                # where a SELECT then UPDATE would race under READ COMMITTED.
-                claimed += s.scalars(
-                    update(JobRecord)
-                    .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk), claimable)
-                    .values(
-                        status=RUNNING,
-                        worker=worker,
-                        started_at=t,
-                        heartbeat_at=t,
-                        attempts=JobRecord.attempts + 1,
-                        error=None,
-                    )
-                    .returning(JobRecord.id)
-                    .execution_options(**_NO_SYNC)
-                ).all()
-        return claimed
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    lost = (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale)
+    if max_attempts is not None:
+        lost = lost & (JobRecord.attempts < max_attempts)
+    guard = or_(JobRecord.status == QUEUED, lost)
+    if devices is not None:
+        guard = guard & JobRecord.device.in_(list(devices))
+    table = JobRecord.__table__
+    claimed: list[JobView] = []
+    with transaction(engine) as s:
+        for chunk in _chunks(sorted(set(job_ids))):
+            claimed += [JobView(**r) for r in s.execute(
+                update(table)
+                .where(table.c.sweep_id == sweep_id, table.c.id.in_(chunk), guard)
+                .values(status=RUNNING, worker=worker, started_at=t, heartbeat_at=t,
+                        finished_at=None, attempts=table.c.attempts + 1)
+                .returning(*_spec_columns(table))
+            ).mappings()]
+    return claimed
 
 
-def beat(engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str) -> None:
-    """Tell the store that ``worker`` is still alive and training these jobs."""
-    try:
-        with session_scope(engine) as s:
-            for chunk in _chunks(list(job_ids)):
-                s.execute(
-                    update(JobRecord)
-                    .where(
-                        JobRecord.sweep_id == sweep_id,
-                        JobRecord.id.in_(chunk),
-                        JobRecord.status == RUNNING,
-                        JobRecord.worker == worker,
-                    )
-                    .values(heartbeat_at=now()).execution_options(**_NO_SYNC)
-                )
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+def beat(engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str) -> int:
+    """Tell the store that ``worker`` is still alive and training these jobs; returns how many
+    of them it still holds."""
+    held = 0
+    with transaction(engine) as s:
+        for chunk in _chunks(sorted(set(job_ids))):
+            held += s.execute(
+                update(JobRecord)
+                .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk),
+                       JobRecord.status == RUNNING, JobRecord.worker == worker)
+                .values(heartbeat_at=now()).execution_options(**_NO_SYNC)
+            ).rowcount
+    return held
+
+
+def _savable(worker: str):
+    """Rows a worker that trained them may still write: those it holds, and those put back in
+    the queue (its heartbeat lapsed: a partition, a database outage) that nobody has claimed
+    since. Storing the finished result then spares the queued work, which finds the job ended.
+    A row another worker holds, or that has ended, is never written."""
+    return ((JobRecord.status == RUNNING) & (JobRecord.worker == worker)) | (
+        JobRecord.status == QUEUED)
 
 
 def save_results(
     engine: Engine, sweep_id: str, outcomes: Sequence[tuple[str, dict]], worker: str, ran_on: str
 ) -> int:
-    """Store each job's result once: only a ``running`` row owned by ``worker`` is updated, so a
-    second delivery of the same job (or a late writer after a reclaim) changes nothing.
+    """Store each job's result once (see ``_savable``): a second delivery of the same job, or
+    a late writer whose job another worker took over, changes nothing.
 
     ``outcomes`` holds (job id, FitResult.to_dict()) or (job id, {"status": "failed",
     "error": text}). Returns how many rows were written."""
     t = now()
     table = JobRecord.__table__
     by_id = dict(outcomes)
-    try:
-        with session_scope(engine) as s:
-            # Which of these rows this worker still owns, read inside the write transaction
-            # (BEGIN IMMEDIATE on SQLite, row-level UPDATE guard on PostgreSQL below).
-            owned: list[str] = []
-            for chunk in _chunks(list(by_id)):
-                owned += s.scalars(
-                    select(JobRecord.id).where(
-                        JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk),
-                        JobRecord.status == RUNNING, JobRecord.worker == worker)
-                ).all()
-            if not owned:
-                return 0
-            params = [{"b_id": job_id, **_result_values(by_id[job_id])} for job_id in owned]
-            # One executemany instead of a statement per job: 1,250 results went from ~2 s to
-            # a few tens of milliseconds.
-            written = s.execute(
-                update(table)
-                .where(table.c.sweep_id == sweep_id, table.c.id == bindparam("b_id"),
-                       table.c.status == RUNNING, table.c.worker == worker)
-                .values(finished_at=t, heartbeat_at=t, ran_on=ran_on,
-                        **{k: bindparam(f"b_{k}") for k in _RESULT_KEYS}),
-                params,
-            ).rowcount
-            points = [
-                {"sweep_id": sweep_id, "job_id": job_id, "epoch": int(ep), "loss": loss}
-                for job_id in owned
-                for ep, loss in (by_id[job_id].get("loss_curve") or [])
-            ]
-            if points:
-                for chunk in _chunks(owned):
-                    s.execute(delete(LossPointRecord).where(
-                        LossPointRecord.sweep_id == sweep_id, LossPointRecord.job_id.in_(chunk)))
-                s.execute(insert(LossPointRecord.__table__), points)
-        return written
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    with transaction(engine) as s:
+        # Lock the rows this worker may write, in id order (PostgreSQL: FOR UPDATE, so that no
+        # claim, requeue or other save can change them before this transaction ends; SQLite:
+        # the transaction already holds the database's one write lock).
+        owned: list[str] = []
+        for chunk in _chunks(sorted(by_id)):
+            owned += s.scalars(
+                select(JobRecord.id).where(JobRecord.sweep_id == sweep_id,
+                                           JobRecord.id.in_(chunk), _savable(worker))
+                .order_by(JobRecord.id).with_for_update()
+            ).all()
+        if not owned:
+            return 0
+        params = [{"b_id": job_id, **_result_values(by_id[job_id])} for job_id in owned]
+        # One executemany instead of a statement per job: 1,250 results went from ~2 s to
+        # a few tens of milliseconds.
+        s.execute(
+            update(table)
+            .where(table.c.sweep_id == sweep_id, table.c.id == bindparam("b_id"))
+            .values(finished_at=t, heartbeat_at=t, ran_on=ran_on, worker=worker,
+                    **{k: bindparam(f"b_{k}") for k in _RESULT_KEYS}),
+            params,
+        )
+        points = [
+            {"sweep_id": sweep_id, "job_id": job_id, "epoch": int(ep), "loss": loss}
+            for job_id in owned
+            for ep, loss in (by_id[job_id].get("loss_curve") or [])
+        ]
+        for chunk in _chunks(owned):
+            s.execute(delete(LossPointRecord).where(
+                LossPointRecord.sweep_id == sweep_id, LossPointRecord.job_id.in_(chunk)))
+        if points:
+            s.execute(insert(LossPointRecord.__table__), points)
+    return len(owned)
 
 
 _RESULT_KEYS = ("status", "error", "final_loss", "mse", "optimum_mse", "coefficients",
@@ -259,32 +262,26 @@ def _result_values(result: dict) -> dict:
 
 
 def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:
-    try:
-        with session_scope(engine) as s:
-            rows = s.execute(
-                select(JobRecord.status, func.count())
-                .where(JobRecord.sweep_id == sweep_id)
-                .group_by(JobRecord.status)
-            ).all()
-        return {status: n for status, n in rows}
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    with transaction(engine) as s:
+        rows = s.execute(
+            select(JobRecord.status, func.count())
+            .where(JobRecord.sweep_id == sweep_id)
+            .group_by(JobRecord.status)
+        ).all()
+    return {status: n for status, n in rows}
 
 
 def find_sweep(engine: Engine, ref: str | None) -> SweepView | None:
     """The sweep whose id or name is ``ref`` (the latest of that name), or the latest sweep."""
-    try:
-        with session_scope(engine) as s:
-            q = select(SweepRecord).order_by(SweepRecord.created_at.desc()).limit(1)
-            if ref is not None:
-                rec = s.get(SweepRecord, ref)
-                if rec is not None:
-                    return _sweep_view(rec)
-                q = q.where(SweepRecord.name == ref)
-            rec = s.scalars(q).first()
-            return _sweep_view(rec) if rec is not None else None
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    with transaction(engine) as s:
+        q = select(SweepRecord).order_by(SweepRecord.created_at.desc()).limit(1)
+        if ref is not None:
+            rec = s.get(SweepRecord, ref)
+            if rec is not None:
+                return _sweep_view(rec)
+            q = q.where(SweepRecord.name == ref)
+        rec = s.scalars(q).first()
+        return _sweep_view(rec) if rec is not None else None
 
 
 def list_jobs(
@@ -318,96 +315,101 @@ def list_jobs(
     q = q.order_by(col.is_(None), col.desc() if descending else col.asc(), JobRecord.id)
     if limit is not None:
         q = q.limit(limit)
-    try:
-        with session_scope(engine) as s:
-            return [_job_view(r) for r in s.scalars(q).all()]
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    with transaction(engine) as s:
+        return [_job_view(r) for r in s.scalars(q).all()]
 
 
 def loss_curves(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> dict[str, list]:
     """Each job's loss curve as a list of (epoch, loss)."""
     out: dict[str, list] = {j: [] for j in job_ids}
-    try:
-        with session_scope(engine) as s:
-            for chunk in _chunks(list(job_ids)):
-                rows = s.execute(
-                    select(LossPointRecord.job_id, LossPointRecord.epoch, LossPointRecord.loss)
-                    .where(LossPointRecord.sweep_id == sweep_id,
-                           LossPointRecord.job_id.in_(chunk))
-                    .order_by(LossPointRecord.job_id, LossPointRecord.epoch)
-                ).all()
-                for job_id, epoch, loss in rows:
-                    out[job_id].append((epoch, loss))
-        return out
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    with transaction(engine) as s:
+        for chunk in _chunks(list(job_ids)):
+            rows = s.execute(
+                select(LossPointRecord.job_id, LossPointRecord.epoch, LossPointRecord.loss)
+                .where(LossPointRecord.sweep_id == sweep_id,
+                       LossPointRecord.job_id.in_(chunk))
+                .order_by(LossPointRecord.job_id, LossPointRecord.epoch)
+            ).all()
+            for job_id, epoch, loss in rows:
+                out[job_id].append((epoch, loss))
+    return out
 
 
 def cancel_sweep(engine: Engine, sweep_id: str) -> int:
     """Jobs that have not started become ``cancelled``; running ones finish. Returns the count."""
-    try:
-        with session_scope(engine) as s:
-            return s.execute(
-                update(JobRecord)
-                .where(JobRecord.sweep_id == sweep_id, JobRecord.status == QUEUED)
-                .values(status=CANCELLED, finished_at=now()).execution_options(**_NO_SYNC)
-            ).rowcount
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    with transaction(engine) as s:
+        return s.execute(
+            update(JobRecord)
+            .where(JobRecord.sweep_id == sweep_id, JobRecord.status == QUEUED)
+            .values(status=CANCELLED, finished_at=now()).execution_options(**_NO_SYNC)
+        ).rowcount
+
+
+def requeue(engine: Engine, sweep_id: str, stale_after_s: float, *,
+            retry: Sequence[str] = ()) -> list[JobView]:
+    """Put back in the queue the jobs of a sweep that still need a worker, and return them, to
+    be enqueued: the ``queued`` ones (their message may be lost), those ``running`` on a worker
+    whose heartbeat stopped, and the ended ones whose status is in ``retry`` (``failed``,
+    ``cancelled``: only when the user asks, as ``polyfit sweep resume`` does).
+
+    One guarded UPDATE ... RETURNING: a job that ends, or that a live worker claims, while this
+    runs is not touched (a select-then-update would put it back in the queue)."""
+    t = now()
+    stale = t - timedelta(seconds=stale_after_s)
+    retry = [JobStatus(r) for r in retry]
+    for status in retry:
+        if status not in (FAILED, CANCELLED):
+            raise ValueError(f"cannot retry {status} jobs")
+    guard = or_(JobRecord.status == QUEUED,
+                (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
+                JobRecord.status.in_(retry))
+    return _requeue_returning(
+        engine, t, (JobRecord.sweep_id == sweep_id) & guard, status=QUEUED, worker=None,
+        finished_at=None,
+        error=case((JobRecord.status.in_(retry), None), else_=JobRecord.error))
 
 
 def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list[JobView]:
-    """Put back to ``queued`` every job that has not ended well: failed, cancelled, still queued,
-    or ``running`` on a worker whose heartbeat stopped. Returns those jobs, to be enqueued."""
-    t = now()
-    stale = t - timedelta(seconds=stale_after_s)
-    missing = or_(
-        JobRecord.status.in_((QUEUED, FAILED, CANCELLED)),
-        (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
-    )
-    try:
-        with session_scope(engine) as s:
-            # Plain rows, not ORM objects: this may be every job of a large sweep.
-            rows = s.execute(
-                select(*JobRecord.__table__.c).where(JobRecord.sweep_id == sweep_id, missing)
-            ).mappings().all()
-            ids = [r["id"] for r in rows]
-            for chunk in _chunks(ids):
-                s.execute(
-                    update(JobRecord)
-                    .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk))
-                    .values(status=QUEUED, worker=None, error=None, finished_at=None,
-                            heartbeat_at=t)
-                    .execution_options(**_NO_SYNC)
-                )
-            return [JobView(**{**{c: r[c] for c in JOB_COLUMNS}, "status": QUEUED})
-                    for r in rows]
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    """``requeue`` with every failed and cancelled job retried (``polyfit sweep resume``)."""
+    return requeue(engine, sweep_id, stale_after_s, retry=(FAILED, CANCELLED))
 
 
-def reap_stale(engine: Engine, stale_after_s: float) -> list[JobView]:
-    """Jobs ``running`` on a worker whose heartbeat stopped go back to ``queued``; returns them
-    (to be enqueued again). Two reapers racing get disjoint sets: each row moves once."""
+def reap_stale(engine: Engine, stale_after_s: float,
+               max_attempts: int | None = None) -> list[JobView]:
+    """Jobs ``running`` on a worker whose heartbeat stopped go back to ``queued``, or end
+    ``failed`` once they have been claimed ``max_attempts`` times (a job that kills its worker
+    every time, out of memory say, must not go round forever). Returns the jobs put back in
+    the queue (to be enqueued again). Two reapers racing get disjoint sets: each row moves once.
+
+    Each loss is noted in ``error`` ("heartbeat stopped on WORKER"), so a job that finally fails
+    names every worker (and so every host) it was lost on."""
     t = now()
     stale = t - timedelta(seconds=stale_after_s)
-    return _requeue_returning(engine, t, (JobRecord.status == RUNNING) &
-                              (JobRecord.heartbeat_at < stale),
-                              status=QUEUED, worker=None)
+    lost_on = func.coalesce(JobRecord.error + literal("; "), literal("")) + literal(
+        "heartbeat stopped on ") + func.coalesce(JobRecord.worker, literal("?"))
+    if max_attempts is None:
+        give_up = literal(False)
+    else:
+        give_up = JobRecord.attempts >= max_attempts
+    moved = _requeue_returning(
+        engine, t, (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
+        status=case((give_up, literal(FAILED.value)), else_=literal(QUEUED.value)),
+        worker=case((give_up, JobRecord.worker), else_=None),
+        finished_at=case((give_up, t), else_=None),
+        error=case((give_up, literal(f"worker lost {max_attempts} times "
+                                     f"(POLYFIT_MAX_ATTEMPTS={max_attempts}): ") + lost_on),
+                   else_=lost_on))
+    return [job for job in moved if job.status == QUEUED]
 
 
 def lost_queued_devices(engine: Engine, stale_after_s: float) -> list[str]:
     """The devices of jobs ``queued`` longer than ``stale_after_s`` ago (candidates for a lost
     message: see ``take_lost_queued``)."""
     stale = now() - timedelta(seconds=stale_after_s)
-    try:
-        with session_scope(engine) as s:
-            return list(s.scalars(
-                select(JobRecord.device).where(_queued_before(stale)).distinct()
-            ).all())
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    with transaction(engine) as s:
+        return list(s.scalars(
+            select(JobRecord.device).where(_queued_before(stale)).distinct()
+        ).all())
 
 
 def take_lost_queued(engine: Engine, stale_after_s: float, devices: Sequence[str]) -> list[JobView]:
@@ -431,32 +433,32 @@ def _queued_before(t: datetime):
 
 
 def _requeue_returning(engine: Engine, t: datetime, where, **values) -> list[JobView]:
-    """One guarded UPDATE ... RETURNING: concurrent callers get disjoint rows."""
+    """One guarded UPDATE ... RETURNING: concurrent callers get disjoint rows, and a row that
+    stops matching ``where`` before its turn (PostgreSQL re-checks after the row lock) is left
+    alone."""
     table = JobRecord.__table__
-    try:
-        with session_scope(engine) as s:
-            rows = s.execute(
-                update(table).where(where).values(heartbeat_at=t, **values)
-                .returning(*(table.c[name] for name in JOB_COLUMNS))
-            ).mappings().all()
-            return [JobView(**r) for r in rows]
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    with transaction(engine) as s:
+        rows = s.execute(
+            update(table).where(where).values(heartbeat_at=t, **values)
+            .returning(*_spec_columns(table))
+        ).mappings().all()
+        return [JobView(**r) for r in rows]
 
 
-def release_worker(engine: Engine, worker_prefix: str) -> int:
+def release_worker(engine: Engine, worker: str) -> int:
     """Jobs left ``running`` by a worker known to be stopped go back to ``queued`` at once
-    (without waiting for their heartbeat to go stale). Returns the count."""
-    try:
-        with session_scope(engine) as s:
-            return s.execute(
-                update(JobRecord)
-                .where(JobRecord.status == RUNNING, JobRecord.worker.startswith(worker_prefix))
-                .values(status=QUEUED, worker=None, heartbeat_at=now())
-                .execution_options(**_NO_SYNC)
-            ).rowcount
-    except SQLAlchemyError as e:
-        raise _wrap(engine, e) from e
+    (without waiting for their heartbeat to go stale). ``worker`` is the worker's identity (a
+    node name with its host and random token, see ``worker.launch``): the jobs of that worker's
+    processes (``NAME/PID``) and of no other. Returns the count."""
+    with transaction(engine) as s:
+        return s.execute(
+            update(JobRecord)
+            .where(JobRecord.status == RUNNING,
+                   or_(JobRecord.worker == worker, JobRecord.worker.startswith(
+                       worker + "/", autoescape=True)))
+            .values(status=QUEUED, worker=None, heartbeat_at=now())
+            .execution_options(**_NO_SYNC)
+        ).rowcount
 
 
 def all_ended(counts: dict[str, int]) -> bool:

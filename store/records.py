@@ -5,17 +5,28 @@ people query them with plain SQL."""
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-DIVERGED = "diverged"
-FAILED = "failed"
-CANCELLED = "cancelled"
-STATUSES = (QUEUED, RUNNING, SUCCEEDED, DIVERGED, FAILED, CANCELLED)
+
+class JobStatus(StrEnum):
+    """The states of a job row: ``queued -> running -> succeeded | diverged | failed``, or
+    ``cancelled`` before it ran. The values are what the ``status`` column holds."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+QUEUED, RUNNING = JobStatus.QUEUED, JobStatus.RUNNING
+SUCCEEDED, DIVERGED = JobStatus.SUCCEEDED, JobStatus.DIVERGED
+FAILED, CANCELLED = JobStatus.FAILED, JobStatus.CANCELLED
+STATUSES = tuple(s.value for s in JobStatus)
 # A job in one of these states will not change again unless someone resumes it.
 ENDED = (SUCCEEDED, DIVERGED, FAILED, CANCELLED)
 # The states a sweep counts as a success.

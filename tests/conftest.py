@@ -42,6 +42,11 @@ def pg_schema() -> Iterator[str]:
         admin.dispose()
 
 
+def ids_of(jobs) -> list[str]:
+    """The ids of store views (``claim_jobs`` returns the claimed jobs, not their ids)."""
+    return [job.id for job in jobs]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,17 +1,24 @@
 """The one Celery app. JSON on the wire only, late acks with reject-on-worker-lost, prefetch 1,
-a queue per device class, task events on (so Flower and ``celery inspect`` see the fleet).
+a queue per device class, task events on (so Flower and ``celery inspect`` see the fleet), and
+broker transports that no malformed message can stop (``worker.transport``).
 
 ``celery -A worker.app worker -Q polyfit.cpu,polyfit.any`` works as with any Celery project; the
-module reads its settings from the environment once, at import, which is its process edge."""
+module reads its settings from the environment once, at import, which is its process edge.
+Nothing secret goes into the app's configuration, which ``celery inspect conf`` and ``celery
+report`` show: polyfit's settings live in ``worker.runtime``, and the broker URL Celery keeps
+there is shown by Celery with its password masked."""
 
 from __future__ import annotations
 
 from celery import Celery, signals
 from kombu import Queue
 
-from worker import queues
+from worker import queues, runtime, transport
 from worker.payload import TASK_NAME  # noqa: F401 - re-exported
+from worker.reaper import Reaper
 from worker.settings import Settings
+
+transport.install()
 
 
 def transport_options(settings: Settings) -> dict:
@@ -29,15 +36,31 @@ def transport_options(settings: Settings) -> dict:
             # 10 s x throttle 10), so that they come back within about the timeout.
             "unacked_restore_interval": max(1, min(10, int(vt // 3))),
             "unacked_restore_throttle": 1,
-            # A broker that vanishes without closing the socket must not hang a publish.
+            # A broker that vanishes without closing the socket (a partition, a host that
+            # died) must not hang a publish or a consumer forever: TCP keepalives notice a
+            # dead peer, timeouts bound every wait, a health check probes idle connections.
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "socket_keepalive_options": _keepalive_options(),
             "health_check_interval": 10,
+            "retry_on_timeout": True,
         }
     if url.startswith(("sqla+sqlite", "sqlalchemy+sqlite")):
         # Passed to create_engine by kombu: several workers poll one file; wait, don't fail.
         return {"connect_args": {"timeout": 60}}
     return {}
+
+
+def _keepalive_options() -> dict:
+    """Probe an idle connection after 10 s, every 5 s, give up after 3 unanswered probes."""
+    import socket
+
+    options = {}
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            options[getattr(socket, name)] = value
+    return options
 
 
 def make_app(settings: Settings) -> Celery:
@@ -62,26 +85,18 @@ def make_app(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2,
                                    "interval_step": 0.5, "interval_max": 2},
         worker_hijack_root_logger=False,
-        polyfit_settings=settings,
     )
-    from worker.reaper import Reaper  # late: the reaper publishes through this module's app
-
     app.steps["worker"].add(Reaper)
     return app
 
 
-app = make_app(Settings.from_env())
+app = make_app(runtime.current().settings)
 
 
 @signals.celeryd_init.connect
 def _settle_settings(**_kwargs) -> None:
-    # ``polyfit worker`` replaces the settings (flags win over the environment this module was
-    # imported with) before the worker starts; the transport options must follow them.
-    app.conf.broker_transport_options = transport_options(app.conf.polyfit_settings)
-
-
-# A worker started by ``celery -A worker.app worker`` (not ``polyfit worker``) trains on the CPU
-# with torch's default threads; ``polyfit worker`` replaces this before the worker starts.
-from worker.runtime import Runtime
-
-app.conf.polyfit_runtime = Runtime(settings=app.conf.polyfit_settings)
+    # ``polyfit worker`` installs its runtime (flags win over the environment this module was
+    # imported with) before the worker starts; the broker and its options must follow it.
+    settings = runtime.current().settings
+    app.conf.broker_url = settings.broker_url
+    app.conf.broker_transport_options = transport_options(settings)

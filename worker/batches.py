@@ -11,60 +11,77 @@ from collections.abc import Sequence
 from celery import Celery
 from kombu.exceptions import ChannelError, KombuError, OperationalError
 
-from polyfit_models import JobSpec, batch_key, bytes_per_job
+from polyfit_models import JobSpec, SpecError, batch_key, jobs_within
 from store.db import redact_url
 from store.jobs import JobView
 from worker.payload import TASK_NAME, Batch
 from worker.queues import queue_for
+from worker.settings import Settings
 
-# Memory one batch may use on its device; the batch size follows from it unless overridden.
-BUDGET_BYTES = {"cpu": 256 * 2**20, "cuda": 4 * 2**30}
-MAX_BATCH = 4096
+# Jobs in one message, at most: a CPU worker trains them in budget-sized slices anyway; a GPU
+# batch can hold tens of thousands of fits where the card's memory allows.
+MAX_BATCH = {"cpu": 4096, "cuda": 65536}
 
 
 class BrokerError(Exception):
     """Raised when the broker cannot be reached or refuses a message."""
 
 
-def auto_batch_size(spec: JobSpec, device: str) -> int:
-    budget = BUDGET_BYTES["cpu" if device == "cpu" else "cuda"]
-    return max(1, min(MAX_BATCH, budget // max(1, bytes_per_job(spec))))
+def auto_batch_size(spec: JobSpec, device: str, settings: Settings,
+                    budget_bytes: int | None = None) -> int:
+    """Jobs of ``spec``'s group that one batch on ``device`` holds within its memory budget
+    (the settings' unless ``budget_bytes`` is given); at least 1."""
+    budget = settings.budget_bytes(device) if budget_bytes is None else budget_bytes
+    cap = MAX_BATCH["cpu" if device == "cpu" else "cuda"]
+    return max(1, min(cap, jobs_within(spec, budget)))
 
 
 def plan_batches(
-    sweep_id: str, jobs: Sequence[tuple[str, JobSpec, str]], *, batch_size: int | None = None,
-    spread: int = 1,
+    sweep_id: str, jobs: Sequence[tuple[str, JobSpec, str]], settings: Settings, *,
+    batch_size: int | None = None, spread: int = 1,
 ) -> list[Batch]:
-    """Group compatible jobs, given as (id, spec, device), into batches.
+    """Group compatible jobs, given as (id, spec, device), into batches (a spec of None: a row
+    that is not a valid job, batched on its own).
 
     ``spread``: how many workers should find work; a group is cut into at least that many
     batches when it is big enough, so that one big batch does not leave workers idle."""
-    groups: dict[tuple, list[tuple[str, JobSpec]]] = defaultdict(list)
+    groups: dict[tuple, list[tuple[str, JobSpec | None]]] = defaultdict(list)
     for job_id, spec, device in jobs:
-        groups[(device, batch_key(spec))].append((job_id, spec))
+        groups[(device, None if spec is None else batch_key(spec))].append((job_id, spec))
     batches = []
-    for (device, _key), members in groups.items():
-        size = batch_size or min(auto_batch_size(members[0][1], device),
-                                 max(1, math.ceil(len(members) / max(1, spread))))
+    for (device, key), members in groups.items():
+        fits = (len(members) if key is None
+                else auto_batch_size(members[0][1], device, settings))
+        size = batch_size or min(fits, max(1, math.ceil(len(members) / max(1, spread))))
         for start in range(0, len(members), size):
-            batches.append(Batch(sweep_id, device, tuple(members[start : start + size])))
+            batches.append(Batch(sweep_id, device,
+                                 tuple(job_id for job_id, _ in members[start : start + size])))
     return batches
 
 
-def spec_of(v: JobView) -> JobSpec:
-    return JobSpec(variant=v.variant, lr=v.lr, degree=v.degree, seed=v.seed, epochs=v.epochs,
-                   optimizer=v.optimizer, target=v.target, x_start=v.x_start, x_stop=v.x_stop,
-                   x_points=v.x_points, dtype=v.dtype)
+def spec_of(job: JobView) -> JobSpec:
+    """The job spec a stored row describes (raises ``SpecError`` if the row is not valid)."""
+    return JobSpec.from_dict({name: getattr(job, name) for name in JOB_SPEC_FIELDS})
 
 
-def batches_for_views(views: Sequence[JobView], *, batch_size: int | None = None,
-                      spread: int = 1) -> list[Batch]:
-    """Batches for stored jobs, which may belong to several sweeps."""
-    by_sweep: dict[str, list[tuple[str, JobSpec, str]]] = defaultdict(list)
+JOB_SPEC_FIELDS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "target",
+                   "x_start", "x_stop", "x_points", "dtype")
+
+
+def batches_for_views(views: Sequence[JobView], settings: Settings, *,
+                      batch_size: int | None = None, spread: int = 1) -> list[Batch]:
+    """Batches for stored jobs, which may belong to several sweeps (a row whose settings are
+    not a valid job still gets a message: the worker that claims it records why it fails)."""
+    by_sweep: dict[str, list[tuple[str, JobSpec | None, str]]] = defaultdict(list)
     for v in views:
-        by_sweep[v.sweep_id].append((v.id, spec_of(v), v.device))
+        try:
+            spec = spec_of(v)
+        except SpecError:
+            spec = None
+        by_sweep[v.sweep_id].append((v.id, spec, v.device))
     return [b for sweep_id, jobs in by_sweep.items()
-            for b in plan_batches(sweep_id, jobs, batch_size=batch_size, spread=spread)]
+            for b in plan_batches(sweep_id, jobs, settings, batch_size=batch_size,
+                                  spread=spread)]
 
 
 def publish(app: Celery, batches: Sequence[Batch]) -> None:
@@ -78,6 +95,7 @@ def publish(app: Celery, batches: Sequence[Batch]) -> None:
             with app.producer_pool.acquire(block=True) as producer:
                 for batch in batches:
                     app.send_task(TASK_NAME, args=[batch.to_dict()],
+                                  argsrepr=batch.describe(), kwargsrepr="{}",
                                   queue=queue_for(batch.device), producer=producer)
     except (OperationalError, KombuError, OSError) as e:
         raise BrokerError(f"cannot reach the broker at {where}: {e}") from e

@@ -1,9 +1,15 @@
-"""Running one batch: claim its jobs in the store, train them with ``fit_many`` while a heartbeat
-thread tells the store this worker is alive, and store each job's outcome exactly once.
+"""Running one batch: claim its jobs in the store, train what the store's rows say with
+``fit_many`` while a heartbeat thread tells the store this worker is alive, and store each job's
+outcome exactly once.
 
 A batch that raises is split in halves and retried, down to single jobs, so one job that fails
 deterministically ends ``failed`` with its error while its batch-mates still get results (and a
-CUDA out-of-memory error halves the batch instead of failing it)."""
+CUDA out-of-memory error halves the batch instead of failing it).
+
+The database may go away while a batch trains (an outage, a partition). The worker keeps
+training, its heartbeat keeps trying, and a claim or a save that fails is retried with backoff
+for up to ``Settings.store_patience_s``: finished results are kept and stored once the database
+is back, instead of failing the task and training the whole batch again."""
 
 from __future__ import annotations
 
@@ -12,18 +18,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from polyfit_models import JobSpec, batch_key, fit_many
-from store import StoreError
+from polyfit_models import JobSpec, SpecError, batch_bytes, batch_key, fit_many
+from store import StoreError, StoreUnavailable
 from store import jobs as store_jobs
-from worker.batches import auto_batch_size
+from store.jobs import JobView
+from worker.batches import auto_batch_size, spec_of
 from worker.payload import Batch
 from worker.runtime import Runtime, engine_for
+from worker.settings import Settings
 
 log = logging.getLogger("polyfit.worker")
 
-# Quick in-process retries of a store call (a blip); a longer outage fails the task, which Celery
-# retries with backoff (POLYFIT_MAX_RETRIES), see worker.tasks.
-STORE_ATTEMPTS = 3
+# Backoff between attempts of a store call: from the first to the longest wait.
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
 
 Trainer = Callable[[Sequence[JobSpec], str], list]
 
@@ -52,19 +60,25 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _with_retries(fn: Callable[[], object], what: str) -> object:
-    """Retry a store call with exponential backoff: the database may be briefly unreachable."""
-    delay = 0.2
-    for attempt in range(1, STORE_ATTEMPTS + 1):
+def _with_retries(fn: Callable[[], object], what: str, patience_s: float) -> object:
+    """Retry a store call that failed for a reason that may go away (``StoreUnavailable``: the
+    database unreachable, a lock) with exponential backoff (0.2 s doubling to 5 s) until it
+    succeeds or ``patience_s`` have passed; then the last error is raised (and Celery retries
+    the task, see ``worker.tasks``). Any other store error is raised at once."""
+    deadline = time.monotonic() + patience_s
+    delay, attempt = RETRY_FIRST_S, 0
+    while True:
+        attempt += 1
         try:
             return fn()
-        except StoreError as e:
-            if attempt == STORE_ATTEMPTS:
+        except StoreUnavailable as e:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise
-            log.warning("%s failed (attempt %d/%d): %s", what, attempt, STORE_ATTEMPTS, e)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
+            log.warning("%s failed (attempt %d, retrying for up to %.0f s more): %s",
+                        what, attempt, left, e)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, RETRY_MAX_S)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -94,14 +108,18 @@ def _free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
-def train_within_budget(specs: Sequence[JobSpec], device: str, trainer: Trainer = fit_many
-                        ) -> list:
-    """``train_resilient`` over slices of ``specs`` that each fit the device's memory budget:
-    however many jobs a message holds, no more than the budget is trained at once."""
+def train_within_budget(specs: Sequence[JobSpec], device: str, trainer: Trainer = fit_many,
+                        settings: Settings | None = None) -> list:
+    """``train_resilient`` over slices of ``specs`` that each fit the device's memory budget
+    (the settings', and on a GPU also half its free memory): however many jobs a message holds,
+    no more than the budget is trained at once."""
+    settings = settings or Settings()
+    budget = _budget(device, settings)
     outcomes: list = []
     start = 0
     while start < len(specs):
-        key, room = batch_key(specs[start]), auto_batch_size(specs[start], device)
+        key = batch_key(specs[start])
+        room = auto_batch_size(specs[start], device, settings, budget)
         end = start + 1
         while end < len(specs) and end - start < room and batch_key(specs[end]) == key:
             end += 1
@@ -110,37 +128,82 @@ def train_within_budget(specs: Sequence[JobSpec], device: str, trainer: Trainer 
     return outcomes
 
 
+def _budget(device: str, settings: Settings) -> int:
+    budget = settings.budget_bytes(device)
+    if device.startswith("cuda"):
+        import torch
+
+        budget = min(budget, torch.cuda.mem_get_info(device)[0] // 2)
+    return budget
+
+
+def _trainable(jobs: Sequence[JobView], runtime: Runtime
+               ) -> tuple[list[tuple[str, JobSpec]], list[tuple[str, dict]]]:
+    """The claimed jobs this worker can train, as (id, spec), and the others as (id, failed
+    outcome): a row whose settings are not a valid job, or over this worker's limits."""
+    settings = runtime.settings
+    todo, refused = [], []
+    for job in jobs:
+        try:
+            spec = spec_of(job)
+        except SpecError as e:
+            refused.append((job.id, _failed(f"the stored settings are not a valid job: {e}")))
+            continue
+        work = spec.epochs * spec.x_points
+        if work > settings.max_job_work:
+            refused.append((job.id, _failed(
+                f"epochs x points = {work:,} is over this worker's limit of "
+                f"{settings.max_job_work:,} (POLYFIT_MAX_JOB_WORK)")))
+            continue
+        need, budget = batch_bytes(spec, 1), settings.budget_bytes(job.device)
+        if need > budget:
+            refused.append((job.id, _failed(
+                f"needs about {need / 2**20:,.0f} MiB, over this worker's budget of "
+                f"{budget / 2**20:,.0f} MiB per batch")))
+            continue
+        todo.append((job.id, spec))
+    return todo, refused
+
+
+def _failed(error: str) -> dict:
+    return {"status": "failed", "error": error[:2000]}
+
+
 def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer = fit_many) -> dict:
     """Claim, train and store one batch; returns a small summary for the task's return value."""
     settings = runtime.settings
     engine = engine_for(settings)
-    ids = [job_id for job_id, _ in batch.jobs]
-    owned = set(_with_retries(
-        lambda: store_jobs.claim_jobs(engine, batch.sweep_id, ids, worker,
-                                      settings.stale_after_s),
-        "claim",
-    ))
-    todo = [(job_id, spec) for job_id, spec in batch.jobs if job_id in owned]
-    if not todo:
-        return {"sweep_id": batch.sweep_id, "ran": 0, "skipped": len(ids)}
-    beat = lambda: store_jobs.beat(engine, batch.sweep_id, [j for j, _ in todo], worker)
+    patience = settings.store_patience_s
+    claimed = _with_retries(
+        lambda: store_jobs.claim_jobs(engine, batch.sweep_id, batch.job_ids, worker,
+                                      settings.stale_after_s, devices=runtime.serves(),
+                                      max_attempts=settings.max_attempts),
+        "claim", patience,
+    )
+    if not claimed:
+        return {"sweep_id": batch.sweep_id, "ran": 0, "skipped": len(batch.job_ids)}
+    todo, refused = _trainable(claimed, runtime)
+    ids = [job.id for job in claimed]
+
+    def beat() -> None:
+        store_jobs.beat(engine, batch.sweep_id, ids, worker)
+
     with _Heartbeat(beat, settings.heartbeat_s):
         try:
             outcomes = train_within_budget([spec for _, spec in todo], runtime.torch_device(),
-                                           trainer)
+                                           trainer, settings)
         finally:
             if runtime.device == "cuda":
                 _free_cuda()
-        # Still beating while the results wait for the write lock: a slow save must not make
-        # the jobs look abandoned and send them to another worker.
+        results = list(zip([job_id for job_id, _ in todo], outcomes)) + refused
+        # Still beating while the results wait for the write lock (or for the database to come
+        # back): a slow save must not make the jobs look abandoned and send them elsewhere.
         written = _with_retries(
-            lambda: store_jobs.save_results(
-                engine, batch.sweep_id, list(zip([j for j, _ in todo], outcomes)), worker,
-                runtime.ran_on(),
-            ),
-            "save results",
+            lambda: store_jobs.save_results(engine, batch.sweep_id, results, worker,
+                                            runtime.ran_on()),
+            "save results", patience,
         )
     statuses: dict[str, int] = {}
-    for outcome in outcomes:
+    for _, outcome in results:
         statuses[outcome["status"]] = statuses.get(outcome["status"], 0) + 1
     return {"sweep_id": batch.sweep_id, "ran": len(todo), "stored": written, **statuses}

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 
+from celery import signals
+
+from worker import runtime
 from worker.queues import queues_served
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -65,22 +69,37 @@ def parse_gpus(gpus: str, available: int) -> list[int]:
     return sorted(set(chosen))
 
 
-def worker_argv(device: str, queues: list[str], concurrency: int, loglevel: str) -> list[str]:
-    name = f"polyfit-{device.replace(':', '')}-{os.getpid()}@%h"
+def node_name(device: str, token: str, pid: int | None = None) -> str:
+    """The worker's Celery node name (``%h``: the host), which is also its identity in the
+    store (each process writes ``NAME/PID`` in the rows it holds): the device, the worker's
+    pid, and a random token, so that two workers with the same pid (in two containers, say)
+    never share an identity, even on hosts with the same name."""
+    return f"polyfit-{device.replace(':', '')}-{pid or os.getpid()}-{token}@%h"
+
+
+def new_token() -> str:
+    return secrets.token_hex(4)
+
+
+def worker_argv(device: str, queues: list[str], concurrency: int, loglevel: str,
+                token: str | None = None) -> list[str]:
+    name = node_name(device, token or new_token())
     pool = ["-P", "prefork", "-c", str(concurrency)] if device == "cpu" else ["-P", "solo"]
     return ["worker", "-Q", ",".join(queues), "-n", name, "--loglevel", loglevel, "-E",
             "--without-gossip", "--without-mingle", *pool]
 
 
-def run_cpu_worker(settings: Settings, concurrency: int | None, loglevel: str = "WARNING") -> None:
+def run_cpu_worker(settings: Settings, concurrency: int | None, loglevel: str = "WARNING",
+                   token: str | None = None) -> None:
     """Serve the CPU queues in this process until stopped (blocks)."""
     concurrency = concurrency or cpu_count()
     threads = max(1, cpu_count() // concurrency)
     _serve(settings, Runtime(settings, "cpu", None, threads), worker_argv(
-        "cpu", queues_served("cpu"), concurrency, loglevel))
+        "cpu", queues_served("cpu"), concurrency, loglevel, token))
 
 
-def run_gpu_worker(settings: Settings, gpu: int, loglevel: str = "WARNING") -> None:
+def run_gpu_worker(settings: Settings, gpu: int, loglevel: str = "WARNING",
+                   token: str | None = None) -> None:
     """Serve the GPU queues pinned to physical GPU ``gpu`` in this process (blocks)."""
     available = cuda_device_count()
     if not 0 <= gpu < available:
@@ -89,22 +108,29 @@ def run_gpu_worker(settings: Settings, gpu: int, loglevel: str = "WARNING") -> N
     physical = visible.split(",")[gpu].strip() if visible else str(gpu)
     # Narrow this process to its one GPU before CUDA is initialized anywhere in it.
     os.environ["CUDA_VISIBLE_DEVICES"] = physical
-    runtime = Runtime(settings, "cuda", physical, None, emulated=emulated_gpus() > 0)
-    _serve(settings, runtime, worker_argv(
-        f"cuda:{physical}", queues_served("cuda", physical), 1, loglevel))
+    pinned = Runtime(settings, "cuda", physical, None, emulated=emulated_gpus() > 0)
+    _serve(settings, pinned, worker_argv(
+        f"cuda:{physical}", queues_served("cuda", physical), 1, loglevel, token))
 
 
-def _serve(settings: Settings, runtime: Runtime, argv: list[str]) -> None:
+def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
+    runtime.install(rt)
     from worker.app import app
 
-    app.conf.update(broker_url=settings.broker_url, polyfit_settings=settings,
-                    polyfit_runtime=runtime)
-    from worker.runtime import apply_threads
+    app.conf.broker_url = settings.broker_url
+    runtime.apply_threads(rt.torch_threads)
+    controllers: list = []
 
-    apply_threads(runtime.torch_threads)
+    def _keep(sender=None, **_kwargs) -> None:
+        controllers.append(sender)
+
+    # Celery's command line drops the worker's exit code when it is run from code; the
+    # worker itself keeps it: a worker that stopped on an unrecoverable error exits non-zero,
+    # so a supervisor (systemd, docker, `sweep run`) sees it.
+    signals.worker_init.connect(_keep, weak=False)
     try:
         app.worker_main(argv)
-        code = 0
+        code = next((c.exitcode for c in controllers if c is not None and c.exitcode), 0)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             code = e.code or 0

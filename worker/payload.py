@@ -1,70 +1,66 @@
-"""The task message: one batch of compatible jobs, as JSON primitives only. ``from_dict`` is the
-gate every message passes: anything malformed (wrong schema, unknown variant, absurd sizes)
-raises ``BadMessage`` and is rejected without running."""
+"""The task message: which stored jobs to train, as JSON primitives only. A message names work
+and nothing more — a sweep id, the device class of its queue and job ids; the settings of each
+job come from the store's rows when a worker claims them, so a redelivered, duplicated or forged
+message cannot change what is trained or what a row holds. ``from_dict`` is the gate every
+message passes: anything malformed raises ``BadMessage`` and is rejected without running."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from polyfit_models import JobSpec, SpecError
 from worker.queues import is_device
 
 # The task's registered name: part of the message contract between scheduler and workers.
 TASK_NAME = "polyfit.run_batch"
-SCHEMA = 1
+SCHEMA = 2
 MAX_JOBS_PER_BATCH = 65_536
+# Sweep and job ids are hex digests (see scheduler.sweep); a short word for tests and tools.
+_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
 class BadMessage(ValueError):
-    """Raised when a task message does not describe a valid batch of jobs."""
+    """Raised when a task message does not name a valid batch of stored jobs."""
 
 
 @dataclass(frozen=True)
 class Batch:
     sweep_id: str
     device: str
-    jobs: tuple[tuple[str, JobSpec], ...]
+    job_ids: tuple[str, ...]
 
     def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA,
-            "sweep_id": self.sweep_id,
-            "device": self.device,
-            "jobs": [{"id": job_id, "spec": spec.to_dict()} for job_id, spec in self.jobs],
-        }
+        return {"schema": SCHEMA, "sweep_id": self.sweep_id, "device": self.device,
+                "jobs": list(self.job_ids)}
+
+    def describe(self) -> str:
+        """A short human summary (Celery's ``argsrepr``: what Flower and ``celery inspect``
+        show instead of the list of ids)."""
+        n = len(self.job_ids)
+        return f"sweep {self.sweep_id} on {self.device}: {n} job{'s' if n != 1 else ''}"
 
     @classmethod
-    def from_dict(cls, data: object, *, max_job_work: int | None = None) -> Batch:
-        """The batch a message describes; ``max_job_work`` caps each job's epochs x points (a
-        message put straight into the queue has not been through the scheduler's limits)."""
+    def from_dict(cls, data: object) -> Batch:
+        """The batch a message names; raises ``BadMessage`` (one line) on anything else."""
         if not isinstance(data, dict):
             raise BadMessage(f"a batch must be a JSON object, got {type(data).__name__}")
         if data.get("schema") != SCHEMA:
-            raise BadMessage(f"unknown batch schema {data.get('schema')!r}")
+            raise BadMessage(f"unknown batch schema {_show(data.get('schema'))}")
         extra = set(data) - {"schema", "sweep_id", "device", "jobs"}
         if extra:
-            raise BadMessage(f"unknown batch keys {sorted(extra)}")
+            raise BadMessage(f"unknown batch keys {sorted(map(_show, extra))}")
         sweep_id, device, jobs = data.get("sweep_id"), data.get("device"), data.get("jobs")
-        if not isinstance(sweep_id, str) or not 0 < len(sweep_id) <= 32:
-            raise BadMessage("sweep_id must be a short string")
+        if not isinstance(sweep_id, str) or not _ID.match(sweep_id):
+            raise BadMessage("sweep_id must be a short id string")
         if not isinstance(device, str) or not is_device(device):
-            raise BadMessage(f"unknown device {device!r}")
+            raise BadMessage(f"unknown device {_show(device)}")
         if not isinstance(jobs, list) or not 0 < len(jobs) <= MAX_JOBS_PER_BATCH:
-            raise BadMessage(f"jobs must be a list of 1..{MAX_JOBS_PER_BATCH} jobs")
-        parsed = []
-        for job in jobs:
-            if not isinstance(job, dict) or set(job) != {"id", "spec"}:
-                raise BadMessage("each job must be an object with exactly 'id' and 'spec'")
-            job_id = job["id"]
-            if not isinstance(job_id, str) or not 0 < len(job_id) <= 32:
-                raise BadMessage("a job id must be a short string")
-            try:
-                spec = JobSpec.from_dict(job["spec"])
-            except SpecError as e:
-                raise BadMessage(f"job {job_id}: {e}") from e
-            work = spec.epochs * spec.x_points
-            if max_job_work is not None and work > max_job_work:
-                raise BadMessage(f"job {job_id}: epochs x points = {work:,} is over the limit "
-                                 f"of {max_job_work:,} (POLYFIT_MAX_JOB_WORK)")
-            parsed.append((job_id, spec))
-        return cls(sweep_id=sweep_id, device=device, jobs=tuple(parsed))
+            raise BadMessage(f"jobs must be a list of 1..{MAX_JOBS_PER_BATCH} job ids")
+        if not all(isinstance(j, str) and _ID.match(j) for j in jobs):
+            raise BadMessage("each job must be a short id string")
+        return cls(sweep_id=sweep_id, device=device, job_ids=tuple(dict.fromkeys(jobs)))
+
+
+def _show(value: object) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -17,6 +17,7 @@ from celery import bootsteps
 
 from store import StoreError
 from store import jobs as store_jobs
+from worker import runtime
 from worker.batches import BrokerError, batches_for_views, publish, queue_sizes
 from worker.queues import queue_for
 from worker.runtime import engine_for
@@ -26,10 +27,10 @@ log = logging.getLogger("polyfit.worker")
 
 def reap_once(app) -> int:
     """Requeue and re-enqueue the jobs of dead workers and of lost messages; returns how many."""
-    settings = app.conf.polyfit_settings
+    settings = runtime.current().settings
     engine = engine_for(settings)
     try:
-        stale = store_jobs.reap_stale(engine, settings.stale_after_s)
+        stale = store_jobs.reap_stale(engine, settings.stale_after_s, settings.max_attempts)
     except StoreError as e:
         log.warning("reaper could not use the store: %s", e)
         return 0
@@ -42,7 +43,7 @@ def reap_once(app) -> int:
     if not todo:
         return 0
     try:
-        publish(app, batches_for_views(todo))
+        publish(app, batches_for_views(todo, settings))
     except BrokerError as e:
         # They stay ``queued``; once the broker is back their queue is empty and the next
         # rounds enqueue them again as lost.
@@ -73,7 +74,7 @@ class Reaper(bootsteps.StartStopStep):
         self.tref = None
 
     def start(self, worker):
-        every = worker.app.conf.polyfit_settings.reap_every_s
+        every = runtime.current().settings.reap_every_s
         self.tref = worker.timer.call_repeatedly(every, reap_once, (worker.app,), priority=10)
 
     def stop(self, worker):

@@ -1,5 +1,8 @@
 """Per-process state of a worker: its device (decided once, at start), its torch thread count,
-and its database engine (created lazily in each pool process, never shared across a fork)."""
+its identity, and its database engine (created lazily in each pool process, never shared across
+a fork). The state lives here, not in the Celery app's configuration: ``celery inspect conf``
+and ``celery report`` show that configuration to anyone who reaches the broker, and the
+settings hold the database URL with its password."""
 
 from __future__ import annotations
 
@@ -25,6 +28,14 @@ class Runtime:
     # in every job row it writes.
     emulated: bool = False
 
+    def serves(self) -> tuple[str, ...]:
+        """The ``device`` values of the jobs this worker may claim: a CPU worker never takes a
+        job meant for a GPU, whatever queue its message came through, nor a GPU worker one
+        meant for another card."""
+        if self.device != "cuda":
+            return ("cpu", "any")
+        return ("cuda", "any") if self.gpu is None else ("cuda", f"cuda:{self.gpu}", "any")
+
     def torch_device(self) -> str:
         return "cuda:0" if self.device == "cuda" and not self.emulated else "cpu"
 
@@ -33,6 +44,25 @@ class Runtime:
             return self.device
         where = f"cuda:{self.gpu}" if self.gpu is not None else "cuda"
         return f"{where} (emulated on cpu)" if self.emulated else where
+
+
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime) -> None:
+    """Make ``runtime`` this process's runtime (at the process edge, before the worker starts;
+    prefork children inherit it)."""
+    global _current
+    _current = runtime
+
+
+def current() -> Runtime:
+    """This process's runtime: the one installed, else one from the environment (a worker
+    started by ``celery -A worker.app worker`` trains on the CPU with torch's threads)."""
+    global _current
+    if _current is None:
+        _current = Runtime(settings=Settings.from_env())
+    return _current
 
 
 _engines: dict[tuple[int, str], Engine] = {}

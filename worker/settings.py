@@ -11,6 +11,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from store.db import redact_url, remember_secrets
+
 DEFAULT_DB_URL = "sqlite:///polyfit.sqlite"
 
 ENV_BROKER = "POLYFIT_BROKER_URL"
@@ -20,6 +22,13 @@ ENV_MAX_JOB_WORK = "POLYFIT_MAX_JOB_WORK"
 ENV_STALE_AFTER = "POLYFIT_STALE_AFTER_S"
 ENV_MAX_RETRIES = "POLYFIT_MAX_RETRIES"
 ENV_VISIBILITY = "POLYFIT_VISIBILITY_TIMEOUT_S"
+ENV_MAX_ATTEMPTS = "POLYFIT_MAX_ATTEMPTS"
+ENV_STORE_PATIENCE = "POLYFIT_STORE_PATIENCE_S"
+ENV_CPU_MEMORY = "POLYFIT_CPU_MEMORY_MB"
+ENV_GPU_MEMORY = "POLYFIT_GPU_MEMORY_MB"
+ENV_SQL_URL = "POLYFIT_SQL_URL"
+ENV_SQL_TIMEOUT = "POLYFIT_SQL_TIMEOUT_S"
+ENV_SQL_MAX_ROWS = "POLYFIT_SQL_MAX_ROWS"
 
 
 class SettingsError(ValueError):
@@ -35,7 +44,7 @@ def embedded_broker_url(db_url: str) -> str:
     try:
         url = make_url(db_url)
     except ArgumentError as e:
-        raise SettingsError(f"not a database URL: {db_url!r}") from e
+        raise SettingsError(f"not a database URL: {redact_url(repr(db_url))}") from e
     if url.get_backend_name() == "sqlite":
         db = url.database or "polyfit.sqlite"
         if db == ":memory:":
@@ -59,7 +68,7 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
     return int(number)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     db_url: str = DEFAULT_DB_URL
     # None means the embedded broker next to the database.
@@ -77,6 +86,24 @@ class Settings:
     # Redis only: how long an unacknowledged message waits before it is delivered again
     # (the batch of a worker that died with it in hand, or that lost its connection).
     visibility_timeout_s: float = 90.0
+    # A job whose worker is lost this many times (its heartbeat stopped: killed, out of
+    # memory, cut off) ends ``failed`` instead of going round the queue forever.
+    max_attempts: int = 3
+    # How long a worker keeps retrying a store call (claim, save) while the database is
+    # unreachable, keeping what it trained, before it gives the task back to Celery's retries.
+    store_patience_s: float = 300.0
+    # Memory one batch may use on a CPU worker process, and on a GPU (a GPU worker also keeps
+    # each batch within half the card's free memory); a single job that needs more than its
+    # device's budget is refused at submit.
+    cpu_memory_mb: int = 256
+    gpu_memory_mb: int = 8192
+    # ``polyfit sql`` on PostgreSQL logs in as a read-only role (see ``polyfit db
+    # create-reader``); None: the results URL with the user ``polyfit_reader``.
+    sql_url: str | None = None
+    # ``polyfit sql``: a statement running longer than this is stopped; at most this many rows
+    # are returned.
+    sql_timeout_s: float = 30.0
+    sql_max_rows: int = 100_000
 
     @property
     def heartbeat_s(self) -> float:
@@ -93,9 +120,17 @@ class Settings:
     def broker_url(self) -> str:
         return self.broker or embedded_broker_url(self.db_url)
 
-    @property
-    def embedded(self) -> bool:
-        return self.broker is None
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
+        return redact_url(f"Settings({fields})")
+
+    def budget_bytes(self, device: str) -> int:
+        """The memory budget of one batch on ``device`` (a job's device value or a torch
+        device: "cpu", "cuda", "cuda:N", "any" counts as the larger)."""
+        cpu, gpu = self.cpu_memory_mb * 2**20, self.gpu_memory_mb * 2**20
+        if device == "any":
+            return max(cpu, gpu)
+        return cpu if device == "cpu" else gpu
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags) -> Settings:
@@ -109,9 +144,20 @@ class Settings:
             stale_after_s=float(_int(env, ENV_STALE_AFTER, int(cls.stale_after_s))),
             max_retries=_int(env, ENV_MAX_RETRIES, cls.max_retries, low=0, high=100),
             visibility_timeout_s=float(_int(env, ENV_VISIBILITY, int(cls.visibility_timeout_s))),
+            max_attempts=_int(env, ENV_MAX_ATTEMPTS, cls.max_attempts, high=1000),
+            store_patience_s=float(_int(env, ENV_STORE_PATIENCE, int(cls.store_patience_s),
+                                        low=0, high=7 * 86400)),
+            cpu_memory_mb=_int(env, ENV_CPU_MEMORY, cls.cpu_memory_mb, low=16, high=2**24),
+            gpu_memory_mb=_int(env, ENV_GPU_MEMORY, cls.gpu_memory_mb, low=16, high=2**24),
+            sql_url=env.get(ENV_SQL_URL) or None,
+            sql_timeout_s=float(_int(env, ENV_SQL_TIMEOUT, int(cls.sql_timeout_s), high=86400)),
+            sql_max_rows=_int(env, ENV_SQL_MAX_ROWS, cls.sql_max_rows, high=10**9),
         )
         given = {k: v for k, v in flags.items() if v is not None}
-        return replace(base, **given)
+        settings = replace(base, **given)
+        for url in (settings.db_url, settings.broker, settings.sql_url):
+            remember_secrets(url)
+        return settings
 
     def to_env(self) -> dict[str, str]:
         """Environment for a child process (keeps credentials off the command line)."""
@@ -122,6 +168,10 @@ class Settings:
             ENV_STALE_AFTER: str(int(self.stale_after_s)),
             ENV_MAX_RETRIES: str(self.max_retries),
             ENV_VISIBILITY: str(int(self.visibility_timeout_s)),
+            ENV_MAX_ATTEMPTS: str(self.max_attempts),
+            ENV_STORE_PATIENCE: str(int(self.store_patience_s)),
+            ENV_CPU_MEMORY: str(self.cpu_memory_mb),
+            ENV_GPU_MEMORY: str(self.gpu_memory_mb),
         }
         if self.broker:
             env[ENV_BROKER] = self.broker

@@ -9,17 +9,17 @@ import os
 
 from celery import signals
 
-from store import StoreError
+from store import StoreUnavailable
 from worker import execute
 from worker.app import TASK_NAME, app
 from worker.payload import BadMessage, Batch
-from worker.runtime import Runtime, apply_threads
+from worker.runtime import Runtime, apply_threads, current
 
 log = logging.getLogger("polyfit.worker")
 
 
 def _runtime() -> Runtime:
-    return app.conf.polyfit_runtime
+    return current()
 
 
 @signals.worker_process_init.connect
@@ -35,7 +35,7 @@ def _init_pool_process(**_kwargs) -> None:
     reject_on_worker_lost=True,
     # The database unreachable or refusing a write is transient: retry later, with exponential
     # backoff (1, 2, 4, ... s, at most 60 s, jittered), up to POLYFIT_MAX_RETRIES times.
-    autoretry_for=(StoreError,),
+    autoretry_for=(StoreUnavailable,),
     retry_backoff=True,
     retry_backoff_max=60,
     retry_jitter=True,
@@ -47,7 +47,7 @@ def run_batch(self, payload: dict) -> dict:
     # The retry count is a setting of this worker; Celery's autoretry reads it from here.
     self.override_max_retries = settings.max_retries
     try:
-        batch = Batch.from_dict(payload, max_job_work=settings.max_job_work)
+        batch = Batch.from_dict(payload)
     except BadMessage as e:
         # Retrying cannot fix a malformed message: log it and drop it, keep the worker serving.
         log.error("rejected malformed batch message %s: %s", self.request.id, e)

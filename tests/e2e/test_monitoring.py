@@ -111,10 +111,10 @@ def test_cancelled_jobs_are_delivered_but_never_run(db_url, start_worker, tmp_pa
     # Every message, the cancelled sweep's included, has been taken from the broker...
     broker = sqlite3.connect(tmp_path / "results-broker.sqlite")
     try:
+        # (taken messages are deleted, not kept invisible: the broker file does not grow)
         _wait_for(lambda: broker.execute(
-            "SELECT count(*) FROM kombu_message WHERE visible").fetchone() == (0,), 30,
+            "SELECT count(*) FROM kombu_message").fetchone() == (0,), 30,
             "the broker to be drained")
-        assert broker.execute("SELECT count(*) FROM kombu_message").fetchone() == (3,)
     finally:
         broker.close()
     # ...and handed to the worker, which claimed none of the cancelled jobs...
@@ -130,3 +130,61 @@ def test_cancelled_jobs_are_delivered_but_never_run(db_url, start_worker, tmp_pa
                  s=doomed) == [{"n": 0}]
     status = polyfit("status", "doomed", "--json", db=db_url)
     assert json.loads(status.stdout)["counts"] == {"cancelled": 6}
+
+
+def test_nothing_secret_reaches_celery_inspect_conf_or_report(tmp_path, start_worker):
+    """Anyone who reaches the broker can run `celery inspect conf`; `celery report` prints the
+    local configuration. Neither may show the database's or the broker's password."""
+    from tests.conftest import free_port, pg_schema, wait_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+         "--requirepass", "brokersecret", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        broker = f"redis://:brokersecret@127.0.0.1:{port}/0"
+        with pg_schema() as pg:
+            db = pg.replace("postgres@", "postgres:dbsecret@")
+            env = polyfit_env(POLYFIT_BROKER_URL=broker, POLYFIT_DB_URL=db)
+            worker = start_worker("--device", "cpu", "--concurrency", "1",
+                                  POLYFIT_BROKER_URL=broker, POLYFIT_DB_URL=db)
+            _wait_for(lambda: " ready." in worker.output(), 60, "the worker to start")
+            node = re.search(r"(\S+) ready\.", worker.output()).group(1)
+            conf = celery("inspect", "conf", "--destination", node, "--json", "--timeout",
+                          "20", env=env)
+            assert conf.returncode == 0, conf.stdout + conf.stderr
+            shown = json.loads(conf.stdout.strip().splitlines()[-1])[node]
+            assert "broker_url" in shown  # the real configuration came back...
+            report = celery("report", env=env)
+            assert report.returncode == 0, report.stderr
+            # ...and the embedded broker, whose URL is the database's, is masked too.
+            embedded = celery("report", env=polyfit_env(POLYFIT_DB_URL=db))
+            assert embedded.returncode == 0, embedded.stderr
+        for text_ in (conf.stdout, conf.stderr, report.stdout, report.stderr, embedded.stdout,
+                      embedded.stderr, worker.output()):
+            assert "brokersecret" not in text_ and "dbsecret" not in text_
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_malformed_database_url_is_never_echoed_with_its_password(tmp_path):
+    urls = ("postgresql+psycopg:u:hunter7@host/db", "postgres//u:hunter7@host/db",
+            "postgresql+nodriver://u:hunter7@host/db", "u:hunter7@host",
+            "postgresql://u:hunter 7@host:notaport/db")
+    for url in urls:
+        for args in (["status"], ["results"], ["sweep", "submit", "--variant", "numpy"],
+                     ["sql", "SELECT 1"], ["cancel", "x"]):
+            r = CliRunner().invoke(cli, [*args, "--db", url], catch_exceptions=False,
+                                   env={"POLYFIT_DB_URL": None, "POLYFIT_BROKER_URL": None})
+            assert r.exit_code in (1, 2), (url, args, r.output)
+            assert "hunter" not in r.output, (url, args, r.output)
+    # A worker (its own process: it never returns to a caller) given such a URL.
+    for url in urls[:2]:
+        proc = subprocess.run([sys.executable, "-m", "scheduler", "worker", "--concurrency",
+                               "1", "--db", url], env=polyfit_env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode != 0
+        assert "hunter" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -56,7 +56,7 @@ def test_specs_registry_and_batching_load_without_torch():
 
 def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'fit_all'"):
-        polyfit_models.fit_all  # noqa: B018
+        polyfit_models.fit_all
 
 
 def test_core_reads_no_environment_and_sets_no_threads():

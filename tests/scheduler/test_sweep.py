@@ -174,7 +174,8 @@ def test_planning_and_batching_a_sweep_does_not_import_torch():
             "from scheduler.sweep import build_plan\n"
             "from worker.batches import plan_batches\n"
             "p = build_plan({'grid': {'variant': ['legendre', 'dynamic'], 'seed': [0, 1]}})\n"
-            "plan_batches(p.sweep_id, [(j.id, j.spec, j.device) for j in p.jobs])\n"
+            "from worker.settings import Settings\n"
+            "plan_batches(p.sweep_id, [(j.id, j.spec, j.device) for j in p.jobs], Settings())\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,11 +1,17 @@
-"""``polyfit sql`` is read-only at the database level: on PostgreSQL (the server of this machine)
-every statement runs alone, in a READ ONLY transaction, without superuser powers; on SQLite the
-file is opened read-only. Whatever it is given, the data, the settings and the server's files
-stay as they were."""
+"""``polyfit sql`` cannot write or run anything, on either backend, as any account.
+
+PostgreSQL (the server of this machine, whose test account ``postgres`` is a superuser): the
+statement runs over a connection that logs in as a role without powers (made by ``polyfit db
+create-reader``), never as the superuser, so nothing it sets can widen what it may do; SQLite:
+the file opened read-only with an authorizer. Every attack below is tried, and the data, the
+server's settings and files, and the file system stay as they were. Statements are also stopped
+at a time limit (the server stops executing them too) and results are capped."""
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +21,7 @@ from sqlalchemy import create_engine, text
 from scheduler.cli import cli
 from store import create_schema, make_engine
 from store import jobs as J
-from tests.conftest import pg_schema
+from tests.conftest import PG_URL, pg_schema
 
 
 def _job(i: int) -> dict:
@@ -24,28 +30,56 @@ def _job(i: int) -> dict:
             "dtype": "float64", "x_start": -3.0, "x_stop": 3.0, "x_points": 100}
 
 
+def _fill(url: str) -> None:
+    eng = make_engine(url)
+    create_schema(eng)
+    J.save_sweep(eng, "s1", "demo", {}, [_job(i) for i in range(3)])
+    eng.dispose()
+
+
+def invoke(*args: str, env: dict | None = None):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, env=env or {})
+
+
+class Db:
+    """A results database and the environment ``polyfit sql`` runs with."""
+
+    def __init__(self, url: str, env: dict | None = None) -> None:
+        self.url, self.env = url, env or {}
+
+    def sql(self, query: str, *more: str):
+        return invoke("sql", query, "--format", "json", "--db", self.url, *more, env=self.env)
+
+
+@pytest.fixture
+def reader(request):
+    """A fresh PostgreSQL schema with a sweep, and a reader role made by `polyfit db
+    create-reader` for it (roles are global to the server: each test gets its own name)."""
+    role = f"pf_reader_{uuid.uuid4().hex[:8]}"
+    with pg_schema() as url:
+        _fill(url)
+        r = invoke("db", "create-reader", "--role", role, "--db", url)
+        assert r.exit_code == 0, r.output
+        sql_url = url.replace("postgres@", f"{role}@")
+        assert sql_url in r.stdout
+        try:
+            yield Db(url, {"POLYFIT_SQL_URL": sql_url})
+        finally:
+            admin = create_engine(PG_URL)
+            with admin.begin() as c:
+                c.execute(text(f"DROP OWNED BY {role}"))
+                c.execute(text(f"DROP ROLE {role}"))
+            admin.dispose()
+
+
 @pytest.fixture(params=["postgres", "sqlite"])
 def db(request, tmp_path):
-    """A results database with one sweep of three queued jobs, as a URL."""
-    def fill(url: str) -> None:
-        eng = make_engine(url)
-        create_schema(eng)
-        J.save_sweep(eng, "s1", "demo", {}, [_job(i) for i in range(3)])
-        eng.dispose()
-
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'r.sqlite'}"
-        fill(url)
-        yield url
-        return
-    with pg_schema() as url:
-        fill(url)
-        yield url
-
-
-def sql(url: str, query: str):
-    return CliRunner().invoke(cli, ["sql", query, "--format", "json", "--db", url],
-                              catch_exceptions=False)
+        _fill(url)
+        yield Db(url)
+    else:
+        yield request.getfixturevalue("reader")
 
 
 def snapshot(url: str) -> tuple:
@@ -58,7 +92,8 @@ def snapshot(url: str) -> tuple:
             "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")).all()
         extra = () if url.startswith("sqlite") else c.execute(text(
             "SELECT (SELECT count(*) FROM pg_largeobject_metadata), "
-            "current_setting('default_transaction_read_only')")).one()
+            "current_setting('default_transaction_read_only'), "
+            "(SELECT count(*) FROM pg_roles)")).one()
     eng.dispose()
     return list(jobs), list(tables), tuple(extra)
 
@@ -78,13 +113,26 @@ WRITES = [
 POSTGRES_ONLY = [
     "SET transaction_read_only = off; DELETE FROM jobs",
     "SET ROLE postgres; DELETE FROM jobs",
+    "SET ROLE postgres",
+    "RESET ROLE",
+    "SET SESSION AUTHORIZATION postgres",
     "SELECT set_config('transaction_read_only', 'off', true)",
+    "SELECT set_config('role', 'postgres', false)",
+    "SELECT set_config('session_authorization', 'postgres', false)",
     "WITH gone AS (DELETE FROM jobs RETURNING id) SELECT * FROM gone",
     "SELECT * FROM jobs FOR UPDATE",
     "SELECT lo_import('/etc/hostname')",
     "SELECT pg_read_file('/etc/hostname')",
+    "SELECT pg_ls_dir('.')",
     "ALTER SYSTEM SET work_mem = '1GB'",
     "SELECT set_config('role', 'postgres', false), pg_read_file('/etc/hostname')",
+    # Undo the narrowing from inside the statement, then run a program on the server that
+    # changes a row: the attack that worked against a session role.
+    "SELECT set_config('role', 'none', false), (SELECT 1 FROM pg_read_file('/etc/hostname'))",
+    "DO $$ BEGIN EXECUTE 'RESET ROLE'; EXECUTE 'DELETE FROM jobs'; END $$",
+    "CREATE ROLE evil SUPERUSER LOGIN",
+    "GRANT postgres TO CURRENT_USER",
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'postgres'",
 ]
 SQLITE_ONLY = [
     "PRAGMA query_only = OFF",
@@ -96,57 +144,119 @@ SQLITE_ONLY = [
 ]
 
 
-def test_any_statement_that_would_write_is_refused_with_one_line(db, tmp_path):
-    before = snapshot(db)
-    attach = tmp_path / "attached.sqlite"
-    statements = WRITES + (SQLITE_ONLY if db.startswith("sqlite") else POSTGRES_ONLY) + [
-        f"ATTACH DATABASE '{attach}' AS x" if db.startswith("sqlite") else
-        f"COPY (SELECT 1) TO PROGRAM 'touch {attach}'",
-        f"VACUUM INTO '{attach}'" if db.startswith("sqlite") else
-        f"COPY jobs TO '{attach}'",
+def test_any_statement_that_would_write_or_escape_is_refused_with_one_line(db, tmp_path):
+    before = snapshot(db.url)
+    planted = tmp_path / "planted"
+    sqlite = db.url.startswith("sqlite")
+    statements = WRITES + (SQLITE_ONLY if sqlite else POSTGRES_ONLY) + [
+        f"ATTACH DATABASE '{planted}' AS x" if sqlite else
+        f"COPY (SELECT 1) TO PROGRAM 'touch {planted}'",
+        f"VACUUM INTO '{planted}'" if sqlite else f"COPY jobs TO '{planted}'",
     ]
+    if not sqlite:  # a program run by the server that writes a row, as the attacker had it
+        statements.append(
+            "COPY (SELECT 1) TO PROGRAM 'psql -U postgres -d test -c \"UPDATE "
+            + db.url.split("search_path%3D")[1] + ".jobs SET lr = 99\"'")
     for statement in statements:
-        r = sql(db, statement)
+        r = db.sql(statement)
+        # pg_terminate_backend may run (it finds nothing it is allowed to stop): a row of
+        # falses, not an error; anything else must be refused.
+        if "pg_terminate_backend" in statement and r.exit_code == 0:
+            assert all(v is False for row in json.loads(r.stdout) for v in row.values())
+            continue
         assert r.exit_code == 2, (statement, r.output)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: "), (statement, r.stderr)
         assert "Traceback" not in r.output
-    assert snapshot(db) == before
-    assert not attach.exists()
-
-
-def test_a_setting_changed_by_one_query_does_not_reach_the_next():
-    with pg_schema() as url:
-        _settings_do_not_linger(url)
-
-
-def _settings_do_not_linger(db: str) -> None:
-    eng = make_engine(db)
-    create_schema(eng)
-    J.save_sweep(eng, "s1", "demo", {}, [_job(i) for i in range(3)])
-    eng.dispose()
-    # Allowed (a read-only transaction may change its own settings), and then forgotten:
-    # every query gets a fresh connection in a fresh READ ONLY transaction.
-    for setting in ("SELECT set_config('default_transaction_read_only', 'off', false)",
-                    "SELECT set_config('role', 'postgres', false)"):
-        assert sql(db, setting).exit_code == 0
-        assert sql(db, "DELETE FROM jobs").exit_code == 2
-    assert len(snapshot(db)[0]) == 3
+    assert snapshot(db.url) == before
+    assert not planted.exists()
 
 
 def test_reads_still_work(db):
-    r = sql(db, "SELECT status, count(*) AS n FROM jobs GROUP BY status")
+    r = db.sql("SELECT status, count(*) AS n FROM jobs GROUP BY status")
     assert r.exit_code == 0, r.output
     assert [dict(row) for row in json.loads(r.stdout)] == [{"status": "queued", "n": 3}]
-    assert sql(db, "SELECT '50%' AS p").exit_code == 0
-    if db.startswith("sqlite"):
-        assert "variant" in sql(db, "PRAGMA table_info(jobs)").stdout
-        assert sql(db, "PRAGMA journal_mode").exit_code == 0
+    assert db.sql("SELECT '50%' AS p").exit_code == 0
+    assert db.sql("SELECT * FROM best_jobs").exit_code == 0  # the views too
+    if db.url.startswith("sqlite"):
+        assert "variant" in db.sql("PRAGMA table_info(jobs)").stdout
+        assert db.sql("PRAGMA journal_mode").exit_code == 0
     else:
-        assert sql(db, "EXPLAIN SELECT * FROM jobs").exit_code == 0
+        assert db.sql("EXPLAIN SELECT * FROM jobs").exit_code == 0
+        assert db.sql("SHOW server_version").exit_code == 0
+        assert db.sql("WITH a AS (SELECT 1 AS x) SELECT * FROM a;").exit_code == 0
+
+
+def test_a_superuser_account_is_never_used_and_the_error_says_what_to_do():
+    # No POLYFIT_SQL_URL and no polyfit_reader role for this schema's URL: the results URL's
+    # account (a superuser) is refused, and so is a reader that cannot log in.
+    with pg_schema() as url:
+        _fill(url)
+        r = Db(url).sql("SELECT 1 AS one")
+    assert r.exit_code == 2
+    assert "polyfit db create-reader" in r.stderr and "superuser" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("grant", [
+    "GRANT INSERT ON {schema}.jobs TO {role}",
+    "GRANT pg_execute_server_program TO {role}",
+    "GRANT pg_write_server_files TO {role}",
+    "ALTER ROLE {role} CREATEROLE",
+    "GRANT postgres TO {role}",
+])
+def test_a_reader_that_was_given_powers_is_refused(reader, grant):
+    role = reader.env["POLYFIT_SQL_URL"].split("://")[1].split("@")[0]
+    schema = reader.url.split("search_path%3D")[1]
+    admin = create_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(text(grant.format(schema=schema, role=role)))
+    admin.dispose()
+    r = reader.sql("SELECT count(*) AS n FROM jobs")
+    assert r.exit_code == 2 and "cannot be used" in r.stderr, r.output
+    # Running the setup again takes the powers back (except role attributes it resets too).
+    assert invoke("db", "create-reader", "--role", role, "--db", reader.url).exit_code == 0
+    assert reader.sql("SELECT count(*) AS n FROM jobs").exit_code == 0
+
+
+def test_a_long_statement_is_stopped_and_the_server_stops_it_too(db):
+    slow = ("SELECT pg_sleep(30)" if not db.url.startswith("sqlite") else
+            "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) "
+            "SELECT max(n) FROM c")
+    t0 = time.monotonic()
+    r = db.sql(slow, "--timeout", "1")
+    assert r.exit_code == 2 and "stopped after 1 s" in r.stderr, r.output
+    assert time.monotonic() - t0 < 20
+    if not db.url.startswith("sqlite"):
+        eng = create_engine(PG_URL)
+        with eng.connect() as c:
+            running = c.execute(text("SELECT count(*) FROM pg_stat_activity "
+                                     "WHERE query LIKE 'SELECT pg_sleep(30)%'")).scalar()
+        eng.dispose()
+        assert running == 0
+
+
+def test_results_are_capped_with_a_warning(db):
+    many = ("SELECT n FROM generate_series(1, 5000) AS n" if not db.url.startswith("sqlite")
+            else "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c LIMIT 5000) "
+                 "SELECT n FROM c")
+    r = db.sql(many, "--max-rows", "10")
+    assert r.exit_code == 0, r.output
+    assert [row["n"] for row in json.loads(r.stdout)] == list(range(1, 11))
+    assert "only the first 10 rows" in r.stderr
+
+
+def test_sqlite_strings_and_blobs_are_bounded(tmp_path):
+    db = Db(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    _fill(db.url)
+    r = db.sql("SELECT zeroblob(1000000000)")
+    assert r.exit_code == 2 and "too big" in r.stderr.lower(), r.output
+    # printf gives up with NULL where it would pass the limit: bounded either way.
+    r = db.sql("SELECT length(printf('%.*c', 1000000000, 'x')) AS n")
+    assert r.exit_code == 2 or json.loads(r.stdout) == [{"n": None}], r.output
 
 
 def test_the_door_refuses_to_create_a_database(tmp_path):
-    r = sql(f"sqlite:///{tmp_path / 'none.sqlite'}", "SELECT 1")
+    r = invoke("sql", "SELECT 1", "--db", f"sqlite:///{tmp_path / 'none.sqlite'}")
     assert r.exit_code == 2 and not (tmp_path / "none.sqlite").exists()
     assert not any(Path(tmp_path).iterdir())

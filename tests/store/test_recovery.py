@@ -11,6 +11,7 @@ from sqlalchemy import update
 
 from store import jobs as J
 from store.records import JobRecord
+from tests.conftest import ids_of
 from tests.store.test_store import _job, _result, engine  # noqa: F401 - the fixture
 
 
@@ -32,7 +33,7 @@ def test_racing_claims_on_the_same_jobs_never_both_win(engine):  # noqa: F811
         start.wait()
         won[k] = []
         for chunk in (ids[i : i + 20] for i in range(0, 200, 20)):
-            won[k] += J.claim_jobs(engine, "s1", chunk, f"w{k}", 60)
+            won[k] += ids_of(J.claim_jobs(engine, "s1", chunk, f"w{k}", 60))
 
     threads = [threading.Thread(target=claim, args=(k,)) for k in range(8)]
     for t in threads:

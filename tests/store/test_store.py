@@ -10,7 +10,7 @@ from sqlalchemy import text
 from store import create_schema, make_engine, redact_url
 from store import jobs as J
 from store.db import StoreError
-from tests.conftest import pg_schema
+from tests.conftest import ids_of, pg_schema
 
 
 def _job(i: int, **kw) -> dict:
@@ -54,22 +54,22 @@ def test_save_sweep_is_idempotent_and_keeps_existing_jobs(engine):
 
 def test_claim_gives_a_job_to_one_worker_only(engine):
     J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(4)])
-    first = J.claim_jobs(engine, "s1", ["job0000", "job0001"], "w1", 60)
-    second = J.claim_jobs(engine, "s1", ["job0001", "job0002"], "w2", 60)
+    first = ids_of(J.claim_jobs(engine, "s1", ["job0000", "job0001"], "w1", 60))
+    second = ids_of(J.claim_jobs(engine, "s1", ["job0001", "job0002"], "w2", 60))
     assert sorted(first) == ["job0000", "job0001"]
     assert second == ["job0002"]
 
 
 def test_a_stale_running_job_can_be_claimed_again(engine):
     J.save_sweep(engine, "s1", "demo", {}, [_job(0)])
-    assert J.claim_jobs(engine, "s1", ["job0000"], "dead", 60) == ["job0000"]
+    assert ids_of(J.claim_jobs(engine, "s1", ["job0000"], "dead", 60)) == ["job0000"]
     # Heartbeat from the past: the worker died.
     from sqlalchemy import update
 
     from store.records import JobRecord
     with engine.begin() as c:
         c.execute(update(JobRecord).values(heartbeat_at=J.now() - timedelta(seconds=120)))
-    assert J.claim_jobs(engine, "s1", ["job0000"], "alive", 60) == ["job0000"]
+    assert ids_of(J.claim_jobs(engine, "s1", ["job0000"], "alive", 60)) == ["job0000"]
     job = J.list_jobs(engine, "s1")[0]
     assert job.worker == "alive" and job.attempts == 2
 
@@ -79,7 +79,7 @@ def test_a_result_is_written_once_and_a_redelivery_is_a_no_op(engine):
     J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
     assert J.save_results(engine, "s1", [("job0000", _result())], "w1", "cpu") == 1
     assert J.save_results(engine, "s1", [("job0000", _result(mse=9.0))], "w1", "cpu") == 0
-    assert J.claim_jobs(engine, "s1", ["job0000"], "w2", 0) == []
+    assert ids_of(J.claim_jobs(engine, "s1", ["job0000"], "w2", 0)) == []
     job = J.list_jobs(engine, "s1")[0]
     assert job.status == "succeeded" and job.mse == 0.01 and job.coefficients == [0.1, 0.2]
     assert J.loss_curves(engine, "s1", ["job0000"]) == {"job0000": [(99, 3.0), (199, 2.0)]}
@@ -148,12 +148,20 @@ def test_list_jobs_filters_and_sorts(engine):
         J.list_jobs(engine, "s1", sort="nope")
 
 
-def test_release_worker_requeues_only_that_workers_jobs(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(2)])
-    J.claim_jobs(engine, "s1", ["job0000"], "polyfit-cpu-12@h", 60)
-    J.claim_jobs(engine, "s1", ["job0001"], "polyfit-cpu-123@h", 60)
-    assert J.release_worker(engine, "polyfit-cpu-12@") == 1
-    assert J.status_counts(engine, "s1") == {"queued": 1, "running": 1}
+def test_release_worker_requeues_only_the_jobs_of_that_workers_processes(engine):
+    # Two `sweep run` in two containers: both local workers have pid 4, on different hosts
+    # (and a third whose host name starts like the first's); each identity carries a token.
+    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(4)])
+    J.claim_jobs(engine, "s1", ["job0000"], "polyfit-cpu-4-a1b2c3d4@box/17", 60)
+    J.claim_jobs(engine, "s1", ["job0001"], "polyfit-cpu-4-e5f6a7b8@other/17", 60)
+    J.claim_jobs(engine, "s1", ["job0002"], "polyfit-cpu-4-a1b2c3d4@box2/17", 60)
+    J.claim_jobs(engine, "s1", ["job0003"], "polyfit-cpu-4-a1b2c3d4@box/18", 60)
+    assert J.release_worker(engine, "polyfit-cpu-4-a1b2c3d4@box") == 2
+    running = {j.id: j.status for j in J.list_jobs(engine, "s1")}
+    assert running == {"job0000": "queued", "job0001": "running", "job0002": "running",
+                       "job0003": "queued"}
+    # A name with LIKE wildcards in it matches literally.
+    assert J.release_worker(engine, "polyfit-cpu-4-%@%") == 0
 
 
 def test_redact_url_hides_passwords():

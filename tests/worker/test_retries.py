@@ -10,7 +10,7 @@ from polyfit_models import JobSpec, fit_many
 from store import create_schema, make_engine
 from store import jobs as J
 from worker.execute import run_batch
-from worker.payload import BadMessage, Batch
+from worker.payload import Batch
 from worker.runtime import Runtime
 from worker.settings import Settings, SettingsError
 from worker.tasks import run_batch as task
@@ -32,7 +32,7 @@ def test_a_failing_job_is_stored_failed_and_its_batch_mates_succeed(tmp_path):
             raise ValueError("seed 2 cannot be fitted")
         return fit_many(batch, device)
 
-    batch = Batch("s1", "cpu", tuple((f"j{s.seed}", s) for s in specs))
+    batch = Batch("s1", "cpu", tuple(f"j{s.seed}" for s in specs))
     summary = run_batch(batch, Runtime(settings), "w/1", trainer)
     assert summary["ran"] == 4 and summary["stored"] == 4 and summary["failed"] == 1
     jobs = {j.id: j for j in J.list_jobs(engine, "s1")}
@@ -62,36 +62,32 @@ def test_retry_count_heartbeat_and_visibility_are_settings():
 
 
 def test_the_task_retries_store_errors_with_backoff():
-    from store import StoreError
+    from store import StoreUnavailable
 
-    assert StoreError in task.autoretry_for
+    assert StoreUnavailable in task.autoretry_for
     assert task.retry_backoff and task.retry_backoff_max == 60 and task.retry_jitter
     assert task.acks_late and task.reject_on_worker_lost
-
-
-def test_a_message_over_the_work_cap_is_refused():
-    spec = JobSpec.create("numpy", epochs=1000, x_points=2000)
-    data = Batch("s", "cpu", (("j", spec),)).to_dict()
-    assert Batch.from_dict(data, max_job_work=2_000_000).jobs[0][1] == spec
-    with pytest.raises(BadMessage, match="POLYFIT_MAX_JOB_WORK"):
-        Batch.from_dict(data, max_job_work=1_999_999)
 
 
 def test_transport_options_follow_the_settings_the_worker_starts_with():
     from celery import signals
 
+    from worker import runtime
     from worker.app import app, transport_options
 
-    before = (app.conf.polyfit_settings, app.conf.broker_transport_options)
+    before = (runtime.current(), app.conf.broker_url, app.conf.broker_transport_options)
     try:
         # As `polyfit worker --broker redis://...` does: settings from a flag, after import.
-        app.conf.polyfit_settings = Settings(broker="redis://127.0.0.1:1/0",
-                                             visibility_timeout_s=30)
+        runtime.install(Runtime(Settings(broker="redis://127.0.0.1:1/0",
+                                         visibility_timeout_s=30)))
         signals.celeryd_init.send(sender="test", instance=None, conf=app.conf, options={})
         opts = app.conf.broker_transport_options
         assert opts["visibility_timeout"] == 30 and opts["unacked_restore_interval"] == 10
         assert opts["unacked_restore_throttle"] == 1
+        assert opts["socket_keepalive"] and opts["socket_timeout"] == 30
+        assert app.conf.broker_url == "redis://127.0.0.1:1/0"
     finally:
-        app.conf.polyfit_settings, app.conf.broker_transport_options = before
+        runtime.install(before[0])
+        app.conf.broker_url, app.conf.broker_transport_options = before[1:]
     assert transport_options(Settings(db_url="sqlite:///x.sqlite")) == {
         "connect_args": {"timeout": 60}}
