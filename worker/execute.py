@@ -56,8 +56,13 @@ class _Heartbeat:
         return self
 
     def __exit__(self, *exc) -> None:
+        # Not forever: a beat stuck on a dead connection (a partition, a server that vanished
+        # without a FIN) must not hold the worker; the thread is a daemon and ends with its
+        # call, which the connection's keepalives and timeouts bound.
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=self._every)
+        if self._thread.is_alive():
+            log.warning("heartbeat still waiting on the database; leaving it behind")
 
 
 def _with_retries(fn: Callable[[], object], what: str, patience_s: float) -> object:
@@ -86,19 +91,25 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def train_resilient(specs: Sequence[JobSpec], device: str, trainer: Trainer = fit_many) -> list:
-    """Outcomes for ``specs`` in order: a result dict, or {"status": "failed", "error": ...}."""
+    """Outcomes for ``specs`` in order: a result dict, or {"status": "failed", "error": ...}.
+
+    The halves are retried after the ``except`` block has ended: while it runs, the exception
+    (and through its traceback every tensor the failed attempt allocated) is alive, and on a
+    GPU the retry would compete with that memory."""
     try:
         return [r.to_dict() for r in trainer(specs, device)]
     except Exception as e:  # noqa: BLE001 - any error in the numerics becomes a job outcome
-        if _is_oom(e):
-            _free_cuda()
-        if len(specs) == 1:
-            log.warning("job failed: %s", e)
-            return [{"status": "failed", "error": f"{e.__class__.__name__}: {e}"[:2000]}]
-        half = len(specs) // 2
-        log.info("batch of %d raised %s; retrying in halves", len(specs), e.__class__.__name__)
-        return (train_resilient(specs[:half], device, trainer)
-                + train_resilient(specs[half:], device, trainer))
+        error = f"{e.__class__.__name__}: {e}"[:2000]
+        oom = _is_oom(e)
+    if oom:
+        _free_cuda()
+    if len(specs) == 1:
+        log.warning("job failed: %s", error)
+        return [{"status": "failed", "error": error}]
+    half = len(specs) // 2
+    log.info("batch of %d raised %s; retrying in halves", len(specs), error.split(":")[0])
+    return (train_resilient(specs[:half], device, trainer)
+            + train_resilient(specs[half:], device, trainer))
 
 
 def _free_cuda() -> None:
