@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -135,20 +135,29 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# Any number: the PostgreSQL advisory lock that serializes schema creation across processes.
+_SCHEMA_LOCK = 0x706F6C7A  # "polz"
+
+
 def create_schema(engine: Engine) -> None:
-    """Create the tables and views if they are missing (idempotent)."""
+    """Create the tables, indexes and views if they are missing (idempotent), also when several
+    processes do it at once: in one transaction that holds SQLite's write lock, or an advisory
+    lock on PostgreSQL (its catalog would otherwise refuse the second CREATE TABLE of a race)."""
     from store.views import create_views
 
     try:
-        Base.metadata.create_all(engine)
-        # create_all makes the indexes of the tables it creates; a database made by an older
-        # polyfit gets the indexes added since.
-        for table in Base.metadata.sorted_tables:
-            for index in table.indexes:
-                index.create(engine, checkfirst=True)
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            Base.metadata.create_all(conn)
+            # create_all makes the indexes of the tables it creates; a database made by an
+            # older polyfit gets the indexes added since.
+            for table in Base.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
         create_views(engine)
     except SQLAlchemyError as e:
-        raise StoreError(f"cannot create tables in {redact_url(str(engine.url))}: {e}") from e
+        raise store_error(engine, e) from e
 
 
 def store_error(engine: Engine, e: Exception) -> StoreError:

@@ -21,6 +21,7 @@ Celery app makes, whatever broker URL it was given, goes through them."""
 from __future__ import annotations
 
 import logging
+import time
 from queue import Empty
 
 from kombu import transport as kombu_transport
@@ -29,6 +30,7 @@ from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from store.db import redact_url
 
@@ -99,6 +101,19 @@ class RedisTransport(kombu_redis.Transport):
 
 
 class SQLAChannel(_Guarded, kombu_sqla.Channel):
+    def _open(self):
+        # kombu creates its tables on first use with a check-then-create, which two processes
+        # starting at once on PostgreSQL (the embedded broker on a server database) race on:
+        # the loser's CREATE fails. Its tables exist by then; trying again finds them.
+        for attempt in range(3):
+            try:
+                return super()._open()
+            except (IntegrityError, ProgrammingError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     def _get(self, queue):
         obj = self._get_or_create(queue)
         if self.session.bind.name == "sqlite":
