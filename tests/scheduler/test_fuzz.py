@@ -282,3 +282,74 @@ def test_a_job_at_the_work_cap_is_taken(workdir, monkeypatch):
     monkeypatch.setenv("POLYFIT_BROKER_URL", "redis://127.0.0.1:1/0")  # recorded, not sent
     r = invoke("sweep", "submit", "--variant", "numpy", "--epochs", "500")  # x 2000 points
     assert r.exit_code == 1 and "cannot reach the broker" in r.stderr
+
+
+# -- hostile files ------------------------------------------------------------------------------
+
+def _laughs() -> str:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\ngrid: {variant: [numpy], seed: *i}\n"
+
+
+HOSTILE = {
+    "billion laughs": lambda p: p.write_text(_laughs()),
+    "merge key alias": lambda p: p.write_text(
+        "base: &b {variant: [numpy]}\ngrid: {<<: *b, seed: [0]}\n"),
+    "not UTF-8": lambda p: p.write_bytes(b"grid:\n  variant: [numpy\xff\xfe]\n"),
+    "UTF-16": lambda p: p.write_text("grid: {variant: [numpy]}\n", encoding="utf-16"),
+    "mixed-type keys": lambda p: p.write_text("grid: {variant: [numpy]}\nx: {1: 2, start: 0}\n"),
+    "a list as a key": lambda p: p.write_text("? [grid]\n: {variant: [numpy]}\n"),
+    "a null key": lambda p: p.write_text("grid: {~: [1], variant: [numpy]}\n"),
+    "nested past libyaml's limit": lambda p: p.write_text("grid: " + "[" * 5000 + "]" * 5000),
+    "nested past polyfit's limit": lambda p: p.write_text(
+        "grid: {variant: " + "[" * 200 + "numpy" + "]" * 200 + "}\n"),
+    "deep mappings": lambda p: p.write_text("grid:" + "".join(
+        "\n" + "  " * i + f"k{i}:" for i in range(1, 300)) + " 1\n"),
+    "a 10,000-digit integer": lambda p: p.write_text(
+        "grid: {variant: [numpy], seed: [" + "9" * 10_000 + "]}\n"),
+    "huge file": lambda p: p.write_text("# " + "x" * 8_000_000 + "\ngrid: {variant: [numpy]}\n"),
+    "a control character in the name": lambda p: p.write_text(
+        'name: "evil\\nname\\u001b[31m"\ngrid: {variant: [numpy]}\n'),
+    "FIFO": lambda p: os.mkfifo(p),
+    "directory": lambda p: p.mkdir(),
+    "link to /dev/zero": lambda p: p.symlink_to("/dev/zero"),
+    "link to /dev/urandom": lambda p: p.symlink_to("/dev/urandom"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_a_hostile_spec_file_is_refused_quickly_in_little_memory(workdir, kind):
+    """Run as a real process with its address space capped at 1 GiB and a time limit: a file
+    that used to take 5 GB and 83 s (aliases), hang (a FIFO) or eat all memory (/dev/zero)
+    must be refused with one line and exit 2, the database as it was."""
+    import resource
+    import subprocess
+    import sys
+
+    from tests.conftest import polyfit_env
+
+    spec = workdir / "hostile.yaml"
+    HOSTILE[kind](spec)
+    before = state(workdir)
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+    proc = subprocess.run([sys.executable, "-m", "scheduler", "sweep", "submit", str(spec)],
+                          cwd=workdir, env=polyfit_env(), capture_output=True, text=True,
+                          timeout=60, preexec_fn=cap_memory, check=False)
+    assert proc.returncode == 2, (kind, proc.returncode, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), (kind, proc.stderr)
+    assert "\x1b" not in proc.stderr
+    assert state(workdir) == before
+
+
+def test_a_name_with_a_control_character_is_refused(workdir):
+    before = state(workdir)
+    for name in ("two\nlines", "bell\a", "esc\x1b[2J", "\u202eevil", "nul\x00"):
+        r = invoke("sweep", "submit", "--variant", "numpy", "--name", name)
+        assert_refused(r, workdir, before)
+        assert "control characters" in r.stderr
