@@ -175,6 +175,7 @@ def run_sql(url: str, query: str, *, timeout_s: float, max_rows: int,
         path = sqlite_path(url)
         if path is None or not path.is_file():
             raise NotResultsDatabase(f"no results database at {path}")
+        open_results(url).dispose()  # a polyfit database, or refused like every read command
         return _sqlite_sql(path, query, timeout_s, max_rows)
     if backend == "postgresql":
         return _postgres_sql(url, sql_url, query, timeout_s, max_rows)

@@ -1,0 +1,127 @@
+"""Read commands never create or change anything: a file that is not a polyfit database (another
+program's SQLite file, a text file) is reported with exit 2 and left byte-identical, with no
+side files and its journal mode as it was; and a results database on read-only storage (a
+read-only bind mount, as root cannot be kept from writing a file by its mode) still answers."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scheduler.cli import cli
+from store import create_schema, make_engine
+from store import jobs as J
+from tests.conftest import ROOT, polyfit_env
+
+READ_COMMANDS = [["status"], ["results"], ["best"], ["sql", "SELECT 1 AS x"],
+                 ["status", "--json"]]
+CHANGE_COMMANDS = [["cancel", "s1"], ["sweep", "resume", "s1"]]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False,
+                              env={"POLYFIT_DB_URL": None, "POLYFIT_BROKER_URL": None})
+
+
+def _fingerprint(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _foreign_sqlite(path: Path) -> None:
+    with sqlite3.connect(path) as c:  # another program's database, rollback journal
+        c.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        c.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    sqlite3.connect(path).close()
+
+
+@pytest.mark.parametrize("make", ["foreign sqlite", "text file", "empty file",
+                                  "sqlite with a jobs table of its own"])
+@pytest.mark.parametrize("args", READ_COMMANDS + CHANGE_COMMANDS + [["plot", "s1", "-o", "x.png"]],
+                         ids=" ".join)
+def test_a_file_that_is_not_a_polyfit_database_is_reported_and_left_as_it_was(
+        tmp_path, make, args):
+    path = tmp_path / "other.db"
+    if make == "foreign sqlite":
+        _foreign_sqlite(path)
+    elif make == "text file":
+        path.write_text("hello, I am not a database\n" * 100)
+    elif make == "empty file":
+        path.write_bytes(b"")
+    else:
+        with sqlite3.connect(path) as c:
+            c.execute("CREATE TABLE jobs (id TEXT, payload BLOB)")
+            c.execute("CREATE TABLE sweeps (id TEXT)")
+    before = _fingerprint(tmp_path)
+    r = invoke(*[a.replace("x.png", str(tmp_path / "x.png")) for a in args],
+               "--db", f"sqlite:///{path}")
+    assert r.exit_code == 2, r.output
+    assert "not a polyfit results database" in r.stderr or "no results database" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert _fingerprint(tmp_path) == before  # byte-identical, and no -wal, -shm or plot
+    if make == "foreign sqlite":
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as c:
+            assert c.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_the_python_api_does_not_write_either(tmp_path):
+    pytest.importorskip("pandas")
+    from scheduler.api import jobs_frame
+    from store.reader import NotResultsDatabase
+
+    path = tmp_path / "other.db"
+    _foreign_sqlite(path)
+    before = _fingerprint(tmp_path)
+    with pytest.raises(NotResultsDatabase):
+        jobs_frame(db_url=f"sqlite:///{path}")
+    assert _fingerprint(tmp_path) == before
+
+
+def _results_db(folder: Path) -> str:
+    url = f"sqlite:///{folder / 'results.sqlite'}"
+    engine = make_engine(url)
+    create_schema(engine)
+    job = {"id": "j1", "variant": "numpy", "lr": 1e-6, "degree": 3, "seed": 0, "epochs": 10,
+           "optimizer": "sgd", "device": "cpu", "target": "sin", "dtype": "float64",
+           "x_start": -3.0, "x_stop": 3.0, "x_points": 100}
+    J.save_sweep(engine, "s1", "demo", {}, [job])
+    J.claim_jobs(engine, "s1", ["j1"], "w/1", 60)
+    J.save_results(engine, "s1", [("j1", {
+        "status": "succeeded", "final_loss": 1.0, "mse": 0.01, "optimum_mse": 0.005,
+        "coefficients": [0.1, 0.2, 0.3, 0.4], "monomial": [0.1, 0.2, 0.3, 0.4],
+        "diverged_at_epoch": None, "duration_s": 0.1, "loss_curve": [[9, 1.0]]})],
+        "w/1", "cpu")
+    engine.dispose()  # the last connection checkpoints and removes -wal and -shm
+    return url
+
+
+def _can_bind_mount_read_only() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind -o ro / / 2>/dev/null"],
+                           capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_bind_mount_read_only(),
+                    reason="needs root and `unshare -m` to bind-mount a folder read-only")
+@pytest.mark.parametrize("args", READ_COMMANDS + [["results", "--format", "json"]],
+                         ids=" ".join)
+def test_read_commands_answer_from_read_only_storage(tmp_path, args):
+    url = _results_db(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]
+    before = _fingerprint(tmp_path)
+    command = " ".join(["'" + a + "'" for a in args])
+    script = (f"mount --bind -o ro '{tmp_path}' '{tmp_path}' && "
+              f"exec '{sys.executable}' -m scheduler {command} --db '{url}'")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=polyfit_env(),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+    assert _fingerprint(tmp_path) == before
