@@ -99,6 +99,19 @@ def test_cancel_then_resume(run):
     assert r.stdout.split()[-1] == sweep_id
 
 
+def test_a_cancelled_job_stays_cancelled_when_its_sweep_is_submitted_again(run):
+    args = ["sweep", "submit", "--variant", "numpy", "--seed", "0-2", "--epochs", "3"]
+    sweep_id = run(*args).stdout.split()[-1]
+    assert "3 jobs cancelled" in run("cancel", sweep_id).stdout
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    assert "3 jobs (0 new), 0 enqueued" in again.stdout
+    assert json.loads(run("status", sweep_id, "--json").stdout)["counts"] == {"cancelled": 3}
+    # Un-cancelling is explicit: resume.
+    assert "3 jobs re-enqueued" in run("sweep", "resume", sweep_id).stdout
+    assert json.loads(run("status", sweep_id, "--json").stdout)["counts"] == {"queued": 3}
+
+
 @pytest.mark.parametrize("args", [
     ["sweep", "submit", "--variant", "nope"],
     ["sweep", "submit", "--variant", "numpy", "--lr", "-1"],
