@@ -192,3 +192,18 @@ def test_a_null_name_in_the_spec_means_the_default(run, tmp_path):
     r = run("sweep", "submit", str(spec))
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("sweep nameless:")
+
+
+def test_a_job_too_big_for_its_devices_memory_budget_is_refused_at_submit(run, tmp_path,
+                                                                        monkeypatch):
+    (tmp_path / "big.yaml").write_text(
+        "x: {start: -1, stop: 1, points: 10000000}\n"
+        "grid: {variant: [numpy], degree: [14], epochs: [1]}\n")
+    r = run("sweep", "submit", "big.yaml")
+    _one_line_error(r)
+    assert "POLYFIT_CPU_MEMORY_MB" in r.stderr and "degree 14" in r.stderr
+    assert not (tmp_path / "polyfit.sqlite").exists()
+    # A bigger budget takes it (recorded; the broker is down so nothing runs).
+    monkeypatch.setenv("POLYFIT_CPU_MEMORY_MB", "8192")
+    monkeypatch.setenv("POLYFIT_BROKER_URL", "redis://127.0.0.1:1/0")
+    assert run("sweep", "submit", "big.yaml").exit_code == 1
