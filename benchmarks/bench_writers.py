@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text  # noqa: E402
 
-from store import StoreError, create_schema, make_engine
-from store import jobs as J
+from store import StoreError, create_schema, make_engine  # noqa: E402
+from store import jobs as J  # noqa: E402
 
 SWEEP = "bench"
 
