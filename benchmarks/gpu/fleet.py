@@ -145,7 +145,7 @@ def fleet(step: Step, redis_url: str | None) -> None:
     from polyfit_models import VARIANTS  # the registry only: no torch in this process
 
     if not redis_url:
-        raise RuntimeError("no broker: run.sh passes --redis URL")
+        raise RuntimeError("no broker: redis-server did not start (gpu-kit.log says why)")
     mode, fig = step.mode, step.figures
     gpu_ran_on = _gpu_pattern(mode)
     f = Fleet(step, redis_url)

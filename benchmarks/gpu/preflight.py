@@ -95,7 +95,8 @@ def setup(step: Step, site: Path | None, wheel_dir: Path | None) -> None:
                    "; ".join(f"{u['wanted_by']} needs {u['needs']}, found {u['installed']}"
                              for u in unmet) or f"{len(paths)} carried wheels, needs met")
     else:
-        step.check("carried_needs_met", None, "dry run: the environment's own packages")
+        step.check("carried_needs_met", None, "no carried wheels: the environment's own "
+                                              "packages (packages_importable says if enough)")
 
     failed = []
     for module in MODULES:
@@ -104,6 +105,13 @@ def setup(step: Step, site: Path | None, wheel_dir: Path | None) -> None:
         except Exception as e:  # noqa: BLE001 - each missing module is reported, not raised
             failed.append(f"{module}: {e.__class__.__name__}: {e}")
     step.check("packages_importable", not failed, "; ".join(failed) or "all import")
+    try:  # celery's workers look the UTC zone up at start (see wheels.UNDECLARED)
+        import zoneinfo
+
+        zoneinfo.ZoneInfo("UTC")
+        step.check("timezone_database", True, "zoneinfo finds UTC")
+    except Exception as e:  # noqa: BLE001
+        step.check("timezone_database", False, f"zoneinfo cannot find UTC: {e}")
     fig["packages"] = _package_versions()
 
     import torch

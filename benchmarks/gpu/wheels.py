@@ -52,6 +52,13 @@ DEVICE_ENV = {
 }
 
 
+#: Needs no metadata declares, with the version carried and why. celery asks zoneinfo for its
+#: "UTC" zone when a worker starts; zoneinfo reads the system's tz database, else the tzdata
+#: package, and a bare image may have neither (then every worker exits at once). tzdata is
+#: declared only for Windows, so this venv does not have it to pin from.
+UNDECLARED = {"tzdata": "2026.6"}
+
+
 class KitError(Exception):
     """Raised when the wheel set cannot be worked out or does not close over its needs."""
 
@@ -123,7 +130,10 @@ def closure(roots: list[str], on_device: set[str]) -> Closure:
 
 
 def project_closure() -> Closure:
-    return closure(project_dependencies(), device_packages())
+    result = closure(project_dependencies(), device_packages())
+    for name, version in UNDECLARED.items():
+        result.carry.setdefault(name, version)
+    return result
 
 
 def fallback_pins(c: Closure) -> dict[str, str]:
