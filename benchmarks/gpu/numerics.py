@@ -168,31 +168,55 @@ def agreement(step: Step) -> None:
     step.figures["rows"] = rows
 
 
-def _recording_trainer(calls: list, oom_above: int | None):
-    """``fit_many`` that records each call's batch size and error; with ``oom_above``, raises
-    a CUDA-style out-of-memory error for any larger batch (the dry run's emulation)."""
-    from polyfit_models import fit_many
-
-    def trainer(specs, device):
-        entry = {"jobs": len(specs)}
-        calls.append(entry)
-        try:
-            if oom_above is not None and len(specs) > oom_above:
-                raise _emulated_oom(len(specs), oom_above)
-            return fit_many(specs, device)
-        except Exception as e:
-            entry["error"] = f"{e.__class__.__name__}: {str(e)[:160]}"
-            entry["oom"] = "out of memory" in str(e).lower()
-            raise
-
-    return trainer
-
-
 def _emulated_oom(jobs: int, limit: int) -> Exception:
     import torch
 
     cls = getattr(torch, "OutOfMemoryError", RuntimeError)
     return cls(f"CUDA out of memory (emulated by the kit: {jobs} jobs > {limit})")
+
+
+class GaveUp(BaseException):
+    """Raised by the recording trainer when the step's time is nearly up. A BaseException, so
+    that ``train_resilient`` (which turns any Exception into halving or a failed job) lets it
+    through and the step can report how far the halving got."""
+
+
+#: How many calls the memory step lists one by one (a halving cascade can make thousands).
+LISTED_CALLS = 40
+
+
+class RecordingTrainer:
+    """``fit_many`` that records each call: its batch size, its error, and on CUDA the memory
+    still allocated above the baseline when it starts (what earlier, failed attempts hold).
+    With ``oom_above`` it raises a CUDA-style out-of-memory error for any larger batch (the dry
+    run's emulation); past ``deadline`` (time.monotonic()) it gives up."""
+
+    def __init__(self, deadline: float, oom_above: int | None = None, held=None) -> None:
+        self.deadline, self.oom_above, self.held = deadline, oom_above, held
+        self.calls: list[dict] = []
+        self.count = {"calls": 0, "oom": 0, "other_errors": 0}
+
+    def __call__(self, specs, device):
+        from polyfit_models import fit_many
+
+        if time.monotonic() > self.deadline:
+            raise GaveUp(f"gave up after {self.count['calls']} trainer calls "
+                         f"({self.count['oom']} out of memory): the halving had not finished")
+        self.count["calls"] += 1
+        entry: dict = {"jobs": len(specs)}
+        if self.held is not None:
+            entry["held_mib"] = self.held()
+        if len(self.calls) < LISTED_CALLS:
+            self.calls.append(entry)
+        try:
+            if self.oom_above is not None and len(specs) > self.oom_above:
+                raise _emulated_oom(len(specs), self.oom_above)
+            return fit_many(specs, device)
+        except Exception as e:
+            entry["oom"] = "out of memory" in str(e).lower()
+            entry["error"] = f"{e.__class__.__name__}: {str(e)[:160]}"
+            self.count["oom" if entry["oom"] else "other_errors"] += 1
+            raise
 
 
 def memory(step: Step) -> None:
@@ -238,7 +262,8 @@ def memory(step: Step) -> None:
 
     # 2. An out-of-memory error forced on one batch: train_resilient must halve it.
     specs = _specs(name, jobs, epochs)
-    calls: list[dict] = []
+    deadline = time.monotonic() + step.left_s() - 4
+    fig["jobs"] = jobs
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         fit_many(specs, device)
@@ -251,21 +276,24 @@ def memory(step: Step) -> None:
                    memory_fraction=fraction, forced_by="torch.cuda.set_per_process_memory_fraction")
         step.note(f"{jobs} {name} jobs peak at {peak / MIB:,.0f} MiB; memory fraction "
                   f"{fraction:.5f} allows {limit / MIB:,.0f} MiB")
+        trainer = RecordingTrainer(deadline, held=grown_mib)
         torch.cuda.set_per_process_memory_fraction(fraction)
-        trainer = _recording_trainer(calls, None)
     else:
         oom_above = max(1, int(jobs * share))
         fig.update(forced_by=f"emulated: a trainer that raises above {oom_above} jobs")
-        trainer = _recording_trainer(calls, oom_above)
+        trainer = RecordingTrainer(deadline, oom_above=oom_above)
+    # Bound to the figures now, so that a step stopped half-way still reports them.
+    fig["calls"], fig["call_counts"] = trainer.calls, trainer.count
+    outcomes: list[dict] = []
     try:
         started = time.perf_counter()
         outcomes = train_resilient(specs, device, trainer)
         fig["oom_run_seconds"] = round(time.perf_counter() - started, 2)
+    except GaveUp as e:
+        step.note(str(e))
     finally:
         if cuda:
             torch.cuda.set_per_process_memory_fraction(1.0)
-    fig["calls"] = calls
-    fig["jobs"] = jobs
     fig["returned"] = len(outcomes)
     statuses: dict[str, int] = {}
     for o in outcomes:
@@ -273,6 +301,7 @@ def memory(step: Step) -> None:
     fig["statuses"] = statuses
     fig["allocated_after_oom_minus_baseline_mib"] = grown_mib()
 
+    calls = trainer.calls
     first = calls[0] if calls else {}
     step.check("oom_forced", bool(first.get("oom")) and first.get("jobs") == jobs,
                f"first call: {first}")
@@ -281,7 +310,8 @@ def memory(step: Step) -> None:
                f"batch sizes tried after the error: {halves[:8]}")
     failed = [o.get("error") for o in outcomes if o["status"] not in OK]
     step.check("every_job_returned", len(outcomes) == jobs and not failed,
-               f"{len(outcomes)} of {jobs} returned, statuses {statuses}"
+               f"{len(outcomes)} of {jobs} returned, statuses {statuses}, "
+               f"{trainer.count['calls']} trainer calls"
                + (f", first error {failed[0]}" if failed else ""))
     if cuda:
         grown = [r for r in after if r["allocated_after_minus_baseline_mib"] * MIB > tolerance]
@@ -290,5 +320,9 @@ def memory(step: Step) -> None:
                    f"allocated after each batch minus baseline (MiB): "
                    f"{[r['allocated_after_minus_baseline_mib'] for r in after]}, after the "
                    f"out-of-memory batch {fig['allocated_after_oom_minus_baseline_mib']}")
+        held = [c for c in calls[1:] if (c.get("held_mib") or 0) * MIB > tolerance]
+        if held:  # a finding to read next to the checks, not a check of its own
+            step.note(f"retries started with memory of failed attempts still allocated: "
+                      f"{[(c['jobs'], c['held_mib']) for c in held[:6]]} (jobs, MiB)")
     else:
         step.check("memory_back_to_baseline", None, "dry run: no CUDA memory to measure")
