@@ -65,6 +65,14 @@ class Fleet:
             time.sleep(0.2)
         return False
 
+    def raise_if_a_worker_exited(self) -> None:
+        """A worker that is gone will train nothing: say why now instead of waiting."""
+        for proc, log in self.workers:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"{log.name[:-4]} exited with {proc.returncode}: "
+                                   + " | ".join(tail))
+
     def stop(self) -> None:
         """SIGTERM (Celery's warm shutdown), then SIGKILL to what is left of each group."""
         for proc, _ in self.workers:
@@ -160,6 +168,7 @@ def fleet(step: Step, redis_url: str | None) -> None:
                        *(["--concurrency", concurrency] if concurrency else []))
         ready = f.wait_ready(min(90.0, step.left_s() / 3))
         fig["workers_ready_s"] = round(time.monotonic() - started, 2) if ready else None
+        f.raise_if_a_worker_exited()
         if not ready:
             step.note("the workers did not say ready in time (see worker-*.log); going on")
 

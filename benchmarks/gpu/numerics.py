@@ -67,6 +67,8 @@ def throughput(step: Step) -> None:
     if mode == "cpu":
         step.note("dry run: the 'device' side is the CPU too")
     rows: dict[str, dict] = {}
+    # Bound to the figures at once (and filled in place): a step stopped half-way keeps them.
+    step.figures["variants"] = listed = []
 
     def epochs_of(name: str) -> int:
         return dyn_epochs if name == "dynamic" else epochs
@@ -80,6 +82,7 @@ def throughput(step: Step) -> None:
                       "cpu": {"jobs": cpu_jobs, "seconds": round(seconds, 3),
                               "fits_per_min": _per_min(cpu_jobs, seconds), **statuses},
                       "device": [], "stopped_by": None}
+        listed.append(rows[name])
         step.note(f"cpu {name}: {cpu_jobs} jobs in {seconds:.2f} s = "
                   f"{rows[name]['cpu']['fits_per_min']:,} fits/min")
 
@@ -119,7 +122,6 @@ def throughput(step: Step) -> None:
                            "vs_cpu": round(best["fits_per_min"] / row["cpu"]["fits_per_min"], 1)}
         if device == "cuda":
             torch.cuda.empty_cache()
-    step.figures["variants"] = list(rows.values())
     for name in on_device:
         step.check(f"{name}_ran", bool(rows[name]["device"]),
                    f"best {rows[name].get('best')}" if rows[name]["device"]
@@ -143,7 +145,7 @@ def agreement(step: Step) -> None:
     dyn_epochs = size("AG_DYNAMIC_EPOCHS", mode)
     if mode == "cpu":
         step.note("dry run: both sides on the CPU (the figures are 0 by construction)")
-    rows = []
+    step.figures["rows"] = rows = []
     for name, variant in VARIANTS.items():
         if "cuda" not in variant.devices:
             step.note(f"{name}: runs on the CPU only, nothing to compare")
@@ -165,7 +167,6 @@ def agreement(step: Step) -> None:
             step.check(f"{name}_{dtype}", ok,
                        f"coefficients {coef:.3g}, mse {mse:.3g} (tolerance {tol:g}), "
                        f"{status} status mismatches")
-    step.figures["rows"] = rows
 
 
 def _emulated_oom(jobs: int, limit: int) -> Exception:
