@@ -5,7 +5,7 @@
 #   .whl/             wheels (CPython 3.12, manylinux x86_64) of polyfit's runtime dependencies
 #                     the device does not have, pinned to what this repo's venv resolved;
 #                     .whl/fallback/ holds device packages the carried ones constrain, installed
-#                     there only where the device's own version falls short (kit.py preflight)
+#                     there only where the device's own version falls short (run.sh's setup)
 #   .gpu-kit/redis/   Debian's redis-server with its shared libraries (bin/redis-server is a
 #                     wrapper that sets LD_LIBRARY_PATH)
 # and check that what would travel (tracked + untracked-not-ignored files + those two folders)
@@ -49,48 +49,22 @@ pip_download() {  # DEST NAME==VERSION
     fi
 }
 
-have_wheel() {  # DIR NAME VERSION: prints the wheel file if there
-    "$PYTHON" - "$@" <<'EOF'
-import re, sys
-from pathlib import Path
-d, name, version = sys.argv[1:]
-canon = lambda s: re.sub(r"[-_.]+", "-", s).lower()
-for p in sorted(Path(d).glob("*.whl")):
-    parts = p.name.split("-")
-    if canon(parts[0]) == canon(name) and parts[1] == version:
-        print(p)
-        break
-EOF
-}
-
 fetch_set() {  # DIR MANIFEST PIN...: download the pins into DIR, drop other versions of them
     local dir=$1 manifest=$2; shift 2
-    local pin name version file
+    local pin file
     mkdir -p "$dir"
     : >"$manifest.tmp"
     for pin in "$@"; do
-        name=${pin%%==*}; version=${pin#*==}
-        file=$(have_wheel "$dir" "$name" "$version")
+        # Another version of the same project would stop `pip install` on the device: pruned.
+        file=$("$PYTHON" $KIT/wheels.py have --prune "$dir" "$pin")
         if [ -z "$file" ]; then
             say "downloading $pin"
             pip_download "$dir" "$pin"
-            file=$(have_wheel "$dir" "$name" "$version")
+            file=$("$PYTHON" $KIT/wheels.py have "$dir" "$pin")
             [ -n "$file" ] || die "pip reported success but no wheel for $pin is in $dir"
         else
             say "have $(basename "$file")"
         fi
-        # Another version of the same project would stop `pip install .whl/*.whl` on the device.
-        "$PYTHON" - "$dir" "$name" "$version" <<'EOF'
-import re, sys
-from pathlib import Path
-d, name, version = sys.argv[1:]
-canon = lambda s: re.sub(r"[-_.]+", "-", s).lower()
-for p in Path(d).glob("*.whl"):
-    parts = p.name.split("-")
-    if canon(parts[0]) == canon(name) and parts[1] != version:
-        print(f"prepare: removing {p.name} (the kit pins {name}=={version})")
-        p.unlink()
-EOF
         basename "$file" >>"$manifest.tmp"
     done
     mv "$manifest.tmp" "$manifest"
@@ -229,7 +203,7 @@ EOF
 }
 
 if redis_ok; then
-    say "have $REDIS_DIR ($(grep -c . "$REDIS_DIR/MANIFEST") manifest lines)"
+    say "have $REDIS_DIR ($(grep '^redis-tools ' "$REDIS_DIR/MANIFEST"))"
 else
     build_redis
 fi

@@ -10,6 +10,7 @@ runs on the device too.
 
     python benchmarks/gpu/wheels.py pins            # NAME==VERSION of each wheel to carry
     python benchmarks/gpu/wheels.py fallbacks       # device packages the carried ones constrain
+    python benchmarks/gpu/wheels.py have DIR PIN    # the wheel of PIN in DIR, if there
     python benchmarks/gpu/wheels.py check DIR       # the wheels in DIR close over their needs
     python benchmarks/gpu/wheels.py preflight DIR   # on the device: are those needs met there?
 """
@@ -193,6 +194,23 @@ def check_wheels(paths: list[Path], on_device: set[str]) -> list[str]:
     return problems
 
 
+def have(directory: Path, pin: str, prune: bool) -> Path | None:
+    """The wheel of ``pin`` (NAME==VERSION) in ``directory``, if there; with ``prune``, other
+    versions of the same project are deleted (two would stop ``pip install .whl/*.whl``)."""
+    name, version = canonical(pin.split("==")[0]), pin.split("==")[1]
+    found = None
+    for path in sorted(directory.glob("*.whl")):
+        n, v = wheel_name_version(path)
+        if n != name:
+            continue
+        if v == version:
+            found = path
+        elif prune:
+            print(f"prepare: removing {path.name} (the kit pins {pin})", file=sys.stderr)
+            path.unlink()
+    return found
+
+
 # -- on the device -------------------------------------------------------------------------------
 
 def unmet_on_device(paths: list[Path]) -> list[dict]:
@@ -225,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("fallbacks", help="NAME==VERSION of device packages the carried ones "
                                      "constrain, one a line")
     sub.add_parser("explain", help="the closure as JSON, with who wants what")
+    hv = sub.add_parser("have", help="print the wheel of NAME==VERSION in DIR if there")
+    hv.add_argument("dir", type=Path)
+    hv.add_argument("pin")
+    hv.add_argument("--prune", action="store_true", help="delete other versions of it")
     check = sub.add_parser("check", help="check that the wheels listed close over their needs")
     check.add_argument("wheels", nargs="+", type=Path)
     pre = sub.add_parser("preflight", help="JSON list of carried wheels' needs unmet here")
@@ -239,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(f"{n}=={v}" for n, v in fallback_pins(c).items()))
             else:
                 print(json.dumps({"carry": c.carry, "device_constraints": c.device}, indent=1))
+        elif args.command == "have":
+            found = have(args.dir, args.pin, args.prune)
+            if found is not None:
+                print(found)
         elif args.command == "check":
             problems = check_wheels(args.wheels, device_packages())
             for p in problems:
