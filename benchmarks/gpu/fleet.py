@@ -53,6 +53,10 @@ class Fleet:
                 cwd=ROOT, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         self.workers.append((proc, log))
+        # run.sh kills these process groups after the step whatever happened to it: a worker
+        # runs in its own session, and one left behind would hold the GPU for the next steps.
+        with open(self.step.work / "worker.pgids", "a") as pids:
+            pids.write(f"{proc.pid}\n")
 
     def wait_ready(self, timeout: float) -> bool:
         """Until every worker's log says Celery's ``ready.`` (or one has exited)."""
@@ -78,7 +82,9 @@ class Fleet:
         for proc, _ in self.workers:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
+        # Past the step's time (run.sh's timeout kills this process 10 s after its SIGTERM)
+        # there is no time for a warm shutdown.
+        deadline = time.monotonic() + min(20.0, max(2.0, self.step.left_s() + 5))
         for proc, _ in self.workers:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
@@ -183,6 +189,7 @@ def fleet(step: Step, redis_url: str | None) -> None:
         big = {"sweep_id": big_id, "submit": line, "submit_s": round(submit_s, 2),
                "asked": seeds * len(lrs), "epochs": epochs, "variant": "autograd",
                "degree": 3, "lrs": lrs, "seeds": seeds}
+        fig["big"] = big  # filled in as it goes: a step stopped half-way still says this much
         t0 = time.monotonic()
         state = f.wait(big_id, step.left_s() - size("MIXED_RESERVE_S", mode) - 5)
         big["wait_s"] = round(time.monotonic() - t0, 2)
@@ -192,7 +199,6 @@ def fleet(step: Step, redis_url: str | None) -> None:
                       f"{cancel.stdout.strip() or cancel.stderr.strip()}")
         big.update(_stored(f, big_id))
         big["fits_per_min_wall"] = round(big["ended_ok"] / (submit_s + big["wait_s"]) * 60, 1)
-        fig["big"] = big
         step.note(f"big sweep: {big['ended_ok']} of {big['asked']} ended ok; "
                   f"{big.get('fits_per_min_stored')} fits/min from the stored rows")
         step.check("big_sweep_stored", state is not None and big["ended_ok"] == big["asked"]

@@ -55,12 +55,10 @@ def _package_versions() -> dict:
 
 def _repair(step: Step, site: Path, fallback_dir: Path, unmet: list[dict]) -> None:
     """Install the fallback wheel of each unmet need into ``site`` where it satisfies it."""
-    from packaging.requirements import Requirement
-
     offered = {wheels.wheel_name_version(p): p for p in fallback_dir.glob("*.whl")}
     chosen = []
     for need in unmet:
-        req = Requirement(need["needs"])
+        req = wheels.Requirement(need["needs"])
         for (name, version), path in offered.items():
             if name == need["package"] and req.specifier.contains(version, prereleases=True):
                 chosen.append(path)

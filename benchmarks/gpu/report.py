@@ -117,8 +117,8 @@ def markdown(r: dict) -> str:
         b = fl["big"]
         lines += ["## End to end (`polyfit worker` x2, Redis, SQLite)", "",
                   f"- {b['asked']:,} autograd jobs (degree 3, {b['epochs']} epochs) on cuda: "
-                  f"{b['ended_ok']:,} ended ok; submit {b['submit_s']} s, then "
-                  f"{b['wait_s']} s until done; **{_fmt(b.get('fits_per_min_stored'))} fits/min"
+                  f"{_fmt(b.get('ended_ok'))} ended ok; submit {b['submit_s']} s, then "
+                  f"{_fmt(b.get('wait_s'))} s until done; **{_fmt(b.get('fits_per_min_stored'))} fits/min"
                   f"** from the stored rows ({_fmt(b.get('training_span_s'))} s from the first "
                   f"start to the last finish), {_fmt(b.get('fits_per_min_wall'))} fits/min from "
                   f"submit to done.", ""]
@@ -145,7 +145,7 @@ def markdown(r: dict) -> str:
                   (f"- Allocated memory after each batch minus the baseline (MiB): "
                    f"{[b['allocated_after_minus_baseline_mib'] for b in mem['batches']]}; "
                    f"after the out-of-memory batch: "
-                   f"{mem['allocated_after_oom_minus_baseline_mib']}."
+                   f"{mem.get('allocated_after_oom_minus_baseline_mib', '-')}."
                    if mem.get("baseline_allocated_mib") is not None else
                    "- Allocated memory: not measured (no CUDA in a dry run)."), ""]
     gt = steps["gpu-tests"].get("figures", {})

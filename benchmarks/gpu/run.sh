@@ -52,7 +52,18 @@ T_FLEET=${KIT_T_FLEET:-$T_FLEET}
 T_MEMORY=${KIT_T_MEMORY:-$T_MEMORY}
 
 REDIS_PID=""
+# The fleet step's workers run in their own sessions; whatever became of the step, none may
+# outlive it (one left behind would hold the GPU, and a device keeps such processes running).
+kill_workers() {
+    local pgid
+    [ -f "$WORK/worker.pgids" ] || return 0
+    while read -r pgid; do
+        [ -n "$pgid" ] && kill -KILL -- "-$pgid" 2>/dev/null
+    done <"$WORK/worker.pgids"
+    rm -f "$WORK/worker.pgids"
+}
 cleanup() {
+    kill_workers
     if [ -n "$REDIS_PID" ]; then
         kill "$REDIS_PID" 2>/dev/null
         wait "$REDIS_PID" 2>/dev/null
@@ -138,6 +149,7 @@ main() {
     step throughput "$T_THROUGHPUT"
     step agreement "$T_AGREEMENT"
     step fleet "$T_FLEET" ${redis_url:+--redis "$redis_url"}
+    kill_workers
     step memory "$T_MEMORY"
 
     "$PY" -m benchmarks.gpu.kit report --work "$WORK" --out "$REPORT_DIR" --mode "$MODE"

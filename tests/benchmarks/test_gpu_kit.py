@@ -90,6 +90,31 @@ def test_wheel_check_finds_a_missing_need_and_two_versions(tmp_path):
     assert wheels.check_wheels([_wheel(tmp_path, "beta", "2.0", []), a], {"numpy"}) == []
 
 
+def test_report_counts_a_missing_or_stopped_step_as_failed(tmp_path):
+    from benchmarks.gpu.report import write_report
+
+    work = tmp_path / "work"
+    (work / "steps").mkdir(parents=True)
+    (work / "rc").mkdir()
+    for name in STEPS:
+        (work / "steps" / f"{name}.json").write_text(json.dumps(
+            {"step": name, "passed": True, "error": None, "checks": {"x": {"passed": True}},
+             "figures": {}, "notes": [], "seconds": 1}))
+    # A step killed by its time limit wrote nothing; one stopped half-way wrote a partial file.
+    (work / "steps" / "throughput.json").unlink()
+    (work / "rc" / "throughput").write_text("124\n")
+    (work / "steps" / "fleet.json").write_text(json.dumps(
+        {"step": "fleet", "passed": False, "error": "stopped by signal 15", "checks": {},
+         "notes": [], "seconds": 3, "figures": {"big": {"asked": 10, "epochs": 20,
+                                                          "submit_s": 1.0}}}))
+    assert write_report(work, tmp_path / "out", "cuda") == 1
+    report = json.loads((tmp_path / "out" / "gpu-report.json").read_text())
+    assert report["failed_steps"] == ["throughput", "fleet"]
+    assert report["steps"]["throughput"]["error"] == "no result: timed out"
+    text = (tmp_path / "out" / "gpu-report.md").read_text()
+    assert "FAILED" in text and "- throughput: no result: timed out" in text
+
+
 @pytest.mark.slow
 def test_the_dry_run_goes_through_every_step_to_a_passing_report(tmp_path):
     if shutil.which("redis-server") is None:
