@@ -23,7 +23,9 @@ KIT=benchmarks/gpu
 WHL=.whl
 REDIS_DIR=.gpu-kit/redis
 LIMIT=$((64 * 1024 * 1024))
-PLATFORMS=${KIT_PLATFORMS:-"manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64"}
+DEFAULT_PLATFORMS="manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64"
+DEFAULT_PLATFORMS="$DEFAULT_PLATFORMS manylinux2014_x86_64 manylinux1_x86_64"
+PLATFORMS=${KIT_PLATFORMS:-$DEFAULT_PLATFORMS}
 
 say() { printf 'prepare: %s\n' "$*"; }
 die() { printf 'prepare: error: %s\n' "$*" >&2; exit 1; }
@@ -157,7 +159,8 @@ build_redis() {
                 esac
                 case "$path" in
                     "$tmp"/root/*) cp -L "$path" "$REDIS_DIR.new/lib/$so" ;;
-                    */libc.so.*|*/libm.so.*|*/ld-linux*|*/libpthread.so.*|*/libdl.so.*|*/librt.so.*|*/libresolv.so.*) ;;
+                    */libc.so.*|*/libm.so.*|*/ld-linux*|*/libpthread.so.*) ;;
+                    */libdl.so.*|*/librt.so.*|*/libresolv.so.*) ;;
                     */libstdc++.so.*|*/libgcc_s.so.*|"") ;;
                     *) die "redis would load $path from this machine, not from the kit" ;;
                 esac
@@ -234,8 +237,10 @@ whl=$(du -sb "$WHL" | cut -f1)
 kit=$(du -sb .gpu-kit | cut -f1)
 total=$((tree + whl + kit))
 mib() { awk -v b="$1" 'BEGIN {printf "%.2f MiB", b / 1048576}'; }
+nwheels=$(wc -l <"$WHL/gpu-kit-wheels.txt")
+nfallbacks=$(wc -l <"$WHL/fallback/gpu-kit-wheels.txt")
 printf '  %-48s %s\n' "tracked + untracked-not-ignored files" "$(mib "$tree")" \
-    "$WHL ($(wc -l <"$WHL/gpu-kit-wheels.txt") wheels + $(wc -l <"$WHL/fallback/gpu-kit-wheels.txt") fallbacks)" "$(mib "$whl")" \
+    "$WHL ($nwheels wheels + $nfallbacks fallbacks)" "$(mib "$whl")" \
     ".gpu-kit (redis-server and its libraries)" "$(mib "$kit")" \
     "total (limit 64 MiB)" "$(mib "$total")"
 [ "$total" -le "$LIMIT" ] || die "that is over the 64 MiB the device call carries"
