@@ -7,7 +7,12 @@ dies for good.
 
 Every test waits for states in the database, never for a fixed time; the only fixed times are
 the lengths of the faults themselves. Counts come from the rows and from an audit trigger that
-records every write of a result. Needs root (skipped otherwise; CI runs as root)."""
+records every write of a result. Needs root (skipped otherwise; CI runs as root):
+
+    sudo .venv/bin/python -m pytest tests/e2e/test_netns.py      # or: -m "not netns" to skip
+
+Each test's logs (workers, Redis, PostgreSQL, the faults' timeline) are copied to its tmp_path,
+e.g. /tmp/pytest-of-root/pytest-N/test_NAME0/logs/."""
 
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ from tests.fleet import (
 from tests.hosts import Net, unavailable
 
 _why_not = unavailable() or services_unavailable()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why_not is not None, reason=str(_why_not))]
+pytestmark = [pytest.mark.slow, pytest.mark.netns,
+              pytest.mark.skipif(_why_not is not None, reason=str(_why_not))]
 
 # Seconds of training per job, alone on a core; faults are sized against it.
 JOB_S = 3.0
@@ -107,6 +113,7 @@ def since(rows: list[dict], key: str, t: float) -> float | None:
 def test_the_readme_recipe_runs_a_sweep_across_hosts_by_name(fleet, recipe):
     for host in ("worker1", "worker2"):
         fleet.start_worker(host)
+    fleet.wait_ready("worker1", "worker2")  # so that both can take part
     sub = fleet.run(recipe.submit)
     assert sub.returncode == 0, sub.stdout + sub.stderr
     sweep_id = sub.stdout.split()[-1]
@@ -267,10 +274,10 @@ def test_a_worker_waiting_on_the_database_when_its_host_crashes_does_not_hang(
     # ever reaches worker1) and boots again. Nothing will ever arrive on worker1's old
     # connection: only a TCP keepalive or a timeout on the client side can tell it so. The same
     # happens, by chance, to any statement in flight when a database host crashes or drops off
-    # the network. stale 20 s: the result is saved before the blocked heartbeat makes the job
-    # look abandoned.
+    # the network. stale 20 s: the heartbeat beats every 5 s, and a 9 s job is saved long
+    # before its blocked heartbeat makes it look abandoned.
     fleet.start_worker("worker1", POLYFIT_STALE_AFTER_S="20")
-    sweep_id = numpy_sweep(fleet, "db-host-crash", 1, 2 * job_epochs)
+    sweep_id = numpy_sweep(fleet, "db-host-crash", 1, 3 * job_epochs)
     [job] = wait_for(lambda: running_on(fleet, sweep_id, "worker1"), 90,
                      "worker1 to start the job")
     worker1 = fleet.net.hosts["worker1"].addr
