@@ -56,10 +56,18 @@ def unavailable() -> str | None:
     for tool in ("ip", "tc", "unshare", "taskset", "runuser"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
+    # Root in a container without CAP_SYS_ADMIN can list namespaces but not make them: try.
+    probe = f"{PREFIX}{secrets.token_hex(3)}-probe"
+    made = ip("netns", "add", probe, check=False)
+    if made.returncode != 0:
+        return f"cannot make a network namespace here: {made.stderr.strip()}"
     try:
-        subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"ip netns does not work here: {e}"
+        veth = ip("link", "add", "pfprobe0", "type", "veth", "peer", "name", "pfprobe1",
+                  ns=probe, check=False)
+        if veth.returncode != 0:
+            return f"cannot make veth links here: {veth.stderr.strip()}"
+    finally:
+        ip("netns", "del", probe, check=False)
     return None
 
 
