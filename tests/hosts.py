@@ -13,7 +13,9 @@ mounts over ``/etc/hosts`` so that hosts reach each other by name. Addresses are
 Faults: ``partition`` (the host's port on the switch down) and ``heal``, ``slow`` (netem delay
 and loss on both ends of the host's link, or, on a kernel without ``sch_netem``, the same done in
 userspace by ``tests/impair.py``) and ``unslow``, ``kill_host`` (SIGKILL every process in the
-host's namespace).
+host's namespace), ``crash`` (the same with the link cut first and the namespace deleted, so
+that the kernel's socket state is lost as in a power cut and no peer hears of it) and ``boot``
+(the namespace made again, with the same addresses, MAC included).
 
 Cleanup: ``Net.down`` kills every process in the run's namespaces, deletes the namespaces (and
 with them every link), the ``/etc/netns`` folders and the run folder; it runs from fixture
@@ -192,12 +194,14 @@ def leftover_runs(started_before: float) -> list[str]:
     for suffix, made in found.items():
         if made >= started_before:
             continue
+        owner = _run_dir(suffix) / "owner"
         try:
-            pid, start = (_run_dir(suffix) / "owner").read_text().split()
+            pid, start = owner.read_text().split()
             if _start_time(int(pid)) == start:
                 continue  # its owner still runs
         except (OSError, ValueError):
-            pass
+            if made > time.time() - 60:
+                continue  # no owner yet: a run setting up, or another run's unavailable() probe
         stale.append(suffix)
     return stale
 
