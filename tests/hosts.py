@@ -59,7 +59,7 @@ def unavailable() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     # Root in a container without CAP_SYS_ADMIN can list namespaces but not make them: try.
-    probe = f"{PREFIX}{secrets.token_hex(3)}-probe"
+    probe = f"{PREFIX}probe-{secrets.token_hex(3)}"  # not a run's name: no sweep takes it
     made = ip("netns", "add", probe, check=False)
     if made.returncode != 0:
         return f"cannot make a network namespace here: {made.stderr.strip()}"
@@ -183,13 +183,16 @@ def leftover_runs(started_before: float) -> list[str]:
     ``started_before`` (a run being set up right now, by anyone, is never taken)."""
     found: dict[str, float] = {}
     pattern = re.compile(rf"^{re.escape(PREFIX)}([0-9a-f]{{6}})(-|$)")
-    places = [*NETNS_RUN.glob(f"{PREFIX}*"), *NETNS_ETC.glob(f"{PREFIX}*"),
-              *Path(tempfile.gettempdir()).glob(f"{PREFIX}*")]
-    for path in places:
-        m = pattern.match(path.name)
-        if m:
+    # A namespace's file in /run/netns tells nothing of its age (the kernel makes its inode
+    # when it is looked at): a run is as old as its folders; namespaces without one, ancient.
+    for path in NETNS_RUN.glob(f"{PREFIX}*"):
+        if m := pattern.match(path.name):
+            found.setdefault(m[1], 0.0)
+    for path in [*NETNS_ETC.glob(f"{PREFIX}*"), *Path(tempfile.gettempdir()).glob(f"{PREFIX}*")]:
+        if m := pattern.match(path.name):
             with contextlib.suppress(OSError):
-                found[m[1]] = min(found.get(m[1], float("inf")), path.lstat().st_mtime)
+                made = path.stat().st_mtime
+                found[m[1]] = made if not found.get(m[1]) else min(found[m[1]], made)
     stale = []
     for suffix, made in found.items():
         if made >= started_before:
@@ -201,7 +204,7 @@ def leftover_runs(started_before: float) -> list[str]:
                 continue  # its owner still runs
         except (OSError, ValueError):
             if made > time.time() - 60:
-                continue  # no owner yet: a run setting up, or another run's unavailable() probe
+                continue  # no owner yet: a run setting up
         stale.append(suffix)
     return stale
 
