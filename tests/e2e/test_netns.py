@@ -2,8 +2,8 @@
 (``tests/hosts.py``, ``tests/fleet.py``): a services host (Redis, PostgreSQL), a scheduler host
 and worker hosts, each worker host on a core of its own, all on one virtual switch. Then faults
 on that network: a worker host cut off for longer and for shorter than the stale timeout, the
-services' Redis and PostgreSQL restarted mid-sweep, a slow and lossy link, a worker host that
-dies for good.
+services' Redis and PostgreSQL restarted mid-sweep, the services host crashing while a worker
+waits on its database, a slow and lossy link, a worker host that dies for good.
 
 Every test waits for states in the database, never for a fixed time; the only fixed times are
 the lengths of the faults themselves. Counts come from the rows and from an audit trigger that
