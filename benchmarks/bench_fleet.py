@@ -1,0 +1,203 @@
+"""A fleet across a network, measured: the README's recipe on hosts made of network namespaces
+(``tests/hosts.py``, ``tests/fleet.py``: a services host with Redis and PostgreSQL, a scheduler
+host, up to three worker hosts, each on a core of its own), with the same faults as
+``tests/e2e/test_netns.py``. Measures, in one run on one machine:
+
+  1. a worker host cut off mid-job: seconds from the cut until its jobs run on another host;
+  2. Redis killed and restarted from its AOF (down 3 s): seconds from its return to the first
+     job claimed, and to the first result stored;
+  3. PostgreSQL stopped (``pg_ctl stop -m fast``) for 10 s: the same;
+  4. a worker host killed for good: seconds from the kill until its jobs run elsewhere;
+  5. for each fault, the work done twice: jobs trained more than once, and their fit-seconds
+     (``duration_s`` x (attempts - 1));
+  6. throughput of the same sweep on 1, 2 and 3 worker hosts (jobs/s from submit to the last
+     result, workers started and ready first) and the ratio to one host.
+
+Prints a table. Needs root, like the tests; cleans up the same way (finalizers, atexit,
+SIGTERM, and the next run removes what a SIGKILLed one left).
+
+    sudo .venv/bin/python benchmarks/bench_fleet.py [--stale 10] [--jobs 36]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.fleet import (
+    Fleet,
+    Services,
+    numpy_epochs_per_second,
+    read_recipe,
+    services_unavailable,
+    wait_for,
+)
+from tests.hosts import Net, unavailable
+
+JOB_S = 3.0
+
+
+def sweep(f: Fleet, name: str, jobs: int, epochs: int) -> str:
+    return f.submit("--name", name, "--variant", "numpy", "--seed", f"0-{jobs - 1}",
+                    "--epochs", str(epochs), "--batch-size", "1")
+
+
+def running_on(f: Fleet, sweep_id: str, host: str) -> list[dict]:
+    return [r for r in f.rows(sweep_id) if r["status"] == "running" and r["host"] == host]
+
+
+def wasted(rows: list[dict]) -> tuple[int, float]:
+    twice = [r for r in rows if r["attempts"] > 1]
+    return len(twice), sum((r["duration_s"] or 0) * (r["attempts"] - 1) for r in twice)
+
+
+def first_after(rows: list[dict], key: str, t: float) -> float | None:
+    later = [r[key].timestamp() - t for r in rows if r[key] and r[key].timestamp() > t]
+    return min(later, default=None)
+
+
+def recovered(rows: list[dict], back: float) -> str:
+    claim, stored = first_after(rows, "started_at", back), first_after(rows, "finished_at", back)
+    return f"claim {claim:.1f} s, result {stored:.1f} s after restart"
+
+
+def moved_away(f: Fleet, sweep_id: str, ids: set[str], gone: str) -> bool:
+    now = {r["id"]: r for r in f.rows(sweep_id)}
+    return all(now[i]["attempts"] >= 2 and now[i]["host"] not in (None, gone) for i in ids)
+
+
+# -- the faults ----------------------------------------------------------------------------------
+
+def cut_off(f: Fleet, epochs: int, stale: int) -> tuple[str, str, list[dict]]:
+    for host in ("worker1", "worker2", "worker3"):
+        f.start_worker(host, POLYFIT_STALE_AFTER_S=str(stale))
+    sweep_id = sweep(f, "bench-cut", 9, epochs)
+    ids = {r["id"] for r in wait_for(lambda: running_on(f, sweep_id, "worker1"), 120,
+                                     "worker1 to start a job")}
+    f.net.partition("worker1")
+    t = time.monotonic()
+    wait_for(lambda: moved_away(f, sweep_id, ids, "worker1"), 120,
+             "worker1's jobs to run elsewhere")
+    moved = time.monotonic() - t
+    f.net.heal("worker1")
+    return (f"worker host cut off (stale {stale} s)",
+            f"running elsewhere {moved:.1f} s after the cut", f.wait_ended(sweep_id, 9))
+
+
+def redis_restart(f: Fleet, epochs: int, stale: int) -> tuple[str, str, list[dict]]:
+    for host in ("worker1", "worker2"):
+        f.start_worker(host, POLYFIT_STALE_AFTER_S=str(stale))
+    sweep_id = sweep(f, "bench-redis", 10, epochs // 2)
+    wait_for(lambda: sum(r["status"] == "succeeded" for r in f.rows(sweep_id)) >= 2, 120,
+             "two jobs to finish")
+    f.services.kill_redis()
+    time.sleep(3.0)  # the outage
+    f.services.start_redis()
+    back = time.time()
+    rows = f.wait_ended(sweep_id, 10)
+    return "Redis SIGKILLed, restarted after 3 s", recovered(rows, back), rows
+
+
+def pg_restart(f: Fleet, epochs: int, _stale: int) -> tuple[str, str, list[dict]]:
+    for host in ("worker1", "worker2"):
+        f.start_worker(host, POLYFIT_STALE_AFTER_S="20")
+    sweep_id = sweep(f, "bench-pg", 8, epochs)
+    wait_for(lambda: {r["host"] for r in f.rows(sweep_id) if r["status"] == "running"}
+             == {"worker1", "worker2"}, 120, "both hosts to train a job")
+    f.services.stop_pg()
+    time.sleep(10.0)  # the outage
+    f.services.start_pg()
+    back = time.time()
+    rows = f.wait_ended(sweep_id, 8, timeout=240)
+    return "PostgreSQL stopped 10 s (stale 20 s)", recovered(rows, back), rows
+
+
+def host_dies(f: Fleet, epochs: int, stale: int) -> tuple[str, str, list[dict]]:
+    for host in ("worker1", "worker2", "worker3"):
+        f.start_worker(host, POLYFIT_STALE_AFTER_S=str(stale))
+    sweep_id = sweep(f, "bench-dies", 6, epochs)
+    ids = {r["id"] for r in wait_for(lambda: running_on(f, sweep_id, "worker1"), 120,
+                                     "worker1 to start a job")}
+    f.net.kill_host("worker1")
+    t = time.monotonic()
+    wait_for(lambda: moved_away(f, sweep_id, ids, "worker1"), 120,
+             "worker1's jobs to run elsewhere")
+    moved = time.monotonic() - t
+    return (f"worker host killed (stale {stale} s)",
+            f"running elsewhere {moved:.1f} s after the kill", f.wait_ended(sweep_id, 6))
+
+
+def throughput(f: Fleet, hosts: int, jobs: int, epochs: int) -> float:
+    names = [f"worker{i}" for i in range(1, hosts + 1)]
+    for host in names:
+        f.start_worker(host)
+    f.wait_ready(*names)
+    t = time.monotonic()
+    sweep_id = sweep(f, "bench-throughput", jobs, epochs)
+    f.wait_ended(sweep_id, jobs, timeout=600)
+    return time.monotonic() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stale", type=int, default=10, help="POLYFIT_STALE_AFTER_S for the faults")
+    p.add_argument("--jobs", type=int, default=36, help="jobs of the throughput sweep")
+    args = p.parse_args()
+    why_not = unavailable() or services_unavailable()
+    if why_not:
+        sys.exit(f"bench_fleet: {why_not}")
+    recipe = read_recipe()
+    eps = numpy_epochs_per_second()
+    epochs = int(JOB_S * eps)
+    faults, rates = [], {}
+    with Net(workers=3) as net:
+        services = Services(net, recipe).start()
+
+        def fresh() -> Fleet:
+            services.reset()
+            return Fleet(net, services, recipe)
+
+        def done(f: Fleet) -> None:
+            f.stop_workers()
+            net.restore()
+            services.ensure_up()
+
+        for scenario in (cut_off, redis_restart, pg_restart, host_dies):
+            f = fresh()
+            try:
+                what, recovery, rows = scenario(f, epochs, args.stale)
+            finally:
+                done(f)
+            n, seconds = wasted(rows)
+            faults.append((what, recovery, len(rows), n, seconds))
+            print(f"  {what}: {recovery}", file=sys.stderr)
+        for hosts in (1, 2, 3):
+            f = fresh()
+            try:
+                rates[hosts] = args.jobs / throughput(f, hosts, args.jobs, epochs // 3)
+            finally:
+                done(f)
+            print(f"  {hosts} worker host(s): {rates[hosts]:.2f} jobs/s", file=sys.stderr)
+
+    print(f"\nbench_fleet: {os.cpu_count()} cores, numpy job {JOB_S:.0f} s "
+          f"({epochs} epochs) alone on a core\n")
+    w = max(len(x[0]) for x in faults)
+    r = max(len(x[1]) for x in faults)
+    print(f"{'fault':<{w}}  {'back to work':<{r}}  jobs  trained twice  fit-s wasted")
+    for what, recovery, jobs, n, seconds in faults:
+        print(f"{what:<{w}}  {recovery:<{r}}  {jobs:>4}  {n:>13}  {seconds:>12.1f}")
+    print(f"\nthroughput, {args.jobs} numpy jobs of {JOB_S / 3:.0f} s, --batch-size 1, "
+          "from submit to the last result:")
+    print("worker hosts  jobs/s  x one host")
+    for hosts, rate in rates.items():
+        print(f"{hosts:>12}  {rate:>6.2f}  {rate / rates[1]:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
