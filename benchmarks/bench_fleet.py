@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fleet import (
+from tests.fleet import (  # noqa: E402
     Fleet,
     Services,
     numpy_epochs_per_second,
@@ -38,7 +38,7 @@ from tests.fleet import (
     services_unavailable,
     wait_for,
 )
-from tests.hosts import Net, unavailable
+from tests.hosts import Net, unavailable  # noqa: E402
 
 JOB_S = 3.0
 

@@ -134,9 +134,10 @@ def services_unavailable() -> str | None:
     return None
 
 
-# Counts result writes (a row leaving ``running`` for an ended state: what save_results does,
-# once per job if every result is stored exactly once) and changes to rows that had ended
-# (which nothing may do; ``polyfit sweep resume`` aside, which no test here runs).
+# Counts result writes (a row leaving ``running``, or ``queued`` for a late result that nobody
+# claimed since, for an ended state: what save_results does, once per job if every result is
+# stored exactly once) and changes to rows that had ended (which nothing may do; ``polyfit
+# sweep resume`` aside, which no test here runs).
 AUDIT_SQL = """
 CREATE TABLE result_writes (
     n bigserial PRIMARY KEY, sweep_id text NOT NULL, job_id text NOT NULL, worker text,
@@ -146,12 +147,12 @@ CREATE FUNCTION audit_result_write() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO result_writes (sweep_id, job_id, worker, status, attempts, overwrite)
     VALUES (NEW.sweep_id, NEW.id, NEW.worker, NEW.status, NEW.attempts,
-            OLD.status <> 'running');
+            OLD.status NOT IN ('running', 'queued'));
     RETURN NULL;
 END $$;
 CREATE TRIGGER jobs_result_write AFTER UPDATE ON jobs FOR EACH ROW
-    WHEN (OLD.status = 'running'
-          AND NEW.status IN ('succeeded', 'diverged', 'failed', 'cancelled'))
+    WHEN (OLD.status IN ('running', 'queued')
+          AND NEW.status IN ('succeeded', 'diverged', 'failed'))
     EXECUTE FUNCTION audit_result_write();
 CREATE TRIGGER jobs_ended_row_changed AFTER UPDATE ON jobs FOR EACH ROW
     WHEN (OLD.status IN ('succeeded', 'diverged', 'failed', 'cancelled')

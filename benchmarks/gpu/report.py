@@ -119,7 +119,8 @@ def markdown(r: dict) -> str:
                   f"- {b['asked']:,} autograd jobs (degree 3, {b['epochs']} epochs) on cuda: "
                   f"{_fmt(b.get('ended_ok'))} ended ok; submit {b['submit_s']} s, then "
                   f"{_fmt(b.get('wait_s'))} s until done; "
-                  f"**{_fmt(b.get('fits_per_min_stored'))} fits/min** from the stored rows ({_fmt(b.get('training_span_s'))} s from the first "
+                  f"**{_fmt(b.get('fits_per_min_stored'))} fits/min** from the stored rows "
+                  f"({_fmt(b.get('training_span_s'))} s from the first "
                   f"start to the last finish), {_fmt(b.get('fits_per_min_wall'))} fits/min from "
                   f"submit to done.", ""]
     if fl.get("mixed"):
