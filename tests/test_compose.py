@@ -20,6 +20,8 @@ def test_services_and_persistence():
     assert {"redis", "worker-cpu", "worker-gpu", "scheduler", "postgres"} <= set(c["services"])
     redis_cmd = c["services"]["redis"]["command"]
     assert "--appendonly" in redis_cmd and redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    # As the Guarantees table says and the tests run it: every write on disk before the ack.
+    assert redis_cmd[redis_cmd.index("--appendfsync") + 1] == "always"
     gpu = c["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert c["services"]["postgres"]["profiles"] == ["postgres"]
