@@ -4,6 +4,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY polyfit_models polyfit_models
+COPY polyfit_results polyfit_results
 COPY scheduler scheduler
 COPY worker worker
 COPY store store

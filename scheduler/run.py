@@ -12,7 +12,7 @@ import time
 
 import click
 
-from scheduler import queries, report
+from polyfit_results import queries, report
 from scheduler.local import LocalWorkers
 from scheduler.submit import BrokerError, submit
 from scheduler.sweep import Plan
@@ -123,9 +123,7 @@ def _print_best(settings: Settings, plan: Plan, top: int, out) -> None:
         if job.mse is None or per_variant.get(job.variant, 0) >= top:
             continue
         per_variant[job.variant] = per_variant.get(job.variant, 0) + 1
-        row = job.to_dict()
-        row["gap"] = job.mse - job.optimum_mse if job.optimum_mse is not None else None
-        rows.append(row)
+        rows.append(job.to_dict(gap=True))
     rows.sort(key=lambda r: (list(per_variant).index(r["variant"]), r["mse"]))
     click.echo(f"best results of sweep {plan.name} ({plan.sweep_id}), lowest mse per variant:",
                file=out)

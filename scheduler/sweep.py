@@ -21,12 +21,19 @@ from pathlib import Path
 import yaml
 
 from polyfit_models import OPTIMIZERS, TARGETS, VARIANTS, JobSpec, SpecError, batch_bytes
+from polyfit_models.spec import MAX_EPOCHS, MAX_LR, MAX_POINTS, SEED_LIMIT
 from worker.queues import is_device
 
 AXES = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device")
 TOP_KEYS = ("name", "target", "x", "grid")
 X_KEYS = ("start", "stop", "points")
 MAX_DEGREE = max(v.max_degree for v in VARIANTS.values())
+
+
+def axes_used(variant) -> list[str]:
+    """The sweep axes (besides ``variant``) a variant takes; a grid's other axes are ignored
+    for it. The one rule: its registry entry lists them."""
+    return [a for a in AXES if a != "variant" and a in variant.axes]
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
 
 
@@ -41,12 +48,9 @@ class Job:
     device: str
 
     def row(self) -> dict:
-        """The job's columns in the ``jobs`` table."""
-        s = self.spec
-        return {"id": self.id, "variant": s.variant, "lr": s.lr, "degree": s.degree,
-                "seed": s.seed, "epochs": s.epochs, "optimizer": s.optimizer,
-                "device": self.device, "target": s.target, "dtype": s.dtype,
-                "x_start": s.x_start, "x_stop": s.x_stop, "x_points": s.x_points}
+        """The job's columns in the ``jobs`` table: its spec's fields, its id and device (a
+        worker reads the spec back with ``JobSpec.from_dict`` of the same fields)."""
+        return {"id": self.id, "device": self.device, **self.spec.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -229,8 +233,8 @@ def _ints(axis: str, raw: object, low: int, high: int) -> Sequence[int]:
 
 def _lr(raw: object) -> float:
     value = _number("lr", raw)
-    if not 0 < value <= 10:
-        raise SweepSpecError(f"lr: {raw!r} is outside (0, 10]")
+    if not 0 < value <= MAX_LR:
+        raise SweepSpecError(f"lr: {raw!r} is outside (0, {MAX_LR:g}]")
     return value
 
 
@@ -270,7 +274,7 @@ def parse_axis(axis: str, values: object, max_values: int = 200_000) -> list:
     return list(seen)
 
 
-_INT_AXES = {"degree": (0, MAX_DEGREE), "seed": (0, 2**32 - 1), "epochs": (1, 10_000_000)}
+_INT_AXES = {"degree": (0, MAX_DEGREE), "seed": (0, SEED_LIMIT - 1), "epochs": (1, MAX_EPOCHS)}
 
 
 def parse_flag(axis: str, text: str) -> list[str]:
@@ -313,7 +317,7 @@ def _x_grid(spec: Mapping) -> dict:
     if "stop" in x:
         out["x_stop"] = _number("x.stop", x["stop"])
     if "points" in x:
-        out["x_points"] = _ints("x.points", x["points"], 2, 10_000_000)[0]
+        out["x_points"] = _ints("x.points", x["points"], 2, MAX_POINTS)[0]
     return out
 
 
@@ -387,8 +391,8 @@ def build_plan(
 
 def _expand(variant, grid: Mapping, target: str, x: Mapping, jobs: dict, skipped: dict,
             max_job_work: int, memory_budget: Callable[[str], int] | None) -> None:
-    used = [a for a in AXES if a != "variant" and a in grid and
-            (a in variant.axes or a in ("lr", "seed", "epochs", "device"))]
+    # The device is every variant's: a job for a device the variant cannot use is left out.
+    used = [a for a in AXES if a in grid and (a == "device" or a in axes_used(variant))]
     for combo in itertools.product(*(grid[a] for a in used)):
         values = dict(zip(used, combo))
         device = values.pop("device", "cpu")

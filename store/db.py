@@ -26,6 +26,9 @@ from sqlalchemy.orm import Session
 from store.records import Base
 
 BUSY_TIMEOUT_MS = 60_000
+#: Where results go when nothing says otherwise, and the variable that says otherwise.
+DEFAULT_DB_URL = "sqlite:///polyfit.sqlite"
+ENV_DB = "POLYFIT_DB_URL"
 
 
 class StoreError(Exception):

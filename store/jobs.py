@@ -79,10 +79,19 @@ class JobView:
     attempts: int
     error: str | None
 
-    def to_dict(self) -> dict:
-        """The job as JSON-ready values; times as ISO 8601 with their UTC offset (SQLite hands
-        back the stored UTC times without one)."""
-        out = dataclasses.asdict(self)
+    @property
+    def gap(self) -> float | None:
+        """How far the fit is from the least-squares optimum of its degree: mse - optimum_mse."""
+        if self.mse is None or self.optimum_mse is None:
+            return None
+        return self.mse - self.optimum_mse
+
+    def to_dict(self, *, gap: bool = False) -> dict:
+        """The job as JSON-ready values (with ``gap`` if asked); times as ISO 8601 with their
+        UTC offset (SQLite hands back the stored UTC times without one)."""
+        out = {name: getattr(self, name) for name in JOB_COLUMNS}
+        if gap:
+            out["gap"] = self.gap
         for key in ("started_at", "heartbeat_at", "finished_at"):
             if out[key] is not None:
                 out[key] = as_utc(out[key]).isoformat()
@@ -259,6 +268,16 @@ _RESULT_KEYS = ("status", "error", "final_loss", "mse", "optimum_mse", "coeffici
 
 def _result_values(result: dict) -> dict:
     return {f"b_{k}": result.get(k) for k in _RESULT_KEYS}
+
+
+def time_span(engine: Engine, sweep_id: str) -> tuple[datetime | None, datetime | None]:
+    """When the sweep's first job started and its last one finished (UTC; None before)."""
+    with transaction(engine) as s:
+        first, last = s.execute(
+            select(func.min(JobRecord.started_at), func.max(JobRecord.finished_at))
+            .where(JobRecord.sweep_id == sweep_id)
+        ).one()
+    return (None if first is None else as_utc(first), None if last is None else as_utc(last))
 
 
 def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:

@@ -47,5 +47,5 @@ def test_every_polyfit_command_in_it_exists_and_parses():
 
 def test_dockerfile_copies_every_package():
     text = (ROOT / "Dockerfile").read_text()
-    for pkg in ("polyfit_models", "scheduler", "worker", "store", "examples"):
+    for pkg in ("polyfit_models", "polyfit_results", "scheduler", "worker", "store", "examples"):
         assert f"COPY {pkg} {pkg}" in text

@@ -4,6 +4,7 @@ and by the worker's reaper (re-enqueueing the jobs of a dead worker)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -60,12 +61,9 @@ def plan_batches(
 
 
 def spec_of(job: JobView) -> JobSpec:
-    """The job spec a stored row describes (raises ``SpecError`` if the row is not valid)."""
-    return JobSpec.from_dict({name: getattr(job, name) for name in JOB_SPEC_FIELDS})
-
-
-JOB_SPEC_FIELDS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "target",
-                   "x_start", "x_stop", "x_points", "dtype")
+    """The job spec a stored row describes: the row holds every field of ``JobSpec`` (see
+    ``scheduler.sweep.Job.row``); raises ``SpecError`` if they are not a valid job."""
+    return JobSpec.from_dict({f.name: getattr(job, f.name) for f in dataclasses.fields(JobSpec)})
 
 
 def batches_for_views(views: Sequence[JobView], settings: Settings, *,

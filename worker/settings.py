@@ -11,12 +11,9 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from store.db import redact_url, remember_secrets
-
-DEFAULT_DB_URL = "sqlite:///polyfit.sqlite"
+from store.db import DEFAULT_DB_URL, ENV_DB, redact_url, remember_secrets
 
 ENV_BROKER = "POLYFIT_BROKER_URL"
-ENV_DB = "POLYFIT_DB_URL"
 ENV_MAX_JOBS = "POLYFIT_MAX_JOBS"
 ENV_MAX_JOB_WORK = "POLYFIT_MAX_JOB_WORK"
 ENV_STALE_AFTER = "POLYFIT_STALE_AFTER_S"

@@ -445,7 +445,7 @@ def test_unknown_sweep_is_one_line(run, sweep_db):
 # -- the notebook API --------------------------------------------------------------------------
 
 def test_api_frames_hold_the_sweep(sweep_db):
-    from scheduler.api import SweepNotFound, best_frame, jobs_frame, loss_curve_frame
+    from polyfit_results.api import SweepNotFound, best_frame, jobs_frame, loss_curve_frame
 
     url, sweep_id = sweep_db
     jobs = jobs_frame("demo", db_url=url)
@@ -464,7 +464,7 @@ def test_api_frames_hold_the_sweep(sweep_db):
 
 
 def test_api_does_not_create_a_database(tmp_path):
-    from scheduler.api import jobs_frame
+    from polyfit_results.api import jobs_frame
     from store import StoreError
 
     with pytest.raises(StoreError, match="no results database"):
@@ -475,7 +475,7 @@ def test_api_does_not_create_a_database(tmp_path):
 def test_api_without_pandas_says_how_to_install_it(tmp_path):
     # A fresh interpreter where pandas cannot be imported.
     code = ("import sys; sys.modules['pandas'] = None\n"
-            "from scheduler.api import jobs_frame\n"
+            "from polyfit_results.api import jobs_frame\n"
             "try:\n    jobs_frame(db_url='sqlite:///nowhere.sqlite')\n"
             "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -72,7 +72,7 @@ def test_a_file_that_is_not_a_polyfit_database_is_reported_and_left_as_it_was(
 
 def test_the_python_api_does_not_write_either(tmp_path):
     pytest.importorskip("pandas")
-    from scheduler.api import jobs_frame
+    from polyfit_results.api import jobs_frame
     from store.reader import NotResultsDatabase
 
     path = tmp_path / "other.db"

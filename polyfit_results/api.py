@@ -4,22 +4,23 @@ a function is called. Each function takes a sweep (its id or name; the latest sw
 and ``db_url`` (``POLYFIT_DB_URL`` or ``sqlite:///polyfit.sqlite`` in the current folder when
 None), reads through the same store functions as the CLI, and never creates a database::
 
-    from scheduler.api import jobs_frame, loss_curve_frame
+    from polyfit_results.api import jobs_frame, loss_curve_frame
     jobs = jobs_frame("tutorial")
     jobs.groupby("variant")["mse"].min()
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
-from scheduler import queries
+from polyfit_results import queries
 from store import jobs as store_jobs
+from store.db import DEFAULT_DB_URL, ENV_DB, remember_secrets
 from store.reader import open_results
-from worker.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -37,12 +38,14 @@ def _pandas():
     try:
         import pandas
     except ImportError as e:
-        raise ImportError("scheduler.api needs pandas: pip install 'polyfit[pandas]'") from e
+        raise ImportError("polyfit_results.api needs pandas: pip install 'polyfit[pandas]'") from e
     return pandas
 
 
 def _open(db_url: str | None) -> Engine:
-    return open_results(db_url or Settings.from_env().db_url)
+    url = db_url or os.environ.get(ENV_DB) or DEFAULT_DB_URL
+    remember_secrets(url)
+    return open_results(url)
 
 
 def _sweep(engine: Engine, sweep: str | None) -> store_jobs.SweepView:
@@ -73,12 +76,7 @@ def jobs_frame(sweep: str | None = None, *, db_url: str | None = None) -> pandas
         jobs = store_jobs.list_jobs(engine, _sweep(engine, sweep).id, sort="mse")
     finally:
         engine.dispose()
-    rows = []
-    for job in jobs:
-        row = job.to_dict()
-        row["gap"] = job.mse - job.optimum_mse if None not in (job.mse, job.optimum_mse) else None
-        rows.append(row)
-    return _frame(rows, list(store_jobs.JOB_COLUMNS) + ["gap"])
+    return _frame([job.to_dict(gap=True) for job in jobs], list(store_jobs.JOB_COLUMNS) + ["gap"])
 
 
 def best_frame(sweep: str | None = None, by: Sequence[str] = ("variant",), *,

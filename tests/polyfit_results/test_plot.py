@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from matplotlib import image as mpimg
 
 from polyfit_models import VARIANTS
-from scheduler import plot
+from polyfit_results import plot
 from scheduler.cli import cli
 from store import jobs as store_jobs
 from store import make_engine

@@ -1,5 +1,5 @@
-"""Read-side helpers behind ``status``, ``results``, ``best`` and the end of ``sweep run``: a
-sweep's progress summary, the best job per group, and read-only SQL."""
+"""A sweep's progress summary and the best job per group: what ``status``, ``best``, the end of
+``sweep run``, the figure and the notebook API show."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine
 
 from polyfit_models import VARIANTS
 from store import jobs as store_jobs
-from store.db import StoreError, session_scope
-from store.reader import QueryError
-from store.records import ENDED, OK, JobRecord
+from store.records import ENDED, OK
+
+
+class GroupError(ValueError):
+    """Raised when asked to group jobs by something that is not a job setting."""
 
 
 @dataclass(frozen=True)
@@ -36,30 +37,18 @@ def progress(engine: Engine, sweep: store_jobs.SweepView) -> Progress:
     counts = store_jobs.status_counts(engine, sweep.id)
     total = sum(counts.values())
     ended = sum(n for s, n in counts.items() if s in ENDED)
-    try:
-        with session_scope(engine) as s:
-            first, last = s.execute(
-                select(func.min(JobRecord.started_at), func.max(JobRecord.finished_at))
-                .where(JobRecord.sweep_id == sweep.id)
-            ).one()
-    except SQLAlchemyError as e:
-        raise StoreError(str(e).splitlines()[0]) from e
+    first, last = store_jobs.time_span(engine, sweep.id)
     rate = eta = None
     done = store_jobs.all_ended(counts)
     if first is not None and last is not None and ended:
         # While the sweep runs, the rate is over the time so far (not up to the last finish),
         # so the ETA keeps moving while a long batch is in flight.
-        until = _aware(last) if done else datetime.now(UTC)
-        span = (until - _aware(first)).total_seconds()
+        until = last if done else datetime.now(UTC)
+        span = (until - first).total_seconds()
         if span > 0:
             rate = ended / span
             eta = (total - ended) / rate
     return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done)
-
-
-def _aware(t: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything is stored in UTC.
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 # The job settings ``best_per_group`` (and ``polyfit best --by``) can group by.
@@ -74,7 +63,7 @@ def best_per_group(jobs: Sequence[store_jobs.JobView], by: Sequence[str]) -> lis
     optimum, ordered by the group's values (numbers as numbers)."""
     unknown = [b for b in by if b not in GROUP_COLUMNS]
     if unknown:
-        raise QueryError(f"cannot group by {unknown[0]!r} (choose from "
+        raise GroupError(f"cannot group by {unknown[0]!r} (choose from "
                          f"{', '.join(GROUP_COLUMNS)})")
     best: dict[tuple, store_jobs.JobView] = {}
     for job in jobs:
@@ -83,13 +72,7 @@ def best_per_group(jobs: Sequence[store_jobs.JobView], by: Sequence[str]) -> lis
         key = tuple(getattr(job, b) for b in by)
         if key not in best or (job.mse, job.id) < (best[key].mse, best[key].id):
             best[key] = job
-    rows = []
-    for key in sorted(best, key=lambda k: _group_order(by, k)):
-        job = best[key]
-        row = job.to_dict()
-        row["gap"] = (job.mse - job.optimum_mse) if job.optimum_mse is not None else None
-        rows.append(row)
-    return rows
+    return [best[key].to_dict(gap=True) for key in sorted(best, key=lambda k: _group_order(by, k))]
 
 
 def _group_order(by: Sequence[str], key: tuple) -> tuple:

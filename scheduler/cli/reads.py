@@ -1,6 +1,6 @@
-"""The commands that read a sweep's results: status (with ``--watch``, a live progress line for
-a sweep running anywhere), results, best, sql, plot, and cancel. Registered on the ``polyfit``
-group defined in ``scheduler.cli``; none of them creates a database that is not there."""
+"""The commands that read a sweep's results: ``status`` (with ``--watch``, a live progress line
+for a sweep running anywhere), ``results``, ``best``, ``sql`` and ``plot``. They open the
+database read-only: none of them creates or changes anything."""
 
 from __future__ import annotations
 
@@ -12,42 +12,14 @@ import time
 import click
 
 from polyfit_models import VARIANTS
-from scheduler import queries, report
-from scheduler.cli import (
-    EXIT_FAILED,
-    TABLE_COLUMNS,
-    InputError,
-    _engine,
-    _settings,
-    _sweep,
-    _write_engine,
-    cli,
-    db_option,
-)
+from polyfit_results import queries, report
+from scheduler.cli.group import EXIT_FAILED, InputError, cli
+from scheduler.cli.helpers import TABLE_COLUMNS, find_sweep, pass_settings, reading
 from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
 from store import jobs as store_jobs
-from store.reader import (
-    READER_ROLE,
-    NotResultsDatabase,
-    QueryError,
-    UnsafeAccount,
-    create_reader_role,
-    run_sql,
-)
+from store.reader import run_sql
 from store.records import OK, STATUSES
-
-
-@cli.command()
-@click.argument("sweep_ref", metavar="SWEEP")
-@db_option
-def cancel(sweep_ref, db_url) -> None:
-    """Cancel what has not run yet; running jobs finish."""
-    settings = _settings(db_url)
-    engine = _write_engine(settings)
-    target = _sweep(engine, sweep_ref)
-    n = store_jobs.cancel_sweep(engine, target.id)
-    click.echo(f"sweep {target.name}: {n} jobs cancelled")
-
+from worker.settings import Settings
 
 # Every column of ``results`` but the JSON lists, which have no order (PostgreSQL refuses to
 # sort by them).
@@ -95,12 +67,11 @@ LINE_EVERY_S = 5.0
 @click.option("--interval", type=click.FloatRange(0.05, 3600), default=None,
               help="Seconds between polls. [default: 1; with --watch off a terminal, "
                    f"{LINE_EVERY_S:g}]")
-@db_option
-def status(sweep_ref, wait, watch, as_json, interval, db_url) -> None:
+@pass_settings()
+def status(settings: Settings, sweep_ref, wait, watch, as_json, interval) -> None:
     """Counts per status, throughput and ETA of a sweep (the latest when omitted)."""
-    settings = _settings(db_url)
-    engine = _engine(settings)
-    target = _sweep(engine, sweep_ref)
+    engine = reading(settings)
+    target = find_sweep(engine, sweep_ref)
     if watch:
         p = _watch(engine, target, as_json, interval)
     else:
@@ -163,13 +134,12 @@ def _watch(engine, target, as_json: bool, interval: float | None) -> queries.Pro
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows.")
 @click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
               show_default=True)
-@db_option
-def results(sweep_ref, variants_, statuses, degrees, lr_min, lr_max, sort, desc, limit, fmt,
-            db_url) -> None:
+@pass_settings()
+def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min, lr_max, sort,
+            desc, limit, fmt) -> None:
     """The jobs of a sweep (the latest when omitted)."""
-    settings = _settings(db_url)
-    engine = _engine(settings)
-    target = _sweep(engine, sweep_ref)
+    engine = reading(settings)
+    target = find_sweep(engine, sweep_ref)
     rows = store_jobs.list_jobs(engine, target.id, variants=variants_, statuses=statuses,
                                 degrees=degrees, lr_min=lr_min, lr_max=lr_max, sort=sort,
                                 descending=desc, limit=limit)
@@ -186,55 +156,21 @@ def results(sweep_ref, variants_, statuses, degrees, lr_min, lr_max, sort, desc,
                    "POLYFIT_SQL_TIMEOUT_S]")
 @click.option("--max-rows", type=click.IntRange(1, 10**9), default=None,
               help="Return at most this many rows. [default: 100,000, or POLYFIT_SQL_MAX_ROWS]")
-@db_option
-def sql(query, fmt, timeout_s, max_rows, db_url) -> None:
+@pass_settings()
+def sql(settings: Settings, query, fmt, timeout_s, max_rows) -> None:
     """A read-only SQL query on the results database.
 
     On PostgreSQL it runs as an account that cannot write or escalate: POLYFIT_SQL_URL, else
     the results URL's own account if it is such an account, else the role polyfit_reader
     (create it once with `polyfit db create-reader`)."""
-    settings = _settings(db_url)
-    try:
-        out = run_sql(settings.db_url, query, sql_url=settings.sql_url,
-                      timeout_s=timeout_s or settings.sql_timeout_s,
-                      max_rows=max_rows or settings.sql_max_rows)
-    except (QueryError, NotResultsDatabase, UnsafeAccount) as e:
-        raise InputError(str(e)) from e
+    out = run_sql(settings.db_url, query, sql_url=settings.sql_url,
+                  timeout_s=timeout_s or settings.sql_timeout_s,
+                  max_rows=max_rows or settings.sql_max_rows)
     rows = [dict(zip(out.columns, r)) for r in out.rows]
     click.echo(report.render(rows, out.columns, fmt))
     if out.truncated:
         click.echo(f"warning: only the first {len(out.rows):,} rows are shown (--max-rows, "
                    "POLYFIT_SQL_MAX_ROWS)", err=True)
-
-
-@cli.group()
-def db() -> None:
-    """Set up the results database."""
-
-
-@db.command("create-reader")
-@click.option("--role", default=READER_ROLE, show_default=True,
-              help="Name of the read-only login role.")
-@click.option("--password", default=None, metavar="TEXT",
-              help="Give the role this password. [default: none: the server must trust the "
-                   "host, or the password is set by hand]")
-@db_option
-def create_reader(role, password, db_url) -> None:
-    """Create the read-only PostgreSQL role that `polyfit sql` logs in as (once, as an account
-    that may create roles; running it again repairs the role)."""
-    settings = _settings(db_url)
-    if not settings.db_url.startswith(("postgresql", "postgres")):
-        raise InputError("polyfit db create-reader is for PostgreSQL; on SQLite `polyfit sql` "
-                         "opens the file read-only and needs no role")
-    try:
-        url = create_reader_role(settings.db_url, role, password)
-    except NotResultsDatabase as e:
-        raise InputError(str(e)) from e
-    click.echo(f"role {role}: can read polyfit's tables and views, and nothing else")
-    if role != READER_ROLE or password is not None:
-        click.echo("polyfit sql finds it with: export POLYFIT_SQL_URL=" + url)
-    else:
-        click.echo(f"polyfit sql logs in as it by itself ({url})")
 
 
 def _group_columns(text: str) -> list[str]:
@@ -253,13 +189,12 @@ def _group_columns(text: str) -> list[str]:
                    f"({', '.join(queries.GROUP_COLUMNS)}).")
 @click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
               show_default=True)
-@db_option
-def best(sweep_ref, by_text, fmt, db_url) -> None:
+@pass_settings()
+def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
     """The best job (lowest mse) per group, with its gap to the least-squares optimum."""
     by = _group_columns(by_text)
-    settings = _settings(db_url)
-    engine = _engine(settings)
-    target = _sweep(engine, sweep_ref)
+    engine = reading(settings)
+    target = find_sweep(engine, sweep_ref)
     jobs = store_jobs.list_jobs(engine, target.id, statuses=OK)
     rows = queries.best_per_group(jobs, by)
     if fmt == "table":
@@ -274,14 +209,13 @@ def best(sweep_ref, by_text, fmt, db_url) -> None:
 @click.option("-o", "--output", "output", required=True, metavar="FILE.png",
               type=click.Path(dir_okay=False, writable=True),
               help="Where to write the figure (.png, .svg or .pdf).")
-@db_option
-def plot(sweep_ref, output, db_url) -> None:
+@pass_settings()
+def plot(settings: Settings, sweep_ref, output) -> None:
     """Fitted curves against the target, loss curves, and a lr x degree map of the mse."""
-    from scheduler.plot import PlotError, save_plot
+    from polyfit_results.plot import PlotError, save_plot
 
-    settings = _settings(db_url)
-    engine = _engine(settings)
-    target = _sweep(engine, sweep_ref)
+    engine = reading(settings)
+    target = find_sweep(engine, sweep_ref)
     try:
         path = save_plot(engine, target, output)
     except PlotError as e:

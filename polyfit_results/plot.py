@@ -24,17 +24,13 @@ from matplotlib.figure import Figure
 from sqlalchemy import Engine
 
 from polyfit_models import TARGETS, VARIANTS
-from scheduler import queries
+from polyfit_results import queries
 from store import jobs as store_jobs
 from store.records import DIVERGED, OK, SUCCEEDED
 
 # Faint loss curves drawn per variant besides its best (the lowest-mse ones): enough to show the
 # spread over seeds and learning rates, few enough to keep the file small and the panel legible.
 MAX_FAINT_CURVES = 30
-# Cells of one map up to which each gets its value written in it.
-MAX_ANNOTATED_CELLS = 48
-# ... and up to which it also gets the best of its jobs.
-MAX_DETAILED_CELLS = 12
 DIVERGED_COLOR = "#d9d9d9"
 DIVERGED_MARK = "#8c2d04"
 

@@ -1,0 +1,92 @@
+"""The ``polyfit`` group and its one promise about errors: every error ends as one line on
+stderr, never a usage dump or a traceback (unless ``--debug`` asks for it): exit 2 for bad usage
+or input, exit 1 when the work ran but failed or a server was unreachable."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from polyfit_models import PolyfitModelError
+from scheduler.sweep import SweepSpecError
+from store import StoreError
+from store.db import redact_url
+from store.reader import NotResultsDatabase, QueryError, UnsafeAccount
+from worker.settings import SettingsError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+ENV_DEBUG = "POLYFIT_DEBUG"
+
+
+class InputError(click.ClickException):
+    """Raised when the user's input (a spec, a flag value, a name) is unusable: exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class WorkFailed(click.ClickException):
+    """Raised when the work ran but failed, or a server was unreachable: exit 1."""
+
+    exit_code = EXIT_FAILED
+
+
+#: Domain errors that mean "your input is unusable" (exit 2); every other StoreError is a
+#: server or database that failed (exit 1).
+_INPUT_ERRORS = (SweepSpecError, SettingsError, PolyfitModelError, NotResultsDatabase,
+                 QueryError, UnsafeAccount)
+
+
+def one_line(text: str) -> str:
+    """One line, with every password hidden: errors may quote URLs (malformed ones too)."""
+    return redact_url(" ".join(str(text).split())) or "error"
+
+
+class PolyfitGroup(click.Group):
+    """A group whose errors are one line on stderr, never a usage dump or a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        args = list(sys.argv[1:] if args is None else args)
+        debug = os.environ.get(ENV_DEBUG, "") not in ("", "0") or "--debug" in args[:1]
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            _fail(e.format_message(), EXIT_USAGE, debug)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code, debug)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except _INPUT_ERRORS as e:
+            _fail(str(e), EXIT_USAGE, debug)
+        except StoreError as e:
+            _fail(str(e), EXIT_FAILED, debug)
+        except Exception as e:  # noqa: BLE001 - the promise is: no traceback, unless asked
+            _fail(f"internal error: {e.__class__.__name__}: {e}", EXIT_FAILED, debug,
+                  hint=not debug)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int, debug: bool, hint: bool = False) -> None:
+    if debug and sys.exc_info()[0] is not None:
+        click.echo(redact_url(traceback.format_exc()).rstrip(), err=True)
+    suffix = " (run with --debug, or POLYFIT_DEBUG=1, to see where)" if hint else ""
+    click.echo(f"Error: {one_line(message)}{suffix}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=PolyfitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="polyfit")
+@click.option("--debug", is_flag=True, help="On an unexpected error, print the traceback too "
+                                            f"(or set {ENV_DEBUG}=1).")
+def cli(debug: bool) -> None:
+    """polyfit: sweep many small polynomial fits across CPU and GPU workers; results in SQL."""
+
+
+def main() -> None:
+    cli(prog_name="polyfit")

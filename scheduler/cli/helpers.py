@@ -1,0 +1,114 @@
+"""What the commands share: the setting options (``--db``, ``--broker``) with the decorators that
+turn them into one ``Settings`` object, the doors into the results database (read-only for the
+commands that read), the sweep lookup, and the options that define a sweep (SPEC.yaml, the axis
+flags, ``--name``, ``--batch-size``). Nothing here imports the command modules."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+from sqlalchemy import Engine
+
+from scheduler.cli.group import InputError
+from scheduler.sweep import AXES, Plan, build_plan, load_spec_file, parse_flag
+from store import jobs as store_jobs
+from store import make_engine
+from store.db import ENV_DB
+from store.reader import open_results
+from worker.settings import ENV_BROKER, Settings
+
+#: The columns of ``polyfit results`` as a table (the other formats carry every column).
+TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "optimizer", "device",
+                 "status", "final_loss", "mse", "optimum_mse", "diverged_at_epoch", "duration_s")
+
+
+def db_option(f):
+    return click.option("--db", "db_url", envvar=ENV_DB, default=None, metavar="URL",
+                        help="Results database (any SQLAlchemy URL). "
+                             "[default: sqlite:///polyfit.sqlite]")(f)
+
+
+def broker_option(f):
+    return click.option("--broker", "broker", envvar=ENV_BROKER, default=None, metavar="URL",
+                        help="Broker URL, e.g. redis://HOST:6379/0. "
+                             "[default: embedded, next to the database, no server]")(f)
+
+
+def pass_settings(broker: bool = False):
+    """Give the command ``--db`` (and ``--broker``) and pass it the one ``Settings`` object
+    built from them and the environment, as its first argument."""
+
+    def decorate(f):
+        @functools.wraps(f)
+        def wrapper(*args, db_url=None, broker=None, **kwargs):
+            return f(Settings.from_env(db_url=db_url, broker=broker), *args, **kwargs)
+
+        wrapper = db_option(wrapper)
+        return broker_option(wrapper) if broker else wrapper
+
+    return decorate
+
+
+def reading(settings: Settings) -> Engine:
+    """The results database of a command that only reads it: opened read-only, never created
+    or changed (a foreign or missing file is bad input, exit 2, and is left as it was)."""
+    return open_results(settings.db_url)
+
+
+def changing(settings: Settings) -> Engine:
+    """The results database of a command that changes existing sweeps (cancel, resume): it
+    must already be a polyfit database; nothing is created in a foreign file."""
+    reading(settings).dispose()
+    return make_engine(settings.db_url)
+
+
+def find_sweep(engine: Engine, ref: str | None) -> store_jobs.SweepView:
+    """The sweep SWEEP names (an id or a name; the latest when None), or exit 2."""
+    sweep = store_jobs.find_sweep(engine, ref)
+    if sweep is None:
+        raise InputError(f"no sweep {ref!r}" if ref else "no sweep recorded yet")
+    return sweep
+
+
+# -- what defines a sweep -----------------------------------------------------------------------
+
+def axis_options(f):
+    for axis in reversed(AXES):
+        f = click.option(f"--{axis}", f"axis_{axis}", multiple=True, metavar="LIST",
+                         help=f"Comma-separated {axis} values (repeatable); overrides the file."
+                         + (" Ranges like 0-9 allowed." if axis in ("seed", "degree") else ""))(f)
+    return f
+
+
+def sweep_inputs(f):
+    """What defines a sweep, for ``sweep submit`` and ``sweep run``: SPEC.yaml, the axis flags
+    and --name."""
+    f = click.option("--name", default=None,
+                     help="Sweep name (default: the spec's name or file name).")(f)
+    f = axis_options(f)
+    return click.argument("spec_path", metavar="[SPEC.yaml]", required=False,
+                          type=click.Path(dir_okay=False))(f)
+
+
+def batch_size_option(f):
+    return click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
+                        help="Jobs per task. [default: from a memory budget per device]")(f)
+
+
+def make_plan(spec_path: str | None, axes: dict, name: str | None, settings: Settings) -> Plan:
+    """The sweep a spec file and axis flags define, within the settings' limits."""
+    raw = load_spec_file(spec_path) if spec_path else None
+    overrides = {}
+    for axis in AXES:
+        values = axes.get(f"axis_{axis}") or ()
+        if values:
+            overrides[axis] = [item for v in values for item in parse_flag(axis, v)]
+    default_name = Path(spec_path).stem if spec_path else "sweep"
+    plan = build_plan(raw, overrides, name=name, default_name=default_name,
+                      max_jobs=settings.max_jobs, max_job_work=settings.max_job_work,
+                      memory_budget=settings.budget_bytes)
+    for reason in plan.skipped:
+        click.echo(f"left out: {reason}", err=True)
+    return plan

@@ -1,0 +1,92 @@
+"""The commands that define and run sweeps: ``variants``, ``sweep submit``, ``sweep run`` and
+``sweep resume``."""
+
+from __future__ import annotations
+
+import click
+
+from polyfit_models import VARIANTS
+from scheduler.cli.group import WorkFailed, cli
+from scheduler.cli.helpers import (
+    batch_size_option,
+    changing,
+    find_sweep,
+    make_plan,
+    pass_settings,
+    sweep_inputs,
+)
+from scheduler.sweep import axes_used
+from worker.settings import Settings
+
+
+@cli.command()
+def variants() -> None:
+    """List the model variants, one line each, with the axes each one uses."""
+    width = max(len(n) for n in VARIANTS)
+    for name, v in VARIANTS.items():
+        d = v.defaults
+        click.echo(f"{name.ljust(width)}  {v.summary}  axes: {', '.join(axes_used(v))}  "
+                   f"defaults: lr={d['lr']:g} degree={d['degree']} epochs={d['epochs']} "
+                   f"optimizer={d['optimizer']}")
+
+
+@cli.group()
+def sweep() -> None:
+    """Submit, run and resume sweeps."""
+
+
+@sweep.command("submit")
+@sweep_inputs
+@batch_size_option
+@pass_settings(broker=True)
+def sweep_submit(settings: Settings, spec_path, name, batch_size, **axes) -> None:
+    """Only enqueue the sweep; print its id as the last line of stdout."""
+    from scheduler.submit import BrokerError, submit
+
+    plan = make_plan(spec_path, axes, name, settings)
+    try:
+        done = submit(settings, plan, batch_size=batch_size)
+    except BrokerError as e:
+        raise WorkFailed(f"{e} (the sweep is recorded; `polyfit sweep resume "
+                         f"{plan.sweep_id}` enqueues it)") from e
+    click.echo(f"sweep {plan.name}: {len(plan.jobs)} jobs ({done.new_jobs} new), "
+               f"{done.enqueued_jobs} enqueued in {done.batches} batches")
+    click.echo(plan.sweep_id)
+
+
+@sweep.command("run")
+@sweep_inputs
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Local worker processes. [default: one per core]")
+@batch_size_option
+@click.option("--top", type=click.IntRange(0, 1000), default=1, show_default=True,
+              help="Best jobs to print per variant at the end.")
+@pass_settings(broker=True)
+def sweep_run(settings: Settings, spec_path, name, workers, batch_size, top, **axes) -> None:
+    """Submit the sweep and run it to the end here with local workers."""
+    from scheduler.run import run_sweep
+
+    plan = make_plan(spec_path, axes, name, settings)
+    code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@sweep.command("resume")
+@click.argument("sweep_ref", metavar="SWEEP")
+@batch_size_option
+@pass_settings(broker=True)
+def sweep_resume(settings: Settings, sweep_ref, batch_size) -> None:
+    """Re-enqueue what has not ended well: queued, lost, failed and cancelled jobs."""
+    from scheduler.submit import BrokerError, resume
+
+    engine = changing(settings)
+    target = find_sweep(engine, sweep_ref)
+    engine.dispose()
+    try:
+        done = resume(settings, target.id, batch_size=batch_size)
+    except BrokerError as e:
+        raise WorkFailed(str(e)) from e
+    click.echo(f"sweep {target.name}: {done.enqueued_jobs} jobs re-enqueued "
+               f"in {done.batches} batches")
+    click.echo(target.id)
