@@ -48,7 +48,7 @@ def _open(db_url: str | None) -> Engine:
     return open_results(url)
 
 
-def _sweep(engine: Engine, sweep: str | None) -> store_jobs.SweepView:
+def _sweep(engine: Engine, sweep: str | None) -> store_jobs.SweepRow:
     found = store_jobs.find_sweep(engine, sweep)
     if found is None:
         raise SweepNotFound(f"no sweep {sweep!r}" if sweep else "no sweep recorded yet")

@@ -43,13 +43,13 @@ class PlotError(ValueError):
 class PlotData:
     """What the figure shows, read from the store once."""
 
-    sweep: store_jobs.SweepView
-    jobs: tuple[store_jobs.JobView, ...]
-    best: tuple[store_jobs.JobView, ...]  # one per variant, in registry order
+    sweep: store_jobs.SweepRow
+    jobs: tuple[store_jobs.JobRow, ...]
+    best: tuple[store_jobs.JobRow, ...]  # one per variant, in registry order
     curves: dict[str, list]  # job id -> [(epoch, loss)]
 
 
-def load(engine: Engine, sweep: store_jobs.SweepView) -> PlotData:
+def load(engine: Engine, sweep: store_jobs.SweepRow) -> PlotData:
     jobs = store_jobs.list_jobs(engine, sweep.id, sort="mse")
     best_rows = queries.best_per_group(jobs, ["variant"])
     by_id = {j.id: j for j in jobs}
@@ -66,12 +66,12 @@ def load(engine: Engine, sweep: store_jobs.SweepView) -> PlotData:
     return PlotData(sweep, tuple(jobs), tuple(best), curves)
 
 
-def x_grid(job: store_jobs.JobView) -> np.ndarray:
+def x_grid(job: store_jobs.JobRow) -> np.ndarray:
     """The job's float64 x grid, as the fit saw it."""
     return np.linspace(job.x_start, job.x_stop, job.x_points)
 
 
-def fitted_values(job: store_jobs.JobView, x: np.ndarray) -> np.ndarray | None:
+def fitted_values(job: store_jobs.JobRow, x: np.ndarray) -> np.ndarray | None:
     """The job's fitted model evaluated at ``x`` (None when it left no finite model)."""
     coefficients = job.coefficients
     if coefficients and all(isinstance(c, (int, float)) for c in coefficients):
@@ -96,7 +96,7 @@ def _dash(variant: str):
     return _DASHES[list(VARIANTS).index(variant) % len(_DASHES)]
 
 
-def _per_point(job: store_jobs.JobView, loss: float | None) -> float | None:
+def _per_point(job: store_jobs.JobRow, loss: float | None) -> float | None:
     # Put every variant's loss on one scale: sum-of-squares variants divided by the points.
     if loss is None:
         return None
@@ -207,7 +207,7 @@ class _Cell:
     total: int
 
 
-def _cells(jobs: Sequence[store_jobs.JobView]) -> tuple[list, list, dict]:
+def _cells(jobs: Sequence[store_jobs.JobRow]) -> tuple[list, list, dict]:
     lrs = sorted({j.lr for j in jobs})
     degrees = sorted({j.degree for j in jobs})
     grouped: dict[tuple, list] = {}
@@ -234,7 +234,7 @@ class _Maps:
         return self.cell_in * rows + 1.1  # + title, tick labels, axis label
 
 
-def _plan_maps(jobs: Sequence[store_jobs.JobView], width_in: float) -> _Maps:
+def _plan_maps(jobs: Sequence[store_jobs.JobRow], width_in: float) -> _Maps:
     variants = [v for v in VARIANTS if any(j.variant == v for j in jobs)]
     per_variant = {v: _cells([j for j in jobs if j.variant == v]) for v in variants}
     columns = sum(len(degrees) for _, degrees, _ in per_variant.values())
@@ -344,7 +344,7 @@ def draw(data: PlotData) -> Figure:
     return fig
 
 
-def save_plot(engine: Engine, sweep: store_jobs.SweepView, path: str | Path) -> Path:
+def save_plot(engine: Engine, sweep: store_jobs.SweepRow, path: str | Path) -> Path:
     """Draw the sweep's figure into ``path`` (format from its suffix: png, svg, pdf)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()

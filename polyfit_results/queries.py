@@ -33,7 +33,7 @@ class Progress:
         return dict(self.__dict__)
 
 
-def progress(engine: Engine, sweep: store_jobs.SweepView) -> Progress:
+def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
     counts = store_jobs.status_counts(engine, sweep.id)
     total = sum(counts.values())
     ended = sum(n for s, n in counts.items() if s in ENDED)
@@ -58,14 +58,14 @@ GROUP_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "devi
 _VARIANT_ORDER = {name: i for i, name in enumerate(VARIANTS)}
 
 
-def best_per_group(jobs: Sequence[store_jobs.JobView], by: Sequence[str]) -> list[dict]:
+def best_per_group(jobs: Sequence[store_jobs.JobRow], by: Sequence[str]) -> list[dict]:
     """The lowest-mse job of each group (ties: the lower id), with its gap to the least-squares
     optimum, ordered by the group's values (numbers as numbers)."""
     unknown = [b for b in by if b not in GROUP_COLUMNS]
     if unknown:
         raise GroupError(f"cannot group by {unknown[0]!r} (choose from "
                          f"{', '.join(GROUP_COLUMNS)})")
-    best: dict[tuple, store_jobs.JobView] = {}
+    best: dict[tuple, store_jobs.JobRow] = {}
     for job in jobs:
         if job.mse is None or job.status not in OK:
             continue

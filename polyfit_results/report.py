@@ -9,6 +9,8 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 
+from store.records import CANCELLED, ENDED, RUNNING
+
 FORMATS = ("table", "csv", "json")
 
 
@@ -65,7 +67,7 @@ def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str) -> str:
 
 def progress_line(counts: Mapping[str, int], total: int, rate: float | None,
                   eta_s: float | None) -> str:
-    done = sum(counts.get(s, 0) for s in ("succeeded", "diverged", "failed", "cancelled"))
+    done = sum(counts.get(s, 0) for s in ENDED)
     width = 24
     filled = int(width * done / total) if total else width
     bar = "#" * filled + "." * (width - filled)
@@ -73,9 +75,9 @@ def progress_line(counts: Mapping[str, int], total: int, rate: float | None,
              f"{counts.get('succeeded', 0)} succeeded",
              f"{counts.get('diverged', 0)} diverged",
              f"{counts.get('failed', 0)} failed"]
-    if counts.get("running"):
+    if counts.get(RUNNING):
         parts.append(f"{counts['running']} running")
-    if counts.get("cancelled"):
+    if counts.get(CANCELLED):
         parts.append(f"{counts['cancelled']} cancelled")
     if rate:
         parts.append(f"{rate:.1f} fits/s")

@@ -19,6 +19,7 @@ from scheduler.sweep import Plan
 from store import StoreError
 from store import jobs as store_jobs
 from store.db import make_engine
+from store.records import FAILED
 from worker.launch import cpu_count
 from worker.settings import Settings
 
@@ -89,7 +90,7 @@ def _wait(settings: Settings, plan: Plan, local: LocalWorkers) -> int:
             time.sleep(POLL_S)
         line = report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s)
         click.echo(("\r" + line + "\x1b[K") if tty else line, err=True)
-        return 1 if p.counts.get("failed") else 0
+        return 1 if p.counts.get(FAILED) else 0
     finally:
         engine.dispose()
 
@@ -128,7 +129,7 @@ def _print_best(settings: Settings, plan: Plan, top: int, out) -> None:
     click.echo(f"best results of sweep {plan.name} ({plan.sweep_id}), lowest mse per variant:",
                file=out)
     click.echo(report.render(rows, BEST_COLUMNS, "table"), file=out)
-    failed = [j for j in jobs if j.status == "failed"]
+    failed = [j for j in jobs if j.status == FAILED]
     if failed:
         click.echo(f"{len(failed)} jobs failed, e.g. {failed[0].id}: {failed[0].error}",
                    file=out)

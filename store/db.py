@@ -146,7 +146,7 @@ def create_schema(engine: Engine) -> None:
     """Create the tables, indexes and views if they are missing (idempotent), also when several
     processes do it at once: in one transaction that holds SQLite's write lock, or an advisory
     lock on PostgreSQL (its catalog would otherwise refuse the second CREATE TABLE of a race)."""
-    from store.views import create_views
+    from store.sql_views import create_views
 
     try:
         with engine.begin() as conn:

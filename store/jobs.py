@@ -40,7 +40,7 @@ def as_utc(t: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
-class SweepView:
+class SweepRow:
     id: str
     name: str
     spec: dict
@@ -48,7 +48,7 @@ class SweepView:
 
 
 @dataclass(frozen=True)
-class JobView:
+class JobRow:
     id: str
     sweep_id: str
     variant: str
@@ -98,7 +98,7 @@ class JobView:
         return out
 
 
-JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobView))
+JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobRow))
 
 
 # Bulk UPDATEs skip the ORM's matching of affected rows against objects loaded in the session:
@@ -106,12 +106,12 @@ JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobView))
 _NO_SYNC = {"synchronize_session": False}
 
 
-def _job_view(rec: JobRecord) -> JobView:
-    return JobView(**{name: getattr(rec, name) for name in JOB_COLUMNS})
+def _job_row(rec: JobRecord) -> JobRow:
+    return JobRow(**{name: getattr(rec, name) for name in JOB_COLUMNS})
 
 
-def _sweep_view(rec: SweepRecord) -> SweepView:
-    return SweepView(id=rec.id, name=rec.name, spec=rec.spec, created_at=rec.created_at)
+def _sweep_row(rec: SweepRecord) -> SweepRow:
+    return SweepRow(id=rec.id, name=rec.name, spec=rec.spec, created_at=rec.created_at)
 
 
 def _chunks(items: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
@@ -158,7 +158,7 @@ def _spec_columns(table) -> list:
 def claim_jobs(
     engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str, stale_after_s: float,
     *, devices: Sequence[str] | None = None, max_attempts: int | None = None,
-) -> list[JobView]:
+) -> list[JobRow]:
     """Mark the given jobs ``running`` by ``worker`` and return the jobs it now owns, with the
     settings stored for them: a worker trains what the store says, never what a message says.
 
@@ -178,10 +178,10 @@ def claim_jobs(
     if devices is not None:
         guard = guard & JobRecord.device.in_(list(devices))
     table = JobRecord.__table__
-    claimed: list[JobView] = []
+    claimed: list[JobRow] = []
     with transaction(engine) as s:
         for chunk in _chunks(sorted(set(job_ids))):
-            claimed += [JobView(**r) for r in s.execute(
+            claimed += [JobRow(**r) for r in s.execute(
                 update(table)
                 .where(table.c.sweep_id == sweep_id, table.c.id.in_(chunk), guard)
                 .values(status=RUNNING, worker=worker, started_at=t, heartbeat_at=t,
@@ -290,17 +290,17 @@ def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:
     return {status: n for status, n in rows}
 
 
-def find_sweep(engine: Engine, ref: str | None) -> SweepView | None:
+def find_sweep(engine: Engine, ref: str | None) -> SweepRow | None:
     """The sweep whose id or name is ``ref`` (the latest of that name), or the latest sweep."""
     with transaction(engine) as s:
         q = select(SweepRecord).order_by(SweepRecord.created_at.desc()).limit(1)
         if ref is not None:
             rec = s.get(SweepRecord, ref)
             if rec is not None:
-                return _sweep_view(rec)
+                return _sweep_row(rec)
             q = q.where(SweepRecord.name == ref)
         rec = s.scalars(q).first()
-        return _sweep_view(rec) if rec is not None else None
+        return _sweep_row(rec) if rec is not None else None
 
 
 def list_jobs(
@@ -315,7 +315,7 @@ def list_jobs(
     sort: str = "mse",
     descending: bool = False,
     limit: int | None = None,
-) -> list[JobView]:
+) -> list[JobRow]:
     """The jobs of a sweep, filtered and sorted (missing values last)."""
     if sort not in JOB_COLUMNS:
         raise StoreError(f"unknown column {sort!r}")
@@ -335,7 +335,7 @@ def list_jobs(
     if limit is not None:
         q = q.limit(limit)
     with transaction(engine) as s:
-        return [_job_view(r) for r in s.scalars(q).all()]
+        return [_job_row(r) for r in s.scalars(q).all()]
 
 
 def loss_curves(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> dict[str, list]:
@@ -365,7 +365,7 @@ def cancel_sweep(engine: Engine, sweep_id: str) -> int:
 
 
 def requeue(engine: Engine, sweep_id: str, stale_after_s: float, *,
-            retry: Sequence[str] = ()) -> list[JobView]:
+            retry: Sequence[str] = ()) -> list[JobRow]:
     """Put back in the queue the jobs of a sweep that still need a worker, and return them, to
     be enqueued: the ``queued`` ones (their message may be lost), those ``running`` on a worker
     whose heartbeat stopped, and the ended ones whose status is in ``retry`` (``failed``,
@@ -388,13 +388,13 @@ def requeue(engine: Engine, sweep_id: str, stale_after_s: float, *,
         error=case((JobRecord.status.in_(retry), None), else_=JobRecord.error))
 
 
-def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list[JobView]:
+def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list[JobRow]:
     """``requeue`` with every failed and cancelled job retried (``polyfit sweep resume``)."""
     return requeue(engine, sweep_id, stale_after_s, retry=(FAILED, CANCELLED))
 
 
 def reap_stale(engine: Engine, stale_after_s: float,
-               max_attempts: int | None = None) -> list[JobView]:
+               max_attempts: int | None = None) -> list[JobRow]:
     """Jobs ``running`` on a worker whose heartbeat stopped go back to ``queued``, or end
     ``failed`` once they have been claimed ``max_attempts`` times (a job that kills its worker
     every time, out of memory say, must not go round forever). Returns the jobs put back in
@@ -431,7 +431,7 @@ def lost_queued_devices(engine: Engine, stale_after_s: float) -> list[str]:
         ).all())
 
 
-def take_lost_queued(engine: Engine, stale_after_s: float, devices: Sequence[str]) -> list[JobView]:
+def take_lost_queued(engine: Engine, stale_after_s: float, devices: Sequence[str]) -> list[JobRow]:
     """Jobs of these devices ``queued`` longer than ``stale_after_s`` ago, whose queue the
     caller found empty: their message was lost (fetched by a worker killed before it claimed
     them, dropped by a broker, never published by a scheduler that died). Marks them as queued
@@ -451,7 +451,7 @@ def _queued_before(t: datetime):
                                               JobRecord.heartbeat_at.is_(None))
 
 
-def _requeue_returning(engine: Engine, t: datetime, where, **values) -> list[JobView]:
+def _requeue_returning(engine: Engine, t: datetime, where, **values) -> list[JobRow]:
     """One guarded UPDATE ... RETURNING: concurrent callers get disjoint rows, and a row that
     stops matching ``where`` before its turn (PostgreSQL re-checks after the row lock) is left
     alone."""
@@ -461,7 +461,7 @@ def _requeue_returning(engine: Engine, t: datetime, where, **values) -> list[Job
             update(table).where(where).values(heartbeat_at=t, **values)
             .returning(*_spec_columns(table))
         ).mappings().all()
-        return [JobView(**r) for r in rows]
+        return [JobRow(**r) for r in rows]
 
 
 def release_worker(engine: Engine, worker: str) -> int:

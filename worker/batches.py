@@ -14,7 +14,7 @@ from kombu.exceptions import ChannelError, KombuError, OperationalError
 
 from polyfit_models import JobSpec, SpecError, batch_key, jobs_within
 from store.db import redact_url
-from store.jobs import JobView
+from store.jobs import JobRow
 from worker.payload import TASK_NAME, Batch
 from worker.queues import queue_for
 from worker.settings import Settings
@@ -60,13 +60,13 @@ def plan_batches(
     return batches
 
 
-def spec_of(job: JobView) -> JobSpec:
+def spec_of(job: JobRow) -> JobSpec:
     """The job spec a stored row describes: the row holds every field of ``JobSpec`` (see
     ``scheduler.sweep.Job.row``); raises ``SpecError`` if they are not a valid job."""
     return JobSpec.from_dict({f.name: getattr(job, f.name) for f in dataclasses.fields(JobSpec)})
 
 
-def batches_for_views(views: Sequence[JobView], settings: Settings, *,
+def batches_for_views(views: Sequence[JobRow], settings: Settings, *,
                       batch_size: int | None = None, spread: int = 1) -> list[Batch]:
     """Batches for stored jobs, which may belong to several sweeps (a row whose settings are
     not a valid job still gets a message: the worker that claims it records why it fails)."""

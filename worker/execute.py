@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from polyfit_models import JobSpec, SpecError, batch_bytes, batch_key, fit_many
 from store import StoreError, StoreUnavailable
 from store import jobs as store_jobs
-from store.jobs import JobView
+from store.jobs import JobRow
+from store.records import JobStatus
 from worker.batches import auto_batch_size, spec_of
 from worker.payload import Batch
 from worker.runtime import Runtime, engine_for
@@ -105,7 +106,7 @@ def train_resilient(specs: Sequence[JobSpec], device: str, trainer: Trainer = fi
         _free_cuda()
     if len(specs) == 1:
         log.warning("job failed: %s", error)
-        return [{"status": "failed", "error": error}]
+        return [_failed(error)]
     half = len(specs) // 2
     log.info("batch of %d raised %s; retrying in halves", len(specs), error.split(":")[0])
     return (train_resilient(specs[:half], device, trainer)
@@ -148,7 +149,7 @@ def _budget(device: str, settings: Settings) -> int:
     return budget
 
 
-def _trainable(jobs: Sequence[JobView], runtime: Runtime
+def _trainable(jobs: Sequence[JobRow], runtime: Runtime
                ) -> tuple[list[tuple[str, JobSpec]], list[tuple[str, dict]]]:
     """The claimed jobs this worker can train, as (id, spec), and the others as (id, failed
     outcome): a row whose settings are not a valid job, or over this worker's limits."""
@@ -177,7 +178,7 @@ def _trainable(jobs: Sequence[JobView], runtime: Runtime
 
 
 def _failed(error: str) -> dict:
-    return {"status": "failed", "error": error[:2000]}
+    return {"status": JobStatus.FAILED.value, "error": error[:2000]}
 
 
 def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer = fit_many) -> dict:

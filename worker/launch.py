@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
-import subprocess
 import sys
 
 from celery import signals
 
 from worker import runtime
+from worker.processes import WorkerProcess, forwarding
 from worker.queues import queues_served
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -149,21 +148,8 @@ def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
 def run_gpu_fleet(settings: Settings, gpus: list[int], loglevel: str = "WARNING") -> int:
     """One pinned worker process per GPU; waits for all, forwards SIGTERM/SIGINT to them."""
     env = {**os.environ, **settings.to_env()}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "worker", "--device", f"cuda:{g}",
-             "--loglevel", loglevel],
-            env=env,
-        )
-        for g in gpus
-    ]
-
-    def _forward(signum, _frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, _forward)
-    signal.signal(signal.SIGINT, _forward)
-    codes = [p.wait() for p in procs]
+    workers = [WorkerProcess(["--device", f"cuda:{g}", "--loglevel", loglevel], env).start()
+               for g in gpus]
+    with forwarding(workers):
+        codes = [w.wait() for w in workers]
     return max(codes, default=0)

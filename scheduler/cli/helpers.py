@@ -64,7 +64,7 @@ def changing(settings: Settings) -> Engine:
     return make_engine(settings.db_url)
 
 
-def find_sweep(engine: Engine, ref: str | None) -> store_jobs.SweepView:
+def find_sweep(engine: Engine, ref: str | None) -> store_jobs.SweepRow:
     """The sweep SWEEP names (an id or a name; the latest when None), or exit 2."""
     sweep = store_jobs.find_sweep(engine, ref)
     if sweep is None:

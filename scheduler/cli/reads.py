@@ -18,7 +18,7 @@ from scheduler.cli.helpers import TABLE_COLUMNS, find_sweep, pass_settings, read
 from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
 from store import jobs as store_jobs
 from store.reader import run_sql
-from store.records import OK, STATUSES
+from store.records import FAILED, OK, STATUSES
 from worker.settings import Settings
 
 # Every column of ``results`` but the JSON lists, which have no order (PostgreSQL refuses to
@@ -88,7 +88,7 @@ def status(settings: Settings, sweep_ref, wait, watch, as_json, interval) -> Non
             click.echo(json.dumps(p.to_dict()))
         else:
             click.echo(_status_line(p))
-    if (wait or watch) and p.counts.get("failed"):
+    if (wait or watch) and p.counts.get(FAILED):
         raise click.exceptions.Exit(EXIT_FAILED)
 
 

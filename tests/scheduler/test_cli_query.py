@@ -30,7 +30,7 @@ from scheduler.cli import cli
 from scheduler.sweep import build_plan
 from store import create_schema, make_engine
 from store import jobs as store_jobs
-from store.views import VIEWS
+from store.sql_views import VIEWS
 from tests.conftest import ROOT, pg_schema, polyfit_env
 from worker.execute import run_batch
 from worker.payload import Batch

@@ -14,7 +14,9 @@ import hashlib
 
 from sqlalchemy import Connection, Engine, inspect, text
 
-_ENDED_WELL = "('succeeded', 'diverged')"
+from store.records import ENDED, OK, STATUSES
+
+_ENDED_WELL = "(" + ", ".join(f"'{status}'" for status in OK) + ")"
 
 
 def _count(status: str) -> str:
@@ -34,8 +36,7 @@ VIEWS: dict[str, str] = {
     ),
     "sweep_summary": (
         "SELECT s.id AS sweep_id, s.name, s.created_at, COUNT(j.id) AS jobs, "
-        + ", ".join(_count(st) for st in ("queued", "running", "succeeded", "diverged",
-                                          "failed", "cancelled"))
+        + ", ".join(_count(st) for st in STATUSES)
         + ", MIN(CASE WHEN j.status IN " + _ENDED_WELL + " THEN j.mse END) AS best_mse, "
         "MIN(j.started_at) AS started_at, MAX(j.finished_at) AS finished_at, "
         "SUM(j.duration_s) AS fit_seconds "
@@ -44,7 +45,7 @@ VIEWS: dict[str, str] = {
     ),
     "variant_summary": (
         "SELECT j.sweep_id, j.variant, COUNT(*) AS jobs, "
-        + ", ".join(_count(st) for st in ("succeeded", "diverged", "failed", "cancelled"))
+        + ", ".join(_count(st) for st in ENDED)
         + ", MIN(CASE WHEN j.status IN " + _ENDED_WELL + " THEN j.mse END) AS best_mse, "
         "AVG(CASE WHEN j.status = 'succeeded' THEN j.mse END) AS mean_mse, "
         "MIN(j.optimum_mse) AS optimum_mse, AVG(j.duration_s) AS mean_duration_s "
