@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 
 from store import create_schema, make_engine
 from tests.conftest import ROOT, pg_schema, polyfit_env
-from tests.e2e.test_faults import rows, wait_done, wait_for
+from tests.helpers import rows, wait_done, wait_for
 
 pytestmark = pytest.mark.slow
 

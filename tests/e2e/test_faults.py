@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from polyfit_models import JobSpec, fit_many
-from scheduler.cli import cli as scheduler_cli
 from tests.conftest import ROOT, free_port, ids_of, polyfit_env, wait_port
+from tests.helpers import cli, rows, submit, wait_done, wait_for
 from worker.payload import TASK_NAME, Batch
 
 pytestmark = pytest.mark.slow
@@ -55,47 +54,6 @@ def epochs_per_second() -> int:
     t = time.perf_counter()
     fit_many([spec], "cpu")
     return max(1000, int(4000 / (time.perf_counter() - t)))
-
-
-def rows(db_url: str, sweep_id: str) -> list[dict]:
-    eng = create_engine(db_url)
-    try:
-        with eng.connect() as c:
-            out = c.execute(text("SELECT id, status, attempts, worker, mse, error FROM jobs "
-                                 "WHERE sweep_id = :s ORDER BY id"), {"s": sweep_id})
-            return [dict(r) for r in out.mappings()]
-    finally:
-        eng.dispose()
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def cli(env: dict, *args: str):
-    """The scheduler side in this process (its start-up is paid once); workers are real."""
-    settings = {k: env.get(k) for k in ("POLYFIT_DB_URL", "POLYFIT_BROKER_URL",
-                                        "POLYFIT_STALE_AFTER_S", "POLYFIT_MAX_RETRIES")}
-    return CliRunner().invoke(scheduler_cli, list(args), env=settings, catch_exceptions=False)
-
-
-def submit(env: dict, *args: str) -> str:
-    r = cli(env, "sweep", "submit", "--batch-size", "1", *args)
-    assert r.exit_code == 0, r.output
-    return r.stdout.split()[-1]
-
-
-def wait_done(env: dict, sweep_id: str, timeout: float = 150) -> list[dict]:
-    ended = {"succeeded", "diverged", "failed", "cancelled"}
-    return wait_for(lambda: (got := rows(env["POLYFIT_DB_URL"], sweep_id))
-                    and all(r["status"] in ended for r in got) and got,
-                    timeout, f"sweep {sweep_id} to end")
 
 
 def _group_alive(pgid: int) -> bool:

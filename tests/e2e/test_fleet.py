@@ -9,13 +9,14 @@ import time
 import pytest
 
 from tests.conftest import polyfit_env
-from tests.e2e.test_queue import polyfit, stored_jobs
+from tests.helpers import polyfit
+from tests.helpers import rows as stored_rows
 
 pytestmark = pytest.mark.slow
 
 
 def rows(db_url: str, sweep_id: str) -> list[dict]:
-    return stored_jobs(db_url, sweep_id, "variant, device, status, ran_on, worker")
+    return stored_rows(db_url, sweep_id, "variant, device, status, ran_on, worker")
 
 
 def submit(env, *args) -> str:

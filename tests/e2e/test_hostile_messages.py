@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import create_engine, text
 
 from tests.conftest import free_port, polyfit_env
-from tests.e2e.test_faults import cli, rows, wait_done, wait_for
+from tests.helpers import cli, rows, wait_done, wait_for
 from worker.settings import embedded_broker_url
 
 pytestmark = pytest.mark.slow

@@ -17,24 +17,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import ROOT, polyfit_env
+from tests.helpers import polyfit
+from tests.helpers import rows as stored_jobs
 
 pytestmark = pytest.mark.slow
-
-
-def polyfit(*args: str, env: dict, cwd=None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scheduler", *args], env=env, cwd=cwd or ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def stored_jobs(db_url: str, sweep_id: str,
-                columns: str = "id, status, attempts, worker, mse, ran_on") -> list[dict]:
-    """``columns`` of the sweep's rows in the jobs table, read with plain SQL."""
-    eng = create_engine(db_url)
-    with eng.connect() as c:
-        rows = c.execute(text(f"SELECT {columns} FROM jobs WHERE sweep_id = :s"),
-                         {"s": sweep_id}).mappings().all()
-    eng.dispose()
-    return [dict(r) for r in rows]
 
 
 def _submit_and_wait(env: dict) -> tuple[str, list[dict]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port, polyfit_env, wait_port
-from tests.e2e.test_faults import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

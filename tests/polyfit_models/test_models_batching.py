@@ -9,10 +9,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import spec, stability_limit
 
 import polyfit_models.runner as runner
 from polyfit_models import VARIANTS, fit, fit_many
+from tests.polyfit_models.conftest import spec, stability_limit
 
 EPOCHS = 300
 # (variant, optimizer) -> lrs: an ordinary one, a faster one, and one far past stability.

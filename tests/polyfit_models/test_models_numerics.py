@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SSE_MONOMIAL_VARIANTS, spec, stability_limit
 
 from polyfit_models import VARIANTS, fit, fit_many
 from polyfit_models.problem import optimum_mse
+from tests.polyfit_models.conftest import SSE_MONOMIAL_VARIANTS, spec, stability_limit
 
 
 @pytest.mark.parametrize("target", ["sin", "cos", "exp", "tanh"])

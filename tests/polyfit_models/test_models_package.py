@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cuda_or_skip, spec
 
 import polyfit_models
 from polyfit_models import (
@@ -29,6 +28,7 @@ from polyfit_models import (
     fit_many,
 )
 from polyfit_models.errors import ResultError
+from tests.polyfit_models.conftest import cuda_or_skip, spec
 
 PACKAGE = Path(polyfit_models.__file__).parent
 INFRA = ["celery", "redis", "sqlalchemy", "click", "kombu", "yaml"]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import spec
 
 from polyfit_models import OPTIMIZERS, VARIANTS, JobSpec, fit
 from polyfit_models.optim import TORCH_RULES, RowwiseOptimizer
 from polyfit_models.variants.dynamic import DynamicProgram
 from polyfit_models.variants.legendre import LegendreP, legendre_and_derivative
 from polyfit_models.variants.module import ModuleProgram, PolynomialModel
+from tests.polyfit_models.conftest import spec
 
 CPU = torch.device("cpu")
 

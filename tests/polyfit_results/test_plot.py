@@ -21,7 +21,7 @@ from scheduler.cli import cli
 from store import jobs as store_jobs
 from store import make_engine
 from tests.conftest import polyfit_env
-from tests.scheduler.test_cli_query import finished_sweep, record_sweep
+from tests.helpers import finished_sweep, record_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

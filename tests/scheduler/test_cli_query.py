@@ -25,54 +25,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from polyfit_models import batch_key
 from scheduler.cli import cli
-from scheduler.sweep import build_plan
 from store import create_schema, make_engine
 from store import jobs as store_jobs
 from store.sql_views import VIEWS
 from tests.conftest import ROOT, pg_schema, polyfit_env
-from worker.execute import run_batch
-from worker.payload import Batch
-from worker.runtime import Runtime
-from worker.settings import Settings
-
-# numpy diverges at lr 1e-4, and at degree 4 at 1e-6 too; the others converge at different
-# speeds. 18 jobs of 300 epochs. (A diverged job keeps the mse of its last finite model.)
-GRID = [
-    {"variant": ["numpy"], "lr": [1e-6, 1e-4], "degree": [3, 4], "seed": [0, 1],
-     "epochs": [300]},
-    {"variant": ["legendre"], "lr": [5e-6], "degree": [3], "seed": [0, 1], "epochs": [300]},
-    {"variant": ["module"], "optimizer": ["adam"], "lr": [1e-3, 1e-2], "degree": [3],
-     "seed": [0, 1], "epochs": [300]},
-    {"variant": ["dynamic"], "optimizer": ["momentum"], "lr": [1e-8], "degree": [4, 5],
-     "seed": [0, 1], "epochs": [300]},
-]
-
-
-def record_sweep(db_url: str, grid=GRID, name: str = "demo", x_points: int = 2000):
-    """Record a sweep as ``polyfit sweep submit`` does; returns (sweep id, jobs), untrained."""
-    plan = build_plan({"name": name, "grid": grid,
-                       "x": {"start": -3.141592653589793, "stop": 3.141592653589793,
-                             "points": x_points}})
-    engine = make_engine(db_url)
-    create_schema(engine)
-    store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
-                          [j.row() for j in plan.jobs])
-    engine.dispose()
-    return plan.sweep_id, sorted(plan.jobs, key=lambda j: (str(batch_key(j.spec)), j.id))
-
-
-def train(db_url: str, sweep_id: str, jobs) -> dict:
-    """Train these jobs as a worker would (claim, fit, store)."""
-    batch = Batch(sweep_id, "cpu", tuple(j.id for j in jobs))
-    return run_batch(batch, Runtime(settings=Settings(db_url=db_url)), "test-worker@host/1")
-
-
-def finished_sweep(db_url: str, grid=GRID, name: str = "demo") -> str:
-    sweep_id, jobs = record_sweep(db_url, grid, name)
-    train(db_url, sweep_id, jobs)
-    return sweep_id
+from tests.helpers import finished_sweep, record_sweep, train
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from sqlalchemy import update
 from store import jobs as J
 from store.records import JobRecord
 from tests.conftest import ids_of
-from tests.store.test_store import _job, _result, engine  # noqa: F401 - the fixture
+from tests.helpers import fit_result, job_row
 
 
-def _age(engine, seconds: float, **where) -> None:  # noqa: F811
+def _age(engine, seconds: float, **where) -> None:
     with engine.begin() as c:
         q = update(JobRecord).values(heartbeat_at=J.now() - timedelta(seconds=seconds))
         for col, value in where.items():
@@ -23,9 +23,9 @@ def _age(engine, seconds: float, **where) -> None:  # noqa: F811
         c.execute(q)
 
 
-def test_racing_claims_on_the_same_jobs_never_both_win(engine):  # noqa: F811
+def test_racing_claims_on_the_same_jobs_never_both_win(engine):
     ids = [f"job{i:04d}" for i in range(200)]
-    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(200)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(200)])
     start = threading.Barrier(8)
     won: dict[int, list[str]] = {}
 
@@ -45,8 +45,8 @@ def test_racing_claims_on_the_same_jobs_never_both_win(engine):  # noqa: F811
     assert all(j.attempts == 1 for j in J.list_jobs(engine, "s1"))
 
 
-def test_stale_running_jobs_are_moved_once_however_many_reapers(engine):  # noqa: F811
-    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(4)])
+def test_stale_running_jobs_are_moved_once_however_many_reapers(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(4)])
     J.claim_jobs(engine, "s1", ["job0000", "job0001"], "dead", 60)
     J.claim_jobs(engine, "s1", ["job0002"], "alive", 60)
     _age(engine, 120, worker="dead")
@@ -57,11 +57,11 @@ def test_stale_running_jobs_are_moved_once_however_many_reapers(engine):  # noqa
     assert J.status_counts(engine, "s1") == {"queued": 3, "running": 1}
 
 
-def test_queued_jobs_that_waited_too_long_are_taken_once(engine):  # noqa: F811
-    J.save_sweep(engine, "s1", "demo", {}, [_job(0), _job(1), _job(2, device="cuda"),
-                                            _job(3)])
+def test_queued_jobs_that_waited_too_long_are_taken_once(engine):
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(0), job_row(1), job_row(2, device="cuda"),
+                                            job_row(3)])
     J.claim_jobs(engine, "s1", ["job0003"], "w", 60)
-    J.save_results(engine, "s1", [("job0003", _result())], "w", "cpu")
+    J.save_results(engine, "s1", [("job0003", fit_result())], "w", "cpu")
     assert J.lost_queued_devices(engine, 60) == []  # just queued: not lost
     _age(engine, 120)
     assert sorted(J.lost_queued_devices(engine, 60)) == ["cpu", "cuda"]

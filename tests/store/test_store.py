@@ -10,50 +10,20 @@ from sqlalchemy import text
 from store import create_schema, make_engine, redact_url
 from store import jobs as J
 from store.db import StoreError
-from tests.conftest import ids_of, pg_schema
-
-
-def _job(i: int, **kw) -> dict:
-    row = {"id": f"job{i:04d}", "variant": "numpy", "lr": 1e-6, "degree": 3, "seed": i,
-           "epochs": 10, "optimizer": "sgd", "device": "cpu", "target": "sin",
-           "dtype": "float64", "x_start": -3.14, "x_stop": 3.14, "x_points": 100}
-    row.update(kw)
-    return row
-
-
-def _result(status="succeeded", **kw) -> dict:
-    out = {"status": status, "final_loss": 1.5, "mse": 0.01, "optimum_mse": 0.005,
-           "coefficients": [0.1, 0.2], "monomial": [0.1, 0.2], "diverged_at_epoch": None,
-           "duration_s": 0.1, "loss_curve": [[99, 3.0], [199, 2.0]]}
-    out.update(kw)
-    return out
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        eng = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
-        create_schema(eng)
-        yield eng
-        eng.dispose()
-        return
-    with pg_schema() as url:
-        eng = make_engine(url)
-        create_schema(eng)
-        yield eng
-        eng.dispose()
+from tests.conftest import ids_of
+from tests.helpers import fit_result, job_row
 
 
 def test_save_sweep_is_idempotent_and_keeps_existing_jobs(engine):
-    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [_job(i) for i in range(3)]) == 3
+    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [job_row(i) for i in range(3)]) == 3
     J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
-    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [_job(i) for i in range(4)]) == 1
+    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [job_row(i) for i in range(4)]) == 1
     counts = J.status_counts(engine, "s1")
     assert counts == {"queued": 3, "running": 1}
 
 
 def test_claim_gives_a_job_to_one_worker_only(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(4)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(4)])
     first = ids_of(J.claim_jobs(engine, "s1", ["job0000", "job0001"], "w1", 60))
     second = ids_of(J.claim_jobs(engine, "s1", ["job0001", "job0002"], "w2", 60))
     assert sorted(first) == ["job0000", "job0001"]
@@ -61,7 +31,7 @@ def test_claim_gives_a_job_to_one_worker_only(engine):
 
 
 def test_a_stale_running_job_can_be_claimed_again(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [_job(0)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(0)])
     assert ids_of(J.claim_jobs(engine, "s1", ["job0000"], "dead", 60)) == ["job0000"]
     # Heartbeat from the past: the worker died.
     from sqlalchemy import update
@@ -75,10 +45,10 @@ def test_a_stale_running_job_can_be_claimed_again(engine):
 
 
 def test_a_result_is_written_once_and_a_redelivery_is_a_no_op(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [_job(0)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(0)])
     J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
-    assert J.save_results(engine, "s1", [("job0000", _result())], "w1", "cpu") == 1
-    assert J.save_results(engine, "s1", [("job0000", _result(mse=9.0))], "w1", "cpu") == 0
+    assert J.save_results(engine, "s1", [("job0000", fit_result())], "w1", "cpu") == 1
+    assert J.save_results(engine, "s1", [("job0000", fit_result(mse=9.0))], "w1", "cpu") == 0
     assert ids_of(J.claim_jobs(engine, "s1", ["job0000"], "w2", 0)) == []
     job = J.list_jobs(engine, "s1")[0]
     assert job.status == "succeeded" and job.mse == 0.01 and job.coefficients == [0.1, 0.2]
@@ -86,15 +56,15 @@ def test_a_result_is_written_once_and_a_redelivery_is_a_no_op(engine):
 
 
 def test_a_late_writer_that_lost_its_claim_writes_nothing(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [_job(0)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(0)])
     J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
     J.claim_jobs(engine, "s1", ["job0000"], "w2", -1)  # w1 looked dead; w2 took over
-    assert J.save_results(engine, "s1", [("job0000", _result())], "w1", "cpu") == 0
-    assert J.save_results(engine, "s1", [("job0000", _result())], "w2", "cpu") == 1
+    assert J.save_results(engine, "s1", [("job0000", fit_result())], "w1", "cpu") == 0
+    assert J.save_results(engine, "s1", [("job0000", fit_result())], "w2", "cpu") == 1
 
 
 def test_failed_outcome_keeps_its_error(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [_job(0)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(0)])
     J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
     J.save_results(engine, "s1", [("job0000", {"status": "failed", "error": "Boom: x"})],
                    "w1", "cpu")
@@ -103,9 +73,9 @@ def test_failed_outcome_keeps_its_error(engine):
 
 
 def test_requeue_takes_exactly_the_jobs_that_have_not_ended_well(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(5)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(5)])
     J.claim_jobs(engine, "s1", ["job0000", "job0001", "job0002"], "w1", 60)
-    J.save_results(engine, "s1", [("job0000", _result()),
+    J.save_results(engine, "s1", [("job0000", fit_result()),
                                   ("job0001", {"status": "failed", "error": "x"})], "w1", "cpu")
     # job0002 is running on a live worker; job0003/4 are queued.
     ids = sorted(j.id for j in J.requeue_missing(engine, "s1", 60))
@@ -117,15 +87,15 @@ def test_requeue_takes_exactly_the_jobs_that_have_not_ended_well(engine):
 
 
 def test_cancel_touches_only_jobs_that_have_not_started(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(3)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(3)])
     J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
     assert J.cancel_sweep(engine, "s1") == 2
     assert J.status_counts(engine, "s1") == {"running": 1, "cancelled": 2}
 
 
 def test_find_sweep_by_id_name_or_latest(engine):
-    J.save_sweep(engine, "aaa", "first", {}, [_job(0)])
-    J.save_sweep(engine, "bbb", "second", {}, [_job(0)])
+    J.save_sweep(engine, "aaa", "first", {}, [job_row(0)])
+    J.save_sweep(engine, "bbb", "second", {}, [job_row(0)])
     assert J.find_sweep(engine, "aaa").name == "first"
     assert J.find_sweep(engine, "second").id == "bbb"
     assert J.find_sweep(engine, None).id == "bbb"
@@ -133,11 +103,11 @@ def test_find_sweep_by_id_name_or_latest(engine):
 
 
 def test_list_jobs_filters_and_sorts(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [_job(0, lr=1e-3), _job(1, lr=1e-6),
-                                            _job(2, variant="module", degree=5)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(0, lr=1e-3), job_row(1, lr=1e-6),
+                                            job_row(2, variant="module", degree=5)])
     J.claim_jobs(engine, "s1", ["job0000", "job0001"], "w", 60)
-    J.save_results(engine, "s1", [("job0000", _result(mse=0.5)),
-                                  ("job0001", _result(mse=0.1))], "w", "cpu")
+    J.save_results(engine, "s1", [("job0000", fit_result(mse=0.5)),
+                                  ("job0001", fit_result(mse=0.1))], "w", "cpu")
     assert [j.id for j in J.list_jobs(engine, "s1", sort="mse")] == [
         "job0001", "job0000", "job0002"]  # missing values last
     assert [j.id for j in J.list_jobs(engine, "s1", variants=["module"])] == ["job0002"]
@@ -151,7 +121,7 @@ def test_list_jobs_filters_and_sorts(engine):
 def test_release_worker_requeues_only_the_jobs_of_that_workers_processes(engine):
     # Two `sweep run` in two containers: both local workers have pid 4, on different hosts
     # (and a third whose host name starts like the first's); each identity carries a token.
-    J.save_sweep(engine, "s1", "demo", {}, [_job(i) for i in range(4)])
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(4)])
     J.claim_jobs(engine, "s1", ["job0000"], "polyfit-cpu-4-a1b2c3d4@box/17", 60)
     J.claim_jobs(engine, "s1", ["job0001"], "polyfit-cpu-4-e5f6a7b8@other/17", 60)
     J.claim_jobs(engine, "s1", ["job0002"], "polyfit-cpu-4-a1b2c3d4@box2/17", 60)
