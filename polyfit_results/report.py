@@ -1,5 +1,7 @@
-"""Rendering rows for people and for programs: an aligned table, CSV that the csv module reads
-back, or JSON. Also the one-line progress summary of a sweep."""
+"""Rendering rows for people and for programs: a table (rich's, plain when the output is not a
+terminal: columns apart, a line of dashes under the header, no colour or frame, what ``cut`` and
+``awk`` read), CSV that the csv module reads back, or JSON. Also the one-line progress summary
+of a sweep."""
 
 from __future__ import annotations
 
@@ -9,9 +11,15 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
 from store.records import CANCELLED, ENDED, RUNNING
 
 FORMATS = ("table", "csv", "json")
+# No frame, a line of dashes under the header, nothing between columns but spaces.
+_PLAIN = box.Box("    \n    \n -  \n    \n    \n    \n    \n    \n", ascii=True)
 
 
 def _cell(value: object) -> str:
@@ -44,8 +52,10 @@ def _json_safe(value: object) -> object:
     return value
 
 
-def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str) -> str:
-    """``rows`` as text in ``fmt`` (table, csv or json), with these ``columns`` in this order."""
+def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str,
+           styled: bool = False) -> str:
+    """``rows`` as text in ``fmt`` (table, csv or json), with these ``columns`` in this order;
+    ``styled``: a table for a terminal (bold header, a rule under it)."""
     if fmt == "json":
         return json.dumps([{c: _json_safe(r.get(c)) for c in columns} for r in rows], indent=1)
     if fmt == "csv":
@@ -55,11 +65,17 @@ def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str) -> str:
         for r in rows:
             writer.writerow([_csv_cell(r.get(c)) for c in columns])
         return buf.getvalue().rstrip("\n")
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    table = Table(box=box.SIMPLE_HEAD if styled else _PLAIN, show_edge=False, pad_edge=False,
+                  padding=(0, 1) if styled else (0, 1, 0, 0), highlight=False,
+                  header_style="bold" if styled else "")
+    for c in columns:
+        table.add_column(c, no_wrap=True, overflow="ignore")
+    for r in rows:
+        table.add_row(*(_cell(r.get(c)) for c in columns))
+    buf = io.StringIO()
+    Console(file=buf, width=1_000_000, force_terminal=styled, highlight=False, soft_wrap=True,
+            color_system="standard" if styled else None).print(table)
+    lines = [line.rstrip() for line in buf.getvalue().splitlines()]
     if not rows:
         lines.append("(no rows)")
     return "\n".join(lines)
@@ -67,12 +83,19 @@ def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str) -> str:
 
 def progress_line(counts: Mapping[str, int], total: int, rate: float | None,
                   eta_s: float | None) -> str:
+    """The plain one-line progress of a sweep (logs, files, ``status``)."""
     done = sum(counts.get(s, 0) for s in ENDED)
     width = 24
     filled = int(width * done / total) if total else width
     bar = "#" * filled + "." * (width - filled)
-    parts = [f"[{bar}] {done}/{total}",
-             f"{counts.get('succeeded', 0)} succeeded",
+    return f"[{bar}] {done}/{total} | " + progress_detail(counts, total, rate, eta_s)
+
+
+def progress_detail(counts: Mapping[str, int], total: int, rate: float | None,
+                    eta_s: float | None) -> str:
+    """The counts, the rate and the ETA of a sweep, beside its bar."""
+    done = sum(counts.get(s, 0) for s in ENDED)
+    parts = [f"{counts.get('succeeded', 0)} succeeded",
              f"{counts.get('diverged', 0)} diverged",
              f"{counts.get('failed', 0)} failed"]
     if counts.get(RUNNING):

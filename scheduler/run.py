@@ -13,6 +13,7 @@ import time
 import click
 
 from polyfit_results import queries, report
+from polyfit_results.progress import LiveProgress
 from scheduler.local import LocalWorkers
 from scheduler.submit import BrokerError, submit
 from scheduler.sweep import Plan
@@ -24,6 +25,8 @@ from worker.launch import cpu_count
 from worker.settings import Settings
 
 POLL_S = 0.25
+#: Seconds between progress lines when stderr is not a terminal (a log).
+LINE_EVERY_S = 5.0
 #: Once every job has ended (and so is stored), the local workers hold nothing: Celery's warm
 #: stop still spends 2-4 s in its 2 s broker poll and the pool's joins, dead time for whoever
 #: waits on ``sweep run``. They get this long to exit by themselves, then are killed (SQLite
@@ -71,26 +74,21 @@ def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size
 def _wait(settings: Settings, plan: Plan, local: LocalWorkers) -> int:
     engine = make_engine(settings.db_url)
     sweep = store_jobs.find_sweep(engine, plan.sweep_id)
-    tty = sys.stderr.isatty()
-    last_print = time.monotonic()
     try:
-        while True:
-            p = queries.progress(engine, sweep)
-            now = time.monotonic()
-            if p.done:
-                break
-            if not local.alive():
-                click.echo(f"\nError: the local workers exited (code {local.returncode()}); "
-                           f"log: {local.log_path}\n{local.log_tail()}", err=True)
-                return 1
-            if tty or now - last_print >= 5:
-                line = report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s)
-                click.echo(("\r" + line + "\x1b[K") if tty else line, err=True, nl=not tty)
-                last_print = now
-            time.sleep(POLL_S)
-        line = report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s)
-        click.echo(("\r" + line + "\x1b[K") if tty else line, err=True)
-        return 1 if p.counts.get(FAILED) else 0
+        with LiveProgress(sys.stderr, terminal=sys.stderr.isatty(), every_s=LINE_EVERY_S,
+                          label=f"sweep {plan.name}") as live:
+            while True:
+                p = queries.progress(engine, sweep)
+                if p.done:
+                    live.show(p, last=True)
+                    return 1 if p.counts.get(FAILED) else 0
+                if not local.alive():
+                    live.show(p, last=True)
+                    click.echo(f"Error: the local workers exited (code {local.returncode()}); "
+                               f"log: {local.log_path}\n{local.log_tail()}", err=True)
+                    return 1
+                live.show(p)
+                time.sleep(POLL_S)
     finally:
         engine.dispose()
 
@@ -128,7 +126,8 @@ def _print_best(settings: Settings, plan: Plan, top: int, out) -> None:
     rows.sort(key=lambda r: (list(per_variant).index(r["variant"]), r["mse"]))
     click.echo(f"best results of sweep {plan.name} ({plan.sweep_id}), lowest mse per variant:",
                file=out)
-    click.echo(report.render(rows, BEST_COLUMNS, "table"), file=out)
+    styled = getattr(out, "isatty", lambda: False)()
+    click.echo(report.render(rows, BEST_COLUMNS, "table", styled), file=out)
     failed = [j for j in jobs if j.status == FAILED]
     if failed:
         click.echo(f"{len(failed)} jobs failed, e.g. {failed[0].id}: {failed[0].error}",

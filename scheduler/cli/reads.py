@@ -5,7 +5,6 @@ database read-only: none of them creates or changes anything."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 
@@ -13,6 +12,7 @@ import click
 
 from polyfit_models import VARIANTS
 from polyfit_results import queries, report
+from polyfit_results.progress import LiveProgress
 from scheduler.cli.group import EXIT_FAILED, InputError, cli
 from scheduler.cli.helpers import TABLE_COLUMNS, find_sweep, pass_settings, reading
 from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
@@ -76,13 +76,10 @@ def status(settings: Settings, sweep_ref, wait, watch, as_json, interval) -> Non
         p = _watch(engine, target, as_json, interval)
     else:
         interval = interval or 1.0
-        while True:
+        while True:  # --wait blocks without drawing anything
             p = queries.progress(engine, target)
             if p.done or not wait:
                 break
-            if not as_json:
-                click.echo(report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s),
-                           err=True)
             time.sleep(interval)
         if as_json:
             click.echo(json.dumps(p.to_dict()))
@@ -92,28 +89,32 @@ def status(settings: Settings, sweep_ref, wait, watch, as_json, interval) -> Non
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
+def _styled() -> bool:
+    """Tables with a bold header and a rule on a terminal; plain text for pipes and files."""
+    return sys.stdout.isatty()
+
+
 def _status_line(p: queries.Progress) -> str:
     return f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
         p.counts, p.total, p.fits_per_s, p.eta_s)
 
 
 def _watch(engine, target, as_json: bool, interval: float | None) -> queries.Progress:
-    """Poll until the sweep has ended. On a terminal the line is redrawn in place (cut to the
-    terminal's width, so that it never wraps); otherwise, or with --json, one line per poll."""
+    """Poll until the sweep has ended. On a terminal a progress bar is redrawn in place;
+    otherwise one line a poll (one JSON object a line with --json)."""
     tty = sys.stdout.isatty() and not as_json
     interval = interval or (1.0 if tty else LINE_EVERY_S)
-    while True:
-        p = queries.progress(engine, target)
-        if as_json:
-            click.echo(json.dumps(p.to_dict()))
-        elif tty:
-            width = shutil.get_terminal_size().columns - 1
-            click.echo("\r" + _status_line(p)[:width] + "\x1b[K", nl=p.done)
-        else:
-            click.echo(_status_line(p))
-        if p.done:
-            return p
-        time.sleep(interval)
+    with LiveProgress(sys.stdout, terminal=tty, every_s=0,
+                      label=f"sweep {target.name} ({target.id})") as live:
+        while True:
+            p = queries.progress(engine, target)
+            if as_json:
+                click.echo(json.dumps(p.to_dict()))
+            else:
+                live.show(p, last=p.done)
+            if p.done:
+                return p
+            time.sleep(interval)
 
 
 @cli.command()
@@ -144,7 +145,7 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
                                 degrees=degrees, lr_min=lr_min, lr_max=lr_max, sort=sort,
                                 descending=desc, limit=limit)
     columns = TABLE_COLUMNS if fmt == "table" else store_jobs.JOB_COLUMNS
-    click.echo(report.render([r.to_dict() for r in rows], columns, fmt))
+    click.echo(report.render([r.to_dict() for r in rows], columns, fmt, _styled()))
 
 
 @cli.command()
@@ -167,7 +168,7 @@ def sql(settings: Settings, query, fmt, timeout_s, max_rows) -> None:
                   timeout_s=timeout_s or settings.sql_timeout_s,
                   max_rows=max_rows or settings.sql_max_rows)
     rows = [dict(zip(out.columns, r)) for r in out.rows]
-    click.echo(report.render(rows, out.columns, fmt))
+    click.echo(report.render(rows, out.columns, fmt, _styled()))
     if out.truncated:
         click.echo(f"warning: only the first {len(out.rows):,} rows are shown (--max-rows, "
                    "POLYFIT_SQL_MAX_ROWS)", err=True)
@@ -201,7 +202,7 @@ def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
         columns = list(by) + [c for c in BEST_COLUMNS if c not in by]
     else:
         columns = list(store_jobs.JOB_COLUMNS) + ["gap"]
-    click.echo(report.render(rows, columns, fmt))
+    click.echo(report.render(rows, columns, fmt, _styled()))
 
 
 @cli.command()

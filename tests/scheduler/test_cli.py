@@ -207,3 +207,32 @@ def test_a_job_too_big_for_its_devices_memory_budget_is_refused_at_submit(run, t
     monkeypatch.setenv("POLYFIT_CPU_MEMORY_MB", "8192")
     monkeypatch.setenv("POLYFIT_BROKER_URL", "redis://127.0.0.1:1/0")
     assert run("sweep", "submit", "big.yaml").exit_code == 1
+
+
+def test_the_examples_point_nowhere_outside_the_project():
+    from tests.conftest import ROOT
+
+    for path in (ROOT / "examples").iterdir():
+        text = path.read_text()
+        assert "../" not in text and "shared/" not in text, path
+
+
+def test_debug_shows_the_traceback_of_an_unexpected_error(run, monkeypatch):
+    import scheduler.cli.sweeps as sweeps
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug in polyfit")
+
+    monkeypatch.setattr(sweeps, "make_plan", broken)
+    plain = run("sweep", "submit", "--variant", "numpy")
+    assert plain.exit_code == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [
+        "Error: internal error: RuntimeError: a bug in polyfit (run with --debug, or "
+        "POLYFIT_DEBUG=1, to see where)"]
+    for debug in (run("--debug", "sweep", "submit", "--variant", "numpy"),
+                  run("sweep", "submit", "--variant", "numpy", env={"POLYFIT_DEBUG": "1"})):
+        assert debug.exit_code == 1
+        assert "Traceback (most recent call last)" in debug.stderr
+        assert "in broken" in debug.stderr
+        assert debug.stderr.strip().splitlines()[-1] == (
+            "Error: internal error: RuntimeError: a bug in polyfit")

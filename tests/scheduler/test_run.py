@@ -1,0 +1,21 @@
+"""``run_sweep`` from Python: its summary goes where ``sys.stdout`` points when it runs (not
+where it pointed when the module was imported)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.run import run_sweep
+from scheduler.sweep import build_plan
+from worker.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_best_results_go_to_the_current_stdout(tmp_path, capsys):
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    plan = build_plan(None, {"variant": ["numpy"], "seed": ["0-1"], "epochs": ["20"]})
+    assert run_sweep(settings, plan, workers=1, batch_size=None) == 0
+    out = capsys.readouterr().out
+    assert f"best results of sweep sweep ({plan.sweep_id})" in out
+    assert "numpy" in out
