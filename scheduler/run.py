@@ -24,14 +24,16 @@ from store.records import FAILED
 from worker.launch import cpu_count
 from worker.settings import Settings
 
-POLL_S = 0.25
+#: How often the store is asked how the sweep is doing (a small read; SQLite answers in well
+#: under a millisecond).
+POLL_S = 0.05
 #: Seconds between progress lines when stderr is not a terminal (a log).
 LINE_EVERY_S = 5.0
-#: Once every job has ended (and so is stored), the local workers hold nothing: Celery's warm
-#: stop still spends 2-4 s in its 2 s broker poll and the pool's joins, dead time for whoever
-#: waits on ``sweep run``. They get this long to exit by themselves, then are killed (SQLite
-#: and Redis both survive a killed client; nothing of the sweep is in a worker's hands).
-IDLE_STOP_S = 0.5
+#: Once every job has ended (and so is stored), the local workers hold nothing of the sweep:
+#: they are killed at once (Celery's warm stop would spend seconds in its broker poll and the
+#: pool's joins, dead time for whoever waits on ``sweep run``; SQLite and Redis both survive
+#: a killed client, and a message a worker had taken but not started is handed out again).
+IDLE_STOP_S = 0.0
 #: After Ctrl-C the workers may be writing results: they get this long to stop warm.
 INTERRUPT_STOP_S = 5.0
 BEST_COLUMNS = ("variant", "lr", "degree", "seed", "optimizer", "status", "final_loss", "mse",

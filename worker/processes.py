@@ -62,6 +62,9 @@ class WorkerProcess:
         pool), and after ``grace_s`` the whole process group killed."""
         if not self.alive():
             return
+        if grace_s <= 0:
+            self.kill()
+            return
         self.send(signal.SIGTERM)
         try:
             self._proc.wait(grace_s)
