@@ -109,6 +109,11 @@ def progress_detail(counts: Mapping[str, int], total: int, rate: float | None,
     return " | ".join(parts)
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """'1 job', '2 jobs', '1 batch', '3 batches'."""
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
 def format_seconds(s: float) -> str:
     s = max(0, int(round(s)))
     if s < 60:

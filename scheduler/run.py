@@ -41,7 +41,7 @@ BEST_COLUMNS = ("variant", "lr", "degree", "seed", "optimizer", "status", "final
 
 
 def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size: int | None,
-              top: int = 1, out=None) -> int:
+              top: int = 1, out=None, fresh: bool = False) -> int:
     """Returns the exit code: 0 when every job ended succeeded or diverged, else 1. The local
     workers are stopped on every way out, an error or Ctrl-C included."""
     out = out or sys.stdout
@@ -52,13 +52,17 @@ def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size
     grace = 0.0  # an error: nothing to wait for
     try:
         try:
-            done = submit(settings, plan, batch_size=batch_size, spread=workers)
+            done = submit(settings, plan, batch_size=batch_size, spread=workers, fresh=fresh)
         except BrokerError as e:
             click.echo(f"Error: {e}", err=True)
             return 1
-        click.echo(f"sweep {plan.name} ({plan.sweep_id}): {len(plan.jobs)} jobs, "
-                   f"{done.enqueued_jobs} to run in {done.batches} batches on {workers} "
-                   f"local worker processes", err=True)
+        reused = (f", {done.reused_jobs} with results from other sweeps"
+                  if done.reused_jobs else "")
+        click.echo(f"sweep {plan.name} ({plan.sweep_id}): {report.plural(len(plan.jobs), 'job')}"
+                   f"{reused}, {done.enqueued_jobs} to run in "
+                   f"{report.plural(done.batches, 'batch', 'batches')} on "
+                   f"{report.plural(workers, 'local worker process', 'local worker processes')}",
+                   err=True)
         code = _wait(settings, plan, local)
         grace = IDLE_STOP_S
     except KeyboardInterrupt:

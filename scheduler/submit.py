@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from scheduler.sweep import Plan
 from store import jobs as store_jobs
 from store.db import create_schema, make_engine
+from store.records import ENDED
 from worker.app import make_app
 from worker.batches import BrokerError, batches_for_views, plan_batches, publish
 from worker.settings import Settings
@@ -24,32 +25,45 @@ class Submitted:
     new_jobs: int
     enqueued_jobs: int
     batches: int
+    reused_jobs: int = 0
 
 
 def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
-           spread: int = 8) -> Submitted:
-    """Record the plan and enqueue every job of it that has not ended yet. A job that ended in
-    an earlier run of the same sweep (succeeded, diverged, failed or cancelled) is left as it
-    is: submitting again never undoes a cancel nor retrains a result (``resume`` retries)."""
+           spread: int = 8, fresh: bool = False) -> Submitted:
+    """Record the plan and enqueue every job of it that has not ended yet.
+
+    A job whose settings ended well in another sweep of the database takes that result and is
+    not trained (unless ``fresh``). A job that ended in an earlier run of the same sweep
+    (succeeded, diverged, failed or cancelled) is left as it is: submitting again never undoes
+    a cancel nor retrains a result (``resume`` retries failed and cancelled jobs); ``fresh``
+    trains every job of the plan again."""
     engine = make_engine(settings.db_url)
+    ids = [job.id for job in plan.jobs]
     try:
         create_schema(engine)
-        new = store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
-                                    [job.row() for job in plan.jobs])
-        if new < len(plan.jobs):
-            # A re-run: some jobs are recorded already; the store says which still need to run.
-            todo = store_jobs.requeue(engine, plan.sweep_id, settings.stale_after_s)
+        recorded = store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
+                                         [job.row() for job in plan.jobs], reuse=not fresh)
+        if recorded.new < len(plan.jobs) or fresh:
+            # A re-run: some jobs are recorded already; the store says which need to run.
+            retry = tuple(s.value for s in ENDED) if fresh else ()
+            if fresh:
+                store_jobs.clear_results(engine, plan.sweep_id, ids)
+            todo = store_jobs.requeue(engine, plan.sweep_id, settings.stale_after_s,
+                                      retry=retry, job_ids=ids)
     finally:
         engine.dispose()
-    if new < len(plan.jobs):
+    if recorded.new < len(plan.jobs) or fresh:
         batches = batches_for_views(todo, settings, batch_size=batch_size, spread=spread)
     else:
-        # A new sweep: every job was just recorded as queued, so the plan is the work list.
+        # A new sweep: every job was just recorded as queued (or took a result), so the plan
+        # is the work list.
         batches = plan_batches(plan.sweep_id,
-                               [(job.id, job.spec, job.device) for job in plan.jobs], settings,
+                               [(job.id, job.spec, job.device) for job in plan.jobs
+                                if job.id not in recorded.reused], settings,
                                batch_size=batch_size, spread=spread)
     publish(make_app(settings), batches)
-    return Submitted(plan.sweep_id, new, sum(len(b.job_ids) for b in batches), len(batches))
+    return Submitted(plan.sweep_id, recorded.new, sum(len(b.job_ids) for b in batches),
+                     len(batches), len(recorded.reused))
 
 
 def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,

@@ -381,12 +381,15 @@ def build_plan(
         "x": {k.removeprefix("x_"): v for k, v in x.items()},
         "grid": [{a: list(v) for a, v in g.items()} for g in grids],
     }
-    ids = sorted(jobs)
-    sweep_id = hashlib.sha256(
-        json.dumps([sweep_name, ids]).encode()
-    ).hexdigest()[:12]
-    return Plan(sweep_id=sweep_id, name=sweep_name, spec=normalized, jobs=tuple(jobs.values()),
-                skipped=tuple(skipped))
+    return Plan(sweep_id=sweep_id_of(sweep_name), name=sweep_name, spec=normalized,
+                jobs=tuple(jobs.values()), skipped=tuple(skipped))
+
+
+def sweep_id_of(name: str) -> str:
+    """A sweep's id: its name's digest. One sweep per name in a database, so running a spec
+    again under the same name, its grid grown or not, adds to that sweep (and a sweep is found
+    by its name or its id alike)."""
+    return hashlib.sha256(json.dumps(["sweep", name]).encode()).hexdigest()[:12]
 
 
 def _expand(variant, grid: Mapping, target: str, x: Mapping, jobs: dict, skipped: dict,

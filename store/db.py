@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -153,9 +153,16 @@ def create_schema(engine: Engine) -> None:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
             Base.metadata.create_all(conn)
-            # create_all makes the indexes of the tables it creates; a database made by an
-            # older polyfit gets the indexes added since.
+            # create_all makes the columns and indexes of the tables it creates; a database
+            # made by an older polyfit gets those added since (nullable columns only).
+            found = inspect(conn)
             for table in Base.metadata.sorted_tables:
+                have = {c["name"] for c in found.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in have:
+                        kind = column.type.compile(dialect=conn.dialect)
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
                 for index in table.indexes:
                     index.create(conn, checkfirst=True)
         create_views(engine)

@@ -5,18 +5,33 @@ engine and plain values and returns plain dataclasses."""
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, bindparam, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    inspect,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
-from store.db import StoreError, transaction
+from store.db import StoreError, store_error, transaction
 from store.records import (
     CANCELLED,
     ENDED,
     FAILED,
+    OK,
     QUEUED,
     RUNNING,
     JobRecord,
@@ -78,6 +93,7 @@ class JobRow:
     duration_s: float | None
     attempts: int
     error: str | None
+    reused_from: str | None = None
 
     @property
     def gap(self) -> float | None:
@@ -106,10 +122,6 @@ JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobRow))
 _NO_SYNC = {"synchronize_session": False}
 
 
-def _job_row(rec: JobRecord) -> JobRow:
-    return JobRow(**{name: getattr(rec, name) for name in JOB_COLUMNS})
-
-
 def _sweep_row(rec: SweepRecord) -> SweepRow:
     return SweepRow(id=rec.id, name=rec.name, spec=rec.spec, created_at=rec.created_at)
 
@@ -129,11 +141,24 @@ def _insert_ignoring_existing(engine: Engine, table):
     raise StoreError(f"polyfit's store supports SQLite and PostgreSQL, not {engine.dialect.name}")
 
 
-def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Sequence[dict]) -> int:
-    """Record a sweep and its jobs as ``queued``; a sweep or job already recorded is left as it
-    is, also when another process records the same sweep at the same moment.
+@dataclass(frozen=True)
+class Recorded:
+    """What recording a sweep did: how many jobs were new, and which of those took the result
+    that another sweep of the database has for the same settings (they need no training)."""
 
-    Returns how many jobs were new. All in one transaction: a sweep is never half-recorded."""
+    new: int
+    reused: frozenset[str]
+
+
+def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Sequence[dict],
+               *, reuse: bool = True) -> Recorded:
+    """Record a sweep and its jobs as ``queued``; a sweep or job already recorded is left as it
+    is, also when another process records the same sweep at the same moment (the sweep's
+    ``spec`` becomes the latest one given: a sweep grows when its spec does).
+
+    ``reuse``: a new job whose settings ended well (succeeded or diverged) in another sweep of
+    this database takes that result, loss curve included, instead of being trained again; its
+    ``reused_from`` names that sweep. All in one transaction: a sweep is never half-recorded."""
     t = now()
     rows = [{**job, "sweep_id": sweep_id, "status": QUEUED, "attempts": 0, "heartbeat_at": t}
             for job in jobs]
@@ -141,14 +166,61 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Seque
     with transaction(engine) as s:
         s.execute(_insert_ignoring_existing(engine, SweepRecord.__table__),
                   [{"id": sweep_id, "name": name, "spec": spec, "created_at": t}])
-        new = 0
+        s.execute(update(SweepRecord).where(SweepRecord.id == sweep_id).values(spec=spec)
+                  .execution_options(**_NO_SYNC))
+        new: list[str] = []
         for chunk in _chunks(rows):
-            # RETURNING counts exactly the rows this call inserted (executemany rowcounts
+            # RETURNING names exactly the rows this call inserted (executemany rowcounts
             # differ between drivers).
-            new += len(s.execute(
+            new += s.scalars(
                 _insert_ignoring_existing(engine, table).returning(table.c.id), list(chunk)
-            ).all())
-        return new
+            ).all()
+        reused: set[str] = set()
+        if reuse:
+            for chunk in _chunks(new):
+                reused |= _reuse_results(s, sweep_id, chunk)
+        return Recorded(len(new), frozenset(reused))
+
+
+#: What a reused row takes from the row it reuses.
+_REUSED = ("status", "final_loss", "mse", "optimum_mse", "coefficients", "monomial",
+           "diverged_at_epoch", "ran_on", "worker", "started_at", "finished_at", "duration_s")
+
+
+def _reuse_results(s, sweep_id: str, job_ids: Sequence[str]) -> set[str]:
+    """Give the queued jobs ``job_ids`` of ``sweep_id`` the results other sweeps have for the
+    same settings (the earliest stored); returns their ids."""
+    table = JobRecord.__table__
+    found = s.execute(
+        select(table.c.id, table.c.sweep_id, *(table.c[c] for c in _REUSED))
+        .where(table.c.id.in_(list(job_ids)), table.c.sweep_id != sweep_id,
+               table.c.status.in_(OK))
+        .order_by(table.c.id, table.c.finished_at, table.c.sweep_id)
+    ).mappings().all()
+    source: dict[str, dict] = {}
+    for row in found:
+        source.setdefault(row["id"], dict(row))
+    if not source:
+        return set()
+    s.execute(
+        update(table)
+        .where(table.c.sweep_id == sweep_id, table.c.id == bindparam("b_id"),
+               table.c.status == QUEUED)
+        .values(reused_from=bindparam("b_from"),
+                **{c: bindparam(f"b_{c}") for c in _REUSED}),
+        [{"b_id": i, "b_from": r["sweep_id"], **{f"b_{c}": r[c] for c in _REUSED}}
+         for i, r in source.items()],
+    )
+    by_source: dict[str, list[str]] = {}
+    for job_id, r in source.items():
+        by_source.setdefault(r["sweep_id"], []).append(job_id)
+    points = LossPointRecord.__table__
+    for from_sweep, ids in by_source.items():
+        s.execute(points.insert().from_select(
+            ["sweep_id", "job_id", "epoch", "loss"],
+            select(literal(sweep_id), points.c.job_id, points.c.epoch, points.c.loss)
+            .where(points.c.sweep_id == from_sweep, points.c.job_id.in_(ids))))
+    return set(source)
 
 
 def _spec_columns(table) -> list:
@@ -320,7 +392,12 @@ def list_jobs(
     if sort not in JOB_COLUMNS:
         raise StoreError(f"unknown column {sort!r}")
     col = getattr(JobRecord, sort)
-    q = select(JobRecord).where(JobRecord.sweep_id == sweep_id)
+    table = JobRecord.__table__
+    have = _columns_of(engine)
+    # A database made by an older polyfit lacks the newest columns: read what is there (a read
+    # command never upgrades a database).
+    q = select(*(table.c[c] if c in have else literal(None).label(c) for c in JOB_COLUMNS)
+               ).where(JobRecord.sweep_id == sweep_id)
     if variants:
         q = q.where(JobRecord.variant.in_(variants))
     if statuses:
@@ -335,7 +412,20 @@ def list_jobs(
     if limit is not None:
         q = q.limit(limit)
     with transaction(engine) as s:
-        return [_job_row(r) for r in s.scalars(q).all()]
+        return [JobRow(**r) for r in s.execute(q).mappings()]
+
+
+_COLUMNS: weakref.WeakKeyDictionary[Engine, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _columns_of(engine: Engine) -> frozenset[str]:
+    """The columns the ``jobs`` table of this database has (asked once per engine)."""
+    if engine not in _COLUMNS:
+        try:
+            _COLUMNS[engine] = frozenset(c["name"] for c in inspect(engine).get_columns("jobs"))
+        except SQLAlchemyError as e:
+            raise store_error(engine, e) from e
+    return _COLUMNS[engine]
 
 
 def loss_curves(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> dict[str, list]:
@@ -365,32 +455,47 @@ def cancel_sweep(engine: Engine, sweep_id: str) -> int:
 
 
 def requeue(engine: Engine, sweep_id: str, stale_after_s: float, *,
-            retry: Sequence[str] = ()) -> list[JobRow]:
+            retry: Sequence[str] = (), job_ids: Sequence[str] | None = None) -> list[JobRow]:
     """Put back in the queue the jobs of a sweep that still need a worker, and return them, to
     be enqueued: the ``queued`` ones (their message may be lost), those ``running`` on a worker
     whose heartbeat stopped, and the ended ones whose status is in ``retry`` (``failed``,
-    ``cancelled``: only when the user asks, as ``polyfit sweep resume`` does).
+    ``cancelled``: only when the user asks, as ``polyfit sweep resume`` does; ``succeeded`` and
+    ``diverged`` too for ``--fresh``, which trains them again). ``job_ids``: only these.
 
     One guarded UPDATE ... RETURNING: a job that ends, or that a live worker claims, while this
     runs is not touched (a select-then-update would put it back in the queue)."""
     t = now()
     stale = t - timedelta(seconds=stale_after_s)
     retry = [JobStatus(r) for r in retry]
-    for status in retry:
-        if status not in (FAILED, CANCELLED):
-            raise ValueError(f"cannot retry {status} jobs")
     guard = or_(JobRecord.status == QUEUED,
                 (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
                 JobRecord.status.in_(retry))
-    return _requeue_returning(
-        engine, t, (JobRecord.sweep_id == sweep_id) & guard, status=QUEUED, worker=None,
-        finished_at=None,
-        error=case((JobRecord.status.in_(retry), None), else_=JobRecord.error))
+    where = (JobRecord.sweep_id == sweep_id) & guard
+    retried = JobRecord.status.in_(retry)
+    # A job trained again starts from nothing: its old result is cleared with its status.
+    cleared = {c: case((retried, None), else_=getattr(JobRecord, c))
+               for c in (*_RESULT_KEYS[1:], "reused_from")}
+    if job_ids is None:
+        return _requeue_returning(engine, t, where, status=QUEUED, worker=None,
+                                  finished_at=None, **cleared)
+    out: list[JobRow] = []
+    for chunk in _chunks(sorted(set(job_ids))):
+        out += _requeue_returning(engine, t, where & JobRecord.id.in_(chunk), status=QUEUED,
+                                  worker=None, finished_at=None, **cleared)
+    return out
 
 
 def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list[JobRow]:
     """``requeue`` with every failed and cancelled job retried (``polyfit sweep resume``)."""
     return requeue(engine, sweep_id, stale_after_s, retry=(FAILED, CANCELLED))
+
+
+def clear_results(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> None:
+    """Forget the loss curves of jobs about to be trained again (``--fresh``)."""
+    with transaction(engine) as s:
+        for chunk in _chunks(sorted(set(job_ids))):
+            s.execute(delete(LossPointRecord).where(LossPointRecord.sweep_id == sweep_id,
+                                                    LossPointRecord.job_id.in_(chunk)))
 
 
 def reap_stale(engine: Engine, stale_after_s: float,

@@ -81,6 +81,8 @@ class JobRecord(Base):
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The sweep whose result for the same settings this row holds (not trained here), or None.
+    reused_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     __table_args__ = (
         Index("ix_jobs_sweep_status", "sweep_id", "status"),

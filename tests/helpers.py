@@ -111,8 +111,8 @@ def record_sweep(db_url: str, grid=GRID, name: str = "demo", x_points: int = 200
 
 
 def train(db_url: str, sweep_id: str, jobs) -> dict:
-    """Train these jobs as a worker would (claim, fit, store)."""
-    batch = Batch(sweep_id, "cpu", tuple(j.id for j in jobs))
+    """Train these jobs (planned jobs or ids) as a worker would (claim, fit, store)."""
+    batch = Batch(sweep_id, "cpu", tuple(getattr(j, "id", j) for j in jobs))
     return run_batch(batch, Runtime(settings=Settings(db_url=db_url)), "test-worker@host/1")
 
 

@@ -85,8 +85,12 @@ def axis_options(f):
 def sweep_inputs(f):
     """What defines a sweep, for ``sweep submit`` and ``sweep run``: SPEC.yaml, the axis flags
     and --name."""
+    f = click.option("--fresh", is_flag=True,
+                     help="Train every job again, even where this database has a result for "
+                          "the same settings.")(f)
     f = click.option("--name", default=None,
-                     help="Sweep name (default: the spec's name or file name).")(f)
+                     help="Sweep name (default: the spec's name or file name). Running a "
+                          "spec again under the same name grows that sweep.")(f)
     f = axis_options(f)
     return click.argument("spec_path", metavar="[SPEC.yaml]", required=False,
                           type=click.Path(dir_okay=False))(f)

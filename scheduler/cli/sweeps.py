@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from polyfit_models import VARIANTS
+from polyfit_results.report import plural
 from scheduler.cli.group import WorkFailed, cli
 from scheduler.cli.helpers import (
     batch_size_option,
@@ -39,19 +40,26 @@ def sweep() -> None:
 @sweep_inputs
 @batch_size_option
 @pass_settings(broker=True)
-def sweep_submit(settings: Settings, spec_path, name, batch_size, **axes) -> None:
+def sweep_submit(settings: Settings, spec_path, name, fresh, batch_size, **axes) -> None:
     """Only enqueue the sweep; print its id as the last line of stdout."""
     from scheduler.submit import BrokerError, submit
 
     plan = make_plan(spec_path, axes, name, settings)
     try:
-        done = submit(settings, plan, batch_size=batch_size)
+        done = submit(settings, plan, batch_size=batch_size, fresh=fresh)
     except BrokerError as e:
         raise WorkFailed(f"{e} (the sweep is recorded; `polyfit sweep resume "
                          f"{plan.sweep_id}` enqueues it)") from e
-    click.echo(f"sweep {plan.name}: {len(plan.jobs)} jobs ({done.new_jobs} new), "
-               f"{done.enqueued_jobs} enqueued in {done.batches} batches")
+    click.echo(f"sweep {plan.name}: {summary(len(plan.jobs), done)}")
     click.echo(plan.sweep_id)
+
+
+def summary(jobs: int, done) -> str:
+    """'12 jobs (4 new, 2 with results from other sweeps), 2 enqueued in 1 batch'."""
+    reused = f", {done.reused_jobs} with results from other sweeps" if done.reused_jobs else ""
+    return (f"{plural(jobs, 'job')} ({done.new_jobs} new{reused}), {done.enqueued_jobs} "
+            f"enqueued in {plural(done.batches, 'batch', 'batches')}")
+
 
 
 @sweep.command("run")
@@ -62,12 +70,14 @@ def sweep_submit(settings: Settings, spec_path, name, batch_size, **axes) -> Non
 @click.option("--top", type=click.IntRange(0, 1000), default=1, show_default=True,
               help="Best jobs to print per variant at the end.")
 @pass_settings(broker=True)
-def sweep_run(settings: Settings, spec_path, name, workers, batch_size, top, **axes) -> None:
+def sweep_run(settings: Settings, spec_path, name, fresh, workers, batch_size, top,
+              **axes) -> None:
     """Submit the sweep and run it to the end here with local workers."""
     from scheduler.run import run_sweep
 
     plan = make_plan(spec_path, axes, name, settings)
-    code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top)
+    code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top,
+                     fresh=fresh)
     if code:
         raise click.exceptions.Exit(code)
 
@@ -87,6 +97,6 @@ def sweep_resume(settings: Settings, sweep_ref, batch_size) -> None:
         done = resume(settings, target.id, batch_size=batch_size)
     except BrokerError as e:
         raise WorkFailed(str(e)) from e
-    click.echo(f"sweep {target.name}: {done.enqueued_jobs} jobs re-enqueued "
-               f"in {done.batches} batches")
+    click.echo(f"sweep {target.name}: {plural(done.enqueued_jobs, 'job')} re-enqueued "
+               f"in {plural(done.batches, 'batch', 'batches')}")
     click.echo(target.id)

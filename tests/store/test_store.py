@@ -15,9 +15,9 @@ from tests.helpers import fit_result, job_row
 
 
 def test_save_sweep_is_idempotent_and_keeps_existing_jobs(engine):
-    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [job_row(i) for i in range(3)]) == 3
+    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [job_row(i) for i in range(3)]).new == 3
     J.claim_jobs(engine, "s1", ["job0000"], "w1", 60)
-    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [job_row(i) for i in range(4)]) == 1
+    assert J.save_sweep(engine, "s1", "demo", {"a": 1}, [job_row(i) for i in range(4)]).new == 1
     counts = J.status_counts(engine, "s1")
     assert counts == {"queued": 3, "running": 1}
 

@@ -1,0 +1,113 @@
+"""Sweeps as studies: a result is trained once per database (a job whose settings ended well in
+any sweep is not trained again; its row says where its result came from; ``--fresh`` trains
+anyway), and running a spec again under the same name grows that one sweep."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from scheduler.cli import cli
+from tests.helpers import query, rows, train
+
+
+class Study:
+    """The CLI on one test's own database (an absolute URL: workers' engines are cached by URL
+    for the whole process), with the embedded broker and no worker process."""
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+
+    def __call__(self, *args: str):
+        r = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r
+
+    def train_all(self, sweep_id: str) -> None:
+        """Train the sweep's queued jobs as a worker would."""
+        ids = [r["id"] for r in rows(self.db, sweep_id) if r["status"] == "queued"]
+        if ids:
+            train(self.db, sweep_id, ids)
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch) -> Study:
+    study = Study(f"sqlite:///{tmp_path / 'polyfit.sqlite'}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POLYFIT_DB_URL", study.db)
+    monkeypatch.delenv("POLYFIT_BROKER_URL", raising=False)
+    return study
+
+
+def test_a_grown_spec_under_the_same_name_trains_only_the_new_jobs(run):
+    first = run("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs", "20",
+                "--name", "study")
+    sweep_id = first.stdout.split()[-1]
+    run.train_all(sweep_id)
+    grown = run("sweep", "submit", "--variant", "numpy", "--seed", "0-3", "--epochs", "20",
+                "--name", "study")
+    assert grown.stdout.split()[-1] == sweep_id  # the same sweep, grown
+    assert "4 jobs (2 new), 2 enqueued in" in grown.stdout
+    assert query(run.db, "SELECT count(*) AS n FROM sweeps WHERE name = 'study'") == [{"n": 1}]
+    got = {r["id"]: r["status"] for r in rows(run.db, sweep_id)}
+    assert sorted(got.values()) == ["queued", "queued", "succeeded", "succeeded"]
+
+
+def test_a_result_is_reused_across_sweeps_and_says_where_it_came_from(run):
+    a = run("sweep", "submit", "--variant", "numpy", "--seed", "0-2", "--epochs", "20",
+            "--name", "first").stdout.split()[-1]
+    run.train_all(a)
+    b = run("sweep", "submit", "--variant", "numpy", "--seed", "1-3", "--epochs", "20",
+            "--name", "second")
+    assert "3 jobs (3 new, 2 with results from other sweeps), 1 enqueued in 1 batch" in b.stdout
+    b_id = b.stdout.split()[-1]
+    reused = query(run.db, "SELECT id, status, reused_from, mse, coefficients FROM jobs "
+                       "WHERE sweep_id = :s AND reused_from IS NOT NULL", s=b_id)
+    assert len(reused) == 2 and {r["reused_from"] for r in reused} == {a}
+    for r in reused:
+        source = query(run.db, "SELECT mse, coefficients FROM jobs WHERE sweep_id = :s AND id = :i",
+                       s=a, i=r["id"])[0]
+        assert (r["status"], r["mse"], r["coefficients"]) == (
+            "succeeded", source["mse"], source["coefficients"])
+        curves = [query(run.db, "SELECT epoch, loss FROM loss_curve WHERE sweep_id = :s AND "
+                            "job_id = :i ORDER BY epoch", s=s, i=r["id"]) for s in (a, b_id)]
+        assert curves[0] == curves[1]
+    # --fresh trains them again: queued, their reused results cleared.
+    fresh = run("sweep", "submit", "--variant", "numpy", "--seed", "1-3", "--epochs", "20",
+                "--name", "second", "--fresh")
+    assert "3 enqueued" in fresh.stdout
+    again = query(run.db, "SELECT status, reused_from, mse FROM jobs WHERE sweep_id = :s", s=b_id)
+    assert again == [{"status": "queued", "reused_from": None, "mse": None}] * 3
+    assert query(run.db, "SELECT count(*) AS n FROM loss_curve WHERE sweep_id = :s",
+                 s=b_id) == [{"n": 0}]
+
+
+def test_failed_and_cancelled_results_are_not_reused(run):
+    a = run("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs", "20",
+            "--name", "first").stdout.split()[-1]
+    run("cancel", "first")
+    b = run("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs", "20",
+            "--name", "second")
+    assert "2 enqueued" in b.stdout and "from other sweeps" not in b.stdout
+    assert a != b.stdout.split()[-1]
+
+
+def test_a_database_from_before_reuse_is_read_as_it_is_and_upgraded_by_a_writer(run, tmp_path):
+    sweep_id = run("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs", "20",
+                   "--name", "old").stdout.split()[-1]
+    with sqlite3.connect(tmp_path / "polyfit.sqlite") as c:  # as an older polyfit made it
+        for view in ("best_jobs", "sweep_summary", "variant_summary"):
+            c.execute(f"DROP VIEW {view}")
+        c.execute("ALTER TABLE jobs DROP COLUMN reused_from")
+    before = (tmp_path / "polyfit.sqlite").read_bytes()
+    listed = run("results", "old", "--format", "json")
+    assert [r["reused_from"] for r in json.loads(listed.stdout)] == [None, None]
+    assert (tmp_path / "polyfit.sqlite").read_bytes() == before  # a read never upgrades
+    run("sweep", "submit", "--variant", "numpy", "--seed", "0-2", "--epochs", "20",
+        "--name", "old")
+    columns = {r["name"] for r in query(run.db, "SELECT name FROM pragma_table_info('jobs')")}
+    assert "reused_from" in columns
+    assert len(rows(run.db, sweep_id)) == 3
