@@ -375,6 +375,43 @@ def find_sweep(engine: Engine, ref: str | None) -> SweepRow | None:
         return _sweep_row(rec) if rec is not None else None
 
 
+@dataclass(frozen=True)
+class SweepSummary:
+    id: str
+    name: str
+    created_at: datetime
+    jobs: int
+    ended: int
+    failed: int
+    best_mse: float | None
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["created_at"] = as_utc(self.created_at).isoformat()
+        return out
+
+
+def list_sweeps(engine: Engine) -> list[SweepSummary]:
+    """Every sweep of the database with its counts and best mse, newest first (one query)."""
+    j = JobRecord
+    ended = func.sum(case((j.status.in_(ENDED), 1), else_=0))
+    failed = func.sum(case((j.status == FAILED, 1), else_=0))
+    best = func.min(case((j.status.in_(OK), j.mse), else_=None))
+    q = (select(SweepRecord.id, SweepRecord.name, SweepRecord.created_at,
+                func.count(j.id), ended, failed, best)
+         .join(j, j.sweep_id == SweepRecord.id, isouter=True)
+         .group_by(SweepRecord.id, SweepRecord.name, SweepRecord.created_at)
+         .order_by(SweepRecord.created_at.desc(), SweepRecord.id))
+    with transaction(engine) as s:
+        return [SweepSummary(i, n, c, jobs, int(e or 0), int(f or 0), b)
+                for i, n, c, jobs, e, f, b in s.execute(q).all()]
+
+
+def sweep_names(engine: Engine) -> list[str]:
+    with transaction(engine) as s:
+        return list(s.scalars(select(SweepRecord.name).distinct()).all())
+
+
 def list_jobs(
     engine: Engine,
     sweep_id: str,

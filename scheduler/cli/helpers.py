@@ -5,6 +5,7 @@ flags, ``--name``, ``--batch-size``). Nothing here imports the command modules."
 
 from __future__ import annotations
 
+import difflib
 import functools
 from pathlib import Path
 
@@ -65,11 +66,17 @@ def changing(settings: Settings) -> Engine:
 
 
 def find_sweep(engine: Engine, ref: str | None) -> store_jobs.SweepRow:
-    """The sweep SWEEP names (an id or a name; the latest when None), or exit 2."""
+    """The sweep SWEEP names (an id or a name; the latest when None), or exit 2 with the
+    names that come close ("did you mean")."""
     sweep = store_jobs.find_sweep(engine, ref)
-    if sweep is None:
-        raise InputError(f"no sweep {ref!r}" if ref else "no sweep recorded yet")
-    return sweep
+    if sweep is not None:
+        return sweep
+    if not ref:
+        raise InputError("no sweep recorded yet")
+    close = difflib.get_close_matches(ref, store_jobs.sweep_names(engine), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else (
+        " (`polyfit sweeps` lists them)")
+    raise InputError(f"no sweep {ref!r}{hint}")
 
 
 # -- what defines a sweep -----------------------------------------------------------------------

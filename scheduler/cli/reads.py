@@ -118,6 +118,20 @@ def _watch(engine, target, as_json: bool, interval: float | None) -> queries.Pro
 
 
 @cli.command()
+@click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
+              show_default=True)
+@pass_settings()
+def sweeps(settings: Settings, fmt) -> None:
+    """Every sweep in the database: id, name, created_at, jobs, ended, failed, best mse."""
+    engine = reading(settings)
+    rows = [s.to_dict() for s in store_jobs.list_sweeps(engine)]
+    click.echo(report.render(rows, SWEEP_COLUMNS, fmt, _styled()))
+
+
+SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_mse")
+
+
+@cli.command()
 @click.argument("sweep_ref", metavar="[SWEEP]", required=False)
 @click.option("--variant", "variants_", multiple=True, metavar="LIST",
               callback=_listed(list(VARIANTS)),

@@ -111,3 +111,34 @@ def test_a_database_from_before_reuse_is_read_as_it_is_and_upgraded_by_a_writer(
     columns = {r["name"] for r in query(run.db, "SELECT name FROM pragma_table_info('jobs')")}
     assert "reused_from" in columns
     assert len(rows(run.db, sweep_id)) == 3
+
+
+def test_polyfit_sweeps_lists_every_sweep_with_its_counts(run):
+    a = run("sweep", "submit", "--variant", "numpy", "--seed", "0-2", "--epochs", "20",
+            "--name", "alpha").stdout.split()[-1]
+    run.train_all(a)
+    b = run("sweep", "submit", "--variant", "numpy", "--seed", "5-6", "--epochs", "20",
+            "--name", "beta").stdout.split()[-1]
+    run("cancel", "beta")
+    listed = json.loads(run("sweeps", "--format", "json").stdout)
+    by_id = {s["id"]: s for s in listed}
+    assert set(by_id) == {a, b} and [s["id"] for s in listed] == [b, a]  # newest first
+    assert (by_id[a]["name"], by_id[a]["jobs"], by_id[a]["ended"], by_id[a]["failed"]) == (
+        "alpha", 3, 3, 0)
+    assert by_id[a]["best_mse"] == min(
+        r["mse"] for r in query(run.db, "SELECT mse FROM jobs WHERE sweep_id = :s", s=a))
+    assert (by_id[b]["jobs"], by_id[b]["ended"], by_id[b]["best_mse"]) == (2, 2, None)
+    table = run("sweeps").stdout.splitlines()
+    assert table[0].split() == ["id", "name", "created_at", "jobs", "ended", "failed",
+                                "best_mse"]
+    assert len(table) == 4
+
+
+def test_an_unknown_sweep_name_gets_a_did_you_mean(run):
+    run("sweep", "submit", "--variant", "numpy", "--seed", "0", "--epochs", "5",
+        "--name", "learning-rates")
+    r = CliRunner().invoke(cli, ["status", "learning-rate"])
+    assert r.exit_code == 2
+    assert r.stderr.strip() == "Error: no sweep 'learning-rate'; did you mean 'learning-rates'?"
+    r = CliRunner().invoke(cli, ["results", "zzz"])
+    assert r.exit_code == 2 and "`polyfit sweeps` lists them" in r.stderr
