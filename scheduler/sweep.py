@@ -12,12 +12,14 @@ import itertools
 import json
 import math
 import os
+import random
 import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from polyfit_models import OPTIMIZERS, TARGETS, VARIANTS, JobSpec, SpecError, batch_bytes
@@ -25,7 +27,9 @@ from polyfit_models.spec import MAX_EPOCHS, MAX_LR, MAX_POINTS, SEED_LIMIT
 from worker.queues import is_device
 
 AXES = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device")
-TOP_KEYS = ("name", "target", "x", "grid")
+TOP_KEYS = ("name", "target", "x", "grid", "sample")
+#: The axes a range (``{log: [a, b], num: n}``, ``{linear: [a, b], num: n}``) may define.
+RANGE_AXES = ("lr", "degree", "seed", "epochs")
 X_KEYS = ("start", "stop", "points")
 MAX_DEGREE = max(v.max_degree for v in VARIANTS.values())
 
@@ -244,10 +248,55 @@ def _choice(axis: str, raw: object, choices: Sequence[str]) -> str:
     return raw
 
 
+def _spaced(axis: str, raw: object, max_values: int) -> list | None:
+    """The values of a range of a numeric axis, or None if ``raw`` is not one: a mapping
+    ``{log: [a, b], num: n}`` or ``{linear: [a, b], num: n}`` (YAML), or the flag form
+    ``log:a:b:n`` / ``linear:a:b:n``. n values spaced evenly (in log space for ``log``), both
+    ends included; an integer axis rounds them and drops repeats."""
+    if isinstance(raw, str) and raw.split(":", 1)[0] in ("log", "linear"):
+        parts = raw.split(":")
+        if len(parts) != 4:
+            raise SweepSpecError(f"--{axis}: a range is {parts[0]}:START:STOP:NUM, got {raw!r}")
+        raw = {parts[0]: parts[1:3], "num": parts[3]}
+    if not isinstance(raw, dict):
+        return None
+    kinds = [k for k in ("log", "linear") if k in raw]
+    if axis not in RANGE_AXES:
+        raise SweepSpecError(f"{axis}: ranges are for {', '.join(RANGE_AXES)}, not {axis}")
+    if len(kinds) != 1 or set(raw) != {kinds[0], "num"}:
+        raise SweepSpecError(f"{axis}: a range is {{log: [start, stop], num: n}} or "
+                             f"{{linear: [start, stop], num: n}}, got {raw!r}")
+    kind, ends = kinds[0], raw[kinds[0]]
+    if not isinstance(ends, (list, tuple)) or len(ends) != 2:
+        raise SweepSpecError(f"{axis}: {kind} takes [start, stop], got {ends!r}")
+    start, stop = (_number(axis, v) for v in ends)
+    num = _number(f"{axis} num", raw["num"])
+    if num != int(num) or not 1 <= num <= max_values:
+        raise SweepSpecError(f"{axis}: num must be a whole number in 1..{max_values:,}, "
+                             f"got {raw['num']!r}")
+    num = int(num)
+    if kind == "log":
+        if start <= 0 or stop <= 0:
+            raise SweepSpecError(f"{axis}: a log range needs positive ends, got {ends!r}")
+        values = [float(v) for v in np.geomspace(start, stop, num)]
+    else:
+        values = [float(v) for v in np.linspace(start, stop, num)]
+    if num > 1:  # exactly the ends given, not their round trip through logs
+        values[0], values[-1] = start, stop
+    if axis in _INT_AXES:
+        values = [int(round(v)) for v in values]
+    return values
+
+
 def parse_axis(axis: str, values: object, max_values: int = 200_000) -> list:
     """The validated values of one axis; refuses more than ``max_values`` of them before any
     range is expanded (a typo like seed 0-999999999 must not allocate a billion ints)."""
+    spaced = _spaced(axis, values, max_values)
+    if spaced is not None:
+        values = spaced
     items = _as_list(axis, values)
+    if any(isinstance(i, str) and i.split(":", 1)[0] in ("log", "linear") for i in items):
+        items = [v for i in items for v in (_spaced(axis, i, max_values) or [i])]
     out: list = []
     pieces = [_ints(axis, raw, *_INT_AXES[axis]) if axis in _INT_AXES else None for raw in items]
     count = sum(len(p) if p is not None else 1 for p in pieces)
@@ -330,11 +379,13 @@ def build_plan(
     max_jobs: int = 200_000,
     max_job_work: int = 2_000_000_000,
     memory_budget: Callable[[str], int] | None = None,
+    sample: object = None,
 ) -> Plan:
     """Validate a spec (from YAML) plus axis overrides (from flags) and expand it into jobs.
 
     ``memory_budget(device)``: the bytes one batch may use on a job's device (see
-    ``Settings.budget_bytes``); a job that alone needs more is refused."""
+    ``Settings.budget_bytes``); a job that alone needs more is refused. ``sample`` (the flag's
+    ``N`` or ``N:SEED``) wins over the spec's ``sample: {n: N, seed: SEED}``."""
     spec = dict(spec or {})
     overrides = dict(overrides or {})
     unknown = set(spec) - set(TOP_KEYS)
@@ -374,6 +425,9 @@ def build_plan(
     if not jobs:
         why = f" ({next(iter(skipped))})" if skipped else ""
         raise SweepSpecError(f"the grid leaves no job to run{why}")
+    sample = _sample(sample if sample is not None else spec.get("sample"))
+    if sample is not None:
+        jobs = _draw(jobs, *sample)
 
     normalized = {
         "name": sweep_name,
@@ -381,8 +435,37 @@ def build_plan(
         "x": {k.removeprefix("x_"): v for k, v in x.items()},
         "grid": [{a: list(v) for a, v in g.items()} for g in grids],
     }
+    if sample is not None:
+        normalized["sample"] = {"n": sample[0], "seed": sample[1]}
     return Plan(sweep_id=sweep_id_of(sweep_name), name=sweep_name, spec=normalized,
                 jobs=tuple(jobs.values()), skipped=tuple(skipped))
+
+
+def _sample(raw: object) -> tuple[int, int] | None:
+    """(n, seed) of a ``sample`` setting: ``{n: 200, seed: 0}`` (YAML) or ``200`` / ``200:0``
+    (the flag); the seed is 0 when not given."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        n, _, seed = raw.partition(":")
+        raw = {"n": n.strip(), "seed": seed.strip() or 0}
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        raw = {"n": raw}
+    if not isinstance(raw, dict) or not set(raw) <= {"n", "seed"} or "n" not in raw:
+        raise SweepSpecError(f"sample: expected {{n: N, seed: S}} (or --sample N[:SEED]), "
+                             f"got {raw!r}")
+    n = _ints("sample.n", raw["n"], 1, 10**9)[0]
+    seed = _ints("sample.seed", raw.get("seed", 0), 0, SEED_LIMIT - 1)[0]
+    return n, seed
+
+
+def _draw(jobs: dict, n: int, seed: int) -> dict:
+    """``n`` of the jobs at random, without repeats; the same grid and seed give the same jobs
+    (drawn from the job ids in order, not from the order the grid was written in)."""
+    if n >= len(jobs):
+        return jobs
+    chosen = set(random.Random(seed).sample(sorted(jobs), n))
+    return {job_id: job for job_id, job in jobs.items() if job_id in chosen}
 
 
 def sweep_id_of(name: str) -> str:

@@ -13,7 +13,7 @@ import click
 from sqlalchemy import Engine
 
 from scheduler.cli.group import InputError
-from scheduler.sweep import AXES, Plan, build_plan, load_spec_file, parse_flag
+from scheduler.sweep import AXES, RANGE_AXES, Plan, build_plan, load_spec_file, parse_flag
 from store import jobs as store_jobs
 from store import make_engine
 from store.db import ENV_DB
@@ -85,13 +85,18 @@ def axis_options(f):
     for axis in reversed(AXES):
         f = click.option(f"--{axis}", f"axis_{axis}", multiple=True, metavar="LIST",
                          help=f"Comma-separated {axis} values (repeatable); overrides the file."
-                         + (" Ranges like 0-9 allowed." if axis in ("seed", "degree") else ""))(f)
+                         + (" Ranges like 0-9 allowed." if axis in ("seed", "degree") else "")
+                         + (" Spaced values: log:START:STOP:NUM or linear:START:STOP:NUM."
+                            if axis in RANGE_AXES else ""))(f)
     return f
 
 
 def sweep_inputs(f):
     """What defines a sweep, for ``sweep submit`` and ``sweep run``: SPEC.yaml, the axis flags
     and --name."""
+    f = click.option("--sample", default=None, metavar="N[:SEED]",
+                     help="Train N jobs drawn at random (without repeats; seed 0 unless "
+                          "given) from the grid instead of all of it.")(f)
     f = click.option("--fresh", is_flag=True,
                      help="Train every job again, even where this database has a result for "
                           "the same settings.")(f)
@@ -108,7 +113,8 @@ def batch_size_option(f):
                         help="Jobs per task. [default: from a memory budget per device]")(f)
 
 
-def make_plan(spec_path: str | None, axes: dict, name: str | None, settings: Settings) -> Plan:
+def make_plan(spec_path: str | None, axes: dict, name: str | None, settings: Settings,
+              sample: str | None = None) -> Plan:
     """The sweep a spec file and axis flags define, within the settings' limits."""
     raw = load_spec_file(spec_path) if spec_path else None
     overrides = {}
@@ -119,7 +125,7 @@ def make_plan(spec_path: str | None, axes: dict, name: str | None, settings: Set
     default_name = Path(spec_path).stem if spec_path else "sweep"
     plan = build_plan(raw, overrides, name=name, default_name=default_name,
                       max_jobs=settings.max_jobs, max_job_work=settings.max_job_work,
-                      memory_budget=settings.budget_bytes)
+                      memory_budget=settings.budget_bytes, sample=sample)
     for reason in plan.skipped:
         click.echo(f"left out: {reason}", err=True)
     return plan

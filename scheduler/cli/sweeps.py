@@ -40,11 +40,12 @@ def sweep() -> None:
 @sweep_inputs
 @batch_size_option
 @pass_settings(broker=True)
-def sweep_submit(settings: Settings, spec_path, name, fresh, batch_size, **axes) -> None:
+def sweep_submit(settings: Settings, spec_path, name, fresh, sample, batch_size,
+                 **axes) -> None:
     """Only enqueue the sweep; print its id as the last line of stdout."""
     from scheduler.submit import BrokerError, submit
 
-    plan = make_plan(spec_path, axes, name, settings)
+    plan = make_plan(spec_path, axes, name, settings, sample)
     try:
         done = submit(settings, plan, batch_size=batch_size, fresh=fresh)
     except BrokerError as e:
@@ -70,12 +71,12 @@ def summary(jobs: int, done) -> str:
 @click.option("--top", type=click.IntRange(0, 1000), default=1, show_default=True,
               help="Best jobs to print per variant at the end.")
 @pass_settings(broker=True)
-def sweep_run(settings: Settings, spec_path, name, fresh, workers, batch_size, top,
+def sweep_run(settings: Settings, spec_path, name, fresh, sample, workers, batch_size, top,
               **axes) -> None:
     """Submit the sweep and run it to the end here with local workers."""
     from scheduler.run import run_sweep
 
-    plan = make_plan(spec_path, axes, name, settings)
+    plan = make_plan(spec_path, axes, name, settings, sample)
     code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top,
                      fresh=fresh)
     if code:

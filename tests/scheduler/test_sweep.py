@@ -179,3 +179,59 @@ def test_planning_and_batching_a_sweep_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- ranges and sampling -----------------------------------------------------------------------
+
+def test_log_and_linear_ranges_space_values_with_both_ends_included():
+    from scheduler.sweep import build_plan
+
+    plan = build_plan({"grid": {"variant": ["numpy"], "lr": {"log": [1e-7, 1e-5], "num": 9},
+                                "seed": {"linear": [0, 10], "num": 4}}})
+    lrs = sorted({j.spec.lr for j in plan.jobs})
+    assert len(lrs) == 9 and lrs[0] == 1e-7 and lrs[-1] == 1e-5 and lrs[4] == pytest.approx(1e-6)
+    ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))  # evenly spaced in log space
+    assert sorted({j.spec.seed for j in plan.jobs}) == [0, 3, 7, 10]  # rounded
+    # An integer axis drops the repeats that rounding makes.
+    dense = build_plan({"grid": {"variant": ["numpy"], "epochs": {"linear": [10, 12], "num": 7}}})
+    assert sorted({j.spec.epochs for j in dense.jobs}) == [10, 11, 12]
+    # The flag form, mixed with plain values.
+    flags = build_plan(None, {"variant": ["numpy"], "lr": ["log:1e-6:1e-4:3", "5e-3"]})
+    assert sorted({j.spec.lr for j in flags.jobs}) == pytest.approx([1e-6, 1e-5, 1e-4, 5e-3])
+
+
+@pytest.mark.parametrize("bad", [
+    {"log": [0, 1e-5], "num": 3}, {"log": [-1e-7, 1e-5], "num": 3},
+    {"log": [1e-7, 1e-5]}, {"log": [1e-7], "num": 3}, {"log": [1e-7, 1e-5], "num": 0},
+    {"log": [1e-7, 1e-5], "num": 2.5}, {"log": [1e-7, 1e-5], "linear": [1, 2], "num": 2},
+    {"geom": [1, 2], "num": 2}, {"log": ["a", "b"], "num": 2}, {"log": [1e-7, 1e-5], "num": 10**9},
+    {"linear": [1e-7, 20], "num": 3},  # lr over its limit
+    "log:1e-7:1e-5", "linear:1:2:x",
+])
+def test_a_bad_range_is_one_line_exit_2(bad):
+    from scheduler.sweep import SweepSpecError, build_plan
+
+    with pytest.raises(SweepSpecError) as e:
+        build_plan({"grid": {"variant": ["numpy"], "lr": bad}})
+    assert "\n" not in str(e.value)
+
+
+def test_sampling_draws_the_same_jobs_for_the_same_spec_and_seed():
+    from scheduler.sweep import build_plan
+
+    spec = {"grid": {"variant": ["numpy", "autograd"], "seed": "0-99",
+                     "lr": {"log": [1e-7, 1e-5], "num": 5}}, "sample": {"n": 50, "seed": 7}}
+    full = build_plan({k: v for k, v in spec.items() if k != "sample"})
+    a, b = build_plan(spec), build_plan(spec)
+    assert len(a.jobs) == 50 and [j.id for j in a.jobs] == [j.id for j in b.jobs]
+    assert {j.id for j in a.jobs} <= {j.id for j in full.jobs}
+    other = build_plan({**spec, "sample": {"n": 50, "seed": 8}})
+    assert {j.id for j in other.jobs} != {j.id for j in a.jobs}
+    # The written order of the grid does not change the draw.
+    reordered = build_plan({**spec, "grid": {**spec["grid"], "variant": ["autograd", "numpy"]}})
+    assert {j.id for j in reordered.jobs} == {j.id for j in a.jobs}
+    # The flag wins over the file; a sample larger than the grid takes all of it.
+    assert len(build_plan(spec, sample="10:1").jobs) == 10
+    assert len(build_plan(spec, sample="5000").jobs) == len(full.jobs)
+    assert a.spec["sample"] == {"n": 50, "seed": 7}
