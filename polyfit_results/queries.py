@@ -5,17 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
 from polyfit_models import VARIANTS
+from polyfit_models.describe import formula
 from store import jobs as store_jobs
-from store.records import ENDED, OK
+from store.jobs import as_utc
+from store.records import ENDED, OK, QUEUED, RUNNING
 
 
 class GroupError(ValueError):
     """Raised when asked to group jobs by something that is not a job setting."""
+
+
+#: The rate behind the ETA is measured over this recent window (the whole run, if shorter), so
+#: that it follows the sweep's pace now rather than its average since the start.
+RATE_WINDOW_S = 60.0
+#: Queued jobs and nothing taken for this long: no worker is serving the sweep, say so.
+IDLE_AFTER_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -25,30 +34,60 @@ class Progress:
     total: int
     counts: dict[str, int]
     ended: int
-    fits_per_s: float | None
-    eta_s: float | None
+    fits_per_s: float | None  # jobs trained per second over the recent window
+    eta_s: float | None  # from the work left (epochs x points) and its recent rate
     done: bool
+    idle_s: float | None = None  # queued jobs, nothing running, nothing taken for this long
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
+def device_class(device: str) -> str:
+    """The workers a job's device value waits for: "cpu", "cuda" (any card, or card N), "any"."""
+    return "cuda" if device.startswith("cuda") else device
+
+
 def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
-    counts = store_jobs.status_counts(engine, sweep.id)
+    """Counts, the recent rate and an ETA from the work left: a job's work is its epochs x
+    points, so a sweep whose long jobs are still running does not claim to be nearly done
+    because most of its (short) jobs are. The ETA is that of the slowest device class."""
+    now = datetime.now(UTC)
+    rows = store_jobs.work_rows(engine, sweep.id, now - timedelta(seconds=RATE_WINDOW_S))
+    counts: dict[str, int] = {}
+    left: dict[str, int] = {}
+    recent_work: dict[str, int] = {}
+    recent_jobs = 0
+    starts, finishes, last_taken = [], [], []
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + r.jobs
+        cls = device_class(r.device)
+        if r.status not in ENDED:
+            left[cls] = left.get(cls, 0) + r.work
+        recent_work[cls] = recent_work.get(cls, 0) + r.recent_work
+        recent_jobs += r.recent_jobs
+        starts += [r.first_started] if r.first_started else []
+        finishes += [r.last_finished] if r.last_finished else []
+        last_taken += [t for t in (r.last_started, r.last_finished) if t]
     total = sum(counts.values())
     ended = sum(n for s, n in counts.items() if s in ENDED)
-    first, last = store_jobs.time_span(engine, sweep.id)
-    rate = eta = None
     done = store_jobs.all_ended(counts)
-    if first is not None and last is not None and ended:
-        # While the sweep runs, the rate is over the time so far (not up to the last finish),
-        # so the ETA keeps moving while a long batch is in flight.
-        until = last if done else datetime.now(UTC)
-        span = (until - first).total_seconds()
-        if span > 0:
-            rate = ended / span
-            eta = (total - ended) / rate
-    return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done)
+    rate = eta = idle = None
+    if starts:
+        until = max(finishes, default=now) if done else now
+        window = (until - max(min(starts), until - timedelta(seconds=RATE_WINDOW_S)))
+        span = window.total_seconds()
+        if span > 0 and recent_jobs:
+            rate = recent_jobs / span
+        if not done and span > 0:
+            etas = [work / (recent_work[cls] / span) if recent_work.get(cls) else None
+                    for cls, work in left.items() if work]
+            eta = max(etas) if etas and None not in etas else None
+    if not done and counts.get(QUEUED) and not counts.get(RUNNING):
+        since = max(last_taken, default=as_utc(sweep.created_at))
+        idle_for = (now - since).total_seconds()
+        idle = idle_for if idle_for >= IDLE_AFTER_S else None
+    return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done, idle)
 
 
 # The job settings ``best_per_group`` (and ``polyfit best --by``) can group by.
@@ -72,7 +111,12 @@ def best_per_group(jobs: Sequence[store_jobs.JobRow], by: Sequence[str]) -> list
         key = tuple(getattr(job, b) for b in by)
         if key not in best or (job.mse, job.id) < (best[key].mse, best[key].id):
             best[key] = job
-    return [best[key].to_dict(gap=True) for key in sorted(best, key=lambda k: _group_order(by, k))]
+    return [described(best[key]) for key in sorted(best, key=lambda k: _group_order(by, k))]
+
+
+def described(job: store_jobs.JobRow) -> dict:
+    """A job's columns with its gap to the optimum and its fitted polynomial as a formula."""
+    return {**job.to_dict(gap=True), "formula": formula(job.monomial)}
 
 
 def _group_order(by: Sequence[str], key: tuple) -> tuple:

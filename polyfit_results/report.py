@@ -22,7 +22,7 @@ FORMATS = ("table", "csv", "json")
 _PLAIN = box.Box("    \n    \n -  \n    \n    \n    \n    \n    \n", ascii=True)
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -42,6 +42,11 @@ def _csv_cell(value: object) -> object:
     if isinstance(value, float):
         return repr(value)
     return value
+
+
+def json_ready(row: Mapping) -> dict:
+    """A row with values JSON can hold (times as ISO text, no NaN)."""
+    return {k: _json_safe(v) for k, v in row.items()}
 
 
 def _json_safe(value: object) -> object:
@@ -71,7 +76,7 @@ def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str,
     for c in columns:
         table.add_column(c, no_wrap=True, overflow="ignore")
     for r in rows:
-        table.add_row(*(_cell(r.get(c)) for c in columns))
+        table.add_row(*(cell(r.get(c)) for c in columns))
     buf = io.StringIO()
     Console(file=buf, width=1_000_000, force_terminal=styled, highlight=False, soft_wrap=True,
             color_system="standard" if styled else None).print(table)
@@ -82,17 +87,17 @@ def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str,
 
 
 def progress_line(counts: Mapping[str, int], total: int, rate: float | None,
-                  eta_s: float | None) -> str:
+                  eta_s: float | None, idle_s: float | None = None) -> str:
     """The plain one-line progress of a sweep (logs, files, ``status``)."""
     done = sum(counts.get(s, 0) for s in ENDED)
     width = 24
     filled = int(width * done / total) if total else width
     bar = "#" * filled + "." * (width - filled)
-    return f"[{bar}] {done}/{total} | " + progress_detail(counts, total, rate, eta_s)
+    return f"[{bar}] {done}/{total} | " + progress_detail(counts, total, rate, eta_s, idle_s)
 
 
 def progress_detail(counts: Mapping[str, int], total: int, rate: float | None,
-                    eta_s: float | None) -> str:
+                    eta_s: float | None, idle_s: float | None = None) -> str:
     """The counts, the rate and the ETA of a sweep, beside its bar."""
     done = sum(counts.get(s, 0) for s in ENDED)
     parts = [f"{counts.get('succeeded', 0)} succeeded",
@@ -106,7 +111,16 @@ def progress_detail(counts: Mapping[str, int], total: int, rate: float | None,
         parts.append(f"{rate:.1f} fits/s")
     if eta_s is not None and done < total:
         parts.append(f"ETA {format_seconds(eta_s)}")
+    if idle_s is not None:
+        parts.append(f"no worker for {format_seconds(idle_s)}")
     return " | ".join(parts)
+
+
+def idle_hint(sweep: str, idle_s: float) -> str:
+    """What to do when nothing serves a sweep."""
+    return (f"no worker has taken a job of this sweep for {format_seconds(idle_s)}: start one "
+            f"with `polyfit worker` (the same --db and --broker), or train it here with "
+            f"`polyfit sweep run {sweep}`")
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import click
 
 from polyfit_results import queries, report
 from polyfit_results.progress import LiveProgress
 from scheduler.local import LocalWorkers
-from scheduler.submit import BrokerError, submit
+from scheduler.submit import BrokerError, Submitted, carry_on, submit
 from scheduler.sweep import Plan
 from store import StoreError
 from store import jobs as store_jobs
 from store.db import make_engine
-from store.records import FAILED
+from store.records import CANCELLED, FAILED
 from worker.launch import cpu_count
 from worker.settings import Settings
 
@@ -40,10 +42,44 @@ BEST_COLUMNS = ("variant", "lr", "degree", "seed", "optimizer", "status", "final
                 "optimum_mse", "gap")
 
 
+@dataclass(frozen=True)
+class Target:
+    """The sweep ``sweep run`` trains: its id, its name and its size."""
+
+    sweep_id: str
+    name: str
+    jobs: int
+
+
 def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size: int | None,
               top: int = 1, out=None, fresh: bool = False) -> int:
-    """Returns the exit code: 0 when every job ended succeeded or diverged, else 1. The local
-    workers are stopped on every way out, an error or Ctrl-C included."""
+    """Submit ``plan`` and train it here; returns the exit code: 0 when every job ended
+    succeeded or diverged, else 1. The local workers are stopped on every way out, an error or
+    Ctrl-C included."""
+    target = Target(plan.sweep_id, plan.name, len(plan.jobs))
+    return _run(settings, target, lambda spread: submit(
+        settings, plan, batch_size=batch_size, spread=spread, fresh=fresh),
+        workers=workers, top=top, out=out)
+
+
+def continue_sweep(settings: Settings, sweep: store_jobs.SweepRow, *, workers: int | None,
+                   batch_size: int | None, top: int = 1, out=None) -> int:
+    """Train what an existing sweep still needs (queued jobs, and those of a worker that
+    stopped beating) here, as ``sweep run`` does: how a sweep interrupted with Ctrl-C, or
+    submitted with no worker to serve it, is finished."""
+    engine = make_engine(settings.db_url)
+    try:
+        jobs = sum(store_jobs.status_counts(engine, sweep.id).values())
+    finally:
+        engine.dispose()
+    target = Target(sweep.id, sweep.name, jobs)
+    return _run(settings, target, lambda spread: carry_on(
+        settings, sweep.id, batch_size=batch_size, spread=spread),
+        workers=workers, top=top, out=out)
+
+
+def _run(settings: Settings, target: Target, enqueue: Callable[[int], Submitted], *,
+         workers: int | None, top: int, out) -> int:
     out = out or sys.stdout
     workers = workers or cpu_count()
     local = LocalWorkers(settings, workers)
@@ -52,42 +88,47 @@ def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size
     grace = 0.0  # an error: nothing to wait for
     try:
         try:
-            done = submit(settings, plan, batch_size=batch_size, spread=workers, fresh=fresh)
+            done = enqueue(workers)
         except BrokerError as e:
             click.echo(f"Error: {e}", err=True)
             return 1
         reused = (f", {done.reused_jobs} with results from other sweeps"
                   if done.reused_jobs else "")
-        click.echo(f"sweep {plan.name} ({plan.sweep_id}): {report.plural(len(plan.jobs), 'job')}"
-                   f"{reused}, {done.enqueued_jobs} to run in "
-                   f"{report.plural(done.batches, 'batch', 'batches')} on "
+        click.echo(f"sweep {target.name} ({target.sweep_id}): "
+                   f"{report.plural(target.jobs, 'job')}{reused}, {done.enqueued_jobs} to run "
+                   f"in {report.plural(done.batches, 'batch', 'batches')} on "
                    f"{report.plural(workers, 'local worker process', 'local worker processes')}",
                    err=True)
-        code = _wait(settings, plan, local)
+        code = _wait(settings, target, local)
         grace = IDLE_STOP_S
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: stopping local workers; finished results are stored "
-                   f"(`polyfit sweep resume {plan.sweep_id}` finishes the rest)", err=True)
+        click.echo("\ninterrupted: stopping local workers; finished results are stored. "
+                   f"`polyfit sweep run {target.name}` trains the rest here (or `polyfit "
+                   f"sweep resume {target.name}` for workers elsewhere)", err=True)
         grace = INTERRUPT_STOP_S
         return 130
     finally:
         local.stop(timeout_s=grace)
         _release(settings, local)
-    _print_best(settings, plan, top, out)
+    _print_best(settings, target, top, out)
     return code
 
 
-def _wait(settings: Settings, plan: Plan, local: LocalWorkers) -> int:
+def _wait(settings: Settings, target: Target, local: LocalWorkers) -> int:
     engine = make_engine(settings.db_url)
-    sweep = store_jobs.find_sweep(engine, plan.sweep_id)
+    sweep = store_jobs.find_sweep(engine, target.sweep_id)
     try:
         with LiveProgress(sys.stderr, terminal=sys.stderr.isatty(), every_s=LINE_EVERY_S,
-                          label=f"sweep {plan.name}") as live:
+                          label=f"sweep {target.name}") as live:
             while True:
                 p = queries.progress(engine, sweep)
                 if p.done:
                     live.show(p, last=True)
-                    return 1 if p.counts.get(FAILED) else 0
+                    if p.counts.get(CANCELLED):
+                        click.echo(f"note: {report.plural(p.counts[CANCELLED], 'job')} of the "
+                                   "sweep cancelled (`polyfit sweep resume` trains them)",
+                                   err=True)
+                    return 1 if p.counts.get(FAILED) or p.counts.get(CANCELLED) else 0
                 if not local.alive():
                     live.show(p, last=True)
                     click.echo(f"Error: the local workers exited (code {local.returncode()}); "
@@ -114,12 +155,12 @@ def _release(settings: Settings, local: LocalWorkers) -> None:
         engine.dispose()
 
 
-def _print_best(settings: Settings, plan: Plan, top: int, out) -> None:
+def _print_best(settings: Settings, target: Target, top: int, out) -> None:
     if top <= 0:
         return
     engine = make_engine(settings.db_url)
     try:
-        jobs = store_jobs.list_jobs(engine, plan.sweep_id, sort="mse")
+        jobs = store_jobs.list_jobs(engine, target.sweep_id, sort="mse")
     finally:
         engine.dispose()
     rows: list[dict] = []
@@ -130,11 +171,11 @@ def _print_best(settings: Settings, plan: Plan, top: int, out) -> None:
         per_variant[job.variant] = per_variant.get(job.variant, 0) + 1
         rows.append(job.to_dict(gap=True))
     rows.sort(key=lambda r: (list(per_variant).index(r["variant"]), r["mse"]))
-    click.echo(f"best results of sweep {plan.name} ({plan.sweep_id}), lowest mse per variant:",
-               file=out)
+    click.echo(f"best results of sweep {target.name} ({target.sweep_id}), lowest mse per "
+               "variant:", file=out)
     styled = getattr(out, "isatty", lambda: False)()
     click.echo(report.render(rows, BEST_COLUMNS, "table", styled), file=out)
     failed = [j for j in jobs if j.status == FAILED]
     if failed:
-        click.echo(f"{len(failed)} jobs failed, e.g. {failed[0].id}: {failed[0].error}",
-                   file=out)
+        click.echo(f"{report.plural(len(failed), 'job')} failed, e.g. {failed[0].id}: "
+                   f"{failed[0].error}", file=out)

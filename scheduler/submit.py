@@ -16,7 +16,7 @@ from worker.app import make_app
 from worker.batches import BrokerError, batches_for_views, plan_batches, publish
 from worker.settings import Settings
 
-__all__ = ["BrokerError", "Submitted", "resume", "submit"]
+__all__ = ["BrokerError", "Submitted", "carry_on", "resume", "submit"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,20 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
     publish(make_app(settings), batches)
     return Submitted(plan.sweep_id, recorded.new, sum(len(b.job_ids) for b in batches),
                      len(batches), len(recorded.reused))
+
+
+def carry_on(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
+             spread: int = 8) -> Submitted:
+    """Enqueue what a sweep still needs: its queued jobs, and those of a worker that stopped
+    beating (not its failed or cancelled ones: ``resume`` retries those)."""
+    engine = make_engine(settings.db_url)
+    try:
+        todo = store_jobs.requeue(engine, sweep_id, settings.stale_after_s)
+    finally:
+        engine.dispose()
+    batches = batches_for_views(todo, settings, batch_size=batch_size, spread=spread)
+    publish(make_app(settings), batches)
+    return Submitted(sweep_id, 0, sum(len(b.job_ids) for b in batches), len(batches))
 
 
 def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,

@@ -342,14 +342,40 @@ def _result_values(result: dict) -> dict:
     return {f"b_{k}": result.get(k) for k in _RESULT_KEYS}
 
 
-def time_span(engine: Engine, sweep_id: str) -> tuple[datetime | None, datetime | None]:
-    """When the sweep's first job started and its last one finished (UTC; None before)."""
+@dataclass(frozen=True)
+class WorkRow:
+    """The jobs of a sweep of one device value and one status: how many, their work (epochs x
+    points), those trained and finished since a moment, and the span of its trained jobs."""
+
+    device: str
+    status: str
+    jobs: int
+    work: int
+    recent_jobs: int
+    recent_work: int
+    first_started: datetime | None
+    last_started: datetime | None
+    last_finished: datetime | None
+
+
+def work_rows(engine: Engine, sweep_id: str, since: datetime) -> list[WorkRow]:
+    """One query for the progress of a sweep (see ``polyfit_results.queries.progress``): jobs
+    that took a result from another sweep count as ended, not as work done here."""
+    j = JobRecord.__table__.c
+    trained = (j.reused_from.is_(None) if "reused_from" in _columns_of(engine)
+               else literal(True))
+    work = j.epochs * j.x_points
+    recent = trained & (j.finished_at >= since)
+    q = (select(j.device, j.status, func.count(), func.sum(work),
+                func.sum(case((recent, 1), else_=0)), func.sum(case((recent, work), else_=0)),
+                func.min(case((trained, j.started_at), else_=None)),
+                func.max(case((trained, j.started_at), else_=None)),
+                func.max(case((trained, j.finished_at), else_=None)))
+         .where(j.sweep_id == sweep_id).group_by(j.device, j.status))
     with transaction(engine) as s:
-        first, last = s.execute(
-            select(func.min(JobRecord.started_at), func.max(JobRecord.finished_at))
-            .where(JobRecord.sweep_id == sweep_id)
-        ).one()
-    return (None if first is None else as_utc(first), None if last is None else as_utc(last))
+        return [WorkRow(d, st, n, int(w or 0), int(rn or 0), int(rw or 0),
+                        *(None if t is None else as_utc(t) for t in (a, b, c)))
+                for d, st, n, w, rn, rw, a, b, c in s.execute(q).all()]
 
 
 def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:

@@ -55,9 +55,26 @@ def plan_batches(
                 else auto_batch_size(members[0][1], device, settings))
         size = batch_size or min(fits, max(1, math.ceil(len(members) / max(1, spread))))
         for start in range(0, len(members), size):
-            batches.append(Batch(sweep_id, device,
-                                 tuple(job_id for job_id, _ in members[start : start + size])))
+            chunk = members[start : start + size]
+            batches.append(Batch(sweep_id, device, tuple(job_id for job_id, _ in chunk),
+                                 about=_about([spec for _, spec in chunk])))
     return batches
+
+
+def _about(specs: Sequence[JobSpec | None]) -> str:
+    """'autograd degree 3, lr 1e-06..3e-06, seeds 0..511' for a batch's argsrepr."""
+    specs = [s for s in specs if s is not None]
+    if not specs:
+        return ""
+
+    def span(values, fmt) -> str:
+        lo, hi = min(values), max(values)
+        return fmt(lo) if lo == hi else f"{fmt(lo)}..{fmt(hi)}"
+
+    first = specs[0]
+    return (f"({first.variant} degree {first.degree}, {first.epochs} epochs, "
+            f"lr {span([s.lr for s in specs], lambda v: f'{v:g}')}, "
+            f"seed {span([s.seed for s in specs], str)})")
 
 
 def spec_of(job: JobRow) -> JobSpec:

@@ -118,6 +118,7 @@ def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
 
     app.conf.broker_url = settings.broker_url
     runtime.apply_threads(rt.torch_threads)
+    _make_schema(settings)
     controllers: list = []
 
     def _keep(sender=None, **_kwargs) -> None:
@@ -143,6 +144,21 @@ def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _make_schema(settings: Settings) -> None:
+    """The results tables, made now if missing: a worker started before the first sweep would
+    otherwise find none and warn about it every reaper round."""
+    from store import StoreError, create_schema, make_engine
+
+    try:
+        engine = make_engine(settings.db_url)  # not this process's pooled one: pools fork
+        try:
+            create_schema(engine)
+        finally:
+            engine.dispose()
+    except StoreError as e:  # the database away: the worker retries its calls as it goes
+        logging.getLogger("polyfit.worker").warning("could not make the results tables: %s", e)
 
 
 def run_gpu_fleet(settings: Settings, gpus: list[int], loglevel: str = "WARNING") -> int:

@@ -7,7 +7,7 @@ message passes: anything malformed raises ``BadMessage`` and is rejected without
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker.queues import is_device
 
@@ -28,6 +28,9 @@ class Batch:
     sweep_id: str
     device: str
     job_ids: tuple[str, ...]
+    # What the jobs are, for people (Flower, ``celery inspect``): not part of the message, which
+    # names the jobs only; the publisher knows their settings and writes it as the argsrepr.
+    about: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "sweep_id": self.sweep_id, "device": self.device,
@@ -37,7 +40,8 @@ class Batch:
         """A short human summary (Celery's ``argsrepr``: what Flower and ``celery inspect``
         show instead of the list of ids)."""
         n = len(self.job_ids)
-        return f"sweep {self.sweep_id} on {self.device}: {n} job{'s' if n != 1 else ''}"
+        what = f" {self.about}" if self.about else ""
+        return f"sweep {self.sweep_id} on {self.device}: {n} job{'s' if n != 1 else ''}{what}"
 
     @classmethod
     def from_dict(cls, data: object) -> Batch:

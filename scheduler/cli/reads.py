@@ -18,14 +18,14 @@ from scheduler.cli.helpers import TABLE_COLUMNS, find_sweep, pass_settings, read
 from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
 from store import jobs as store_jobs
 from store.reader import run_sql
-from store.records import FAILED, OK, STATUSES
+from store.records import CANCELLED, FAILED, OK, STATUSES
 from worker.settings import Settings
 
 # Every column of ``results`` but the JSON lists, which have no order (PostgreSQL refuses to
 # sort by them).
 SORT_COLUMNS = tuple(c for c in store_jobs.JOB_COLUMNS if c not in ("coefficients", "monomial"))
 BEST_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "status",
-                "final_loss", "mse", "optimum_mse", "gap", "id")
+                "final_loss", "mse", "optimum_mse", "gap", "id", "formula")
 
 
 def _listed(choices):
@@ -72,12 +72,21 @@ def status(settings: Settings, sweep_ref, wait, watch, as_json, interval) -> Non
     """Counts per status, throughput and ETA of a sweep (the latest when omitted)."""
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
+    hinted = False
+
+    def hint(p: queries.Progress) -> None:
+        nonlocal hinted
+        if p.idle_s is not None and not hinted:
+            click.echo("note: " + report.idle_hint(target.name, p.idle_s), err=True)
+            hinted = True
+
     if watch:
-        p = _watch(engine, target, as_json, interval)
+        p = _watch(engine, target, as_json, interval, hint)
     else:
         interval = interval or 1.0
-        while True:  # --wait blocks without drawing anything
+        while True:  # --wait blocks without drawing anything (but says if nothing serves it)
             p = queries.progress(engine, target)
+            hint(p)
             if p.done or not wait:
                 break
             time.sleep(interval)
@@ -85,7 +94,10 @@ def status(settings: Settings, sweep_ref, wait, watch, as_json, interval) -> Non
             click.echo(json.dumps(p.to_dict()))
         else:
             click.echo(_status_line(p))
-    if (wait or watch) and p.counts.get(FAILED):
+    if (wait or watch) and (p.counts.get(FAILED) or p.counts.get(CANCELLED)):
+        if p.counts.get(CANCELLED):
+            click.echo(f"note: {report.plural(p.counts[CANCELLED], 'job')} of the sweep "
+                       "cancelled (`polyfit sweep resume` trains them)", err=True)
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
@@ -96,10 +108,10 @@ def _styled() -> bool:
 
 def _status_line(p: queries.Progress) -> str:
     return f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
-        p.counts, p.total, p.fits_per_s, p.eta_s)
+        p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s)
 
 
-def _watch(engine, target, as_json: bool, interval: float | None) -> queries.Progress:
+def _watch(engine, target, as_json: bool, interval: float | None, hint) -> queries.Progress:
     """Poll until the sweep has ended. On a terminal a progress bar is redrawn in place;
     otherwise one line a poll (one JSON object a line with --json)."""
     tty = sys.stdout.isatty() and not as_json
@@ -112,6 +124,8 @@ def _watch(engine, target, as_json: bool, interval: float | None) -> queries.Pro
                 click.echo(json.dumps(p.to_dict()))
             else:
                 live.show(p, last=p.done)
+                if not tty:
+                    hint(p)
             if p.done:
                 return p
             time.sleep(interval)
@@ -215,12 +229,43 @@ def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
     if fmt == "table":
         columns = list(by) + [c for c in BEST_COLUMNS if c not in by]
     else:
-        columns = list(store_jobs.JOB_COLUMNS) + ["gap"]
+        columns = [*store_jobs.JOB_COLUMNS, "gap", "formula"]
     click.echo(report.render(rows, columns, fmt, _styled()))
 
 
 @cli.command()
-@click.argument("sweep_ref", metavar="SWEEP")
+@click.argument("job_ref", metavar="JOB")
+@click.argument("sweep_ref", metavar="[SWEEP]", required=False)
+@click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text",
+              show_default=True)
+@pass_settings()
+def job(settings: Settings, job_ref, sweep_ref, fmt) -> None:
+    """One job in detail: its settings, its outcome, its fitted polynomial and loss curve (JOB
+    is its id, or the start of it; SWEEP the latest when omitted)."""
+    engine = reading(settings)
+    target = find_sweep(engine, sweep_ref)
+    found = [j for j in store_jobs.list_jobs(engine, target.id, sort="id")
+             if j.id.startswith(job_ref)]
+    if len(found) != 1:
+        raise InputError(f"no job {job_ref!r} in sweep {target.name}" if not found else
+                         f"{job_ref!r} names {len(found)} jobs of sweep {target.name}: give "
+                         "more of the id")
+    row = queries.described(found[0])
+    curve = store_jobs.loss_curves(engine, target.id, [found[0].id])[found[0].id]
+    if fmt == "json":
+        click.echo(json.dumps({**report.json_ready(row), "loss_curve": curve}, indent=1))
+        return
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        click.echo(f"{key.ljust(width)}  {report.cell(value)}")
+    if curve:
+        shown = curve[:: max(1, len(curve) // 8)]
+        points = ", ".join(f"{e}: {report.cell(loss)}" for e, loss in shown)
+        click.echo(f"{'loss_curve'.ljust(width)}  {len(curve)} points (epoch: loss) {points}")
+
+
+@cli.command()
+@click.argument("sweep_ref", metavar="[SWEEP]", required=False)
 @click.option("-o", "--output", "output", required=True, metavar="FILE.png",
               type=click.Path(dir_okay=False, writable=True),
               help="Where to write the figure (.png, .svg or .pdf).")

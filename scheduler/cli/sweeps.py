@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from polyfit_models import VARIANTS
@@ -14,9 +16,12 @@ from scheduler.cli.helpers import (
     find_sweep,
     make_plan,
     pass_settings,
+    reading,
     sweep_inputs,
 )
 from scheduler.sweep import axes_used
+from store import StoreError
+from store import jobs as store_jobs
 from worker.settings import Settings
 
 
@@ -73,14 +78,36 @@ def summary(jobs: int, done) -> str:
 @pass_settings(broker=True)
 def sweep_run(settings: Settings, spec_path, name, fresh, sample, workers, batch_size, top,
               **axes) -> None:
-    """Submit the sweep and run it to the end here with local workers."""
-    from scheduler.run import run_sweep
+    """Submit the sweep and run it to the end here with local workers.
 
-    plan = make_plan(spec_path, axes, name, settings, sample)
-    code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top,
-                     fresh=fresh)
+    SPEC.yaml may also name a sweep of the database (its name or id) that is not a file here:
+    what that sweep still needs is trained (an interrupted run is finished this way)."""
+    from scheduler.run import continue_sweep, run_sweep
+
+    existing = _existing_sweep(settings, spec_path, name, fresh, sample, axes)
+    if existing is not None:
+        code = continue_sweep(settings, existing, workers=workers, batch_size=batch_size,
+                              top=top)
+    else:
+        plan = make_plan(spec_path, axes, name, settings, sample)
+        code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top,
+                         fresh=fresh)
     if code:
         raise click.exceptions.Exit(code)
+
+
+def _existing_sweep(settings: Settings, ref, name, fresh, sample, axes):
+    """The recorded sweep ``sweep run REF`` means, if REF is no file and names one."""
+    if not ref or Path(ref).exists() or name or fresh or sample or any(axes.values()):
+        return None
+    try:
+        engine = reading(settings)
+    except StoreError:  # no database yet, or not ours: REF is a missing spec file then
+        return None
+    try:
+        return store_jobs.find_sweep(engine, ref)
+    finally:
+        engine.dispose()
 
 
 @sweep.command("resume")

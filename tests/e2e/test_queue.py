@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import ROOT, polyfit_env
-from tests.helpers import polyfit
+from tests.helpers import polyfit, query
 from tests.helpers import rows as stored_jobs
 
 pytestmark = pytest.mark.slow
@@ -235,3 +235,31 @@ def test_worker_memory_stays_bounded_however_many_jobs_a_message_holds(
     assert done.returncode == 0 and json.loads(done.stdout)["counts"] == {"succeeded": 5000}
     peak = peak_rss_mb(worker.proc.pid)
     assert 0 < peak < 2048, f"peak RSS {peak:.0f} MB"
+
+
+def test_sweep_run_of_a_recorded_sweep_trains_what_it_still_needs(tmp_path):
+    env = polyfit_env(POLYFIT_DB_URL=f"sqlite:///{tmp_path / 'polyfit.sqlite'}")
+    sub = polyfit("sweep", "submit", "--variant", "numpy", "--seed", "0-3", "--epochs", "30",
+                  "--name", "later", env=env)
+    assert sub.returncode == 0, sub.stderr
+    run = polyfit("sweep", "run", "later", "--workers", "1", env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "best results of sweep later" in run.stdout
+    got = stored_jobs(f"sqlite:///{tmp_path / 'polyfit.sqlite'}", sub.stdout.split()[-1])
+    assert [r["status"] for r in got] == ["succeeded"] * 4
+    # Not a file and not a sweep: the usual missing-file error.
+    missing = polyfit("sweep", "run", "nothing-here", env=env, cwd=tmp_path)
+    assert missing.returncode == 2 and "cannot read nothing-here" in missing.stderr
+
+
+def test_a_worker_makes_the_results_tables_when_it_starts(tmp_path, start_worker):
+    # Before, a worker started ahead of the first sweep found no tables, and its reaper
+    # complained every round until a sweep was submitted.
+    db = f"sqlite:///{tmp_path / 'new.sqlite'}"
+    w = start_worker("--concurrency", "1", POLYFIT_DB_URL=db)
+    wait = time.monotonic() + 60
+    while " ready." not in w.output():
+        assert time.monotonic() < wait and w.proc.poll() is None, w.output()
+        time.sleep(0.2)
+    tables = {r["name"] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"jobs", "sweeps", "loss_curve"} <= tables

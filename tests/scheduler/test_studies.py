@@ -142,3 +142,84 @@ def test_an_unknown_sweep_name_gets_a_did_you_mean(run):
     assert r.stderr.strip() == "Error: no sweep 'learning-rate'; did you mean 'learning-rates'?"
     r = CliRunner().invoke(cli, ["results", "zzz"])
     assert r.exit_code == 2 and "`polyfit sweeps` lists them" in r.stderr
+
+
+# -- honest progress ---------------------------------------------------------------------------
+
+def _age(db: str, sweep_id: str, sql: str, **params) -> None:
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(db)
+    with eng.begin() as c:
+        c.execute(text(sql), {"s": sweep_id, **params})
+    eng.dispose()
+
+
+def test_the_eta_follows_the_work_left_not_the_count_of_jobs(run):
+    from datetime import UTC, datetime, timedelta
+
+    from polyfit_results.queries import progress
+    from store import jobs as J
+    from store import make_engine
+
+    # 20 short jobs done in the last 20 s, and one job with 1,000 times their work running.
+    sid = run("sweep", "submit", "--variant", "numpy", "--seed", "0-19", "--epochs", "10",
+              "--name", "mixed").stdout.split()[-1]
+    run("sweep", "submit", "--variant", "numpy", "--seed", "0", "--epochs", "10000",
+        "--name", "mixed")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    _age(run.db, sid, "UPDATE jobs SET status = 'succeeded', started_at = :a, finished_at = :b "
+                      "WHERE sweep_id = :s AND epochs = 10",
+         a=now - timedelta(seconds=20), b=now - timedelta(seconds=1))
+    _age(run.db, sid, "UPDATE jobs SET status = 'running', started_at = :a WHERE sweep_id = :s "
+                      "AND epochs = 10000", a=now - timedelta(seconds=1))
+    engine = make_engine(run.db)
+    p = progress(engine, J.find_sweep(engine, sid))
+    engine.dispose()
+    assert p.ended == 20 and p.total == 21
+    # 20 x 10 epochs x 2000 points in ~20 s; 10,000 x 2000 left: about 1,000 s, not ~1 s.
+    assert 600 < p.eta_s < 1500, p
+    assert 0.7 < p.fits_per_s < 1.3, p
+
+
+def test_status_says_when_no_worker_serves_a_sweep_and_names_the_command(run):
+    sid = run("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs", "10",
+              "--name", "orphan").stdout.split()[-1]
+    fresh = CliRunner().invoke(cli, ["status", "orphan"])
+    assert "no worker" not in fresh.output  # just submitted: not idle yet
+    _age(run.db, sid, "UPDATE sweeps SET created_at = '2000-01-01 00:00:00' WHERE id = :s")
+    idle = CliRunner().invoke(cli, ["status", "orphan"])
+    assert "no worker for" in idle.stdout
+    assert "`polyfit worker`" in idle.stderr and "`polyfit sweep run orphan`" in idle.stderr
+    as_json = json.loads(CliRunner().invoke(cli, ["status", "orphan", "--json"]).stdout)
+    assert as_json["idle_s"] > 60
+
+
+def test_a_sweep_that_ends_with_cancelled_jobs_says_so_and_exits_1(run):
+    run("sweep", "submit", "--variant", "numpy", "--seed", "0-2", "--epochs", "10",
+        "--name", "halted")
+    run("cancel", "halted")
+    r = CliRunner().invoke(cli, ["status", "halted", "--wait"])
+    assert r.exit_code == 1 and "3 jobs of the sweep cancelled" in r.stderr
+    assert r.stderr.count("\n") == 1  # silent until then: one note
+
+
+def test_counts_read_in_the_singular_where_they_are_one(run):
+    r = run("sweep", "submit", "--variant", "numpy", "--seed", "0", "--epochs", "10",
+            "--name", "one")
+    assert "1 job (1 new), 1 enqueued in 1 batch" in r.stdout
+
+
+def test_best_and_job_show_the_fitted_polynomial_and_plot_defaults_to_the_latest(run, tmp_path):
+    sid = run("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs", "300",
+              "--name", "shown").stdout.split()[-1]
+    run.train_all(sid)
+    best = json.loads(run("best", "--format", "json").stdout)[0]
+    c = best["monomial"]
+    assert best["formula"].startswith(f"y = {'-' if c[0] < 0 else ''}{abs(c[0]):.3f} ")
+    assert best["formula"].endswith("x³")
+    detail = run("job", best["id"][:8]).stdout
+    assert best["formula"] in detail and f"id{' ' * 17}{best['id']}" in detail
+    assert json.loads(run("job", best["id"], "--format", "json").stdout)["loss_curve"]
+    assert "shown" in run("plot", "-o", str(tmp_path / "p.png")).stdout
+    assert (tmp_path / "p.png").stat().st_size > 10_000
