@@ -44,11 +44,10 @@ BEST_COLUMNS = ("variant", "lr", "degree", "seed", "optimizer", "status", "final
 
 @dataclass(frozen=True)
 class Target:
-    """The sweep ``sweep run`` trains: its id, its name and its size."""
+    """The sweep ``sweep run`` trains: its id and its name."""
 
     sweep_id: str
     name: str
-    jobs: int
 
 
 def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size: int | None,
@@ -56,7 +55,7 @@ def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size
     """Submit ``plan`` and train it here; returns the exit code: 0 when every job ended
     succeeded or diverged, else 1. The local workers are stopped on every way out, an error or
     Ctrl-C included."""
-    target = Target(plan.sweep_id, plan.name, len(plan.jobs))
+    target = Target(plan.sweep_id, plan.name)
     return _run(settings, target, lambda spread: submit(
         settings, plan, batch_size=batch_size, spread=spread, fresh=fresh),
         workers=workers, top=top, out=out)
@@ -67,12 +66,7 @@ def continue_sweep(settings: Settings, sweep: store_jobs.SweepRow, *, workers: i
     """Train what an existing sweep still needs (queued jobs, and those of a worker that
     stopped beating) here, as ``sweep run`` does: how a sweep interrupted with Ctrl-C, or
     submitted with no worker to serve it, is finished."""
-    engine = make_engine(settings.db_url)
-    try:
-        jobs = sum(store_jobs.status_counts(engine, sweep.id).values())
-    finally:
-        engine.dispose()
-    target = Target(sweep.id, sweep.name, jobs)
+    target = Target(sweep.id, sweep.name)
     return _run(settings, target, lambda spread: carry_on(
         settings, sweep.id, batch_size=batch_size, spread=spread),
         workers=workers, top=top, out=out)
@@ -94,8 +88,9 @@ def _run(settings: Settings, target: Target, enqueue: Callable[[int], Submitted]
             return 1
         reused = (f", {done.reused_jobs} with results from other sweeps"
                   if done.reused_jobs else "")
+        size = f"{report.plural(done.jobs, 'job')}{reused}, " if done.jobs else ""
         click.echo(f"sweep {target.name} ({target.sweep_id}): "
-                   f"{report.plural(target.jobs, 'job')}{reused}, {done.enqueued_jobs} to run "
+                   f"{size}{done.enqueued_jobs} to run "
                    f"in {report.plural(done.batches, 'batch', 'batches')} on "
                    f"{report.plural(workers, 'local worker process', 'local worker processes')}",
                    err=True)

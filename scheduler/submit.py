@@ -2,18 +2,28 @@
 
 The sweep and all its jobs are recorded (as ``queued``) in one transaction before anything is
 enqueued, so a submit that dies half-way leaves nothing that ``polyfit sweep resume`` cannot
-finish, and a job enqueued twice is still claimed only once by the store."""
+finish, and a job enqueued twice is still claimed only once by the store. Everything streams:
+the plan makes jobs one at a time, rows go to the store and batches to the broker in chunks, so
+the scheduler's memory does not grow with the sweep (a million jobs in a few hundred MB)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from polyfit_models import batch_key
 from scheduler.sweep import Plan
 from store import jobs as store_jobs
 from store.db import create_schema, make_engine
+from store.jobs import JobRow
 from store.records import ENDED
 from worker.app import make_app
-from worker.batches import BrokerError, batches_for_views, plan_batches, publish
+from worker.batches import (
+    BatchStream,
+    BrokerError,
+    batches_for_views,
+    publish_stream,
+)
 from worker.settings import Settings
 
 __all__ = ["BrokerError", "Submitted", "carry_on", "resume", "submit"]
@@ -26,6 +36,7 @@ class Submitted:
     enqueued_jobs: int
     batches: int
     reused_jobs: int = 0
+    jobs: int = 0  # in the plan
 
 
 def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
@@ -38,57 +49,101 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
     a cancel nor retrains a result (``resume`` retries failed and cancelled jobs); ``fresh``
     trains every job of the plan again."""
     engine = make_engine(settings.db_url)
-    ids = [job.id for job in plan.jobs]
     try:
         create_schema(engine)
         recorded = store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
-                                         [job.row() for job in plan.jobs], reuse=not fresh)
-        if recorded.new < len(plan.jobs) or fresh:
+                                         (job.row() for job in plan.iter_jobs()),
+                                         reuse=not fresh)
+        if recorded.new < recorded.given or fresh:
             # A re-run: some jobs are recorded already; the store says which need to run.
-            retry = tuple(s.value for s in ENDED) if fresh else ()
             if fresh:
-                store_jobs.clear_results(engine, plan.sweep_id, ids)
-            todo = store_jobs.requeue(engine, plan.sweep_id, settings.stale_after_s,
-                                      retry=retry, job_ids=ids)
+                ids = (job.id for job in plan.iter_jobs())
+                store_jobs.clear_results(engine, plan.sweep_id,
+                                         (job.id for job in plan.iter_jobs()))
+                chunks = store_jobs.requeue_chunks(
+                    engine, plan.sweep_id, settings.stale_after_s,
+                    retry=tuple(s.value for s in ENDED), job_ids=ids)
+            else:
+                chunks = store_jobs.requeue_chunks(engine, plan.sweep_id,
+                                                   settings.stale_after_s)
+            sent, batches = _publish_rows(settings, plan.sweep_id, chunks, batch_size, spread)
+        else:
+            # A new sweep: every job was just recorded as queued (or took a result), so the
+            # plan is the work list.
+            stream = BatchStream(plan.sweep_id, settings, batch_size=batch_size, spread=spread,
+                                 group_sizes=_group_sizes(plan))
+            counted = _Counted()
+            sent = publish_stream(make_app(settings), counted.over(_batches(
+                stream, ((job.id, job.spec, job.device) for job in plan.iter_jobs()
+                         if job.id not in recorded.reused))))
+            batches = counted.n
     finally:
         engine.dispose()
-    if recorded.new < len(plan.jobs) or fresh:
-        batches = batches_for_views(todo, settings, batch_size=batch_size, spread=spread)
-    else:
-        # A new sweep: every job was just recorded as queued (or took a result), so the plan
-        # is the work list.
-        batches = plan_batches(plan.sweep_id,
-                               [(job.id, job.spec, job.device) for job in plan.jobs
-                                if job.id not in recorded.reused], settings,
-                               batch_size=batch_size, spread=spread)
-    publish(make_app(settings), batches)
-    return Submitted(plan.sweep_id, recorded.new, sum(len(b.job_ids) for b in batches),
-                     len(batches), len(recorded.reused))
+    return Submitted(plan.sweep_id, recorded.new, sent, batches, len(recorded.reused),
+                     recorded.given)
+
+
+def _group_sizes(plan: Plan) -> dict[tuple, int]:
+    """About how many jobs each group of compatible jobs has (from the templates, before
+    duplicates are dropped): to cut each into as many batches as there are workers."""
+    sizes: dict[tuple, int] = {}
+    for t in plan.templates:
+        key = (t.device, batch_key(t.base))
+        sizes[key] = sizes.get(key, 0) + len(t)
+    return sizes
+
+
+def _batches(stream: BatchStream, jobs: Iterable[tuple]) -> Iterator:
+    for job_id, spec, device in jobs:
+        batch = stream.add(job_id, spec, device)
+        if batch is not None:
+            yield batch
+    yield from stream.rest()
+
+
+class _Counted:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def over(self, items: Iterable) -> Iterator:
+        for item in items:
+            self.n += 1
+            yield item
+
+
+def _publish_rows(settings: Settings, sweep_id: str, chunks: Iterable[list[JobRow]],
+                  batch_size: int | None, spread: int) -> tuple[int, int]:
+    app = make_app(settings)
+    sent = batches = 0
+    for rows in chunks:
+        planned = batches_for_views(rows, settings, batch_size=batch_size, spread=spread)
+        sent += publish_stream(app, planned)
+        batches += len(planned)
+    return sent, batches
 
 
 def carry_on(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
              spread: int = 8) -> Submitted:
     """Enqueue what a sweep still needs: its queued jobs, and those of a worker that stopped
     beating (not its failed or cancelled ones: ``resume`` retries those)."""
-    engine = make_engine(settings.db_url)
-    try:
-        todo = store_jobs.requeue(engine, sweep_id, settings.stale_after_s)
-    finally:
-        engine.dispose()
-    batches = batches_for_views(todo, settings, batch_size=batch_size, spread=spread)
-    publish(make_app(settings), batches)
-    return Submitted(sweep_id, 0, sum(len(b.job_ids) for b in batches), len(batches))
+    return _requeue_and_publish(settings, sweep_id, (), batch_size, spread)
 
 
 def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
            spread: int = 8) -> Submitted:
     """Re-enqueue the jobs of a sweep that have not ended well: queued, stuck on a dead
     worker, failed, and cancelled (resuming is how a cancel is undone)."""
+    return _requeue_and_publish(settings, sweep_id, ("failed", "cancelled"), batch_size,
+                                spread)
+
+
+def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_size, spread
+                         ) -> Submitted:
     engine = make_engine(settings.db_url)
     try:
-        todo = store_jobs.requeue_missing(engine, sweep_id, settings.stale_after_s)
+        chunks = store_jobs.requeue_chunks(engine, sweep_id, settings.stale_after_s,
+                                           retry=retry)
+        sent, batches = _publish_rows(settings, sweep_id, chunks, batch_size, spread)
     finally:
         engine.dispose()
-    batches = batches_for_views(todo, settings, batch_size=batch_size, spread=spread)
-    publish(make_app(settings), batches)
-    return Submitted(sweep_id, 0, sum(len(b.job_ids) for b in batches), len(batches))
+    return Submitted(sweep_id, 0, sent, batches)

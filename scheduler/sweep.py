@@ -7,6 +7,7 @@ out of range, an unknown key or variant, or a grid left with no job is a ``Sweep
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -15,7 +16,7 @@ import os
 import random
 import re
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,17 +59,92 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Template:
+    """The jobs of one variant and one combination of the axes other than lr and seed: its
+    spec for the first lr and seed (checked whole), and the lrs and seeds to cross it with."""
+
+    device: str
+    base: JobSpec
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.lrs) * len(self.seeds)
+
+    def jobs(self) -> Iterator[Job]:
+        # job_id's canonical JSON of this template, cut where lr and seed go: each job's id
+        # is then one string join and one hash (a million-job sweep spends its time here).
+        lr_mark, seed_mark = "\x00lr\x00", "\x00seed\x00"
+        text = _canonical({**self.base.to_dict(), "lr": lr_mark, "seed": seed_mark},
+                          self.device)
+        head, rest = text.split(json.dumps(lr_mark))
+        if json.dumps(seed_mark) in head:  # the keys are sorted: "lr" comes before "seed"
+            raise AssertionError("unexpected key order")
+        middle, tail = rest.split(json.dumps(seed_mark))
+        for lr in self.lrs:
+            for seed in self.seeds:
+                spec = self.base.with_lr_and_seed(lr, seed)
+                canonical = f"{head}{json.dumps(spec.lr)}{middle}{spec.seed}{tail}"
+                yield Job(hashlib.sha256(canonical.encode()).hexdigest()[:16], spec,
+                          self.device)
+
+
+@dataclass(frozen=True)
 class Plan:
+    """A sweep to record: its id, name and normalized spec, and its jobs as templates that
+    make them one at a time (a million-job sweep is never held in memory whole)."""
+
     sweep_id: str
     name: str
     spec: dict
-    jobs: tuple[Job, ...]
+    templates: tuple[Template, ...]
     skipped: tuple[str, ...]
+    sample: tuple[int, int] | None = None
+
+    def iter_jobs(self) -> Iterator[Job]:
+        """Every job once (a job that two grids or an ignored axis make twice, once)."""
+        chosen = self.chosen
+        seen: set[int] = set()
+        for template in self.templates:
+            for job in template.jobs():
+                key = int(job.id, 16)
+                if key in seen or (chosen is not None and key not in chosen):
+                    continue
+                seen.add(key)
+                yield job
+
+    @functools.cached_property
+    def size(self) -> int:
+        return sum(1 for _ in self.iter_jobs())
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        """Every job, held in memory (for small plans and tests; submit streams them)."""
+        return tuple(self.iter_jobs())
+
+    @functools.cached_property
+    def chosen(self) -> frozenset[int] | None:
+        """The ids drawn by ``sample`` (from the job ids in order: the same spec and seed give
+        the same jobs, whatever order the grid is written in), or None for all."""
+        if self.sample is None:
+            return None
+        n, seed = self.sample
+        ids: set[int] = set()
+        for template in self.templates:
+            ids.update(int(job.id, 16) for job in template.jobs())
+        if n >= len(ids):
+            return frozenset(ids)
+        return frozenset(random.Random(seed).sample(sorted(ids), n))
 
 
 def job_id(spec: JobSpec, device: str) -> str:
-    canonical = json.dumps({**spec.to_dict(), "device": device}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    """A job's id: the digest of its settings and device (the same job, the same id, in every
+    sweep and database)."""
+    return hashlib.sha256(_canonical(spec.to_dict(), device).encode()).hexdigest()[:16]
+
+
+def _canonical(fields: dict, device: str) -> str:
+    return json.dumps({**fields, "device": device}, sort_keys=True)
 
 
 #: A sweep spec is a small text file: anything bigger is refused unread.
@@ -288,7 +364,7 @@ def _spaced(axis: str, raw: object, max_values: int) -> list | None:
     return values
 
 
-def parse_axis(axis: str, values: object, max_values: int = 200_000) -> list:
+def parse_axis(axis: str, values: object, max_values: int = 1_000_000) -> list:
     """The validated values of one axis; refuses more than ``max_values`` of them before any
     range is expanded (a typo like seed 0-999999999 must not allocate a billion ints)."""
     spaced = _spaced(axis, values, max_values)
@@ -376,7 +452,7 @@ def build_plan(
     *,
     name: str | None = None,
     default_name: str = "sweep",
-    max_jobs: int = 200_000,
+    max_jobs: int = 1_000_000,
     max_job_work: int = 2_000_000_000,
     memory_budget: Callable[[str], int] | None = None,
     sample: object = None,
@@ -416,18 +492,16 @@ def build_plan(
         raise SweepSpecError(f"the grid has up to {upper:,} jobs, over the limit of {max_jobs:,} "
                              "(POLYFIT_MAX_JOBS)")
 
-    jobs: dict[str, Job] = {}
+    templates: list[Template] = []
     skipped: dict[str, None] = {}
     for g in grids:
         for variant_name in g.get("variant", list(VARIANTS)):
-            _expand(VARIANTS[variant_name], g, target, x, jobs, skipped, max_job_work,
-                    memory_budget)
-    if not jobs:
+            templates += _templates(VARIANTS[variant_name], g, target, x, skipped,
+                                    max_job_work, memory_budget)
+    if not templates:
         why = f" ({next(iter(skipped))})" if skipped else ""
         raise SweepSpecError(f"the grid leaves no job to run{why}")
     sample = _sample(sample if sample is not None else spec.get("sample"))
-    if sample is not None:
-        jobs = _draw(jobs, *sample)
 
     normalized = {
         "name": sweep_name,
@@ -438,7 +512,7 @@ def build_plan(
     if sample is not None:
         normalized["sample"] = {"n": sample[0], "seed": sample[1]}
     return Plan(sweep_id=sweep_id_of(sweep_name), name=sweep_name, spec=normalized,
-                jobs=tuple(jobs.values()), skipped=tuple(skipped))
+                templates=tuple(templates), skipped=tuple(skipped), sample=sample)
 
 
 def _sample(raw: object) -> tuple[int, int] | None:
@@ -459,15 +533,6 @@ def _sample(raw: object) -> tuple[int, int] | None:
     return n, seed
 
 
-def _draw(jobs: dict, n: int, seed: int) -> dict:
-    """``n`` of the jobs at random, without repeats; the same grid and seed give the same jobs
-    (drawn from the job ids in order, not from the order the grid was written in)."""
-    if n >= len(jobs):
-        return jobs
-    chosen = set(random.Random(seed).sample(sorted(jobs), n))
-    return {job_id: job for job_id, job in jobs.items() if job_id in chosen}
-
-
 def sweep_id_of(name: str) -> str:
     """A sweep's id: its name's digest. One sweep per name in a database, so running a spec
     again under the same name, its grid grown or not, adds to that sweep (and a sweep is found
@@ -475,12 +540,20 @@ def sweep_id_of(name: str) -> str:
     return hashlib.sha256(json.dumps(["sweep", name]).encode()).hexdigest()[:12]
 
 
-def _expand(variant, grid: Mapping, target: str, x: Mapping, jobs: dict, skipped: dict,
-            max_job_work: int, memory_budget: Callable[[str], int] | None) -> None:
+def _templates(variant, grid: Mapping, target: str, x: Mapping, skipped: dict,
+               max_job_work: int, memory_budget: Callable[[str], int] | None
+               ) -> list[Template]:
+    """The variant's templates in this grid: one per combination of the axes other than lr
+    and seed, each checked whole (limits, memory, the spec's own rules) once."""
     # The device is every variant's: a job for a device the variant cannot use is left out.
     used = [a for a in AXES if a in grid and (a == "device" or a in axes_used(variant))]
-    for combo in itertools.product(*(grid[a] for a in used)):
-        values = dict(zip(used, combo))
+    keyed = [a for a in used if a not in ("lr", "seed")]
+    defaults = variant.defaults
+    lrs = tuple(grid["lr"]) if "lr" in used else (defaults["lr"],)
+    seeds = tuple(grid["seed"]) if "seed" in used else (0,)
+    out = []
+    for combo in itertools.product(*(grid[a] for a in keyed)):
+        values = dict(zip(keyed, combo))
         device = values.pop("device", "cpu")
         if device != "any" and device.split(":")[0] not in variant.devices:
             skipped[f"{variant.name} cannot run on {device}"] = None
@@ -497,7 +570,8 @@ def _expand(variant, grid: Mapping, target: str, x: Mapping, jobs: dict, skipped
             skipped[f"{variant.name} cannot use optimizer {optimizer}"] = None
             continue
         try:
-            spec = JobSpec.create(variant.name, target=target, **x, **values)
+            spec = JobSpec.create(variant.name, target=target, lr=lrs[0], seed=seeds[0], **x,
+                                  **values)
         except SpecError as e:
             raise SweepSpecError(f"{variant.name}: {e}") from e
         if spec.epochs * spec.x_points > max_job_work:
@@ -506,8 +580,8 @@ def _expand(variant, grid: Mapping, target: str, x: Mapping, jobs: dict, skipped
                 f"over the limit of {max_job_work:,} (POLYFIT_MAX_JOB_WORK)")
         if memory_budget is not None:
             _check_memory(spec, device, memory_budget(device))
-        jid = job_id(spec, device)
-        jobs.setdefault(jid, Job(jid, spec, device))
+        out.append(Template(device, spec, lrs, seeds))
+    return out
 
 
 def _check_memory(spec: JobSpec, device: str, budget: int) -> None:

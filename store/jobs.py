@@ -5,8 +5,9 @@ engine and plain values and returns plain dataclasses."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -143,43 +144,59 @@ def _insert_ignoring_existing(engine: Engine, table):
 
 @dataclass(frozen=True)
 class Recorded:
-    """What recording a sweep did: how many jobs were new, and which of those took the result
-    that another sweep of the database has for the same settings (they need no training)."""
+    """What recording a sweep did: how many jobs were new, which of those took the result that
+    another sweep of the database has for the same settings (they need no training), and how
+    many jobs the spec had."""
 
     new: int
     reused: frozenset[str]
+    given: int = 0
 
 
-def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Sequence[dict],
+def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Iterable[dict],
                *, reuse: bool = True) -> Recorded:
-    """Record a sweep and its jobs as ``queued``; a sweep or job already recorded is left as it
-    is, also when another process records the same sweep at the same moment (the sweep's
-    ``spec`` becomes the latest one given: a sweep grows when its spec does).
+    """Record a sweep and its jobs (rows, any iterable: a million-job sweep is streamed in
+    chunks, never held whole) as ``queued``; a sweep or job already recorded is left as it is,
+    also when another process records the same sweep at the same moment (the sweep's ``spec``
+    becomes the latest one given: a sweep grows when its spec does).
 
     ``reuse``: a new job whose settings ended well (succeeded or diverged) in another sweep of
     this database takes that result, loss curve included, instead of being trained again; its
     ``reused_from`` names that sweep. All in one transaction: a sweep is never half-recorded."""
     t = now()
-    rows = [{**job, "sweep_id": sweep_id, "status": QUEUED, "attempts": 0, "heartbeat_at": t}
-            for job in jobs]
     table = JobRecord.__table__
+    extra = {"sweep_id": sweep_id, "status": QUEUED, "attempts": 0, "heartbeat_at": t}
     with transaction(engine) as s:
         s.execute(_insert_ignoring_existing(engine, SweepRecord.__table__),
                   [{"id": sweep_id, "name": name, "spec": spec, "created_at": t}])
         s.execute(update(SweepRecord).where(SweepRecord.id == sweep_id).values(spec=spec)
                   .execution_options(**_NO_SYNC))
-        new: list[str] = []
-        for chunk in _chunks(rows):
+        new = seen = 0
+        reused: set[str] = set()
+        # Nothing ended well in another sweep: nothing to reuse, no lookup per chunk.
+        reuse = reuse and s.execute(
+            select(table.c.id).where(table.c.sweep_id != sweep_id, table.c.status.in_(OK))
+            .limit(1)).first() is not None
+        for chunk in _batched(jobs, _INSERT_CHUNK):
+            seen += len(chunk)
             # RETURNING names exactly the rows this call inserted (executemany rowcounts
             # differ between drivers).
-            new += s.scalars(
-                _insert_ignoring_existing(engine, table).returning(table.c.id), list(chunk)
-            ).all()
-        reused: set[str] = set()
-        if reuse:
-            for chunk in _chunks(new):
-                reused |= _reuse_results(s, sweep_id, chunk)
-        return Recorded(len(new), frozenset(reused))
+            inserted = s.scalars(
+                _insert_ignoring_existing(engine, table).returning(table.c.id),
+                [{**row, **extra} for row in chunk]).all()
+            new += len(inserted)
+            if reuse and inserted:
+                reused |= _reuse_results(s, sweep_id, inserted)
+        return Recorded(new, frozenset(reused), seen)
+
+
+_INSERT_CHUNK = 2000
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 #: What a reused row takes from the row it reuses.
@@ -519,33 +536,53 @@ def cancel_sweep(engine: Engine, sweep_id: str) -> int:
 
 def requeue(engine: Engine, sweep_id: str, stale_after_s: float, *,
             retry: Sequence[str] = (), job_ids: Sequence[str] | None = None) -> list[JobRow]:
-    """Put back in the queue the jobs of a sweep that still need a worker, and return them, to
-    be enqueued: the ``queued`` ones (their message may be lost), those ``running`` on a worker
-    whose heartbeat stopped, and the ended ones whose status is in ``retry`` (``failed``,
-    ``cancelled``: only when the user asks, as ``polyfit sweep resume`` does; ``succeeded`` and
-    ``diverged`` too for ``--fresh``, which trains them again). ``job_ids``: only these.
+    """Every chunk of ``requeue_chunks``, as one list (for sweeps of a size that fits)."""
+    return [job for chunk in requeue_chunks(engine, sweep_id, stale_after_s, retry=retry,
+                                            job_ids=job_ids) for job in chunk]
 
-    One guarded UPDATE ... RETURNING: a job that ends, or that a live worker claims, while this
-    runs is not touched (a select-then-update would put it back in the queue)."""
+
+def requeue_chunks(engine: Engine, sweep_id: str, stale_after_s: float, *,
+                   retry: Sequence[str] = (), job_ids: Iterable[str] | None = None,
+                   chunk: int = 5000) -> Iterator[list[JobRow]]:
+    """Put back in the queue the jobs of a sweep that still need a worker, and yield them, a
+    chunk at a time (to be enqueued as they come: memory stays flat however big the sweep): the
+    ``queued`` ones (their message may be lost), those ``running`` on a worker whose heartbeat
+    stopped, and the ended ones whose status is in ``retry`` (``failed``, ``cancelled``: only
+    when the user asks, as ``polyfit sweep resume`` does; ``succeeded`` and ``diverged`` too for
+    ``--fresh``, which trains them again). ``job_ids``: only these.
+
+    Each chunk is one guarded UPDATE ... RETURNING in its own transaction: a job that ends, or
+    that a live worker claims, while this runs is not touched (a select-then-update would put
+    it back in the queue). A chunk moved leaves its rows' heartbeat at this call's time, which
+    is how the next chunk skips them."""
     t = now()
     stale = t - timedelta(seconds=stale_after_s)
     retry = [JobStatus(r) for r in retry]
     guard = or_(JobRecord.status == QUEUED,
                 (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale),
                 JobRecord.status.in_(retry))
-    where = (JobRecord.sweep_id == sweep_id) & guard
     retried = JobRecord.status.in_(retry)
     # A job trained again starts from nothing: its old result is cleared with its status.
-    cleared = {c: case((retried, None), else_=getattr(JobRecord, c))
-               for c in (*_RESULT_KEYS[1:], "reused_from")}
-    if job_ids is None:
-        return _requeue_returning(engine, t, where, status=QUEUED, worker=None,
-                                  finished_at=None, **cleared)
-    out: list[JobRow] = []
-    for chunk in _chunks(sorted(set(job_ids))):
-        out += _requeue_returning(engine, t, where & JobRecord.id.in_(chunk), status=QUEUED,
-                                  worker=None, finished_at=None, **cleared)
-    return out
+    values = {"status": QUEUED, "worker": None, "finished_at": None,
+              **{c: case((retried, None), else_=getattr(JobRecord, c))
+                 for c in (*_RESULT_KEYS[1:], "reused_from")}}
+    where = (JobRecord.sweep_id == sweep_id) & guard
+    if job_ids is not None:
+        for ids in _batched(job_ids, _CHUNK):
+            moved = _requeue_returning(engine, t, where & JobRecord.id.in_(ids), **values)
+            if moved:
+                yield moved
+        return
+    untouched = or_(JobRecord.heartbeat_at < t, JobRecord.heartbeat_at.is_(None))
+    table = JobRecord.__table__
+    while True:
+        pick = (select(table.c.id).where(where, untouched).order_by(table.c.id).limit(chunk)
+                .scalar_subquery())
+        moved = _requeue_returning(engine, t, where & JobRecord.id.in_(pick), **values)
+        if moved:
+            yield moved
+        if len(moved) < chunk:
+            return
 
 
 def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list[JobRow]:
@@ -553,10 +590,10 @@ def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list
     return requeue(engine, sweep_id, stale_after_s, retry=(FAILED, CANCELLED))
 
 
-def clear_results(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> None:
+def clear_results(engine: Engine, sweep_id: str, job_ids: Iterable[str]) -> None:
     """Forget the loss curves of jobs about to be trained again (``--fresh``)."""
     with transaction(engine) as s:
-        for chunk in _chunks(sorted(set(job_ids))):
+        for chunk in _batched(job_ids, _CHUNK):
             s.execute(delete(LossPointRecord).where(LossPointRecord.sweep_id == sweep_id,
                                                     LossPointRecord.job_id.in_(chunk)))
 

@@ -89,6 +89,9 @@ class JobRecord(Base):
         # Every worker's reaper looks for running jobs with a stale heartbeat, and queued ones
         # that waited too long, across all sweeps: without this, a scan of the whole table.
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
+        # A job's results across sweeps (reuse at submit looks a new job's id up in every
+        # sweep): without it, a scan of the whole table per chunk of a submit.
+        Index("ix_jobs_id_status", "id", "status"),
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from celery import Celery
 from kombu.exceptions import ChannelError, KombuError, OperationalError
@@ -59,6 +59,67 @@ def plan_batches(
             batches.append(Batch(sweep_id, device, tuple(job_id for job_id, _ in chunk),
                                  about=_about([spec for _, spec in chunk])))
     return batches
+
+
+class BatchStream:
+    """``plan_batches`` for jobs that come one at a time (a million-job sweep is never held
+    whole): a buffer per group of compatible jobs, a batch out as soon as a buffer is full.
+    ``group_sizes`` (device, batch key) -> about how many jobs the group will have, to cut it
+    into ``spread`` batches at least, as ``plan_batches`` does."""
+
+    def __init__(self, sweep_id: str, settings: Settings, *, batch_size: int | None = None,
+                 spread: int = 1, group_sizes: dict[tuple, int] | None = None) -> None:
+        self.sweep_id, self.settings = sweep_id, settings
+        self.batch_size, self.spread = batch_size, max(1, spread)
+        self.group_sizes = group_sizes or {}
+        self._buffers: dict[tuple, list[tuple[str, JobSpec | None]]] = {}
+        self._sizes: dict[tuple, int] = {}
+
+    def add(self, job_id: str, spec: JobSpec | None, device: str) -> Batch | None:
+        """Take one job; returns a batch when this job filled one."""
+        key = (device, None if spec is None else batch_key(spec))
+        buffer = self._buffers.setdefault(key, [])
+        buffer.append((job_id, spec))
+        if len(buffer) >= self._size(key, spec, device):
+            del self._buffers[key]
+            return self._batch(device, buffer)
+        return None
+
+    def rest(self) -> list[Batch]:
+        """The batches of what is left in the buffers."""
+        out = [self._batch(key[0], buffer) for key, buffer in self._buffers.items()]
+        self._buffers.clear()
+        return out
+
+    def _size(self, key: tuple, spec: JobSpec | None, device: str) -> int:
+        if key not in self._sizes:
+            if self.batch_size:
+                self._sizes[key] = self.batch_size
+            elif spec is None:
+                self._sizes[key] = MAX_BATCH["cpu"]
+            else:
+                total = self.group_sizes.get(key, MAX_BATCH["cuda"])
+                self._sizes[key] = min(auto_batch_size(spec, device, self.settings),
+                                       max(1, math.ceil(total / self.spread)))
+        return self._sizes[key]
+
+    def _batch(self, device: str, members: list[tuple[str, JobSpec | None]]) -> Batch:
+        return Batch(self.sweep_id, device, tuple(job_id for job_id, _ in members),
+                     about=_about([spec for _, spec in members]))
+
+
+def publish_stream(app: Celery, batches: Iterable[Batch], every: int = 200) -> int:
+    """Publish batches as they come, ``every`` at a time; returns how many jobs went out."""
+    sent = 0
+    pending: list[Batch] = []
+    for batch in batches:
+        pending.append(batch)
+        if len(pending) >= every:
+            publish(app, pending)
+            sent += sum(len(b.job_ids) for b in pending)
+            pending = []
+    publish(app, pending)
+    return sent + sum(len(b.job_ids) for b in pending)
 
 
 def _about(specs: Sequence[JobSpec | None]) -> str:

@@ -71,7 +71,7 @@ class Settings:
     # None means the embedded broker next to the database.
     broker: str | None = None
     # Refuse sweeps larger than this many jobs...
-    max_jobs: int = 200_000
+    max_jobs: int = 1_000_000
     # ...and any job whose epochs x points exceeds this (a typo like --epochs 1e12).
     max_job_work: int = 2_000_000_000
     # A running job whose heartbeat is older than this is taken to have lost its worker; a

@@ -56,7 +56,7 @@ def sweep_submit(settings: Settings, spec_path, name, fresh, sample, batch_size,
     except BrokerError as e:
         raise WorkFailed(f"{e} (the sweep is recorded; `polyfit sweep resume "
                          f"{plan.sweep_id}` enqueues it)") from e
-    click.echo(f"sweep {plan.name}: {summary(len(plan.jobs), done)}")
+    click.echo(f"sweep {plan.name}: {summary(done.jobs, done)}")
     click.echo(plan.sweep_id)
 
 

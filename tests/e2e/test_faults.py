@@ -187,7 +187,7 @@ def test_a_scheduler_killed_mid_submit_loses_nothing_that_resume_cannot_finish(
     assert len(rows(db_url, sweep_id)) == 1000  # the store has the whole sweep
 
     r = cli(env, "sweep", "resume", sweep_id)
-    assert r.exit_code == 0 and "1000 jobs re-enqueued" in r.stdout
+    assert r.exit_code == 0 and "1,000 jobs re-enqueued" in r.stdout
     # Submitting the same sweep again adds no job and changes no result.
     again = cli(env, *args)
     assert again.exit_code == 0 and "(0 new)" in again.stdout
