@@ -11,6 +11,8 @@ None), reads through the same store functions as the CLI, and never creates a da
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -55,7 +57,7 @@ def _sweep(engine: Engine, sweep: str | None) -> store_jobs.SweepRow:
     return found
 
 
-def _frame(rows: list[dict], columns: Sequence[str]) -> pandas.DataFrame:
+def _frame(rows, columns: Sequence[str]) -> pandas.DataFrame:
     pd = _pandas()
     frame = pd.DataFrame(rows, columns=list(columns))
     for name in _TIMES:
@@ -70,13 +72,29 @@ def jobs_frame(sweep: str | None = None, *, db_url: str | None = None) -> pandas
     """One row per job of the sweep, every column of the ``jobs`` table plus ``gap`` (mse minus
     the least-squares optimum), sorted by mse (missing last). Times are UTC timestamps;
     ``coefficients`` and ``monomial`` hold lists."""
-    _pandas()
+    pd = _pandas()
     engine = _open(db_url)
+    columns = list(store_jobs.JOB_COLUMNS)
     try:
-        jobs = store_jobs.list_jobs(engine, _sweep(engine, sweep).id, sort="mse")
+        # Read a chunk of plain tuples at a time from the database's cursor (no object per
+        # row): a frame of a million jobs costs the frame, not ten times it.
+        target = _sweep(engine, sweep).id
+        chunks = [pd.DataFrame.from_records(chunk, columns=columns) for chunk in
+                  _chunked(store_jobs.stream_jobs(engine, target), 100_000)]
     finally:
         engine.dispose()
-    return _frame([job.to_dict(gap=True) for job in jobs], list(store_jobs.JOB_COLUMNS) + ["gap"])
+    frame = (pd.concat(chunks, ignore_index=True) if chunks
+             else pd.DataFrame(columns=columns))
+    for name in ("coefficients", "monomial"):
+        frame[name] = [None if v is None else json.loads(v) for v in frame[name]]
+    frame["gap"] = frame["mse"] - frame["optimum_mse"]
+    return _frame(frame, [*columns, "gap"])
+
+
+def _chunked(rows, size: int):
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 def best_frame(sweep: str | None = None, by: Sequence[str] = ("variant",), *,

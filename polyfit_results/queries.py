@@ -51,41 +51,41 @@ def device_class(device: str) -> str:
 def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
     """Counts, the recent rate and an ETA from the work left: a job's work is its epochs x
     points, so a sweep whose long jobs are still running does not claim to be nearly done
-    because most of its (short) jobs are. The ETA is that of the slowest device class."""
+    because most of its (short) jobs are. The ETA is that of the slowest device class. Three
+    indexed queries, none of which reads every row: fast on a sweep of a million jobs."""
     now = datetime.now(UTC)
-    rows = store_jobs.work_rows(engine, sweep.id, now - timedelta(seconds=RATE_WINDOW_S))
     counts: dict[str, int] = {}
     left: dict[str, int] = {}
-    recent_work: dict[str, int] = {}
-    recent_jobs = 0
-    starts, finishes, last_taken = [], [], []
-    for r in rows:
+    for r in store_jobs.work_rows(engine, sweep.id):
         counts[r.status] = counts.get(r.status, 0) + r.jobs
-        cls = device_class(r.device)
         if r.status not in ENDED:
+            cls = device_class(r.device)
             left[cls] = left.get(cls, 0) + r.work
-        recent_work[cls] = recent_work.get(cls, 0) + r.recent_work
-        recent_jobs += r.recent_jobs
-        starts += [r.first_started] if r.first_started else []
-        finishes += [r.last_finished] if r.last_finished else []
-        last_taken += [t for t in (r.last_started, r.last_finished) if t]
     total = sum(counts.values())
     ended = sum(n for s, n in counts.items() if s in ENDED)
     done = store_jobs.all_ended(counts)
-    rate = eta = idle = None
-    if starts:
-        until = max(finishes, default=now) if done else now
-        window = (until - max(min(starts), until - timedelta(seconds=RATE_WINDOW_S)))
-        span = window.total_seconds()
-        if span > 0 and recent_jobs:
-            rate = recent_jobs / span
-        if not done and span > 0:
-            etas = [work / (recent_work[cls] / span) if recent_work.get(cls) else None
-                    for cls, work in left.items() if work]
-            eta = max(etas) if etas and None not in etas else None
+    finished = store_jobs.last_finish(engine, sweep.id)
+    created = as_utc(sweep.created_at)
+    # The window: the last RATE_WINDOW_S up to now (up to the last finish once done), and not
+    # before the sweep was recorded.
+    until = (finished or now) if done else now
+    since = max(created, until - timedelta(seconds=RATE_WINDOW_S))
+    span = (until - since).total_seconds()
+    recent = store_jobs.recent_work(engine, sweep.id, since, until) if span > 0 else []
+    done_work: dict[str, int] = {}
+    for r in recent:
+        cls = device_class(r.device)
+        done_work[cls] = done_work.get(cls, 0) + r.work
+    jobs_recent = sum(r.jobs for r in recent)
+    rate = jobs_recent / span if span > 0 and jobs_recent else None
+    eta = None
+    if not done and span > 0:
+        etas = [work / (done_work[cls] / span) if done_work.get(cls) else None
+                for cls, work in left.items() if work]
+        eta = max(etas) if etas and None not in etas else None
+    idle = None
     if not done and counts.get(QUEUED) and not counts.get(RUNNING):
-        since = max(last_taken, default=as_utc(sweep.created_at))
-        idle_for = (now - since).total_seconds()
+        idle_for = (now - max(finished or created, created)).total_seconds()
         idle = idle_for if idle_for >= IDLE_AFTER_S else None
     return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done, idle)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sqlite3
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     Engine,
+    Text,
     bindparam,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -361,38 +364,55 @@ def _result_values(result: dict) -> dict:
 
 @dataclass(frozen=True)
 class WorkRow:
-    """The jobs of a sweep of one device value and one status: how many, their work (epochs x
-    points), those trained and finished since a moment, and the span of its trained jobs."""
+    """The jobs of a sweep of one device value and one status: how many, and their work
+    (epochs x points)."""
 
     device: str
     status: str
     jobs: int
     work: int
-    recent_jobs: int
-    recent_work: int
-    first_started: datetime | None
-    last_started: datetime | None
-    last_finished: datetime | None
 
 
-def work_rows(engine: Engine, sweep_id: str, since: datetime) -> list[WorkRow]:
-    """One query for the progress of a sweep (see ``polyfit_results.queries.progress``): jobs
-    that took a result from another sweep count as ended, not as work done here."""
+def work_rows(engine: Engine, sweep_id: str) -> list[WorkRow]:
+    """Jobs and work per status and device (read from one covering index)."""
     j = JobRecord.__table__.c
-    trained = (j.reused_from.is_(None) if "reused_from" in _columns_of(engine)
-               else literal(True))
-    work = j.epochs * j.x_points
-    recent = trained & (j.finished_at >= since)
-    q = (select(j.device, j.status, func.count(), func.sum(work),
-                func.sum(case((recent, 1), else_=0)), func.sum(case((recent, work), else_=0)),
-                func.min(case((trained, j.started_at), else_=None)),
-                func.max(case((trained, j.started_at), else_=None)),
-                func.max(case((trained, j.finished_at), else_=None)))
-         .where(j.sweep_id == sweep_id).group_by(j.device, j.status))
+    q = (select(j.status, j.device, func.count(), func.sum(j.epochs * j.x_points))
+         .where(j.sweep_id == sweep_id).group_by(j.status, j.device))
     with transaction(engine) as s:
-        return [WorkRow(d, st, n, int(w or 0), int(rn or 0), int(rw or 0),
-                        *(None if t is None else as_utc(t) for t in (a, b, c)))
-                for d, st, n, w, rn, rw, a, b, c in s.execute(q).all()]
+        return [WorkRow(d, st, n, int(w or 0)) for st, d, n, w in s.execute(q).all()]
+
+
+@dataclass(frozen=True)
+class RecentWork:
+    """The jobs of one device value a sweep trained (not reused) and finished in a window."""
+
+    device: str
+    jobs: int
+    work: int
+
+
+def recent_work(engine: Engine, sweep_id: str, since: datetime,
+                until: datetime | None = None) -> list[RecentWork]:
+    """What the sweep trained and finished between ``since`` and ``until`` (its recent rate;
+    only the rows of the window are read)."""
+    j = JobRecord.__table__.c
+    where = [j.sweep_id == sweep_id, j.finished_at >= since]
+    if until is not None:
+        where.append(j.finished_at <= until)
+    if "reused_from" in _columns_of(engine):
+        where.append(j.reused_from.is_(None))
+    q = (select(j.device, func.count(), func.sum(j.epochs * j.x_points)).where(*where)
+         .group_by(j.device))
+    with transaction(engine) as s:
+        return [RecentWork(d, n, int(w or 0)) for d, n, w in s.execute(q).all()]
+
+
+def last_finish(engine: Engine, sweep_id: str) -> datetime | None:
+    """When the sweep's latest job finished (None before any)."""
+    j = JobRecord.__table__.c
+    with transaction(engine) as s:
+        t = s.execute(select(func.max(j.finished_at)).where(j.sweep_id == sweep_id)).scalar()
+    return None if t is None else as_utc(t)
 
 
 def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:
@@ -455,44 +475,109 @@ def sweep_names(engine: Engine) -> list[str]:
         return list(s.scalars(select(SweepRecord.name).distinct()).all())
 
 
-def list_jobs(
-    engine: Engine,
-    sweep_id: str,
-    *,
-    variants: Sequence[str] = (),
-    statuses: Sequence[str] = (),
-    degrees: Sequence[int] = (),
-    lr_min: float | None = None,
-    lr_max: float | None = None,
-    sort: str = "mse",
-    descending: bool = False,
-    limit: int | None = None,
-) -> list[JobRow]:
-    """The jobs of a sweep, filtered and sorted (missing values last)."""
-    if sort not in JOB_COLUMNS:
-        raise StoreError(f"unknown column {sort!r}")
-    col = getattr(JobRecord, sort)
-    table = JobRecord.__table__
-    have = _columns_of(engine)
-    # A database made by an older polyfit lacks the newest columns: read what is there (a read
-    # command never upgrades a database).
-    q = select(*(table.c[c] if c in have else literal(None).label(c) for c in JOB_COLUMNS)
-               ).where(JobRecord.sweep_id == sweep_id)
-    if variants:
-        q = q.where(JobRecord.variant.in_(variants))
-    if statuses:
-        q = q.where(JobRecord.status.in_(statuses))
-    if degrees:
-        q = q.where(JobRecord.degree.in_(degrees))
-    if lr_min is not None:
-        q = q.where(JobRecord.lr >= lr_min)
-    if lr_max is not None:
-        q = q.where(JobRecord.lr <= lr_max)
-    q = q.order_by(col.is_(None), col.desc() if descending else col.asc(), JobRecord.id)
-    if limit is not None:
-        q = q.limit(limit)
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs of a sweep, in which order (what ``polyfit results`` filters and sorts by)."""
+
+    variants: Sequence[str] = ()
+    statuses: Sequence[str] = ()
+    degrees: Sequence[int] = ()
+    lr_min: float | None = None
+    lr_max: float | None = None
+    sort: str = "mse"
+    descending: bool = False
+    limit: int | None = None
+
+    def select(self, engine: Engine, sweep_id: str, *, raw_json: bool = False):
+        """The SELECT of ``JOB_COLUMNS``; ``raw_json``: the JSON columns as their stored text
+        and the times as text (an export writes them nearly as they are, without decoding and
+        encoding each: see ``iso_time``)."""
+        if self.sort not in JOB_COLUMNS:
+            raise StoreError(f"unknown column {self.sort!r}")
+        col = getattr(JobRecord, self.sort)
+        table = JobRecord.__table__
+        have = _columns_of(engine)
+
+        def column(name: str):
+            # A database made by an older polyfit lacks the newest columns: read what is
+            # there (a read command never upgrades a database).
+            if name not in have:
+                return literal(None).label(name)
+            if raw_json and name in ("coefficients", "monomial"):
+                return cast(table.c[name], Text).label(name)
+            if raw_json and name in ("started_at", "heartbeat_at", "finished_at"):
+                return _iso_text(engine, table.c[name]).label(name)
+            return table.c[name]
+
+        q = select(*(column(c) for c in JOB_COLUMNS)).where(JobRecord.sweep_id == sweep_id)
+        if self.variants:
+            q = q.where(JobRecord.variant.in_(self.variants))
+        if self.statuses:
+            q = q.where(JobRecord.status.in_(self.statuses))
+        if self.degrees:
+            q = q.where(JobRecord.degree.in_(self.degrees))
+        if self.lr_min is not None:
+            q = q.where(JobRecord.lr >= self.lr_min)
+        if self.lr_max is not None:
+            q = q.where(JobRecord.lr <= self.lr_max)
+        q = q.order_by(col.is_(None), col.desc() if self.descending else col.asc(),
+                       JobRecord.id)
+        return q if self.limit is None else q.limit(self.limit)
+
+
+def list_jobs(engine: Engine, sweep_id: str, **query) -> list[JobRow]:
+    """The jobs of a sweep, filtered and sorted (missing values last; see ``JobQuery``)."""
+    q = JobQuery(**query).select(engine, sweep_id)
     with transaction(engine) as s:
         return [JobRow(**r) for r in s.execute(q).mappings()]
+
+
+def _iso_text(engine: Engine, column):
+    """A time column as ISO 8601 text with its UTC offset, made by the database itself (an
+    export of a million rows does not parse and format three million times in Python)."""
+    if engine.dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", column),
+                            literal('YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'))
+    # SQLite keeps UTC times as 'YYYY-MM-DD HH:MM:SS.ffffff'.
+    return func.replace(column, literal(" "), literal("T")) + literal("+00:00")
+
+
+def stream_jobs(engine: Engine, sweep_id: str, query: JobQuery | None = None, *,
+                chunk: int = 10_000) -> Iterator[tuple]:
+    """The jobs of a sweep as plain tuples in ``JOB_COLUMNS`` order, ``chunk`` rows at a time
+    from the database's own cursor (a server-side one on PostgreSQL): memory stays flat
+    whatever the sweep's size, and nothing is done per row in Python. The JSON columns come as
+    their stored text, the times as ISO 8601 text."""
+    q = (query or JobQuery()).select(engine, sweep_id, raw_json=True)
+    try:
+        with engine.connect() as conn:
+            compiled = q.compile(conn, compile_kwargs={"render_postcompile": True})
+            raw = conn.connection.dbapi_connection
+            if engine.dialect.name == "postgresql":
+                cursor = raw.cursor(name="polyfit_export")
+                cursor.itersize = chunk
+                params = compiled.params
+            else:
+                cursor = raw.cursor()
+                params = [compiled.params[k] for k in compiled.positiontup]
+            try:
+                cursor.execute(str(compiled), params)
+                while rows := cursor.fetchmany(chunk):
+                    yield from rows
+            finally:
+                cursor.close()
+    except SQLAlchemyError as e:
+        raise store_error(engine, e) from e
+    except (sqlite3.Error, *_psycopg_errors()) as e:
+        raise store_error(engine, e) from e
+
+
+def _psycopg_errors() -> tuple:
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.Error,)
 
 
 _COLUMNS: weakref.WeakKeyDictionary[Engine, frozenset[str]] = weakref.WeakKeyDictionary()

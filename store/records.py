@@ -86,6 +86,11 @@ class JobRecord(Base):
 
     __table_args__ = (
         Index("ix_jobs_sweep_status", "sweep_id", "status"),
+        # What a sweep's progress sums (jobs and work per status and device), read from the
+        # index alone: a million-job sweep's status in a few tenths of a second, not seconds.
+        Index("ix_jobs_sweep_progress", "sweep_id", "status", "device", "epochs", "x_points"),
+        # The jobs a sweep finished lately (its recent rate) and its last finish.
+        Index("ix_jobs_sweep_finished", "sweep_id", "finished_at"),
         # Every worker's reaper looks for running jobs with a stale heartbeat, and queued ones
         # that waited too long, across all sweeps: without this, a scan of the whole table.
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),

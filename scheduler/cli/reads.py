@@ -11,7 +11,7 @@ import time
 import click
 
 from polyfit_models import VARIANTS
-from polyfit_results import queries, report
+from polyfit_results import export, queries, report
 from polyfit_results.progress import LiveProgress
 from scheduler.cli.group import EXIT_FAILED, InputError, cli
 from scheduler.cli.helpers import TABLE_COLUMNS, find_sweep, pass_settings, reading
@@ -24,6 +24,7 @@ from worker.settings import Settings
 # Every column of ``results`` but the JSON lists, which have no order (PostgreSQL refuses to
 # sort by them).
 SORT_COLUMNS = tuple(c for c in store_jobs.JOB_COLUMNS if c not in ("coefficients", "monomial"))
+RESULT_FORMATS = (*report.FORMATS, "parquet")
 BEST_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "status",
                 "final_loss", "mse", "optimum_mse", "gap", "id", "formula")
 
@@ -161,19 +162,50 @@ SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_ms
               type=click.Choice(SORT_COLUMNS), help="Column to sort by.")
 @click.option("--desc", is_flag=True, help="Sort descending.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows.")
-@click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(RESULT_FORMATS), default="table",
+              show_default=True,
+              help="csv, json and parquet stream the rows (memory stays flat on a sweep of "
+                   "millions); parquet needs -o FILE and pyarrow (polyfit[arrow]).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file instead of stdout.")
 @pass_settings()
 def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min, lr_max, sort,
-            desc, limit, fmt) -> None:
+            desc, limit, fmt, output) -> None:
     """The jobs of a sweep (the latest when omitted)."""
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
-    rows = store_jobs.list_jobs(engine, target.id, variants=variants_, statuses=statuses,
-                                degrees=degrees, lr_min=lr_min, lr_max=lr_max, sort=sort,
-                                descending=desc, limit=limit)
-    columns = TABLE_COLUMNS if fmt == "table" else store_jobs.JOB_COLUMNS
-    click.echo(report.render([r.to_dict() for r in rows], columns, fmt, _styled()))
+    query = store_jobs.JobQuery(variants=variants_, statuses=statuses, degrees=degrees,
+                                lr_min=lr_min, lr_max=lr_max, sort=sort, descending=desc,
+                                limit=limit)
+    if fmt == "table":
+        rows = store_jobs.list_jobs(engine, target.id, **query.__dict__)
+        text = report.render([r.to_dict() for r in rows], TABLE_COLUMNS, fmt,
+                             _styled() and output is None)
+        _write_text(text + "\n", output)
+        return
+    rows = store_jobs.stream_jobs(engine, target.id, query)
+    if fmt == "parquet":
+        if output is None:
+            raise InputError("--format parquet writes a file: give -o FILE.parquet")
+        try:
+            export.write_parquet(rows, output)
+        except export.ExportError as e:
+            raise InputError(str(e)) from e
+        return
+    write = export.write_csv if fmt == "csv" else export.write_json
+    if output is None:
+        write(rows, sys.stdout)
+        return
+    with open(output, "w", encoding="utf-8", newline="") as out:
+        write(rows, out)
+
+
+def _write_text(text: str, output: str | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    with open(output, "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 @cli.command()

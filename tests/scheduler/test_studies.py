@@ -168,6 +168,8 @@ def test_the_eta_follows_the_work_left_not_the_count_of_jobs(run):
     run("sweep", "submit", "--variant", "numpy", "--seed", "0", "--epochs", "10000",
         "--name", "mixed")
     now = datetime.now(UTC).replace(tzinfo=None)
+    _age(run.db, sid, "UPDATE sweeps SET created_at = :a WHERE id = :s",
+         a=now - timedelta(seconds=21))
     _age(run.db, sid, "UPDATE jobs SET status = 'succeeded', started_at = :a, finished_at = :b "
                       "WHERE sweep_id = :s AND epochs = 10",
          a=now - timedelta(seconds=20), b=now - timedelta(seconds=1))

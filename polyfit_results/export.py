@@ -1,0 +1,121 @@
+"""Exports that stream: a sweep's jobs written as CSV, JSON or Parquet a chunk at a time, from
+the database's cursor to the file, so that memory stays flat whatever the sweep's size (the
+table format needs every row to align its columns; use these for big sweeps).
+
+CSV reads back with the csv module (JSON lists as JSON text, missing values empty), JSON is an
+array of objects (one per line), Parquet (``pip install 'polyfit[arrow]'``) has typed columns:
+times as UTC timestamps, coefficients as lists of doubles, for pandas and polars."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import IO
+
+from store.jobs import JOB_COLUMNS
+
+#: Columns the database hands over as JSON text (written as it is).
+_JSON_TEXT = ("coefficients", "monomial")
+_TIMES = ("started_at", "heartbeat_at", "finished_at")
+
+
+class ExportError(ValueError):
+    """Raised when an export cannot be written as asked (a missing library, no file)."""
+
+
+def _iso(t: datetime | str | None) -> str | None:
+    if t is None or isinstance(t, str):
+        return t
+    return (t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)).isoformat()
+
+
+def write_csv(rows: Iterable[tuple], out: IO[str], columns: Sequence[str] = JOB_COLUMNS) -> int:
+    """Write the rows (in ``JOB_COLUMNS`` order, times as text) as CSV; returns how many."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    n = 0
+    # None as empty (csv's own), floats in full (repr, which str of a float is too), the
+    # times and JSON lists as the database's text.
+    for chunk in _chunks(rows, 10_000):
+        writer.writerows(chunk)
+        n += len(chunk)
+    return n
+
+
+def _chunks(rows: Iterable[tuple], size: int):
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def write_json(rows: Iterable[tuple], out: IO[str], columns: Sequence[str] = JOB_COLUMNS) -> int:
+    """Write the rows as a JSON array of objects, one per line; returns how many."""
+    lists = [i for i, c in enumerate(columns) if c in _JSON_TEXT]
+    dumps, loads = json.JSONEncoder(allow_nan=False).encode, json.loads
+    out.write("[")
+    n = 0
+    for chunk in _chunks(rows, 10_000):
+        lines = []
+        for row in chunk:
+            values = list(row)
+            for i in lists:  # stored JSON text: parsed, to be one JSON value of the object
+                if values[i] is not None:
+                    values[i] = loads(values[i])
+            lines.append(dumps(dict(zip(columns, values))))
+        out.write(("\n " if n == 0 else ",\n ") + ",\n ".join(lines))
+        n += len(chunk)
+    out.write("\n]\n" if n else "]\n")
+    return n
+
+
+def write_parquet(rows: Iterable[tuple], path: str, columns: Sequence[str] = JOB_COLUMNS,
+                  chunk: int = 20_000) -> int:
+    """Write the rows to a Parquet file, a row group per ``chunk`` rows; returns how many."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ExportError("--format parquet needs pyarrow: pip install 'polyfit[arrow]'") from e
+    schema = pa.schema([(c, _arrow_type(pa, c)) for c in columns])
+    n = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        buffer: list[tuple] = []
+        for row in rows:
+            buffer.append(row)
+            if len(buffer) >= chunk:
+                writer.write_batch(_arrow_batch(pa, schema, columns, buffer))
+                n += len(buffer)
+                buffer = []
+        if buffer or n == 0:
+            writer.write_batch(_arrow_batch(pa, schema, columns, buffer))
+            n += len(buffer)
+    return n
+
+
+def _arrow_type(pa, column: str):
+    if column in _TIMES:
+        return pa.timestamp("us", tz="UTC")
+    if column in _JSON_TEXT:
+        return pa.list_(pa.float64())
+    if column in ("lr", "x_start", "x_stop", "final_loss", "mse", "optimum_mse",
+                  "duration_s"):
+        return pa.float64()
+    if column in ("degree", "seed", "epochs", "x_points", "diverged_at_epoch", "attempts"):
+        return pa.int64()
+    return pa.string()
+
+
+def _arrow_batch(pa, schema, columns: Sequence[str], rows: list[tuple]):
+    values = list(zip(*rows)) if rows else [() for _ in columns]
+    arrays = []
+    for name, column in zip(columns, values):
+        if name in _JSON_TEXT:
+            column = [None if v is None else json.loads(v) for v in column]
+        elif name in _TIMES:
+            column = [None if v is None else datetime.fromisoformat(v) if isinstance(v, str)
+                      else v.replace(tzinfo=UTC) if v.tzinfo is None else v for v in column]
+        arrays.append(pa.array(column, type=schema.field(name).type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
