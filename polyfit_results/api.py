@@ -103,10 +103,10 @@ def best_frame(sweep: str | None = None, by: Sequence[str] = ("variant",), *,
     _pandas()
     engine = _open(db_url)
     try:
-        jobs = store_jobs.list_jobs(engine, _sweep(engine, sweep).id)
+        rows = queries.best_per_group(engine, _sweep(engine, sweep).id, list(by))
     finally:
         engine.dispose()
-    return _frame(queries.best_per_group(jobs, list(by)), list(store_jobs.JOB_COLUMNS) + ["gap"])
+    return _frame(rows, [*store_jobs.JOB_COLUMNS, "gap"])
 
 
 LOSS_COLUMNS = ("job_id", "variant", "lr", "degree", "seed", "optimizer", "status", "epoch",

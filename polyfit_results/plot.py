@@ -51,7 +51,7 @@ class PlotData:
 
 def load(engine: Engine, sweep: store_jobs.SweepRow) -> PlotData:
     jobs = store_jobs.list_jobs(engine, sweep.id, sort="mse")
-    best_rows = queries.best_per_group(jobs, ["variant"])
+    best_rows = queries.best_per_group(engine, sweep.id, ["variant"])
     by_id = {j.id: j for j in jobs}
     order = list(VARIANTS)
     best = sorted((by_id[r["id"]] for r in best_rows), key=lambda j: order.index(j.variant))

@@ -13,7 +13,7 @@ from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
 from store import jobs as store_jobs
 from store.jobs import as_utc
-from store.records import ENDED, OK, QUEUED, RUNNING
+from store.records import ENDED, QUEUED, RUNNING
 
 
 class GroupError(ValueError):
@@ -97,21 +97,17 @@ GROUP_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "devi
 _VARIANT_ORDER = {name: i for i, name in enumerate(VARIANTS)}
 
 
-def best_per_group(jobs: Sequence[store_jobs.JobRow], by: Sequence[str]) -> list[dict]:
+def best_per_group(engine: Engine, sweep_id: str, by: Sequence[str]) -> list[dict]:
     """The lowest-mse job of each group (ties: the lower id), with its gap to the least-squares
-    optimum, ordered by the group's values (numbers as numbers)."""
+    optimum and its formula, ordered by the group's values (numbers as numbers). The database
+    ranks the jobs; only the winners come back."""
     unknown = [b for b in by if b not in GROUP_COLUMNS]
     if unknown:
         raise GroupError(f"cannot group by {unknown[0]!r} (choose from "
                          f"{', '.join(GROUP_COLUMNS)})")
-    best: dict[tuple, store_jobs.JobRow] = {}
-    for job in jobs:
-        if job.mse is None or job.status not in OK:
-            continue
-        key = tuple(getattr(job, b) for b in by)
-        if key not in best or (job.mse, job.id) < (best[key].mse, best[key].id):
-            best[key] = job
-    return [described(best[key]) for key in sorted(best, key=lambda k: _group_order(by, k))]
+    best = store_jobs.best_jobs(engine, sweep_id, by)
+    best.sort(key=lambda job: _group_order(by, tuple(getattr(job, b) for b in by)))
+    return [described(job) for job in best]
 
 
 def described(job: store_jobs.JobRow) -> dict:

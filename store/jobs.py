@@ -532,6 +532,26 @@ def list_jobs(engine: Engine, sweep_id: str, **query) -> list[JobRow]:
         return [JobRow(**r) for r in s.execute(q).mappings()]
 
 
+def best_jobs(engine: Engine, sweep_id: str, by: Sequence[str]) -> list[JobRow]:
+    """The lowest-mse job (ties: the lower id) of each group of jobs with equal ``by``
+    columns, among the sweep's succeeded and diverged jobs: ranked by the database (a window
+    function), so a million-job sweep never comes into Python whole."""
+    table = JobRecord.__table__
+    unknown = [b for b in by if b not in JOB_COLUMNS]
+    if unknown:
+        raise StoreError(f"unknown column {unknown[0]!r}")
+    have = _columns_of(engine)
+    columns = [table.c[c] if c in have else literal(None).label(c) for c in JOB_COLUMNS]
+    rank = func.row_number().over(partition_by=[table.c[b] for b in by],
+                                  order_by=(table.c.mse, table.c.id)).label("pick")
+    ranked = (select(*columns, rank)
+              .where(table.c.sweep_id == sweep_id, table.c.status.in_(OK),
+                     table.c.mse.is_not(None)).subquery())
+    q = select(*(ranked.c[c] for c in JOB_COLUMNS)).where(ranked.c.pick == 1)
+    with transaction(engine) as s:
+        return [JobRow(**r) for r in s.execute(q).mappings()]
+
+
 def _iso_text(engine: Engine, column):
     """A time column as ISO 8601 text with its UTC offset, made by the database itself (an
     export of a million rows does not parse and format three million times in Python)."""

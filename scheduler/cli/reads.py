@@ -18,7 +18,7 @@ from scheduler.cli.helpers import TABLE_COLUMNS, find_sweep, pass_settings, read
 from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
 from store import jobs as store_jobs
 from store.reader import run_sql
-from store.records import CANCELLED, FAILED, OK, STATUSES
+from store.records import CANCELLED, FAILED, STATUSES
 from worker.settings import Settings
 
 # Every column of ``results`` but the JSON lists, which have no order (PostgreSQL refuses to
@@ -256,8 +256,7 @@ def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
     by = _group_columns(by_text)
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
-    jobs = store_jobs.list_jobs(engine, target.id, statuses=OK)
-    rows = queries.best_per_group(jobs, by)
+    rows = queries.best_per_group(engine, target.id, by)
     if fmt == "table":
         columns = list(by) + [c for c in BEST_COLUMNS if c not in by]
     else:
