@@ -12,8 +12,9 @@
   the token, not the token) and redirects to the same page without it. Compared in constant
   time. The command line refuses to bind anything but loopback without a token unless told
   ``--insecure-public``.
-- On loopback, requests must name a loopback host (Flask's ``TRUSTED_HOSTS``), so a web page
-  whose DNS name is rebound to 127.0.0.1 cannot read the dashboard.
+- On loopback, requests must name a loopback host (localhost, 127.x.y.z, [::1]), so a web page
+  whose DNS name is rebound to 127.0.0.1 cannot read the dashboard. (Flask's ``TRUSTED_HOSTS``
+  would do it but cannot name an IPv6 address.)
 - URLs are shown through ``store.db.redact_url``; errors are one line, never a traceback.
 
 The charting library is plotly.js, served from the ``plotly`` package's own copy: the pages
@@ -24,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.resources
+import ipaddress
+import re
 from pathlib import Path
 from urllib.parse import urlencode
 
 from flask import Flask, Response, current_app, redirect, render_template, request, send_file
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 
 from polyfit_results.dashboard.views import EngineHolder, bp
 from store.db import StoreError, redact_url, remember_secrets
@@ -36,8 +39,7 @@ from store.reader import open_results
 
 #: The cookie that carries proof of the token after a ``?token=`` visit.
 COOKIE = "polyfit_dashboard"
-#: Host names a loopback-bound dashboard answers to (the port is not part of the check).
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]]+)(?::\d{1,5})?")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -66,12 +68,13 @@ def create_app(db_url: str, *, token: str | None = None, loopback: bool = True,
         POLYFIT_DB_SHOWN=redact_url(db_url),
         POLYFIT_REFRESH_MS=int(refresh_s * 1000),
         POLYFIT_PLOTLY_JS=script,
-        TRUSTED_HOSTS=list(LOOPBACK_HOSTS) if loopback else None,
+        POLYFIT_LOOPBACK=loopback,
     )
     app.json.sort_keys = False
     app.extensions["polyfit"] = EngineHolder(engine)
     app.register_blueprint(bp)
     app.add_url_rule("/assets/plotly.min.js", "plotly_js", _send_plotly_js)
+    app.before_request(_require_loopback_host)
     app.before_request(_require_token)
     app.after_request(_secure_headers)
     app.register_error_handler(StoreError, _store_error)
@@ -85,6 +88,27 @@ def cookie_value(token: str) -> str:
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a Host header (``name[:port]``, ``[v6]:port``) names this machine's loopback."""
+    match = _HOST.fullmatch(host.strip().lower())
+    if match is None:
+        return False
+    name = match.group(1)
+    if name in ("localhost", "[::1]"):
+        return True
+    try:
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_loopback_host() -> Response | None:
+    if current_app.config["POLYFIT_LOOPBACK"] and not is_loopback_host(request.host):
+        return Response("Bad Request: this dashboard answers to loopback host names only\n",
+                        400, mimetype="text/plain")
+    return None
 
 
 def _require_token() -> Response | None:
@@ -129,6 +153,8 @@ def _store_error(e: StoreError):
 
 
 def _http_error(e: HTTPException):
+    if isinstance(e, SecurityError):  # a malformed Host: no URL can be built for it
+        return Response(f"Bad Request: {e.description}\n", 400, mimetype="text/plain")
     if request.path.startswith("/api/"):
         return {"error": e.description}, e.code or 500
     return _page(e.code or 500, e.description or e.name)

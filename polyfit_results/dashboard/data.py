@@ -277,11 +277,12 @@ def best_jobs(engine: Engine, sweep_id: str) -> Best:
 def curve_jobs(engine: Engine, sweep_id: str, faint: int = FAINT_CURVES,
                diverged: int = DIVERGED_CURVES) -> list[JobRow]:
     """The jobs whose loss curves the sweep page draws: per variant its best ``1 + faint`` by
-    mse, and ``diverged`` of those that diverged (the earliest to)."""
+    mse, and ``diverged`` of those that diverged (the latest to: the longest curves)."""
     j = JOBS.c
     best = _ranked(sweep_id, [j.variant], [j.mse, j.id], and_(j.status.in_(OK),
                                                                j.mse.is_not(None)))
-    gone = _ranked(sweep_id, [j.variant], [j.diverged_at_epoch, j.id], j.status == DIVERGED)
+    gone = _ranked(sweep_id, [j.variant], [j.diverged_at_epoch.desc(), j.id],
+                   j.status == DIVERGED)
     rows = _top(engine, sweep_id, best, 1 + faint) + _top(engine, sweep_id, gone, diverged)
     return list({r.id: r for r in rows}.values())
 

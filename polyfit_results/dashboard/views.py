@@ -199,7 +199,7 @@ def _link(**changes) -> str:
     return url_for(request.endpoint, **request.view_args, **args) + "#jobs"
 
 
-@bp.get("/sweeps/<ref>")
+@bp.get("/sweeps/<path:ref>")
 def sweep(ref: str):
     engine = _engine()
     target = _sweep(ref)
@@ -223,12 +223,12 @@ def sweep(ref: str):
         spec_text=json.dumps(target.spec, indent=1, sort_keys=True))
 
 
-@bp.get("/api/sweeps/<ref>/progress")
+@bp.get("/api/sweeps/<path:ref>/progress")
 def api_progress(ref: str):
     return jsonify(_progress(_sweep(ref)))
 
 
-@bp.get("/api/sweeps/<ref>/charts/<name>")
+@bp.get("/api/sweeps/<path:ref>/charts/<name>")
 def api_chart(ref: str, name: str):
     engine = _engine()
     target = _sweep(ref)
@@ -253,7 +253,7 @@ def _job(ref: str, job_id: str) -> tuple[store_jobs.SweepRow, store_jobs.JobRow]
     return target, found
 
 
-@bp.get("/sweeps/<ref>/jobs/<job_id>")
+@bp.get("/sweeps/<path:ref>/jobs/<job_id>")
 def job(ref: str, job_id: str):
     target, found = _job(ref, job_id)
     values = found.to_dict(gap=True)
@@ -264,7 +264,7 @@ def job(ref: str, job_id: str):
         loss_kind=VARIANTS[found.variant].loss if found.variant in VARIANTS else "")
 
 
-@bp.get("/api/sweeps/<ref>/jobs/<job_id>/charts/<name>")
+@bp.get("/api/sweeps/<path:ref>/jobs/<job_id>/charts/<name>")
 def api_job_chart(ref: str, job_id: str, name: str):
     target, found = _job(ref, job_id)
     if name == "curve":
