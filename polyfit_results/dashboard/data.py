@@ -184,7 +184,7 @@ class JobFilter:
         return [key.is_(None), key.desc() if self.descending else key.asc(), JOBS.c.id]
 
 
-def _rows(engine: Engine, sweep_id: str, ids: Sequence[str]) -> list[JobRow]:
+def rows_of(engine: Engine, sweep_id: str, ids: Sequence[str]) -> list[JobRow]:
     """The full rows of these jobs, in the order of ``ids``."""
     if not ids:
         return []
@@ -206,7 +206,7 @@ def jobs_page(engine: Engine, sweep_id: str, wanted: JobFilter, *, page: int,
     with transaction(engine) as s:
         total = s.execute(select(func.count()).select_from(JOBS).where(*where)).scalar_one()
         ids = list(s.scalars(q))
-    return _rows(engine, sweep_id, ids), total
+    return rows_of(engine, sweep_id, ids), total
 
 
 def job(engine: Engine, sweep_id: str, job_id: str) -> JobRow | None:
@@ -230,7 +230,7 @@ def _top(engine: Engine, sweep_id: str, ranked, most: int) -> list[JobRow]:
     q = select(ranked.c.id).where(ranked.c.rank <= most)
     with transaction(engine) as s:
         ids = list(s.scalars(q))
-    return _rows(engine, sweep_id, ids)
+    return rows_of(engine, sweep_id, ids)
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ def best_jobs(engine: Engine, sweep_id: str) -> Best:
     for job_id, v, d, mse in found:
         if lowest.get((v, d)) == mse and ((v, d) not in winners or job_id < winners[v, d][0]):
             winners[v, d] = (job_id, mse)
-    rows = {r.id: r for r in _rows(engine, sweep_id, [w[0] for w in winners.values()])}
+    rows = {r.id: r for r in rows_of(engine, sweep_id, [w[0] for w in winners.values()])}
     by_degree = sorted((rows[w[0]] for w in winners.values() if w[0] in rows),
                        key=lambda r: (variant_order(r.variant), r.degree))
     by_variant: dict[str, JobRow] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from datetime import UTC, datetime
 
 from flask import Blueprint, abort, current_app, jsonify, render_template, request, url_for
@@ -215,6 +216,7 @@ def sweep(ref: str):
     return render_template(
         "sweep.html", sweep=target, progress=_progress(target),
         best=[queries.described(j) for j in best.by_variant],
+        best_ids=",".join(j.id for j in best.by_variant),
         by_degree=[queries.described(j) for j in best.by_degree], axes=best, wanted=wanted,
         statuses=STATUSES,
         rows=[r.to_dict(gap=True) for r in rows], total=total, page=page, pages=pages,
@@ -228,12 +230,27 @@ def api_progress(ref: str):
     return jsonify(_progress(_sweep(ref)))
 
 
+#: The page asks the fits chart for the best jobs it has just found (``?jobs=ID,ID``), which
+#: spares the chart two scans of a big sweep; redrawn later, the chart finds them itself.
+_JOB_IDS = re.compile(r"[0-9a-f]{1,32}(,[0-9a-f]{1,32}){0,63}")
+
+
+def _best_by_variant(engine: Engine, target: store_jobs.SweepRow) -> list[store_jobs.JobRow]:
+    given = request.args.get("jobs")
+    if given is None:
+        return data.best_jobs(engine, target.id).by_variant
+    if not _JOB_IDS.fullmatch(given):
+        abort(400, "jobs must be job ids, comma-separated")
+    return sorted(data.rows_of(engine, target.id, given.split(",")),
+                  key=lambda j: data.variant_order(j.variant))
+
+
 @bp.get("/api/sweeps/<path:ref>/charts/<name>")
 def api_chart(ref: str, name: str):
     engine = _engine()
     target = _sweep(ref)
     if name == "fits":
-        return jsonify(charts.fits_figure(data.best_jobs(engine, target.id).by_variant))
+        return jsonify(charts.fits_figure(_best_by_variant(engine, target)))
     if name == "losses":
         jobs = data.curve_jobs(engine, target.id)
         curves = store_jobs.loss_curves(engine, target.id, [j.id for j in jobs])

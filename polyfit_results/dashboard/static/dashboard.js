@@ -18,10 +18,11 @@
   }
 
   // A chart: <div class="chart" data-chart="/api/..."> gets the figure and draws it; drawn
-  // again (Plotly.react keeps zoom and hidden series) when its data changes.
+  // again (Plotly.react keeps zoom and hidden series) when its data changes, from data-redraw
+  // when that names a URL of its own.
   async function draw(el) {
     try {
-      const figure = await getJSON(el.dataset.chart);
+      const figure = await getJSON(el.dataset.drawn && el.dataset.redraw || el.dataset.chart);
       if (el.dataset.drawn) {
         await Plotly.react(el, figure.data, figure.layout, plotConfig);
       } else {
