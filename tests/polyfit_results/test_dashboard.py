@@ -373,6 +373,10 @@ def test_a_token_is_asked_of_every_request(site):
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
     assert client.get(f"/sweeps/{site.demo}").status_code == 200
     assert client.get("/api/sweeps").status_code == 200
+    # The redirect stays on this site, whatever the path looks like ("//host" would leave it;
+    # werkzeug's request.path has one leading slash).
+    r = client.get(f"/x?token={TOKEN}", environ_overrides={"PATH_INFO": "//evil.example/x"})
+    assert r.status_code == 302 and r.headers["Location"] == "/evil.example/x"
     other = create_app(site.url, token=TOKEN + "!").test_client()
     other.set_cookie(COOKIE, client.get_cookie(COOKIE).value)
     assert other.get("/").status_code == 401  # a cookie of one token opens no other
