@@ -5,7 +5,7 @@ define a sweep; the command modules register themselves on the group: ``sweeps``
 sweep submit/run/resume), ``workers`` (worker), ``reads`` (status, results, best, sql, plot) and
 ``admin`` (cancel, db create-reader). Nothing imports back up into this module."""
 
-from scheduler.cli import admin, reads, sweeps, workers  # noqa: F401 - they register commands
+from scheduler.cli import admin, dashboard, reads, sweeps, workers  # noqa: F401 - they register
 from scheduler.cli.group import cli, main
 
 __all__ = ["cli", "main"]

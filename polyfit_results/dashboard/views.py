@@ -1,0 +1,322 @@
+"""The dashboard's pages and the JSON its pages fetch: the sweep list (``/``), a sweep
+(``/sweeps/SWEEP``: progress, best jobs, charts, the job table), a job
+(``/sweeps/SWEEP/jobs/JOB``) and two sweeps side by side (``/compare?a=SWEEP&b=SWEEP``).
+Pages are rendered on the server from a few SQL aggregates and one page of rows; charts and
+live progress come from ``/api/...`` as JSON, which the page's script draws and polls. SWEEP is
+a sweep's id or its name, as on the command line."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from datetime import UTC, datetime
+
+from flask import Blueprint, abort, current_app, jsonify, render_template, request, url_for
+from sqlalchemy import Engine
+
+from polyfit_models import VARIANTS
+from polyfit_models.describe import formula
+from polyfit_results import queries, report
+from polyfit_results.dashboard import charts, data
+from store import jobs as store_jobs
+from store.records import STATUSES
+
+bp = Blueprint("dashboard", __name__)
+
+#: Sweeps per page of the sweep list.
+SWEEPS_PER_PAGE = 50
+#: The job table's columns (those of ``polyfit results``, with the gap to the optimum).
+TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "optimizer", "device",
+                 "status", "final_loss", "mse", "optimum_mse", "gap", "diverged_at_epoch",
+                 "duration_s")
+#: A job's settings, outcome and bookkeeping, as the job page lists them.
+JOB_SETTINGS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device", "dtype",
+                "target", "x_start", "x_stop", "x_points")
+JOB_OUTCOME = ("status", "final_loss", "mse", "optimum_mse", "gap", "diverged_at_epoch",
+               "error")
+JOB_RUN = ("worker", "ran_on", "started_at", "finished_at", "duration_s", "attempts",
+           "reused_from")
+
+
+class EngineHolder:
+    """The app's one read-only engine (``app.extensions["polyfit"]``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+
+def _engine() -> Engine:
+    return current_app.extensions["polyfit"].engine
+
+
+@bp.app_template_filter("num")
+def _num(value: object) -> str:
+    return report.cell(value)
+
+
+@bp.app_template_filter("age")
+def age(when: datetime | None) -> str:
+    """'12s ago', '5m ago', '3h ago', '2d ago'."""
+    if when is None:
+        return "-"
+    s = max(0.0, (datetime.now(UTC) - store_jobs.as_utc(when)).total_seconds())
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if s >= size:
+            return f"{int(s // size)}{unit} ago"
+    return f"{int(s)}s ago"
+
+
+@bp.app_template_filter("utc")
+def _utc(when: datetime | None) -> str:
+    return "-" if when is None else store_jobs.as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@bp.app_context_processor
+def _globals() -> dict:
+    return {"db_shown": current_app.config["POLYFIT_DB_SHOWN"],
+            "refresh_ms": current_app.config["POLYFIT_REFRESH_MS"],
+            "variant_color": charts.color}
+
+
+def _sweep(ref: str) -> store_jobs.SweepRow:
+    """The sweep ``ref`` names (id or name), or 404 with the names that come close."""
+    found = store_jobs.find_sweep(_engine(), ref)
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(ref, store_jobs.sweep_names(_engine()), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    abort(404, f"no sweep {ref!r}{hint}")
+
+
+# -- the sweep list ------------------------------------------------------------------------------
+
+def _line(s: data.SweepLine) -> dict:
+    """A sweep list row, its values as the page shows them (the script sets them as text)."""
+    return {"id": s.id, "name": s.name, "jobs": s.jobs, "ended": s.ended, "failed": s.failed,
+            "diverged": s.diverged, "running": s.running, "done": s.done,
+            "progress": f"{s.ended:,}/{s.jobs:,}",
+            "percent": round(100 * s.ended / s.jobs, 1) if s.jobs else 0.0,
+            "best_mse": report.cell(s.best_mse), "age": age(s.created_at),
+            "created_at": _utc(s.created_at), "href": url_for(".sweep", ref=s.id)}
+
+
+def _page_arg(name: str = "page") -> int:
+    value = request.args.get(name, "1")
+    if not value.isdigit() or int(value) < 1:
+        abort(400, f"{name} must be a whole number from 1")
+    return int(value)
+
+
+@bp.get("/")
+def sweeps():
+    page = _page_arg()
+    lines, total = data.sweep_lines(_engine(), limit=SWEEPS_PER_PAGE,
+                                    offset=(page - 1) * SWEEPS_PER_PAGE)
+    pages = max(1, math.ceil(total / SWEEPS_PER_PAGE))
+    return render_template("sweeps.html", lines=[_line(s) for s in lines], total=total,
+                           page=page, pages=pages)
+
+
+@bp.get("/api/sweeps")
+def api_sweeps():
+    page = _page_arg()
+    lines, total = data.sweep_lines(_engine(), limit=SWEEPS_PER_PAGE,
+                                    offset=(page - 1) * SWEEPS_PER_PAGE)
+    return jsonify({"total": total, "sweeps": [_line(s) for s in lines]})
+
+
+# -- a sweep -------------------------------------------------------------------------------------
+
+def _progress(sweep: store_jobs.SweepRow) -> dict:
+    p = queries.progress(_engine(), sweep)
+    return {"total": p.total, "ended": p.ended, "done": p.done, "counts": p.counts,
+            "percent": round(100 * p.ended / p.total, 1) if p.total else 0.0,
+            "progress": f"{p.ended:,}/{p.total:,}",
+            "detail": report.progress_detail(p.counts, p.total, p.fits_per_s, p.eta_s,
+                                             p.idle_s)}
+
+
+def _split(name: str) -> list[str]:
+    return [item.strip() for value in request.args.getlist(name) for item in value.split(",")
+            if item.strip()]
+
+
+def _choices(name: str, allowed) -> tuple[str, ...]:
+    items = _split(name)
+    for item in items:
+        if item not in allowed:
+            abort(400, f"{name} {item!r} is not one of {', '.join(allowed)}")
+    return tuple(dict.fromkeys(items))
+
+
+def _degrees() -> tuple[int, ...]:
+    out: list[int] = []
+    for item in _split("degree"):
+        low, _, high = item.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            abort(400, f"degree {item!r} is not a degree or a range like 3-5")
+        out += range(int(low), int(high or low) + 1)
+    return tuple(dict.fromkeys(out))
+
+
+def _bound(name: str) -> float | None:
+    value = request.args.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        abort(400, f"{name} {value!r} is not a number")
+    return number
+
+
+def _job_filter() -> data.JobFilter:
+    sort = request.args.get("sort", "mse")
+    if sort not in data.SORT_COLUMNS:
+        abort(400, f"sort {sort!r} is not one of {', '.join(data.SORT_COLUMNS)}")
+    return data.JobFilter(variants=_choices("variant", tuple(VARIANTS)),
+                          statuses=_choices("status", STATUSES), degrees=_degrees(),
+                          lr_min=_bound("lr_min"), lr_max=_bound("lr_max"), sort=sort,
+                          descending=request.args.get("desc", "") not in ("", "0"))
+
+
+def _per_page() -> int:
+    value = request.args.get("per_page", "50")
+    return int(value) if value.isdigit() and int(value) in data.PER_PAGE else 50
+
+
+def _link(**changes) -> str:
+    """This page's URL with some query arguments changed (None drops one)."""
+    args = request.args.to_dict(flat=False)
+    for key, value in changes.items():
+        if value is None:
+            args.pop(key, None)
+        else:
+            args[key] = value
+    return url_for(request.endpoint, **request.view_args, **args) + "#jobs"
+
+
+@bp.get("/sweeps/<path:ref>")
+def sweep(ref: str):
+    engine = _engine()
+    target = _sweep(ref)
+    wanted = _job_filter()
+    per_page = _per_page()
+    page = _page_arg()
+    rows, total = data.jobs_page(engine, target.id, wanted, page=page, per_page=per_page)
+    pages = max(1, math.ceil(total / per_page))
+    if page > pages:
+        page = pages
+        rows, total = data.jobs_page(engine, target.id, wanted, page=page, per_page=per_page)
+    best = data.best_jobs(engine, target.id)
+    return render_template(
+        "sweep.html", sweep=target, progress=_progress(target),
+        best=[queries.described(j) for j in best.by_variant],
+        best_ids=",".join(j.id for j in best.by_variant),
+        by_degree=[queries.described(j) for j in best.by_degree], axes=best, wanted=wanted,
+        statuses=STATUSES,
+        rows=[r.to_dict(gap=True) for r in rows], total=total, page=page, pages=pages,
+        per_page=per_page, per_page_choices=data.PER_PAGE, columns=TABLE_COLUMNS,
+        sort_columns=data.SORT_COLUMNS, link=_link,
+        spec_text=json.dumps(target.spec, indent=1, sort_keys=True))
+
+
+@bp.get("/api/sweeps/<path:ref>/progress")
+def api_progress(ref: str):
+    return jsonify(_progress(_sweep(ref)))
+
+
+#: The page asks the fits chart for the best jobs it has just found (``?jobs=ID,ID``), which
+#: spares the chart two scans of a big sweep; redrawn later, the chart finds them itself.
+_JOB_IDS = re.compile(r"[0-9a-f]{1,32}(,[0-9a-f]{1,32}){0,63}")
+
+
+def _best_by_variant(engine: Engine, target: store_jobs.SweepRow) -> list[store_jobs.JobRow]:
+    given = request.args.get("jobs")
+    if given is None:
+        return data.best_jobs(engine, target.id).by_variant
+    if not _JOB_IDS.fullmatch(given):
+        abort(400, "jobs must be job ids, comma-separated")
+    return sorted(data.rows_of(engine, target.id, given.split(",")),
+                  key=lambda j: data.variant_order(j.variant))
+
+
+@bp.get("/api/sweeps/<path:ref>/charts/<name>")
+def api_chart(ref: str, name: str):
+    engine = _engine()
+    target = _sweep(ref)
+    if name == "fits":
+        return jsonify(charts.fits_figure(_best_by_variant(engine, target)))
+    if name == "losses":
+        jobs = data.curve_jobs(engine, target.id)
+        curves = store_jobs.loss_curves(engine, target.id, [j.id for j in jobs])
+        return jsonify(charts.losses_figure(jobs, data.best_of(jobs), curves))
+    if name == "maps":
+        return jsonify(charts.maps_figure(data.map_cells(engine, target.id)))
+    abort(404, f"no chart {name!r}")
+
+
+# -- a job ---------------------------------------------------------------------------------------
+
+def _job(ref: str, job_id: str) -> tuple[store_jobs.SweepRow, store_jobs.JobRow]:
+    target = _sweep(ref)
+    found = data.job(_engine(), target.id, job_id)
+    if found is None:
+        abort(404, f"no job {job_id!r} in sweep {target.name}")
+    return target, found
+
+
+@bp.get("/sweeps/<path:ref>/jobs/<job_id>")
+def job(ref: str, job_id: str):
+    target, found = _job(ref, job_id)
+    values = found.to_dict(gap=True)
+    curve = store_jobs.loss_curves(_engine(), target.id, [found.id])[found.id]
+    return render_template(
+        "job.html", sweep=target, job=found, values=values, formula=formula(found.monomial),
+        settings=JOB_SETTINGS, outcome=JOB_OUTCOME, run=JOB_RUN, points=len(curve),
+        loss_kind=VARIANTS[found.variant].loss if found.variant in VARIANTS else "")
+
+
+@bp.get("/api/sweeps/<path:ref>/jobs/<job_id>/charts/<name>")
+def api_job_chart(ref: str, job_id: str, name: str):
+    target, found = _job(ref, job_id)
+    if name == "curve":
+        curve = store_jobs.loss_curves(_engine(), target.id, [found.id])[found.id]
+        return jsonify(charts.curve_figure(found, curve))
+    if name == "fit":
+        return jsonify(charts.fits_figure([found]))
+    abort(404, f"no chart {name!r}")
+
+
+# -- two sweeps ----------------------------------------------------------------------------------
+
+@bp.get("/compare")
+def compare():
+    engine = _engine()
+    choices, _ = data.sweep_lines(engine, limit=500)
+    refs = [request.args.get("a", "").strip(), request.args.get("b", "").strip()]
+    if not all(refs):
+        return render_template("compare.html", choices=choices, refs=refs, sides=None)
+    sides = []
+    for ref in refs:
+        target = _sweep(ref)
+        best = data.best_jobs(engine, target.id).by_variant
+        sides.append({"sweep": target, "line": data.sweep_line(engine, target.id),
+                      "best": {j.variant: queries.described(j) for j in best}})
+    variants = sorted({v for side in sides for v in side["best"]}, key=data.variant_order)
+    return render_template("compare.html", choices=choices, refs=refs, sides=sides,
+                           variants=variants)
+
+
+@bp.get("/api/compare")
+def api_compare():
+    engine = _engine()
+    targets = [_sweep(request.args.get(k, "")) for k in ("a", "b")]
+    bests = [data.best_jobs(engine, t.id).by_variant for t in targets]
+    names = [t.name if targets[0].name != targets[1].name else f"{t.name} ({t.id})"
+             for t in targets]
+    return jsonify(charts.compare_figure(names, bests))
