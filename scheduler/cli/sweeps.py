@@ -62,8 +62,8 @@ def sweep_submit(settings: Settings, spec_path, name, fresh, sample, batch_size,
 
 def summary(jobs: int, done) -> str:
     """'12 jobs (4 new, 2 with results from other sweeps), 2 enqueued in 1 batch'."""
-    reused = f", {done.reused_jobs} with results from other sweeps" if done.reused_jobs else ""
-    return (f"{plural(jobs, 'job')} ({done.new_jobs} new{reused}), {done.enqueued_jobs} "
+    reused = f", {done.reused_jobs:,} with results from other sweeps" if done.reused_jobs else ""
+    return (f"{plural(jobs, 'job')} ({done.new_jobs:,} new{reused}), {done.enqueued_jobs:,} "
             f"enqueued in {plural(done.batches, 'batch', 'batches')}")
 
 

@@ -228,7 +228,7 @@ def test_worker_memory_stays_bounded_however_many_jobs_a_message_holds(
     spec.write_text("x: {points: 40000}\ngrid: {variant: [legendre]}\n")
     sub = polyfit("sweep", "submit", str(spec), "--seed", "0-4999", "--epochs", "1",
                   "--lr", "1e-7", "--batch-size", "5000", env=env)
-    assert sub.returncode == 0 and "in 1 batches" in sub.stderr + sub.stdout, sub.stderr
+    assert sub.returncode == 0 and "in 1 batch\n" in sub.stderr + sub.stdout, sub.stderr
     sweep_id = sub.stdout.split()[-1]
     done = polyfit("status", sweep_id, "--wait", "--json", "--interval", "0.5", env=env,
                    timeout=600)
