@@ -22,7 +22,15 @@ from test_models_batching import EPOCHS, MIXES, close, mixed_batch
 
 import polyfit_models
 import polyfit_models.runner as runner
-from polyfit_models import VARIANTS, fit, fit_many, fusion
+from polyfit_models import (
+    VARIANTS,
+    FuseSettings,
+    SettingError,
+    fit,
+    fit_many,
+    fuse_settings,
+    fusion,
+)
 
 FUSED_MIXES = [(name, optimizer) for name, optimizer in MIXES if name in TORCH_VARIANTS]
 #: Settings whose result is not determined by the problem to the batch-invariance bounds: the
@@ -173,6 +181,24 @@ def test_fitting_without_fusing_does_not_load_the_compiler():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=str(Path(polyfit_models.__file__).parents[1]))
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_fuse_settings_come_from_the_mapping_the_edge_hands_in(tmp_path):
+    assert fuse_settings({}, tmp_path) == FuseSettings(None, tmp_path / ".cache/polyfit/compile")
+    assert fuse_settings({"POLYFIT_FUSE": "0"}, tmp_path).fuse is False
+    assert fuse_settings({"POLYFIT_FUSE": " On "}, tmp_path).fuse is True
+    assert fuse_settings({"POLYFIT_FUSE": "auto"}, tmp_path).fuse is None
+    assert fuse_settings({"XDG_CACHE_HOME": "/c"}, tmp_path).cache_dir == Path("/c/polyfit/compile")
+    assert fuse_settings({"POLYFIT_COMPILE_CACHE": "/k", "XDG_CACHE_HOME": "/c"},
+                         tmp_path).cache_dir == Path("/k")
+    with pytest.raises(SettingError, match="POLYFIT_FUSE must be auto, 1 or 0"):
+        fuse_settings({"POLYFIT_FUSE": "maybe"}, tmp_path)
+    env: dict[str, str] = {}
+    fuse_settings({}, tmp_path).apply(env)
+    assert env == {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / ".cache/polyfit/compile")}
+    env = {"TORCHINDUCTOR_CACHE_DIR": "/mine"}
+    fuse_settings({}, tmp_path).apply(env)
+    assert env == {"TORCHINDUCTOR_CACHE_DIR": "/mine"}  # torch's own setting wins
 
 
 @pytest.mark.gpu
