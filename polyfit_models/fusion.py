@@ -93,7 +93,16 @@ def _own_copy(fn: Callable, key: tuple) -> Callable:
 
 def is_compile_error(error: BaseException) -> bool:
     """Whether ``error`` says that a function could not be compiled here (no C++ compiler, no
-    Triton, an operation dynamo cannot trace), rather than that the fit itself failed."""
+    Triton, an operation dynamo cannot trace), rather than that the fit itself failed. Running
+    out of memory while compiling (autotuning runs kernels) is the batch's size, not the
+    compiler: the caller's out-of-memory handling must see it."""
     from torch._dynamo.exc import TorchDynamoException  # loaded already if anything compiled
 
-    return isinstance(error, TorchDynamoException)
+    if not isinstance(error, TorchDynamoException):
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, torch.OutOfMemoryError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True

@@ -155,6 +155,16 @@ def test_errors_of_the_fit_itself_are_not_taken_for_compile_failures(monkeypatch
         fit(spec("autograd", epochs=10), fuse=True)
 
 
+def test_running_out_of_memory_while_compiling_is_not_a_compile_failure():
+    from torch._dynamo.exc import TorchDynamoException
+
+    wrapped = TorchDynamoException("autotuning failed")
+    wrapped.__cause__ = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    assert not fusion.is_compile_error(wrapped)  # the worker's halving must see it
+    assert fusion.is_compile_error(TorchDynamoException("g++: not found"))
+    assert not fusion.is_compile_error(RuntimeError("a bug"))
+
+
 @pytest.mark.slow
 def test_without_a_cxx_compiler_fused_fits_run_unfused(tmp_path):
     # A fresh process, an empty compile cache and a C++ compiler that does not exist: the
