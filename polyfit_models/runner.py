@@ -42,13 +42,14 @@ from .spec import JobSpec
 #: memory, while a chunk is still big enough to hide the per-operation overhead.
 CPU_CHUNK_BYTES = 8 * 2 ** 20
 
-#: ``fuse=None`` fuses a chunk of a configuration not yet compiled in this process when its
-#: jobs x epochs x x_points reaches this: 500 fits of the lesson's 2000 epochs on 2000 points,
-#: about 5 to 10 s of unfused training on one CPU core, against a compile of about 4 s with
-#: inductor's disk cache warm (20 to 40 s cold: the first process on a machine pays that).
+#: ``fuse=None`` fuses a group of a configuration not yet compiled in this process when its
+#: jobs x epochs x x_points reaches this: 1,000 fits of the lesson's 2000 epochs on 2000 points,
+#: 6 to 9 s of unfused autograd training on one CPU core against 2 s fused plus the 5 s a
+#: process pays for its first compile with inductor's disk cache warm (18 s cold; each further
+#: configuration 0.3 to 1.6 s warm, 2 to 6.5 s cold): about where fusing starts to pay.
 AUTO_FUSE_WORK = 4_000_000_000
 
-#: ... and only a chunk of at least this many jobs: below it, the compiled epoch's fixed cost
+#: ... and only a group of at least this many jobs: below it, the compiled epoch's fixed cost
 #: (dynamo's guards and autograd's wrappers, about 0.1 to 0.3 ms an epoch) is more than the
 #: unfused arithmetic it saves (measured crossover: 32 to 64 jobs).
 AUTO_FUSE_MIN_JOBS = 64
