@@ -8,10 +8,15 @@ NumPy, torch and the standard library; it never reads the environment or sets to
 the caller decides the device and the threads. torch itself is imported only when a fit runs
 (``fit``, ``fit_many``): specs, the registry and batching load without it, so a scheduler that
 only plans and enqueues jobs starts in a fraction of a second.
+
+``fit_many(..., fuse=...)`` trains with each variant's epoch compiled into a few fused passes
+(see ``fusion.py``); ``fuse_settings`` parses the edge's ``POLYFIT_FUSE`` and
+``POLYFIT_COMPILE_CACHE`` from an environment mapping the caller hands in.
 """
 
 from .batching import batch_bytes, batch_key, bytes_per_job, jobs_within, shared_bytes
-from .errors import DeviceError, PolyfitModelError, ResultError, SpecError
+from .errors import DeviceError, PolyfitModelError, ResultError, SettingError, SpecError
+from .fuse_settings import FuseSettings, fuse_settings
 from .problem import DTYPES, OPTIMIZERS, TARGETS
 from .registry import VARIANTS, Variant
 from .result import FitResult
@@ -24,9 +29,11 @@ __all__ = [
     "VARIANTS",
     "DeviceError",
     "FitResult",
+    "FuseSettings",
     "JobSpec",
     "PolyfitModelError",
     "ResultError",
+    "SettingError",
     "SpecError",
     "Variant",
     "batch_bytes",
@@ -34,6 +41,7 @@ __all__ = [
     "bytes_per_job",
     "fit",
     "fit_many",
+    "fuse_settings",
     "jobs_within",
     "shared_bytes",
 ]

@@ -24,3 +24,7 @@ class ResultError(PolyfitModelError, ValueError):
 
 class DeviceError(PolyfitModelError, RuntimeError):
     """Raised when a valid device is asked for but this machine cannot provide it."""
+
+
+class SettingError(PolyfitModelError, ValueError):
+    """Raised when a setting handed in by a process edge (such as ``POLYFIT_FUSE``) is invalid."""

@@ -50,6 +50,11 @@ class RawFits:
     diverged_at: np.ndarray  # (B,); -1 where the job never diverged
     curve: np.ndarray  # (B, epochs // CURVE_EVERY); loss at epochs 99, 199, ... (< epochs)
 
+    def rows(self, rows: slice) -> RawFits:
+        """The outcome of some of the jobs only."""
+        return RawFits(self.coefficients[rows], self.final_loss[rows], self.diverged_at[rows],
+                       self.curve[rows])
+
 
 class Program(Protocol):
     batch_size: int

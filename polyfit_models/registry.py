@@ -45,7 +45,8 @@ class Variant:
     min_degree: int
     max_degree: int
     defaults: Mapping[str, object]  # lr, degree, epochs, optimizer, dtype
-    #: Trains one batch (specs equal except lr and seed) on a torch.device -> loop.RawFits.
+    #: Trains one batch (specs equal except lr and seed) on a torch.device -> loop.RawFits;
+    #: ``train(specs, device, fused=True)`` with its epoch compiled (see ``fusion.py``).
     train: Callable
     #: Float64 values (B, N) of the fitted models, from (B, P) coefficients, x and the degree.
     predict: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
@@ -57,6 +58,8 @@ class Variant:
     #: tensors saved for backward, temporaries), counted from the variant's graph with a
     #: little margin; ``bytes_per_job`` builds on it.
     live_rows: Callable[[int], int] = lambda degree: 6
+    #: Whether ``train`` has a fused path (``fused=True``).
+    fusable: bool = True
 
     def n_coefficients(self, degree: int) -> int:
         """How many trainable coefficients a fit of this degree has."""
@@ -67,8 +70,9 @@ def _trainer(module: str) -> Callable:
     """The ``train`` function of ``variants.<module>``, imported on first use: the registry (and
     so job specs, validation and the whole scheduler) loads without importing torch."""
 
-    def train(specs, device):
-        return importlib.import_module(f"{__package__}.variants.{module}").train(specs, device)
+    def train(specs, device, **options):
+        return importlib.import_module(f"{__package__}.variants.{module}").train(specs, device,
+                                                                                   **options)
 
     train.__qualname__ = f"{module}.train"
     return train
@@ -89,7 +93,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         optimizers=("sgd",), min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float64"),
         train=_trainer("numpy_gd"), predict=monomial_predict, monomial=monomial_identity,
-        live_rows=lambda degree: 2),
+        live_rows=lambda degree: 2, fusable=False),
     Variant(
         name="tensor",
         summary="torch tensors with hand-written gradients, no autograd (CPU or GPU)",

@@ -35,6 +35,8 @@ STEPS = {
     "throughput": "fit_many fits per minute on the device at growing batch sizes, against the "
                   "CPUs",
     "agreement": "the same jobs on the CPU and on the device agree (float64 1e-6, float32 1e-4)",
+    "fusion": "fit_many's fused path on the device: compile time, speed against the unfused "
+              "path on the same jobs, and agreement with it (float32 1e-4)",
     "fleet": "polyfit worker processes on Redis: a 100,000-job sweep and a mixed cpu/cuda sweep",
     "memory": "a CUDA out-of-memory halves the batch and loses no job; memory returns to its "
               "baseline after each batch",
@@ -54,6 +56,10 @@ SIZES: dict[str, tuple[object, object, str]] = {
     "AG_JOBS": (8, 2, "agreement: jobs (seeds) per variant and dtype"),
     "AG_EPOCHS": (2000, 20, "agreement: epochs"),
     "AG_DYNAMIC_EPOCHS": (2000, 20, "agreement: epochs of the dynamic variant"),
+    "FU_VARIANTS": ("tensor,autograd,legendre,module,dynamic", "autograd",
+                    "fusion: variants whose fused path is measured"),
+    "FU_JOBS": (16384, 8, "fusion: jobs per variant (its default lr, seeds counting up)"),
+    "FU_EPOCHS": (2000, 20, "fusion: epochs"),
     "FLEET_JOBS": (100000, 200, "fleet: jobs of the autograd sweep on cuda"),
     "FLEET_LRS": ("5e-7,1e-6,1.5e-6,2e-6", "1e-6,2e-6", "fleet: learning rates of that sweep "
                                                          "(seeds fill up the jobs)"),

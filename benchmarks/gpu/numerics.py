@@ -1,7 +1,12 @@
 """The kit's in-process steps, through polyfit's public functions only: ``throughput``
 (``fit_many`` on the device at growing batch sizes, next to the CPUs), ``agreement`` (the same
-jobs on both) and ``memory`` (a forced out-of-memory error through
-``worker.execute.train_resilient``, and allocated memory after each batch).
+jobs on both), ``fusion`` (the fused path against the unfused one on the device) and ``memory``
+(a forced out-of-memory error through ``worker.execute.train_resilient``, and allocated memory
+after each batch).
+
+``throughput``, ``agreement`` and ``memory`` measure the unfused path (``fuse=False``): what
+they prove does not depend on fusing, and a compile inside one of their timed or
+memory-limited batches would blur it; ``fusion`` measures the fused path on its own.
 
 The device is ``cuda`` in the real run. In the dry run (``--mode cpu``) it is ``cpu``: every
 figure is still produced, a CUDA out-of-memory error is emulated by a trainer that raises one
@@ -10,6 +15,8 @@ above a batch size, and the checks that only CUDA can answer are recorded as not
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 
 from benchmarks.gpu.kit import Step, size
@@ -34,11 +41,11 @@ def _specs(name: str, n: int, epochs: int, **extra):
             for i in range(n)]
 
 
-def _timed_fit(specs, device: str) -> tuple[float, dict]:
+def _timed_fit(specs, device: str, fuse: bool = False) -> tuple[float, dict]:
     from polyfit_models import fit_many
 
     started = time.perf_counter()
-    results = fit_many(specs, device)
+    results = fit_many(specs, device, fuse=fuse)
     seconds = time.perf_counter() - started
     statuses: dict[str, int] = {}
     for r in results:
@@ -76,7 +83,7 @@ def throughput(step: Step) -> None:
     # The CPUs first: a smaller batch per variant, in fits per minute (extrapolated per fit).
     for name in VARIANTS:
         specs = _specs(name, cpu_jobs, epochs_of(name))
-        fit_many(_specs(name, 2, 20), "cpu")  # warm-up: first-call costs out of the timing
+        fit_many(_specs(name, 2, 20), "cpu", fuse=False)  # warm-up: first-call costs
         seconds, statuses = _timed_fit(specs, "cpu")
         rows[name] = {"variant": name, "epochs": epochs_of(name),
                       "cpu": {"jobs": cpu_jobs, "seconds": round(seconds, 3),
@@ -93,7 +100,7 @@ def throughput(step: Step) -> None:
     for i, name in enumerate(on_device):
         row = rows[name]
         until = time.monotonic() + max(0.0, step.left_s() - 5) / (len(on_device) - i)
-        fit_many(_specs(name, 2, 20), device)  # warm-up: kernels, allocator, CUDA context
+        fit_many(_specs(name, 2, 20), device, fuse=False)  # warm-up: kernels, CUDA context
         per_job = bytes_per_job(_specs(name, 1, epochs_of(name))[0])
         n, last = start, None
         while True:
@@ -153,7 +160,8 @@ def agreement(step: Step) -> None:
         for dtype, tol in TOLERANCE.items():
             e = dyn_epochs if name == "dynamic" else epochs
             specs = [JobSpec.create(name, seed=s, epochs=e, dtype=dtype) for s in range(jobs)]
-            on_device, on_cpu = fit_many(specs, device), fit_many(specs, "cpu")
+            on_device = fit_many(specs, device, fuse=False)
+            on_cpu = fit_many(specs, "cpu", fuse=False)
             coef = max(_rel_diff(a.coefficients, b.coefficients)
                        for a, b in zip(on_device, on_cpu))
             mse = max(abs(a.mse - b.mse) / abs(b.mse) if a.mse is not None and b.mse
@@ -167,6 +175,69 @@ def agreement(step: Step) -> None:
             step.check(f"{name}_{dtype}", ok,
                        f"coefficients {coef:.3g}, mse {mse:.3g} (tolerance {tol:g}), "
                        f"{status} status mismatches")
+
+
+class _Warnings(logging.Handler):
+    """Collects the warnings ``fit_many`` logs (a fused configuration that failed to compile
+    and was trained unfused says so there)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def fusion(step: Step) -> None:
+    from polyfit_models import JobSpec, fit_many
+
+    mode, device = step.mode, _device(step)
+    names = [n for n in str(size("FU_VARIANTS", mode)).split(",") if n]
+    jobs, epochs = size("FU_JOBS", mode), size("FU_EPOCHS", mode)
+    step.figures.update(jobs=jobs, epochs=epochs, device=device)
+    step.note(f"{jobs} jobs per variant (default lr, seeds 0..{jobs - 1}), {epochs} epochs, "
+              f"degree 3 (dynamic: 5), float32; compile_s is the first fused call (a 2-job "
+              f"batch): a compile, or a trace where the disk cache is warm")
+    if mode == "cpu":
+        step.note("dry run: the 'device' is the CPU (inductor's C++ kernels, not Triton)")
+    step.figures["rows"] = rows = []
+    warnings = _Warnings()
+    logging.getLogger("polyfit_models.runner").addHandler(warnings)
+    for i, name in enumerate(names):
+        until = time.monotonic() + max(0.0, step.left_s() - 5) / (len(names) - i)
+        specs = [JobSpec.create(name, seed=s, epochs=epochs) for s in range(jobs)]
+        row: dict = {"variant": name, "jobs": jobs}
+        rows.append(row)
+        before = len(warnings.messages)
+        started = time.perf_counter()
+        fit_many(specs[:2], device, fuse=True)
+        row["compile_s"] = round(time.perf_counter() - started, 2)
+        row["compiled"] = len(warnings.messages) == before
+        if not row["compiled"]:
+            row["fallback"] = warnings.messages[-1][:300]
+        started = time.perf_counter()
+        fused = fit_many(specs, device, fuse=True)
+        row["fused_s"] = round(time.perf_counter() - started, 3)
+        if row["fused_s"] * 4 > until - time.monotonic():
+            row["stopped_by"] = "time: no room left for the unfused side"
+            step.check(f"{name}_fused", row["compiled"], str(row))
+            continue
+        started = time.perf_counter()
+        plain = fit_many(specs, device, fuse=False)
+        row["unfused_s"] = round(time.perf_counter() - started, 3)
+        row["speedup"] = round(row["unfused_s"] / row["fused_s"], 2)
+        row["max_rel_diff_coefficients"] = max(_rel_diff(a.coefficients, b.coefficients)
+                                               for a, b in zip(fused, plain))
+        row["status_mismatches"] = sum(a.status != b.status for a, b in zip(fused, plain))
+        step.note(f"{device} {name}: compile {row['compile_s']} s, fused {row['fused_s']} s, "
+                  f"unfused {row['unfused_s']} s ({row['speedup']}x)")
+        diff = row["max_rel_diff_coefficients"]
+        step.check(f"{name}_fused", row["compiled"] and row["status_mismatches"] == 0
+                   and diff <= TOLERANCE["float32"],
+                   f"compiled {row['compiled']}, coefficients {diff:.3g} (tolerance "
+                   f"{TOLERANCE['float32']:g}), {row['status_mismatches']} status mismatches"
+                   + (f"; fell back: {row['fallback']}" if not row["compiled"] else ""))
 
 
 def _emulated_oom(jobs: int, limit: int) -> Exception:
@@ -212,7 +283,7 @@ class RecordingTrainer:
         try:
             if self.oom_above is not None and len(specs) > self.oom_above:
                 raise _emulated_oom(len(specs), self.oom_above)
-            return fit_many(specs, device)
+            return fit_many(specs, device, fuse=False)
         except Exception as e:
             entry["oom"] = "out of memory" in str(e).lower()
             entry["error"] = f"{e.__class__.__name__}: {str(e)[:160]}"
@@ -241,7 +312,8 @@ def memory(step: Step) -> None:
         """Allocated device memory now minus the baseline (None on the CPU: not measured)."""
         return round((allocated() - baseline) / MIB, 3) if cuda else None
 
-    fit_many(_specs(name, 2, epochs), device)  # warm-up (CUDA context, cuBLAS workspace)
+    unfused = functools.partial(fit_many, fuse=False)
+    unfused(_specs(name, 2, epochs), device)  # warm-up (CUDA context, cuBLAS workspace)
     if cuda:
         torch.cuda.empty_cache()
     baseline = allocated() if cuda else 0
@@ -252,7 +324,7 @@ def memory(step: Step) -> None:
     for variant in (v for v in VARIANTS if device in VARIANTS[v].devices):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        out = train_resilient(_specs(variant, per_batch, epochs), device)
+        out = train_resilient(_specs(variant, per_batch, epochs), device, unfused)
         row = {"variant": variant, "jobs": per_batch,
                "ok": sum(o["status"] in OK for o in out),
                "allocated_after_minus_baseline_mib": grown_mib()}
@@ -267,7 +339,7 @@ def memory(step: Step) -> None:
     fig["jobs"] = jobs
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-        fit_many(specs, device)
+        unfused(specs, device)
         peak = torch.cuda.max_memory_allocated() - baseline
         torch.cuda.empty_cache()
         total = torch.cuda.get_device_properties(0).total_memory

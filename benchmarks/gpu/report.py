@@ -112,6 +112,19 @@ def markdown(r: dict) -> str:
                          f"{a['max_rel_diff_coefficients']:.2e} | {a['max_rel_diff_mse']:.2e} "
                          f"| {a['tolerance']:g} | {'ok' if a['passed'] else '**no**'} |")
         lines.append("")
+    fu = steps["fusion"].get("figures", {})
+    if fu.get("rows"):
+        lines += ["## The fused path (`fit_many(fuse=True)`) against the unfused one", "",
+                  f"{fu.get('jobs'):,} jobs per variant, {fu.get('epochs')} epochs, float32, on "
+                  f"{fu.get('device')}; compile: the first fused call (a 2-job batch).", "",
+                  "| variant | compiled | compile s | fused s | unfused s | speed-up | "
+                  "max rel. diff. coefficients |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in fu["rows"]:
+            lines.append(f"| {r['variant']} | {'yes' if r['compiled'] else '**no**'} | "
+                         f"{_fmt(r.get('compile_s'))} | {_fmt(r.get('fused_s'))} | "
+                         f"{_fmt(r.get('unfused_s'))} | {_fmt(r.get('speedup'))} | "
+                         f"{_fmt(r.get('max_rel_diff_coefficients'))} |")
+        lines.append("")
     fl = steps["fleet"].get("figures", {})
     if fl.get("big"):
         b = fl["big"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU proof kit: on a machine with a CUDA GPU, in one call of at most 8 minutes on an H100,
+# The GPU proof kit: on a machine with a CUDA GPU, in one call of at most 10 minutes on an H100,
 # run polyfit's GPU-marked tests, measure fit_many's throughput on the card against the CPUs,
-# check that the card's results agree with the CPU's, run a 100,000-job sweep and a mixed
+# check that the card's results agree with the CPU's, time the fused path (torch.compile, Triton)
+# against the unfused one, run a 100,000-job sweep and a mixed
 # cpu/cuda sweep through real `polyfit worker` processes on Redis, and force a CUDA
 # out-of-memory error; write gpu-report.json and gpu-report.md.
 #
@@ -37,17 +38,19 @@ mkdir -p "$WORK/rc" "$WORK/logs" "$WORK/redis"
 export KIT_STARTED_EPOCH=$(date +%s)
 export PYTHONUNBUFFERED=1
 
-# Seconds each step may take: the GPU run's add up to under 8 minutes with the set-up around
-# them; the dry run's are loose bounds (it takes well under a minute on two cores).
+# Seconds each step may take: the GPU run's add up to under 10 minutes with the set-up around
+# them (the GPU tests and the fusion step compile the fused kernels: Triton, seconds each); the dry run's are loose bounds (it takes well under a minute on two cores).
 if [ "$MODE" = cuda ]; then
-    T_SETUP=45 T_GPU_TESTS=45 T_THROUGHPUT=105 T_AGREEMENT=40 T_FLEET=195 T_MEMORY=35
+    T_SETUP=45 T_GPU_TESTS=90 T_THROUGHPUT=105 T_AGREEMENT=40 T_FUSION=120 T_FLEET=195
+    T_MEMORY=35
 else
-    T_SETUP=40 T_GPU_TESTS=45 T_THROUGHPUT=40 T_AGREEMENT=30 T_FLEET=80 T_MEMORY=30
+    T_SETUP=40 T_GPU_TESTS=45 T_THROUGHPUT=40 T_AGREEMENT=30 T_FUSION=60 T_FLEET=80 T_MEMORY=30
 fi
 T_SETUP=${KIT_T_SETUP:-$T_SETUP}
 T_GPU_TESTS=${KIT_T_GPU_TESTS:-$T_GPU_TESTS}
 T_THROUGHPUT=${KIT_T_THROUGHPUT:-$T_THROUGHPUT}
 T_AGREEMENT=${KIT_T_AGREEMENT:-$T_AGREEMENT}
+T_FUSION=${KIT_T_FUSION:-$T_FUSION}
 T_FLEET=${KIT_T_FLEET:-$T_FLEET}
 T_MEMORY=${KIT_T_MEMORY:-$T_MEMORY}
 
@@ -148,6 +151,7 @@ main() {
     step gpu-tests "$T_GPU_TESTS"
     step throughput "$T_THROUGHPUT"
     step agreement "$T_AGREEMENT"
+    step fusion "$T_FUSION"
     step fleet "$T_FLEET" ${redis_url:+--redis "$redis_url"}
     kill_workers
     step memory "$T_MEMORY"

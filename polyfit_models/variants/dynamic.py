@@ -15,6 +15,10 @@ initial parameters), so it is the same whatever the batch. The final scoring pas
 ``loop.run`` draws one more k. Results score the model at its full degree (all the powers
 x^4..x^degree, i.e. k = degree): that is the polynomial reported as ``monomial`` and the one
 ``mse`` measures.
+
+Fused (``fused=True``), the model's forward and its ``MSELoss`` are one compiled function of the
+parameters (as one (B, 5) tensor: see ``module.py`` for why not of the module), the sharing
+matrices and the drawn k (``fusion.py``); autograd's ``backward`` and ``torch.optim`` as above.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import loop
+from .. import fusion, loop
 from ..optim import TorchOptimizer
 from ..problem import seeded_generators, torch_dtype, torch_grid
 from .bases import sharing_matrices
-from .common import lr_blocks
+from .common import lr_blocks, polynomial
 
 #: Epochs of k draws generated at a time (bounds the memory of the draws for long fits).
 DRAW_BLOCK = 1024
@@ -49,16 +53,33 @@ class DynamicPolynomial(torch.nn.Module):
     def forward(self, powers_t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Values (B, N) at the points whose powers 0..degree are the columns of ``powers_t``,
         job j summing the powers 4..k[j] with its shared weight."""
-        S = self.sharing.index_select(0, k - 4)  # (B, 5, degree + 1)
-        coefficients = torch.bmm(self.parameters_by_job().unsqueeze(1), S).squeeze(1)
-        return coefficients @ powers_t
+        return shared_weight_polynomial(self.parameters_by_job(), self.sharing, k, powers_t)
+
+
+def shared_weight_polynomial(params, sharing, k, powers_t) -> torch.Tensor:
+    """``DynamicPolynomial.forward`` for parameter rows ``params`` (B, 5): each row mapped onto
+    its polynomial's coefficients by the sharing matrix of its k, then evaluated."""
+    S = sharing.index_select(0, k - 4)  # (B, 5, degree + 1)
+    coefficients = torch.bmm(params.unsqueeze(1), S).squeeze(1)
+    return polynomial(coefficients, powers_t)
+
+
+_CRITERION = torch.nn.MSELoss(reduction="none")
+
+
+def mean_squared_error(params, sharing, k, powers_t, y) -> torch.Tensor:
+    """``MSELoss`` per job of the model against the (N,) target ``y``: what the fused path
+    compiles."""
+    y_pred = shared_weight_polynomial(params, sharing, k, powers_t)
+    return _CRITERION(y_pred, y.expand_as(y_pred)).mean(dim=1)
 
 
 class DynamicProgram:
-    def __init__(self, specs, device: torch.device) -> None:
+    def __init__(self, specs, device: torch.device, fused: bool = False) -> None:
         spec = specs[0]
         self.degree = spec.degree
         _, y, self.Vt = torch_grid(spec, spec.degree, device)
+        self.y = y
         self.generators = seeded_generators(s.seed for s in specs)
         init = np.stack([g.standard_normal(5) for g in self.generators])
         init_t = torch.from_numpy(init).to(device=device, dtype=torch_dtype(spec.dtype))
@@ -75,6 +96,8 @@ class DynamicProgram:
         self.param_rows = [rows for rows, _ in blocks]
         self.optimizer = TorchOptimizer(spec.optimizer,
                                         [([p], lr) for p, (_, lr) in zip(self.params, blocks)])
+        self.fused = (fusion.compiled(mean_squared_error, (spec.degree, spec.dtype, device),
+                                      batched=(0, 2)) if fused else None)
 
     def degrees(self, epoch: int) -> torch.Tensor:
         """The top power k each job uses at ``epoch`` (epochs are visited in order; the draws
@@ -89,9 +112,12 @@ class DynamicProgram:
 
     def evaluate(self, epoch: int, with_grads: bool):
         k = self.degrees(epoch)
-        loss = self.criterion(self.model(self.Vt, k), self.target).mean(dim=1)
+        if self.fused is not None:
+            loss = self.fused(fusion.joined(self.params), self.model.sharing, k, self.Vt, self.y)
+        else:
+            loss = self.criterion(self.model(self.Vt, k), self.target).mean(dim=1)
         if not with_grads:
-            return loss, None
+            return loss.detach(), None
         loss.backward(self.seed_grad)  # = loss.sum().backward(), without the sum
         grads = [p.grad for p in self.params]
         self.model.zero_grad(set_to_none=True)
@@ -101,5 +127,5 @@ class DynamicProgram:
         return params[0] if len(params) == 1 else torch.cat(list(params), dim=0)
 
 
-def train(specs, device) -> loop.RawFits:
-    return loop.run(DynamicProgram(specs, device), specs[0].epochs)
+def train(specs, device, fused: bool = False) -> loop.RawFits:
+    return loop.run(DynamicProgram(specs, device, fused), specs[0].epochs)

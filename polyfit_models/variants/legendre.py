@@ -8,6 +8,12 @@ multiplies the incoming gradient by that saved P'_n. (The closed form
 range that ``c + d x`` sweeps.) The four parameters of every job are one row of a (B, 4) leaf
 tensor; the loss is the sum of squared errors per job, as in the lesson.
 
+Fused (``fused=True``), the model and its loss are one compiled function (``fusion.py``) with
+``LegendreP`` inside it: dynamo traces the Function's forward and its hand-written backward as
+they are written, and inductor fuses the recurrence, the affine maps and the loss into one pass
+over each job's points, and the backward (the saved P_n' times the incoming gradient, and the
+four sums) into another.
+
 Initialisation: the PyTorch tutorial this lesson comes from starts from a = 0, b = -1, c = 0,
 d = 0.3 and trains with lr 5e-6. The reason is numerical: d = 0.3 maps x in [-pi, pi] into
 [-0.94, 0.94], where |P_n| <= 1, whereas a standard normal c and d can put ``c + d x`` far
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import loop
+from .. import fusion, loop
 from ..optim import RowwiseOptimizer
 from ..problem import seeded_generators, standard_normal_rows, torch_dtype, torch_grid
 from .common import lr_column
@@ -47,6 +53,8 @@ def legendre_and_derivative(t: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
         return t.clone(), torch.ones_like(t)
 
     def const(value: float) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # compiled, a constant is folded into the kernel
+            return torch.full((), value, dtype=t.dtype, device=t.device)
         return _constant(value, t.dtype, t.device)
 
     p_prev: torch.Tensor = t  # placeholder, replaced at k = 1 where P_0 = 1 is used
@@ -89,15 +97,23 @@ class LegendreP(torch.autograd.Function):
         return grad_output * dp, None  # no gradient for the integer degree n
 
 
+def sum_of_squares(a, b, c, d, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """The sum of squared errors of ``a + b * P_n(c + d x)`` per job against the target ``y``
+    (parameters (B, 1) each, ``x`` (1, N), ``y`` (N,))."""
+    # d * x + c rather than addcmul(c, d, x): torch's addcmul takes a slow, unvectorized
+    # path when its operands broadcast along different axes (4x slower here)
+    y_pred = b * LegendreP.apply(d * x + c, n) + a
+    return F.mse_loss(y_pred, y.expand_as(y_pred), reduction="none").sum(dim=1)
+
+
 class LegendreProgram:
     """A batch of ``a + b * P_n(c + d x)`` fits (rows of ``abcd`` are jobs)."""
 
-    def __init__(self, specs, device: torch.device) -> None:
+    def __init__(self, specs, device: torch.device, fused: bool = False) -> None:
         spec = specs[0]
         self.n = spec.degree
-        x, y, _ = torch_grid(spec, 1, device)
+        x, self.y, _ = torch_grid(spec, 1, device)
         self.x = x.unsqueeze(0)
-        self.y = y.expand(len(specs), -1)
         noise = standard_normal_rows(seeded_generators(s.seed for s in specs), 4)
         init = np.asarray(TUTORIAL_INIT) + INIT_NOISE * noise
         # One (B, 4) storage for the optimizer and the bookkeeping, seen by autograd as four
@@ -112,15 +128,13 @@ class LegendreProgram:
         self.params = [self.abcd]
         self.param_rows = [slice(None)]
         self.optimizer = RowwiseOptimizer(spec.optimizer, self.params, lr_column(specs, device))
+        self.loss = (fusion.compiled(sum_of_squares, (spec.degree, spec.dtype, device),
+                                     batched=(0, 1, 2, 3)) if fused else sum_of_squares)
 
     def evaluate(self, epoch: int, with_grads: bool):
-        a, b, c, d = self.leaves
-        # d * x + c rather than addcmul(c, d, x): torch's addcmul takes a slow, unvectorized
-        # path when its operands broadcast along different axes (4x slower here)
-        y_pred = b * LegendreP.apply(d * self.x + c, self.n) + a
-        loss = F.mse_loss(y_pred, self.y, reduction="none").sum(dim=1)  # sum of squared errors
+        loss = self.loss(*self.leaves, self.x, self.y, self.n)
         if not with_grads:
-            return loss, None
+            return loss.detach(), None
         grads = torch.autograd.grad(loss, self.leaves, self.seed_grad)  # = loss.sum().backward()
         return loss.detach(), [torch.cat(grads, dim=1)]
 
@@ -128,5 +142,5 @@ class LegendreProgram:
         return params[0]
 
 
-def train(specs, device) -> loop.RawFits:
-    return loop.run(LegendreProgram(specs, device), specs[0].epochs)
+def train(specs, device, fused: bool = False) -> loop.RawFits:
+    return loop.run(LegendreProgram(specs, device, fused), specs[0].epochs)

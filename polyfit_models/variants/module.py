@@ -6,16 +6,23 @@ block its own parameter group and lr; its forward evaluates every job's polynomi
 The loss is ``torch.nn.MSELoss`` per job (``reduction="none"``, then the mean over the points),
 summed over jobs before ``backward``: a job's loss depends on its own coefficients only, so each
 gets exactly the gradient of its own mean squared error.
+
+Fused (``fused=True``), the module's polynomial and its ``MSELoss`` are one compiled function of
+the module's coefficients (``fusion.py``), differentiated by ``backward`` into the module's
+parameters and stepped by the same ``torch.optim`` optimizer. The compiled function takes the
+coefficients as one (B, degree + 1) tensor rather than the module itself: dynamo compiles a
+module's parameters as fixed sizes, and the sizes of the per-lr blocks change from batch to
+batch, so compiling the module would compile again for nearly every batch.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import loop
+from .. import fusion, loop
 from ..optim import TorchOptimizer
 from ..problem import torch_dtype, torch_grid
-from .common import initial_rows, lr_blocks
+from .common import initial_rows, lr_blocks, polynomial
 
 _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -46,17 +53,29 @@ class PolynomialModel(torch.nn.Module):
     def forward(self, powers_t: torch.Tensor) -> torch.Tensor:
         """Every job's polynomial at the points whose powers are the columns of ``powers_t``
         (``powers_t[k, n] = x[n] ** k``)."""
-        return self.coefficients() @ powers_t
+        return polynomial(self.coefficients(), powers_t)
 
     def describe(self, job: int = 0) -> str:
         """The fitted polynomial of one job as text, as the lesson prints it."""
         return describe_polynomial(self.coefficients()[job].tolist())
 
 
+_CRITERION = torch.nn.MSELoss(reduction="none")
+
+
+def mean_squared_error(coefficients: torch.Tensor, powers_t: torch.Tensor,
+                       y: torch.Tensor) -> torch.Tensor:
+    """``MSELoss`` per job of the polynomials with rows ``coefficients`` against the (N,) target
+    ``y``: what the fused path compiles (``PolynomialModel.forward`` and the criterion)."""
+    y_pred = polynomial(coefficients, powers_t)
+    return _CRITERION(y_pred, y.expand_as(y_pred)).mean(dim=1)
+
+
 class ModuleProgram:
-    def __init__(self, specs, device: torch.device) -> None:
+    def __init__(self, specs, device: torch.device, fused: bool = False) -> None:
         spec = specs[0]
         _, y, self.Vt = torch_grid(spec, spec.degree, device)
+        self.y = y
         blocks = lr_blocks(specs)
         self.model = PolynomialModel(initial_rows(specs, spec.degree + 1, device),
                                      [rows for rows, _ in blocks])
@@ -68,11 +87,16 @@ class ModuleProgram:
         self.param_rows = [rows for rows, _ in blocks]
         self.optimizer = TorchOptimizer(spec.optimizer,
                                         [([p], lr) for p, (_, lr) in zip(self.params, blocks)])
+        self.fused = (fusion.compiled(mean_squared_error, (spec.degree, spec.dtype, device))
+                      if fused else None)
 
     def evaluate(self, epoch: int, with_grads: bool):
-        loss = self.criterion(self.model(self.Vt), self.target).mean(dim=1)
+        if self.fused is not None:
+            loss = self.fused(fusion.joined(self.params), self.Vt, self.y)
+        else:
+            loss = self.criterion(self.model(self.Vt), self.target).mean(dim=1)
         if not with_grads:
-            return loss, None
+            return loss.detach(), None
         loss.backward(self.seed_grad)  # = loss.sum().backward(), without the sum
         grads = [p.grad for p in self.params]
         self.model.zero_grad(set_to_none=True)
@@ -82,5 +106,5 @@ class ModuleProgram:
         return params[0] if len(params) == 1 else torch.cat(list(params), dim=0)
 
 
-def train(specs, device) -> loop.RawFits:
-    return loop.run(ModuleProgram(specs, device), specs[0].epochs)
+def train(specs, device, fused: bool = False) -> loop.RawFits:
+    return loop.run(ModuleProgram(specs, device, fused), specs[0].epochs)
