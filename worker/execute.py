@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from polyfit_models import JobSpec, SpecError, batch_bytes, batch_key, fit_many
 from store import StoreError, StoreUnavailable
@@ -181,9 +182,12 @@ def _failed(error: str) -> dict:
     return {"status": JobStatus.FAILED.value, "error": error[:2000]}
 
 
-def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer = fit_many) -> dict:
-    """Claim, train and store one batch; returns a small summary for the task's return value."""
+def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | None = None
+              ) -> dict:
+    """Claim, train and store one batch; returns a small summary for the task's return value.
+    ``trainer`` defaults to ``fit_many`` fusing as the settings say (POLYFIT_FUSE)."""
     settings = runtime.settings
+    trainer = trainer or partial(fit_many, fuse=settings.fuse)
     engine = engine_for(settings)
     patience = settings.store_patience_s
     claimed = _with_retries(

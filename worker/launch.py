@@ -14,6 +14,7 @@ import sys
 
 from celery import signals
 
+from polyfit_models.fuse_settings import INDUCTOR_CACHE
 from worker import runtime
 from worker.processes import WorkerProcess, forwarding
 from worker.queues import queues_served
@@ -114,6 +115,9 @@ def run_gpu_worker(settings: Settings, gpu: int, loglevel: str = "WARNING",
 
 def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
     runtime.install(rt)
+    if settings.compile_cache:
+        # Before anything is compiled: inductor reads its disk cache folder from here.
+        os.environ.setdefault(INDUCTOR_CACHE, settings.compile_cache)
     from worker.app import app
 
     app.conf.broker_url = settings.broker_url

@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from polyfit_models import SettingError, fuse_settings
 from store.db import DEFAULT_DB_URL, ENV_DB, redact_url, remember_secrets
 
 ENV_BROKER = "POLYFIT_BROKER_URL"
@@ -26,6 +27,8 @@ ENV_GPU_MEMORY = "POLYFIT_GPU_MEMORY_MB"
 ENV_SQL_URL = "POLYFIT_SQL_URL"
 ENV_SQL_TIMEOUT = "POLYFIT_SQL_TIMEOUT_S"
 ENV_SQL_MAX_ROWS = "POLYFIT_SQL_MAX_ROWS"
+ENV_FUSE = "POLYFIT_FUSE"
+ENV_COMPILE_CACHE = "POLYFIT_COMPILE_CACHE"
 
 
 class SettingsError(ValueError):
@@ -101,6 +104,10 @@ class Settings:
     # are returned.
     sql_timeout_s: float = 30.0
     sql_max_rows: int = 100_000
+    # POLYFIT_FUSE: fuse each epoch into compiled kernels (True), never (False), or where it
+    # pays (None: ``fit_many``'s default); POLYFIT_COMPILE_CACHE: where compiled kernels are kept.
+    fuse: bool | None = None
+    compile_cache: str | None = None
 
     @property
     def heartbeat_s(self) -> float:
@@ -133,6 +140,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **flags) -> Settings:
         """Flags (non-None values in ``flags``) win over environment variables."""
         env = os.environ if env is None else env
+        try:
+            fusing = fuse_settings(env, Path.home())
+        except SettingError as e:
+            raise SettingsError(str(e)) from e
         base = cls(
             db_url=env.get(ENV_DB) or DEFAULT_DB_URL,
             broker=env.get(ENV_BROKER) or None,
@@ -149,6 +160,8 @@ class Settings:
             sql_url=env.get(ENV_SQL_URL) or None,
             sql_timeout_s=float(_int(env, ENV_SQL_TIMEOUT, int(cls.sql_timeout_s), high=86400)),
             sql_max_rows=_int(env, ENV_SQL_MAX_ROWS, cls.sql_max_rows, high=10**9),
+            fuse=fusing.fuse,
+            compile_cache=str(fusing.cache_dir),
         )
         given = {k: v for k, v in flags.items() if v is not None}
         settings = replace(base, **given)
@@ -169,7 +182,10 @@ class Settings:
             ENV_STORE_PATIENCE: str(int(self.store_patience_s)),
             ENV_CPU_MEMORY: str(self.cpu_memory_mb),
             ENV_GPU_MEMORY: str(self.gpu_memory_mb),
+            ENV_FUSE: {None: "auto", True: "1", False: "0"}[self.fuse],
         }
+        if self.compile_cache:
+            env[ENV_COMPILE_CACHE] = self.compile_cache
         if self.broker:
             env[ENV_BROKER] = self.broker
         return env

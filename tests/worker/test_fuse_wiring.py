@@ -1,0 +1,72 @@
+"""POLYFIT_FUSE and POLYFIT_COMPILE_CACHE reach the training: parsed once with the other
+settings (a bad value is a clear error before anything starts), handed to child workers, and
+used by ``run_batch`` (fused or not) and by the worker process (inductor's cache folder)."""
+
+from __future__ import annotations
+
+import pytest
+from torch._dynamo.utils import counters
+
+from tests.conftest import polyfit_env
+from tests.helpers import polyfit, record_sweep, rows
+from worker.execute import run_batch
+from worker.payload import Batch
+from worker.runtime import Runtime
+from worker.settings import Settings, SettingsError
+
+
+@pytest.mark.parametrize("raw,fuse", [("auto", None), ("", None), ("1", True), ("on", True),
+                                      ("0", False), ("off", False)])
+def test_the_setting_is_parsed_and_handed_to_children(raw, fuse, tmp_path):
+    settings = Settings.from_env({"POLYFIT_FUSE": raw, "POLYFIT_COMPILE_CACHE": str(tmp_path)})
+    assert (settings.fuse, settings.compile_cache) == (fuse, str(tmp_path))
+    child = Settings.from_env(settings.to_env())
+    assert (child.fuse, child.compile_cache) == (fuse, str(tmp_path))
+
+
+def test_a_bad_value_is_a_settings_error():
+    with pytest.raises(SettingsError, match="POLYFIT_FUSE"):
+        Settings.from_env({"POLYFIT_FUSE": "sometimes"})
+
+
+def test_a_bad_value_stops_the_cli_with_exit_2(tmp_path):
+    env = polyfit_env(POLYFIT_DB_URL=f"sqlite:///{tmp_path / 'r.db'}", POLYFIT_FUSE="maybe")
+    r = polyfit("sweep", "run", "examples/tutorial.yaml", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "POLYFIT_FUSE" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.db").exists()
+
+
+def _train(db_url: str, fuse: bool | None, seed: int) -> int:
+    """Compiles dynamo made while ``run_batch`` trained a 3-job sweep with this setting (seeds
+    from ``seed``: jobs of their own, not results reused from an earlier sweep)."""
+    grid = [{"variant": ["autograd"], "lr": [1e-6], "seed": [seed, seed + 1, seed + 2],
+             "epochs": [50]}]
+    sweep_id, jobs = record_sweep(db_url, grid, name=f"fuse-{fuse}")
+    before = counters["stats"]["unique_graphs"]
+    summary = run_batch(Batch(sweep_id, "cpu", tuple(j.id for j in jobs)),
+                        Runtime(settings=Settings(db_url=db_url, fuse=fuse)), "w@h/1")
+    assert summary["ran"] == 3
+    assert {r["status"] for r in rows(db_url, sweep_id)} == {"succeeded"}
+    return counters["stats"]["unique_graphs"] - before
+
+
+def test_run_batch_fuses_as_the_settings_say(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert _train(db_url, False, 0) == 0
+    # A 3-job group is far under the default's threshold: left to the default it is unfused.
+    assert _train(db_url, None, 10) == 0
+    assert _train(db_url, True, 20) > 0
+
+
+def test_the_worker_process_compiles_into_the_cache_folder(tmp_path):
+    cache = tmp_path / "kernels"
+    env = polyfit_env(POLYFIT_DB_URL=f"sqlite:///{tmp_path / 'r.db'}", POLYFIT_FUSE="1",
+                      POLYFIT_COMPILE_CACHE=str(cache))
+    # Inductor sets this variable in the process that compiled (this one, in an earlier test).
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("grid: {variant: [autograd], lr: [1e-6], seed: [0, 1], epochs: [30]}\n")
+    r = polyfit("sweep", "run", str(spec), "--workers", "1", env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert any(p.is_file() for p in cache.rglob("*")), "nothing was compiled into the cache"
