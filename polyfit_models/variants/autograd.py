@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import fusion, loop
 from ..optim import RowwiseOptimizer
-from ..problem import torch_dtype, torch_grid
+from ..problem import torch_grid
 from .common import initial_rows, lr_column, polynomial
 
 
@@ -40,7 +40,6 @@ class AutogradProgram:
         _, self.y, self.Vt = torch_grid(spec, spec.degree, device)
         self.coef = initial_rows(specs, spec.degree + 1, device).requires_grad_()
         self.batch_size = len(specs)
-        self.seed_grad = torch.ones(len(specs), dtype=torch_dtype(spec.dtype), device=device)
         self.params = [self.coef]
         self.param_rows = [slice(None)]
         self.optimizer = RowwiseOptimizer(spec.optimizer, self.params, lr_column(specs, device))
@@ -51,7 +50,9 @@ class AutogradProgram:
         loss = self.loss(self.coef, self.Vt, self.y)
         if not with_grads:
             return loss.detach(), None
-        loss.backward(self.seed_grad)  # = loss.sum().backward(), without the sum
+        # Summed, not loss.backward(ones): a gradient tensor handed to backward makes torch import
+        # sympy (0.3 s) on the first call. The gradient of each job's loss is the same.
+        loss.sum().backward()
         grad, self.coef.grad = self.coef.grad, None
         return loss.detach(), [grad]
 

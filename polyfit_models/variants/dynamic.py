@@ -91,7 +91,6 @@ class DynamicProgram:
         self.draws = None
         self.drawn_block = -1
         self.batch_size = len(specs)
-        self.seed_grad = torch.ones(len(specs), dtype=torch_dtype(spec.dtype), device=device)
         self.params = list(self.model.blocks)
         self.param_rows = [rows for rows, _ in blocks]
         self.optimizer = TorchOptimizer(spec.optimizer,
@@ -118,7 +117,9 @@ class DynamicProgram:
             loss = self.criterion(self.model(self.Vt, k), self.target).mean(dim=1)
         if not with_grads:
             return loss.detach(), None
-        loss.backward(self.seed_grad)  # = loss.sum().backward(), without the sum
+        # Summed, not loss.backward(ones): a gradient tensor handed to backward makes torch import
+        # sympy (0.3 s) on the first call. The gradient of each job's loss is the same.
+        loss.sum().backward()
         grads = [p.grad for p in self.params]
         self.model.zero_grad(set_to_none=True)
         return loss.detach(), grads

@@ -124,7 +124,6 @@ class LegendreProgram:
         self.abcd = torch.from_numpy(init).to(device=device, dtype=torch_dtype(spec.dtype))
         self.leaves = [self.abcd[:, i:i + 1].detach().requires_grad_() for i in range(4)]
         self.batch_size = len(specs)
-        self.seed_grad = torch.ones(len(specs), dtype=torch_dtype(spec.dtype), device=device)
         self.params = [self.abcd]
         self.param_rows = [slice(None)]
         self.optimizer = RowwiseOptimizer(spec.optimizer, self.params, lr_column(specs, device))
@@ -135,7 +134,8 @@ class LegendreProgram:
         loss = self.loss(*self.leaves, self.x, self.y, self.n)
         if not with_grads:
             return loss.detach(), None
-        grads = torch.autograd.grad(loss, self.leaves, self.seed_grad)  # = loss.sum().backward()
+        # Summed: a gradient tensor handed in makes torch import sympy (0.3 s) on the first call.
+        grads = torch.autograd.grad(loss.sum(), self.leaves)
         return loss.detach(), [torch.cat(grads, dim=1)]
 
     def coefficients(self, params):

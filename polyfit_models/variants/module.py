@@ -21,7 +21,7 @@ import torch
 
 from .. import fusion, loop
 from ..optim import TorchOptimizer
-from ..problem import torch_dtype, torch_grid
+from ..problem import torch_grid
 from .common import initial_rows, lr_blocks, polynomial
 
 _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -82,7 +82,6 @@ class ModuleProgram:
         self.criterion = torch.nn.MSELoss(reduction="none")
         self.target = y.expand(len(specs), -1)
         self.batch_size = len(specs)
-        self.seed_grad = torch.ones(len(specs), dtype=torch_dtype(spec.dtype), device=device)
         self.params = list(self.model.blocks)
         self.param_rows = [rows for rows, _ in blocks]
         self.optimizer = TorchOptimizer(spec.optimizer,
@@ -97,7 +96,9 @@ class ModuleProgram:
             loss = self.criterion(self.model(self.Vt), self.target).mean(dim=1)
         if not with_grads:
             return loss.detach(), None
-        loss.backward(self.seed_grad)  # = loss.sum().backward(), without the sum
+        # Summed, not loss.backward(ones): a gradient tensor handed to backward makes torch import
+        # sympy (0.3 s) on the first call. The gradient of each job's loss is the same.
+        loss.sum().backward()
         grads = [p.grad for p in self.params]
         self.model.zero_grad(set_to_none=True)
         return loss.detach(), grads
