@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TORCH_VARIANTS, cuda_or_skip, spec
-from test_models_batching import EPOCHS, MIXES, close, mixed_batch
 
 import polyfit_models
 import polyfit_models.runner as runner
@@ -31,6 +29,8 @@ from polyfit_models import (
     fuse_settings,
     fusion,
 )
+from tests.polyfit_models.conftest import TORCH_VARIANTS, cuda_or_skip, spec
+from tests.polyfit_models.test_models_batching import EPOCHS, MIXES, close, mixed_batch
 
 FUSED_MIXES = [(name, optimizer) for name, optimizer in MIXES if name in TORCH_VARIANTS]
 #: Settings whose result is not determined by the problem to the batch-invariance bounds: the
