@@ -18,6 +18,12 @@ bad epoch in the ring, restores that job's previous parameters from the ring, an
 retired row keeps being computed (its values are garbage and may be NaN) but never read again.
 The whole batch stops early when no job is left. The window is the lesson's print interval, so
 the loss curve (epoch % 100 == 99) falls out of the ring.
+
+Stopping at the optimum: ``run(..., stop=...)`` gives each job a loss at or below which it has
+reached its goal (its ``stop_gap`` above the least-squares optimum, in the variant's loss).
+The same window settles it: a job whose loss reaches its goal at a training epoch before any
+bad one retires there with that epoch's parameters and loss (``stopped_at``), and counts as
+succeeded. Its batch-mates go on; the batch ends early once every job has retired.
 """
 
 from __future__ import annotations
@@ -49,11 +55,12 @@ class RawFits:
     final_loss: np.ndarray  # (B,); NaN where no epoch was good
     diverged_at: np.ndarray  # (B,); -1 where the job never diverged
     curve: np.ndarray  # (B, epochs // CURVE_EVERY); loss at epochs 99, 199, ... (< epochs)
+    stopped_at: np.ndarray  # (B,); the epoch a job reached its stop goal at, -1 where it did not
 
     def rows(self, rows: slice) -> RawFits:
         """The outcome of some of the jobs only."""
         return RawFits(self.coefficients[rows], self.final_loss[rows], self.diverged_at[rows],
-                       self.curve[rows])
+                       self.curve[rows], self.stopped_at[rows])
 
 
 class Program(Protocol):
@@ -82,7 +89,7 @@ def explosion_limit(initial_loss):
 class _Tracker:
     """The per-job bookkeeping of ``run``: rings, divergence, loss curve (see module doc)."""
 
-    def __init__(self, program: Program, epochs: int) -> None:
+    def __init__(self, program: Program, epochs: int, stop=None) -> None:
         self.params = [p.detach() for p in program.params]  # aliases of the live storage
         self.rows = program.param_rows
         ref = self.params[0]
@@ -105,6 +112,10 @@ class _Tracker:
         self.final_loss = full((batch,), float("nan"))
         self.active = torch.ones(batch, dtype=torch.bool, device=self.device)
         self.diverged_at = torch.full((batch,), -1, dtype=torch.int64, device=self.device)
+        self.stopped_at = torch.full((batch,), -1, dtype=torch.int64, device=self.device)
+        # Each job's stop goal as a loss (NaN: none, never reached), or None for no job.
+        self.stop = None if stop is None else torch.as_tensor(stop, dtype=ref.dtype,
+                                                              device=self.device)
         self.curve = full((batch, epochs // CURVE_EVERY), float("nan"))
         self.limit: torch.Tensor | None = None
 
@@ -123,13 +134,23 @@ class _Tracker:
 
     def _settle(self, last_epoch: int, filled: int) -> bool:
         losses = self.loss_ring[:, :filled]
+        first_epoch = last_epoch - filled + 1
         bad = ~(losses <= self.limit.unsqueeze(1)) & self.active.unsqueeze(1)
-        newly = bad.any(dim=1)
-        any_newly, any_active = torch.stack([newly.any(), (self.active & ~newly).any()]).tolist()
+        has_bad = bad.any(dim=1)
+        first = bad.to(torch.uint8).argmax(dim=1)  # first bad slot of each job
+        if self.stop is not None:
+            reach = (losses <= self.stop.unsqueeze(1)) & self.active.unsqueeze(1)
+            if last_epoch == self.epochs:
+                reach[:, filled - 1] = False  # the final scoring pass is no early stop
+            reached = reach.to(torch.uint8).argmax(dim=1)
+            stopped = reach.any(dim=1) & (~has_bad | (reached < first))
+        else:
+            stopped = torch.zeros_like(has_bad)
+        newly = has_bad & ~stopped
+        any_newly, any_stopped, any_active = torch.stack(
+            [newly.any(), stopped.any(), (self.active & ~newly & ~stopped).any()]).tolist()
         if any_newly:
-            first = bad.to(torch.uint8).argmax(dim=1)  # first bad slot of each job
-            self.diverged_at = torch.where(newly, last_epoch - filled + 1 + first,
-                                           self.diverged_at)
+            self.diverged_at = torch.where(newly, first_epoch + first, self.diverged_at)
             before = (first - 1).clamp(min=0)
             in_ring = first > 0
             good_loss = torch.where(in_ring, losses.gather(1, before.unsqueeze(1)).squeeze(1),
@@ -141,6 +162,15 @@ class _Tracker:
                                    self.carry[i])
                 self.frozen[i] = torch.where(_column(newly[rows]), good, self.frozen[i])
             self.active &= ~newly
+        if any_stopped:
+            self.stopped_at = torch.where(stopped, first_epoch + reached, self.stopped_at)
+            self.final_loss = torch.where(
+                stopped, losses.gather(1, reached.unsqueeze(1)).squeeze(1), self.final_loss)
+            for i, (ring, rows) in enumerate(zip(self.param_rings, self.rows)):
+                local = torch.arange(ring.shape[0], device=self.device)
+                self.frozen[i] = torch.where(_column(stopped[rows]), ring[local, reached[rows]],
+                                             self.frozen[i])
+            self.active &= ~stopped
         if filled == WINDOW and last_epoch < self.epochs:
             self.curve[:, last_epoch // CURVE_EVERY] = self.loss_slots[WINDOW - 1]
         self.carry_loss = self.loss_slots[filled - 1].clone()
@@ -156,6 +186,7 @@ class _Tracker:
             final_loss=final_loss.double().cpu().numpy(),
             diverged_at=self.diverged_at.cpu().numpy(),
             curve=self.curve.double().cpu().numpy(),
+            stopped_at=self.stopped_at.cpu().numpy(),
         )
 
 
@@ -164,12 +195,13 @@ def _column(mask: torch.Tensor) -> torch.Tensor:
     return mask.unsqueeze(1)
 
 
-def run(program: Program, epochs: int) -> RawFits:
+def run(program: Program, epochs: int, stop=None) -> RawFits:
     """Train ``program`` for ``epochs`` updates, then score it; see the module docstring.
+    ``stop``: each job's stop goal as a loss (NaN for none), or None.
 
     Training epochs run in the caller's grad mode (autograd on, by default) without entering
     any context per epoch; the bookkeeping touches detached tensors only."""
-    tracker = _Tracker(program, epochs)
+    tracker = _Tracker(program, epochs, stop)
     for epoch in range(epochs):
         loss, grads = program.evaluate(epoch, True)
         if not tracker.record(epoch, loss):

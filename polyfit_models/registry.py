@@ -60,6 +60,10 @@ class Variant:
     live_rows: Callable[[int], int] = lambda degree: 6
     #: Whether ``train`` has a fused path (``fused=True``).
     fusable: bool = True
+    #: Whether its training loss is that of the model it reports, so that a job can stop once
+    #: that loss is within ``stop_gap`` of the optimum (not ``dynamic``: each forward pass draws
+    #: its own model).
+    can_stop_at_optimum: bool = True
 
     def n_coefficients(self, degree: int) -> int:
         """How many trainable coefficients a fit of this degree has."""
@@ -135,5 +139,5 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         defaults=_defaults(1e-8, 5, 30000, "momentum", "float32"),
         train=_trainer("dynamic"), predict=bases.dynamic_predict,
         monomial=bases.dynamic_monomial,
-        fixed_coefficients=5, live_rows=lambda degree: 5),
+        fixed_coefficients=5, live_rows=lambda degree: 5, can_stop_at_optimum=False),
 )})

@@ -36,6 +36,9 @@ class FitResult:
     loss_curve: list  # [epoch, loss] at every epoch % 100 == 99 before divergence
     diverged_at_epoch: int | None
     duration_s: float  # this job's share of its batch's wall time
+    #: The epoch whose model was within the job's ``stop_gap`` of the optimum, where it stopped
+    #: (None: it trained every epoch, or diverged).
+    stopped_at_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a dict of JSON-safe values; its lists are copies."""
@@ -64,9 +67,10 @@ class FitResult:
                 continue
             if not _is_finite_number(value):
                 raise ResultError(f"{name} must be a finite number, got {value!r}")
-        at = data["diverged_at_epoch"]
-        if at is not None and (isinstance(at, bool) or not isinstance(at, int)):
-            raise ResultError(f"diverged_at_epoch must be an integer or None, got {at!r}")
+        for name in ("diverged_at_epoch", "stopped_at_epoch"):
+            at = data[name]
+            if at is not None and (isinstance(at, bool) or not isinstance(at, int)):
+                raise ResultError(f"{name} must be an integer or None, got {at!r}")
         for name in ("coefficients", "monomial", "loss_curve"):
             if data[name] is None and name == "monomial":
                 continue

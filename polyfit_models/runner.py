@@ -122,7 +122,7 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
         for chunk in _chunks(indices, specs[indices[0]], dev, fused):
             batch = [specs[i] for i in chunk]
             started = time.perf_counter()
-            raw = _train(batch, dev, fused)
+            raw = _train(batch, dev, fused, _stop_goals(batch))
             mses = _model_mse(batch[0], raw.coefficients)
             share = (time.perf_counter() - started) / len(batch)
             for row, i in enumerate(chunk):
@@ -145,23 +145,40 @@ def _fuse_config(spec: JobSpec, dev: torch.device) -> tuple:
     return spec.variant, spec.degree, spec.dtype, str(dev)
 
 
-def _train(batch: list[JobSpec], dev: torch.device, fused: bool) -> RawFits:
+def _stop_goals(batch: list[JobSpec]) -> np.ndarray | None:
+    """Each job's ``stop_gap`` goal as a value of its variant's training loss (the loss at or
+    below which its model is within the gap of the least-squares optimum; NaN for a job with
+    none), or None when no job of the batch has one."""
+    if all(spec.stop_gap is None for spec in batch):
+        return None
+    spec = batch[0]
+    per_mse = spec.x_points if VARIANTS[spec.variant].loss == "sse" else 1
+    best = optimum_mse(spec.target, spec.x_start, spec.x_stop, spec.x_points, spec.degree)
+    return np.array([np.nan if s.stop_gap is None else (best + s.stop_gap) * per_mse
+                     for s in batch])
+
+
+def _train(batch: list[JobSpec], dev: torch.device, fused: bool,
+           stop: np.ndarray | None = None) -> RawFits:
     variant = VARIANTS[batch[0].variant]
+    options = {} if stop is None else {"stop": stop}
     if not fused:
-        return variant.train(batch, dev)
+        return variant.train(batch, dev, **options)
     config = _fuse_config(batch[0], dev)
     # A batch of one job would be compiled as a case of its own (dynamo specialises sizes 0
     # and 1): it trains next to a copy of itself instead (rows never interact).
     padded = batch * 2 if len(batch) == 1 else batch
+    if stop is not None and len(batch) == 1:
+        options["stop"] = np.concatenate([stop, stop])
     try:
-        raw = variant.train(padded, dev, fused=True)
+        raw = variant.train(padded, dev, fused=True, **options)
     except RuntimeError as e:
         if not fusion.is_compile_error(e):
             raise
         _fuse_failed.add(config)
         log.warning("polyfit: cannot compile the fused %s epoch on %s, training it unfused "
                     "(%s)", batch[0].variant, dev, str(e).strip().splitlines()[0][:300])
-        return variant.train(batch, dev)
+        return variant.train(batch, dev, **({} if stop is None else {"stop": stop}))
     _fused_ready.add(config)
     return raw.rows(slice(0, len(batch)))
 
@@ -201,11 +218,14 @@ def _result(spec: JobSpec, raw: RawFits, row: int, mse: float, duration_s: float
     coefficients = raw.coefficients[row]
     at = int(raw.diverged_at[row])
     diverged = at >= 0
+    stopped = int(raw.stopped_at[row])
+    # The curve ends where training did: before a bad epoch, at the epoch a job stopped.
+    end = at - 1 if diverged else stopped if stopped >= 0 else spec.epochs
     finite = bool(np.all(np.isfinite(coefficients)))
     curve = []
     for j, loss in enumerate(raw.curve[row]):
         epoch = (j + 1) * CURVE_EVERY - 1
-        if (not diverged or epoch < at) and np.isfinite(loss):
+        if epoch <= end and np.isfinite(loss):
             curve.append([epoch, float(loss)])
     return FitResult(
         status="diverged" if diverged else "succeeded",
@@ -218,4 +238,5 @@ def _result(spec: JobSpec, raw: RawFits, row: int, mse: float, duration_s: float
         loss_curve=curve,
         diverged_at_epoch=at if diverged else None,
         duration_s=duration_s,
+        stopped_at_epoch=stopped if stopped >= 0 else None,
     )

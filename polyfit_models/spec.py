@@ -75,6 +75,9 @@ class JobSpec:
     x_stop: float = math.pi
     x_points: int = 2000
     dtype: str
+    #: Stop early once the training loss says the model's mse is within this of the
+    #: least-squares optimum (``mse - optimum_mse <= stop_gap``); None trains every epoch.
+    stop_gap: float | None = None
 
     def __post_init__(self) -> None:
         for name in _STR_FIELDS:
@@ -117,6 +120,13 @@ class JobSpec:
         if not self.x_start < self.x_stop:
             raise SpecError(f"x_start must be < x_stop, got x_start={self.x_start!r} "
                             f"and x_stop={self.x_stop!r}")
+        if self.stop_gap is not None:
+            object.__setattr__(self, "stop_gap", _as_float("stop_gap", self.stop_gap))
+            if self.stop_gap < 0:
+                raise SpecError(f"stop_gap must be >= 0, got {self.stop_gap!r}")
+            if not variant.can_stop_at_optimum:
+                raise SpecError(f"variant {self.variant} cannot stop at the optimum: its "
+                                "training loss is not its final model's")
         if not power_sum_is_safe(self.degree, self.x_start, self.x_stop, self.x_points,
                                  self.dtype):
             raise SpecError(

@@ -63,8 +63,9 @@ def _frame(rows, columns: Sequence[str]) -> pandas.DataFrame:
     for name in _TIMES:
         if name in frame:
             frame[name] = pd.to_datetime(frame[name], utc=True)
-    if "diverged_at_epoch" in frame:
-        frame["diverged_at_epoch"] = frame["diverged_at_epoch"].astype("Int64")
+    for name in ("diverged_at_epoch", "stopped_at_epoch"):
+        if name in frame:
+            frame[name] = frame[name].astype("Int64")
     return frame
 
 

@@ -101,9 +101,10 @@ def _arrow_type(pa, column: str):
     if column in _JSON_TEXT:
         return pa.list_(pa.float64())
     if column in ("lr", "x_start", "x_stop", "final_loss", "mse", "optimum_mse",
-                  "duration_s"):
+                  "duration_s", "stop_gap"):
         return pa.float64()
-    if column in ("degree", "seed", "epochs", "x_points", "diverged_at_epoch", "attempts"):
+    if column in ("degree", "seed", "epochs", "x_points", "diverged_at_epoch",
+                  "stopped_at_epoch", "attempts"):
         return pa.int64()
     return pa.string()
 

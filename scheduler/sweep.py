@@ -28,7 +28,7 @@ from polyfit_models.spec import MAX_EPOCHS, MAX_LR, MAX_POINTS, SEED_LIMIT
 from worker.queues import is_device
 
 AXES = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device")
-TOP_KEYS = ("name", "target", "x", "grid", "sample")
+TOP_KEYS = ("name", "target", "x", "grid", "sample", "stop_at_gap")
 #: The axes a range (``{log: [a, b], num: n}``, ``{linear: [a, b], num: n}``) may define.
 RANGE_AXES = ("lr", "degree", "seed", "epochs")
 X_KEYS = ("start", "stop", "points")
@@ -100,6 +100,7 @@ class Plan:
     templates: tuple[Template, ...]
     skipped: tuple[str, ...]
     sample: tuple[int, int] | None = None
+    notes: tuple[str, ...] = ()
 
     def iter_jobs(self) -> Iterator[Job]:
         """Every job once (a job that two grids or an ignored axis make twice, once)."""
@@ -144,6 +145,10 @@ def job_id(spec: JobSpec, device: str) -> str:
 
 
 def _canonical(fields: dict, device: str) -> str:
+    # A setting added after ids were first made is left out while it has its default, so that
+    # every job that was already recorded keeps its id.
+    if fields.get("stop_gap") is None:
+        fields = {k: v for k, v in fields.items() if k != "stop_gap"}
     return json.dumps({**fields, "device": device}, sort_keys=True)
 
 
@@ -456,12 +461,14 @@ def build_plan(
     max_job_work: int = 2_000_000_000,
     memory_budget: Callable[[str], int] | None = None,
     sample: object = None,
+    stop_at_gap: object = None,
 ) -> Plan:
     """Validate a spec (from YAML) plus axis overrides (from flags) and expand it into jobs.
 
     ``memory_budget(device)``: the bytes one batch may use on a job's device (see
     ``Settings.budget_bytes``); a job that alone needs more is refused. ``sample`` (the flag's
-    ``N`` or ``N:SEED``) wins over the spec's ``sample: {n: N, seed: SEED}``."""
+    ``N`` or ``N:SEED``) wins over the spec's ``sample: {n: N, seed: SEED}``, and
+    ``stop_at_gap`` (the flag) over the spec's ``stop_at_gap``."""
     spec = dict(spec or {})
     overrides = dict(overrides or {})
     unknown = set(spec) - set(TOP_KEYS)
@@ -492,11 +499,20 @@ def build_plan(
         raise SweepSpecError(f"the grid has up to {upper:,} jobs, over the limit of {max_jobs:,} "
                              "(POLYFIT_MAX_JOBS)")
 
+    stop_gap = _stop_gap(stop_at_gap if stop_at_gap is not None else spec.get("stop_at_gap"))
     templates: list[Template] = []
     skipped: dict[str, None] = {}
+    notes: dict[str, None] = {}
     for g in grids:
         for variant_name in g.get("variant", list(VARIANTS)):
-            templates += _templates(VARIANTS[variant_name], g, target, x, skipped,
+            variant = VARIANTS[variant_name]
+            settings = dict(x)
+            if stop_gap is not None and variant.can_stop_at_optimum:
+                settings["stop_gap"] = stop_gap
+            elif stop_gap is not None:
+                notes[f"{variant_name} trains every epoch: stop_at_gap needs a training loss "
+                      "that is the final model's, and each of its passes draws a model"] = None
+            templates += _templates(variant, g, target, settings, skipped,
                                     max_job_work, memory_budget)
     if not templates:
         why = f" ({next(iter(skipped))})" if skipped else ""
@@ -511,8 +527,22 @@ def build_plan(
     }
     if sample is not None:
         normalized["sample"] = {"n": sample[0], "seed": sample[1]}
+    if stop_gap is not None:
+        normalized["stop_at_gap"] = stop_gap
     return Plan(sweep_id=sweep_id_of(sweep_name), name=sweep_name, spec=normalized,
-                templates=tuple(templates), skipped=tuple(skipped), sample=sample)
+                templates=tuple(templates), skipped=tuple(skipped), sample=sample,
+                notes=tuple(notes))
+
+
+def _stop_gap(raw: object) -> float | None:
+    """The ``stop_at_gap`` setting (YAML number, or the flag's text): a number >= 0, the gap
+    ``mse - optimum_mse`` at which a job stops early; None for none."""
+    if raw is None:
+        return None
+    value = _number("stop_at_gap", raw)
+    if not value >= 0:
+        raise SweepSpecError(f"stop_at_gap must be a number >= 0, got {raw!r}")
+    return value
 
 
 def _sample(raw: object) -> tuple[int, int] | None:

@@ -98,6 +98,8 @@ class JobRow:
     attempts: int
     error: str | None
     reused_from: str | None = None
+    stop_gap: float | None = None
+    stopped_at_epoch: int | None = None
 
     @property
     def gap(self) -> float | None:
@@ -204,7 +206,8 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
 
 #: What a reused row takes from the row it reuses.
 _REUSED = ("status", "final_loss", "mse", "optimum_mse", "coefficients", "monomial",
-           "diverged_at_epoch", "ran_on", "worker", "started_at", "finished_at", "duration_s")
+           "diverged_at_epoch", "stopped_at_epoch", "ran_on", "worker", "started_at",
+           "finished_at", "duration_s")
 
 
 def _reuse_results(s, sweep_id: str, job_ids: Sequence[str]) -> set[str]:
@@ -355,7 +358,7 @@ def save_results(
 
 
 _RESULT_KEYS = ("status", "error", "final_loss", "mse", "optimum_mse", "coefficients",
-                "monomial", "diverged_at_epoch", "duration_s")
+                "monomial", "diverged_at_epoch", "stopped_at_epoch", "duration_s")
 
 
 def _result_values(result: dict) -> dict:

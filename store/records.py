@@ -66,6 +66,8 @@ class JobRecord(Base):
     x_start: Mapped[float] = mapped_column(Float)
     x_stop: Mapped[float] = mapped_column(Float)
     x_points: Mapped[int] = mapped_column(Integer)
+    # The gap to the optimum at which the job stops early (a setting; None: every epoch).
+    stop_gap: Mapped[float | None] = mapped_column(Float, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     final_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     mse: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -73,6 +75,8 @@ class JobRecord(Base):
     coefficients: Mapped[list | None] = mapped_column(JSON, nullable=True)
     monomial: Mapped[list | None] = mapped_column(JSON, nullable=True)
     diverged_at_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The epoch at which a job with a stop_gap was within it of the optimum, and stopped.
+    stopped_at_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     ran_on: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -24,8 +24,9 @@ from ..problem import (
 )
 
 
-def train(specs, device) -> RawFits:
-    """Train ``specs`` (one batch: equal except lr and seed) on the CPU with NumPy."""
+def train(specs, device, stop=None) -> RawFits:
+    """Train ``specs`` (one batch: equal except lr and seed) on the CPU with NumPy; ``stop``:
+    each job's stop goal as a loss (NaN for none), or None (see ``loop.py``)."""
     spec = specs[0]
     dtype = numpy_dtype(spec.dtype)
     x = grid(spec.x_start, spec.x_stop, spec.x_points)
@@ -48,6 +49,7 @@ def train(specs, device) -> RawFits:
 
     active = np.ones(batch, dtype=bool)
     diverged_at = np.full(batch, -1, dtype=np.int64)
+    stopped_at = np.full(batch, -1, dtype=np.int64)
     final_loss = np.full(batch, np.nan, dtype=dtype)
     curve = np.full((batch, epochs // CURVE_EVERY), np.nan, dtype=dtype)
     good = coef.copy()
@@ -61,13 +63,18 @@ def train(specs, device) -> RawFits:
             bad = ~(loss <= limit)
             diverged_at[bad & active] = epoch
             active &= ~bad
-            np.copyto(final_loss, loss, where=active)
+            kept = active
+            if stop is not None and epoch < epochs:
+                reached = active & (loss <= stop)
+                if reached.any():  # these keep this epoch's model and loss, and retire
+                    stopped_at[reached] = epoch
+                    kept = active.copy()
+                    active &= ~reached
+            np.copyto(final_loss, loss, where=kept)
+            np.copyto(good, coef, where=kept[:, None])
             if epoch % CURVE_EVERY == CURVE_EVERY - 1 and epoch < epochs:
                 curve[:, epoch // CURVE_EVERY] = loss
-                if not active.any():
-                    break
-            np.copyto(good, coef, where=active[:, None])
-            if epoch == epochs:
+            if epoch == epochs or not active.any():
                 break
             # grad_y = 2 (y_pred - y); grad_k = sum(grad_y * x^k) for every k and job at once
             # (the factor 2 is applied after the sum: scaling by 2 is exact either way)
@@ -76,4 +83,4 @@ def train(specs, device) -> RawFits:
             coef -= lr * grad
             np.copyto(coef, good, where=~active[:, None])
     return RawFits(coefficients=good.astype(np.float64), final_loss=final_loss.astype(np.float64),
-                   diverged_at=diverged_at, curve=curve.astype(np.float64))
+                   diverged_at=diverged_at, curve=curve.astype(np.float64), stopped_at=stopped_at)

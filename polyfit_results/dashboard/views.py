@@ -33,9 +33,9 @@ TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "optimizer",
                  "duration_s")
 #: A job's settings, outcome and bookkeeping, as the job page lists them.
 JOB_SETTINGS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device", "dtype",
-                "target", "x_start", "x_stop", "x_points")
+                "target", "x_start", "x_stop", "x_points", "stop_gap")
 JOB_OUTCOME = ("status", "final_loss", "mse", "optimum_mse", "gap", "diverged_at_epoch",
-               "error")
+               "stopped_at_epoch", "error")
 JOB_RUN = ("worker", "ran_on", "started_at", "finished_at", "duration_s", "attempts",
            "reused_from")
 

@@ -94,6 +94,10 @@ def axis_options(f):
 def sweep_inputs(f):
     """What defines a sweep, for ``sweep submit`` and ``sweep run``: SPEC.yaml, the axis flags
     and --name."""
+    f = click.option("--stop-at-gap", default=None, metavar="GAP",
+                     help="Stop a job early once its mse is within GAP of the least-squares "
+                          "optimum (mse - optimum_mse <= GAP); it records the epoch and counts "
+                          "as succeeded.")(f)
     f = click.option("--sample", default=None, metavar="N[:SEED]",
                      help="Train N jobs drawn at random (without repeats; seed 0 unless "
                           "given) from the grid instead of all of it.")(f)
@@ -114,7 +118,7 @@ def batch_size_option(f):
 
 
 def make_plan(spec_path: str | None, axes: dict, name: str | None, settings: Settings,
-              sample: str | None = None) -> Plan:
+              sample: str | None = None, stop_at_gap: str | None = None) -> Plan:
     """The sweep a spec file and axis flags define, within the settings' limits."""
     raw = load_spec_file(spec_path) if spec_path else None
     overrides = {}
@@ -125,7 +129,10 @@ def make_plan(spec_path: str | None, axes: dict, name: str | None, settings: Set
     default_name = Path(spec_path).stem if spec_path else "sweep"
     plan = build_plan(raw, overrides, name=name, default_name=default_name,
                       max_jobs=settings.max_jobs, max_job_work=settings.max_job_work,
-                      memory_budget=settings.budget_bytes, sample=sample)
+                      memory_budget=settings.budget_bytes, sample=sample,
+                      stop_at_gap=stop_at_gap)
     for reason in plan.skipped:
         click.echo(f"left out: {reason}", err=True)
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
     return plan

@@ -45,12 +45,12 @@ def sweep() -> None:
 @sweep_inputs
 @batch_size_option
 @pass_settings(broker=True)
-def sweep_submit(settings: Settings, spec_path, name, fresh, sample, batch_size,
+def sweep_submit(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, batch_size,
                  **axes) -> None:
     """Only enqueue the sweep; print its id as the last line of stdout."""
     from scheduler.submit import BrokerError, submit
 
-    plan = make_plan(spec_path, axes, name, settings, sample)
+    plan = make_plan(spec_path, axes, name, settings, sample, stop_at_gap)
     try:
         done = submit(settings, plan, batch_size=batch_size, fresh=fresh)
     except BrokerError as e:
@@ -76,20 +76,21 @@ def summary(jobs: int, done) -> str:
 @click.option("--top", type=click.IntRange(0, 1000), default=1, show_default=True,
               help="Best jobs to print per variant at the end.")
 @pass_settings(broker=True)
-def sweep_run(settings: Settings, spec_path, name, fresh, sample, workers, batch_size, top,
-              **axes) -> None:
+def sweep_run(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, workers,
+              batch_size, top, **axes) -> None:
     """Submit the sweep and run it to the end here with local workers.
 
     SPEC.yaml may also name a sweep of the database (its name or id) that is not a file here:
     what that sweep still needs is trained (an interrupted run is finished this way)."""
     from scheduler.run import continue_sweep, run_sweep
 
-    existing = _existing_sweep(settings, spec_path, name, fresh, sample, axes)
+    existing = _existing_sweep(settings, spec_path, name, fresh or stop_at_gap is not None,
+                               sample, axes)
     if existing is not None:
         code = continue_sweep(settings, existing, workers=workers, batch_size=batch_size,
                               top=top)
     else:
-        plan = make_plan(spec_path, axes, name, settings, sample)
+        plan = make_plan(spec_path, axes, name, settings, sample, stop_at_gap)
         code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top,
                          fresh=fresh)
     if code:

@@ -57,6 +57,33 @@ def test_the_embedded_default_needs_no_server(db_url, start_worker, tmp_path):
     assert (tmp_path / "results-broker.sqlite").exists()
 
 
+def test_jobs_stop_at_the_optimum_through_real_workers(tmp_path):
+    """``--stop-at-gap``: each job stops once its mse is within the gap, keeps that model,
+    records the epoch and counts as succeeded; a dynamic job of the same sweep trains on."""
+    env = polyfit_env()
+    r = polyfit("sweep", "run", "--variant", "autograd,numpy,dynamic", "--seed", "1-2",
+                "--epochs", "3000", "--stop-at-gap", "0.05", "--workers", "1", env=env,
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "note: dynamic trains every epoch" in r.stderr
+    db = f"sqlite:///{tmp_path / 'polyfit.sqlite'}"
+    jobs = query(db, "SELECT id, variant, status, stop_gap, stopped_at_epoch, mse, "
+                     "optimum_mse FROM jobs")
+    assert len(jobs) == 6 and {j["status"] for j in jobs} == {"succeeded"}
+    for j in jobs:
+        if j["variant"] == "dynamic":
+            assert j["stop_gap"] is None and j["stopped_at_epoch"] is None
+            continue
+        assert j["stop_gap"] == 0.05 and 0 < j["stopped_at_epoch"] < 3000
+        assert j["mse"] - j["optimum_mse"] <= 0.05 * 1.001  # judged on float32's loss
+        last = query(db, "SELECT max(epoch) AS e FROM loss_curve WHERE job_id = :j",
+                     j=j["id"])[0]["e"]
+        assert last is None or last <= j["stopped_at_epoch"]
+    out = polyfit("results", "--format", "json", env=env, cwd=tmp_path)
+    assert {row["stopped_at_epoch"] is not None for row in json.loads(out.stdout)} == {True,
+                                                                                        False}
+
+
 def test_sweep_run_trains_to_the_end_and_prints_the_best(tmp_path):
     env = polyfit_env()
     r = polyfit("sweep", "run", "--variant", "numpy,legendre,dynamic", "--seed", "0-3",

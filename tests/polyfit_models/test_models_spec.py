@@ -42,7 +42,7 @@ def test_round_trip_through_json(name):
     assert JobSpec.from_dict(d) == s
     assert type(d) is dict and set(d) == {
         "variant", "lr", "degree", "seed", "epochs", "optimizer", "target", "x_start",
-        "x_stop", "x_points", "dtype"}
+        "x_stop", "x_points", "dtype", "stop_gap"}
 
 
 def test_spec_is_frozen_and_hashable():

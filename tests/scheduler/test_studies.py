@@ -225,3 +225,46 @@ def test_best_and_job_show_the_fitted_polynomial_and_plot_defaults_to_the_latest
     assert json.loads(run("job", best["id"], "--format", "json").stdout)["loss_curve"]
     assert "shown" in run("plot", "-o", str(tmp_path / "p.png")).stdout
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+# -- stopping at the optimum ----------------------------------------------------------------------
+
+def test_stop_at_gap_reaches_every_job_that_can_stop_and_changes_their_ids():
+    from scheduler.sweep import build_plan
+
+    grid = {"variant": ["autograd", "dynamic"], "seed": [0, 1]}
+    plain = build_plan({"grid": grid})
+    stopping = build_plan({"grid": grid, "stop_at_gap": 0.01})
+    flagged = build_plan({"grid": grid, "stop_at_gap": 0.01}, stop_at_gap="0.5")
+    gaps = {(j.spec.variant, j.spec.stop_gap) for j in stopping.jobs}
+    assert gaps == {("autograd", 0.01), ("dynamic", None)}
+    assert stopping.spec["stop_at_gap"] == 0.01 and "stop_at_gap" not in plain.spec
+    assert any("dynamic trains every epoch" in n for n in stopping.notes)
+    assert {j.spec.stop_gap for j in flagged.jobs if j.spec.variant == "autograd"} == {0.5}
+    ids = {j.spec.variant: set() for j in plain.jobs}
+    for plan in (plain, stopping):
+        for j in plan.jobs:
+            ids[j.spec.variant].add(j.id)
+    # Another gap is another job; dynamic, which ignores it, keeps its ids.
+    assert len(ids["autograd"]) == 4 and len(ids["dynamic"]) == 2
+
+
+@pytest.mark.parametrize("args,spec", [
+    (["--stop-at-gap", "-1"], None), (["--stop-at-gap", "soon"], None),
+    ([], "grid: {variant: [autograd]}\nstop_at_gap: [0.1]\n"),
+    ([], "grid: {variant: [autograd]}\nstop_at_gap: .nan\n"),
+])
+def test_a_bad_stop_at_gap_is_one_line_and_exit_2_with_nothing_written(tmp_path, monkeypatch,
+                                                                        args, spec):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POLYFIT_DB_URL", f"sqlite:///{tmp_path / 'r.sqlite'}")
+    files = []
+    if spec:
+        (tmp_path / "s.yaml").write_text(spec)
+        files = ["s.yaml"]
+    else:
+        args = ["--variant", "autograd", *args]
+    r = CliRunner().invoke(cli, ["sweep", "submit", *files, *args])
+    assert r.exit_code == 2, r.output
+    assert "stop_at_gap" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r.sqlite").exists()
