@@ -24,10 +24,16 @@ reached its goal (its ``stop_gap`` above the least-squares optimum, in the varia
 The same window settles it: a job whose loss reaches its goal at a training epoch before any
 bad one retires there with that epoch's parameters and loss (``stopped_at``), and counts as
 succeeded. Its batch-mates go on; the batch ends early once every job has retired.
+
+Watching: ``run(..., watch=...)`` calls ``watch(epochs_done, snapshot)`` at the end of every
+window (one Python call per 100 epochs); ``snapshot()``, only if the watcher wants it, copies
+the loss curve so far and which jobs are still training to the host (see ``runner.fit_many``'s
+``progress``: how a worker shows running jobs' curves).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -89,7 +95,8 @@ def explosion_limit(initial_loss):
 class _Tracker:
     """The per-job bookkeeping of ``run``: rings, divergence, loss curve (see module doc)."""
 
-    def __init__(self, program: Program, epochs: int, stop=None) -> None:
+    def __init__(self, program: Program, epochs: int, stop=None, watch=None) -> None:
+        self.watch = watch
         self.params = [p.detach() for p in program.params]  # aliases of the live storage
         self.rows = program.param_rows
         ref = self.params[0]
@@ -173,9 +180,16 @@ class _Tracker:
             self.active &= ~stopped
         if filled == WINDOW and last_epoch < self.epochs:
             self.curve[:, last_epoch // CURVE_EVERY] = self.loss_slots[WINDOW - 1]
+            if self.watch is not None:
+                self.watch(last_epoch + 1, functools.partial(self._snapshot, last_epoch))
         self.carry_loss = self.loss_slots[filled - 1].clone()
         self.carry = [slots[filled - 1].clone() for slots in self.param_slots]
         return bool(any_active)
+
+    def _snapshot(self, last_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The loss curve up to ``last_epoch`` (B, k) and which jobs still train (B,)."""
+        return (self.curve[:, : last_epoch // CURVE_EVERY + 1].double().cpu().numpy(),
+                self.active.cpu().numpy())
 
     def finish(self, program: Program) -> RawFits:
         final = [torch.where(_column(self.active[rows]), p, frozen)
@@ -195,13 +209,13 @@ def _column(mask: torch.Tensor) -> torch.Tensor:
     return mask.unsqueeze(1)
 
 
-def run(program: Program, epochs: int, stop=None) -> RawFits:
+def run(program: Program, epochs: int, stop=None, watch=None) -> RawFits:
     """Train ``program`` for ``epochs`` updates, then score it; see the module docstring.
-    ``stop``: each job's stop goal as a loss (NaN for none), or None.
+    ``stop``: each job's stop goal as a loss (NaN for none), or None; ``watch``: see above.
 
     Training epochs run in the caller's grad mode (autograd on, by default) without entering
     any context per epoch; the bookkeeping touches detached tensors only."""
-    tracker = _Tracker(program, epochs, stop)
+    tracker = _Tracker(program, epochs, stop, watch)
     for epoch in range(epochs):
         loss, grads = program.evaluate(epoch, True)
         if not tracker.record(epoch, loss):

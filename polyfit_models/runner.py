@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -96,11 +96,16 @@ def fit(spec: JobSpec, device: str | torch.device = "cpu",
 
 
 def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
-             fuse: bool | None = None) -> list[FitResult]:
+             fuse: bool | None = None, progress: Progress | None = None) -> list[FitResult]:
     """Train many jobs on ``device``, batching compatible ones; results in input order.
 
     ``fuse``: None fuses the chunks where it pays, True every chunk that can be, False none
-    (see the module docstring)."""
+    (see the module docstring). ``progress(specs, epochs_done, snapshot)``, if given, is called
+    every 100 epochs of a batch with the specs it trains (objects of ``specs``, one per row)
+    and how many epochs it has done; ``snapshot()`` returns, if called, each row's loss curve
+    so far ((rows, k) float64: the loss at epochs 99, 199, ...) and whether it is still
+    training (a diverged or stopped row is not: its curve has ended). It runs in the training
+    thread: it should return at once when it has nothing to do."""
     dev = resolve_device(device)
     groups: dict[tuple, list[int]] = {}
     for i, spec in enumerate(specs):
@@ -122,7 +127,8 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
         for chunk in _chunks(indices, specs[indices[0]], dev, fused):
             batch = [specs[i] for i in chunk]
             started = time.perf_counter()
-            raw = _train(batch, dev, fused, _stop_goals(batch))
+            watch = None if progress is None else _watcher(progress, batch)
+            raw = _train(batch, dev, fused, _stop_goals(batch), watch)
             mses = _model_mse(batch[0], raw.coefficients)
             share = (time.perf_counter() - started) / len(batch)
             for row, i in enumerate(chunk):
@@ -158,10 +164,27 @@ def _stop_goals(batch: list[JobSpec]) -> np.ndarray | None:
                      for s in batch])
 
 
+Progress = Callable[[Sequence[JobSpec], int, Callable[[], tuple[np.ndarray, np.ndarray]]],
+                    None]
+
+
+def _watcher(progress: Progress, batch: list[JobSpec]) -> Callable:
+    """The loop's ``watch`` for ``batch``: its rows are ``batch`` (a padded fused batch has
+    more, which the snapshot leaves out)."""
+    rows = len(batch)
+
+    def watch(epochs_done: int, snapshot: Callable) -> None:
+        progress(batch, epochs_done, lambda: tuple(a[:rows] for a in snapshot()))
+
+    return watch
+
+
 def _train(batch: list[JobSpec], dev: torch.device, fused: bool,
-           stop: np.ndarray | None = None) -> RawFits:
+           stop: np.ndarray | None = None, watch: Callable | None = None) -> RawFits:
     variant = VARIANTS[batch[0].variant]
     options = {} if stop is None else {"stop": stop}
+    if watch is not None:
+        options["watch"] = watch
     if not fused:
         return variant.train(batch, dev, **options)
     config = _fuse_config(batch[0], dev)
@@ -178,7 +201,10 @@ def _train(batch: list[JobSpec], dev: torch.device, fused: bool,
         _fuse_failed.add(config)
         log.warning("polyfit: cannot compile the fused %s epoch on %s, training it unfused "
                     "(%s)", batch[0].variant, dev, str(e).strip().splitlines()[0][:300])
-        return variant.train(batch, dev, **({} if stop is None else {"stop": stop}))
+        options.pop("stop", None)
+        if stop is not None:
+            options["stop"] = stop
+        return variant.train(batch, dev, **options)
     _fused_ready.add(config)
     return raw.rows(slice(0, len(batch)))
 

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from polyfit_models import TARGETS, VARIANTS
 from polyfit_results import queries
 from store import jobs as store_jobs
-from store.records import DIVERGED, OK, SUCCEEDED
+from store.records import DIVERGED, OK, RUNNING, SUCCEEDED
 
 # Faint loss curves drawn per variant besides its best (the lowest-mse ones): enough to show the
 # spread over seeds and learning rates, few enough to keep the file small and the panel legible.
@@ -55,12 +55,15 @@ def load(engine: Engine, sweep: store_jobs.SweepRow) -> PlotData:
     by_id = {j.id: j for j in jobs}
     order = list(VARIANTS)
     best = sorted((by_id[r["id"]] for r in best_rows), key=lambda j: order.index(j.variant))
-    if not best:
-        raise PlotError(f"sweep {sweep.name} has no finished job with an mse to plot yet")
+    running = [j.id for j in jobs if j.status == RUNNING]
+    if not best and not running:
+        raise PlotError(f"sweep {sweep.name} has no finished or running job to plot yet")
     drawn: list[str] = []
     for variant in {j.variant for j in best}:
         ended = [j for j in jobs if j.variant == variant and j.status in OK]
         drawn += [j.id for j in ended[: MAX_FAINT_CURVES + 1]]
+    # Running jobs' curves so far (their workers write them every few seconds).
+    drawn += running[:MAX_FAINT_CURVES]
     drawn += [j.id for j in best]
     curves = store_jobs.loss_curves(engine, sweep.id, sorted(set(drawn)))
     return PlotData(sweep, tuple(jobs), tuple(best), curves)
@@ -111,12 +114,12 @@ def _draw_fits(fig: Figure, spec, data: PlotData) -> None:
     inner = spec.subgridspec(2, 1, height_ratios=(3, 1.3), hspace=0.06)
     ax = fig.add_subplot(inner[0])
     res = fig.add_subplot(inner[1], sharex=ax)
-    first = data.best[0]
+    first = data.best[0] if data.best else data.jobs[0]
     x = x_grid(first)
     y = TARGETS[first.target](x)
     ax.plot(x, y, color="black", lw=4.5, alpha=0.25, label=f"target  {first.target}(x)",
             solid_capstyle="round")
-    best_mse = min(j.mse for j in data.best)
+    best_mse = min((j.mse for j in data.best), default=0.0)
     scale = 0.0
     for job in data.best:
         values = fitted_values(job, x)
@@ -135,7 +138,8 @@ def _draw_fits(fig: Figure, spec, data: PlotData) -> None:
             res.plot(x, optimum - y, color="black", lw=1.0, ls=(0, (1, i + 1.5)),
                      label=f"least-squares optimum, degree {degree}")
             scale = max(scale, float(np.max(np.abs(optimum - y))))
-        res.legend(loc="best", fontsize=7, frameon=False, ncol=len(degrees))
+        if degrees:
+            res.legend(loc="best", fontsize=7, frameon=False, ncol=len(degrees))
     span = float(np.max(y) - np.min(y)) or 1.0
     ax.set_ylim(float(np.min(y)) - 0.35 * span, float(np.max(y)) + 0.35 * span)
     if scale > 0:
@@ -327,7 +331,7 @@ def draw(data: PlotData) -> Figure:
     counts: dict[str, int] = {}
     for j in data.jobs:
         counts[j.status] = counts.get(j.status, 0) + 1
-    first = data.best[0]
+    first = data.best[0] if data.best else data.jobs[0]
     width = 13.0
     maps = _plan_maps(data.jobs, width)
     top = 6.6

@@ -49,12 +49,12 @@ class LiveProgress:
         if self._bar is not None:
             self._bar.update(self._task, completed=p.ended, total=p.total,
                              detail=report.progress_detail(p.counts, p.total, p.fits_per_s,
-                                                           p.eta_s, p.idle_s))
+                                                           p.eta_s, p.idle_s, p.running_done))
             return
         now = time.monotonic()
         if last or now - self._last >= self.every_s:
             prefix = f"{self.label}: " if self.label else ""
             print(prefix + report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s,
-                                                p.idle_s),
+                                                p.idle_s, p.running_done),
                   file=self.stream, flush=True)
             self._last = now

@@ -87,24 +87,29 @@ def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str,
 
 
 def progress_line(counts: Mapping[str, int], total: int, rate: float | None,
-                  eta_s: float | None, idle_s: float | None = None) -> str:
+                  eta_s: float | None, idle_s: float | None = None,
+                  running_done: float | None = None) -> str:
     """The plain one-line progress of a sweep (logs, files, ``status``)."""
     done = sum(counts.get(s, 0) for s in ENDED)
     width = 24
     filled = int(width * done / total) if total else width
     bar = "#" * filled + "." * (width - filled)
-    return f"[{bar}] {done}/{total} | " + progress_detail(counts, total, rate, eta_s, idle_s)
+    return f"[{bar}] {done}/{total} | " + progress_detail(counts, total, rate, eta_s, idle_s,
+                                                          running_done)
 
 
 def progress_detail(counts: Mapping[str, int], total: int, rate: float | None,
-                    eta_s: float | None, idle_s: float | None = None) -> str:
-    """The counts, the rate and the ETA of a sweep, beside its bar."""
+                    eta_s: float | None, idle_s: float | None = None,
+                    running_done: float | None = None) -> str:
+    """The counts, the rate and the ETA of a sweep, beside its bar (``running_done``: the
+    share of the running jobs' epochs done, as their workers last reported)."""
     done = sum(counts.get(s, 0) for s in ENDED)
     parts = [f"{counts.get('succeeded', 0)} succeeded",
              f"{counts.get('diverged', 0)} diverged",
              f"{counts.get('failed', 0)} failed"]
     if counts.get(RUNNING):
-        parts.append(f"{counts['running']} running")
+        through = f" ({running_done:.0%} through)" if running_done else ""
+        parts.append(f"{counts['running']} running{through}")
     if counts.get(CANCELLED):
         parts.append(f"{counts['cancelled']} cancelled")
     if rate:

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     Engine,
+    Integer,
+    String,
     Text,
     bindparam,
     case,
@@ -100,6 +102,7 @@ class JobRow:
     reused_from: str | None = None
     stop_gap: float | None = None
     stopped_at_epoch: int | None = None
+    epochs_done: int | None = None
 
     @property
     def gap(self) -> float | None:
@@ -206,8 +209,8 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
 
 #: What a reused row takes from the row it reuses.
 _REUSED = ("status", "final_loss", "mse", "optimum_mse", "coefficients", "monomial",
-           "diverged_at_epoch", "stopped_at_epoch", "ran_on", "worker", "started_at",
-           "finished_at", "duration_s")
+           "diverged_at_epoch", "stopped_at_epoch", "epochs_done", "ran_on", "worker",
+           "started_at", "finished_at", "duration_s")
 
 
 def _reuse_results(s, sweep_id: str, job_ids: Sequence[str]) -> set[str]:
@@ -280,7 +283,7 @@ def claim_jobs(
                 update(table)
                 .where(table.c.sweep_id == sweep_id, table.c.id.in_(chunk), guard)
                 .values(status=RUNNING, worker=worker, started_at=t, heartbeat_at=t,
-                        finished_at=None, attempts=table.c.attempts + 1)
+                        finished_at=None, epochs_done=None, attempts=table.c.attempts + 1)
                 .returning(*_spec_columns(table))
             ).mappings()]
     return claimed
@@ -341,6 +344,7 @@ def save_results(
             update(table)
             .where(table.c.sweep_id == sweep_id, table.c.id == bindparam("b_id"))
             .values(finished_at=t, heartbeat_at=t, ran_on=ran_on, worker=worker,
+                    epochs_done=_epochs_done(table),
                     **{k: bindparam(f"b_{k}") for k in _RESULT_KEYS}),
             params,
         )
@@ -359,6 +363,48 @@ def save_results(
 
 _RESULT_KEYS = ("status", "error", "final_loss", "mse", "optimum_mse", "coefficients",
                 "monomial", "diverged_at_epoch", "stopped_at_epoch", "duration_s")
+
+
+def _epochs_done(table):
+    """How far an ended job went: to the epoch it stopped at, or diverged at, or all of its
+    epochs (none for a failed job)."""
+    return case((bindparam("b_status", type_=String) == FAILED, None),
+                else_=func.coalesce(bindparam("b_stopped_at_epoch", type_=Integer),
+                                    bindparam("b_diverged_at_epoch", type_=Integer),
+                                    table.c.epochs))
+
+
+def record_progress(engine: Engine, sweep_id: str, worker: str,
+                    updates: dict[str, tuple[int, list]]) -> int:
+    """A running job's progress: ``updates`` maps a job id to (epochs done, new loss-curve
+    points [(epoch, loss)]). Written only for the rows this worker still holds running (a
+    job that ended, or was taken over, is left alone), in one transaction; returns how many."""
+    if not updates:
+        return 0
+    table = JobRecord.__table__
+    t = now()
+    with transaction(engine) as s:
+        held: list[str] = []
+        for chunk in _chunks(sorted(updates)):
+            held += s.scalars(
+                update(table)
+                .where(table.c.sweep_id == sweep_id, table.c.id.in_(chunk),
+                       table.c.status == RUNNING, table.c.worker == worker)
+                .values(heartbeat_at=t,
+                        epochs_done=case({i: updates[i][0] for i in chunk}, value=table.c.id,
+                                         else_=table.c.epochs_done))
+                .returning(table.c.id)
+            ).all()
+        points = [{"sweep_id": sweep_id, "job_id": i, "epoch": int(e), "loss": loss}
+                  for i in held for e, loss in updates[i][1]]
+        if points:
+            # An earlier attempt's points (a job whose worker was lost) are overwritten.
+            dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+            insert_points = dialect.insert(LossPointRecord.__table__)
+            s.execute(insert_points.on_conflict_do_update(
+                index_elements=["sweep_id", "job_id", "epoch"],
+                set_={"loss": insert_points.excluded.loss}), points)
+    return len(held)
 
 
 def _result_values(result: dict) -> dict:
@@ -408,6 +454,18 @@ def recent_work(engine: Engine, sweep_id: str, since: datetime,
          .group_by(j.device))
     with transaction(engine) as s:
         return [RecentWork(d, n, int(w or 0)) for d, n, w in s.execute(q).all()]
+
+
+def running_done(engine: Engine, sweep_id: str) -> list[WorkRow]:
+    """The running jobs of a sweep per device: how many, and the work (epochs done x points)
+    their workers have reported so far (see ``record_progress``)."""
+    if "epochs_done" not in _columns_of(engine):
+        return []
+    j = JobRecord.__table__.c
+    q = (select(j.device, func.count(), func.sum(func.coalesce(j.epochs_done, 0) * j.x_points))
+         .where(j.sweep_id == sweep_id, j.status == RUNNING).group_by(j.device))
+    with transaction(engine) as s:
+        return [WorkRow(d, RUNNING.value, n, int(w or 0)) for d, n, w in s.execute(q).all()]
 
 
 def last_finish(engine: Engine, sweep_id: str) -> datetime | None:
@@ -673,7 +731,7 @@ def requeue_chunks(engine: Engine, sweep_id: str, stale_after_s: float, *,
     # A job trained again starts from nothing: its old result is cleared with its status.
     values = {"status": QUEUED, "worker": None, "finished_at": None,
               **{c: case((retried, None), else_=getattr(JobRecord, c))
-                 for c in (*_RESULT_KEYS[1:], "reused_from")}}
+                 for c in (*_RESULT_KEYS[1:], "reused_from", "epochs_done")}}
     where = (JobRecord.sweep_id == sweep_id) & guard
     if job_ids is not None:
         for ids in _batched(job_ids, _CHUNK):

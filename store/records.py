@@ -77,6 +77,9 @@ class JobRecord(Base):
     diverged_at_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The epoch at which a job with a stop_gap was within it of the optimum, and stopped.
     stopped_at_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Epochs trained: a running job's progress (written every few seconds while it trains,
+    # with its loss curve so far), and once it ended how far it went.
+    epochs_done: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     ran_on: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -14,12 +14,14 @@ is back, instead of failing the task and training the whole batch again."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
 from polyfit_models import JobSpec, SpecError, batch_bytes, batch_key, fit_many
+from polyfit_models.result import CURVE_EVERY
 from store import StoreError, StoreUnavailable
 from store import jobs as store_jobs
 from store.jobs import JobRow
@@ -38,18 +40,71 @@ RETRY_MAX_S = 5.0
 Trainer = Callable[[Sequence[JobSpec], str], list]
 
 
-class _Heartbeat:
-    """Refreshes the claimed jobs' heartbeat every few seconds until stopped."""
+class _LiveCurves:
+    """``fit_many``'s ``progress`` for one batch: every ``every_s`` it takes the training jobs'
+    epochs done and the loss-curve points not yet written, for the heartbeat thread to store
+    (``take``). The training thread pays one clock read per 100 epochs otherwise."""
 
-    def __init__(self, beat: Callable[[], None], every_s: float) -> None:
+    def __init__(self, jobs: Sequence[tuple[str, JobSpec]], every_s: float) -> None:
+        self._ids = {id(spec): job_id for job_id, spec in jobs}
+        self._every = every_s
+        self._next = time.monotonic() + every_s
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[int, list]] = {}
+        self._written: dict[str, int] = {}
+        self._closed = False
+
+    def __call__(self, specs: Sequence[JobSpec], epochs_done: int, snapshot) -> None:
+        t = time.monotonic()
+        if t < self._next or self._closed:
+            return
+        self._next = t + self._every
+        curve, training = snapshot()
+        with self._lock:
+            for row, spec in enumerate(specs):
+                job_id = self._ids.get(id(spec))
+                if job_id is None or not training[row]:
+                    continue
+                start = self._written.get(job_id, 0)
+                points = [[(k + 1) * CURVE_EVERY - 1, float(v)]
+                          for k, v in enumerate(curve[row, start:], start) if math.isfinite(v)]
+                self._written[job_id] = curve.shape[1]
+                earlier = self._pending.get(job_id, (0, []))[1]
+                self._pending[job_id] = (epochs_done, earlier + points)
+
+    def take(self) -> dict[str, tuple[int, list]]:
+        """What to write now (and forget): job id -> (epochs done, new points)."""
+        with self._lock:
+            out, self._pending = self._pending, {}
+        return out
+
+    def close(self) -> None:
+        """Training is over: nothing more is taken (the results carry the whole curves)."""
+        with self._lock:
+            self._closed, self._pending = True, {}
+
+
+class _Heartbeat:
+    """Refreshes the claimed jobs' heartbeat every few seconds until stopped, and writes their
+    progress (``flush``) every ``flush_s`` if given."""
+
+    def __init__(self, beat: Callable[[], None], every_s: float,
+                 flush: Callable[[], None] | None = None, flush_s: float = 0.0) -> None:
         self._beat, self._every = beat, every_s
+        self._flush, self._flush_s = flush, flush_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="polyfit-heartbeat", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._every):
+        tick = min(self._every, self._flush_s) if self._flush and self._flush_s else self._every
+        next_beat = time.monotonic() + self._every
+        while not self._stop.wait(tick):
             try:
-                self._beat()
+                if self._flush is not None:
+                    self._flush()
+                if time.monotonic() >= next_beat - tick / 2:
+                    next_beat = time.monotonic() + self._every
+                    self._beat()
             except StoreError as e:  # a missed beat is not fatal; the next one may get through
                 log.warning("heartbeat failed: %s", e)
 
@@ -187,7 +242,6 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
     """Claim, train and store one batch; returns a small summary for the task's return value.
     ``trainer`` defaults to ``fit_many`` fusing as the settings say (POLYFIT_FUSE)."""
     settings = runtime.settings
-    trainer = trainer or partial(fit_many, fuse=settings.fuse)
     engine = engine_for(settings)
     patience = settings.store_patience_s
     claimed = _with_retries(
@@ -204,11 +258,20 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
     def beat() -> None:
         store_jobs.beat(engine, batch.sweep_id, ids, worker)
 
-    with _Heartbeat(beat, settings.heartbeat_s):
+    live = _LiveCurves(todo, settings.progress_s) if settings.progress_s > 0 else None
+    if trainer is None:
+        trainer = partial(fit_many, fuse=settings.fuse, progress=live)
+
+    def flush() -> None:
+        store_jobs.record_progress(engine, batch.sweep_id, worker, live.take())
+
+    with _Heartbeat(beat, settings.heartbeat_s, flush if live else None, settings.progress_s):
         try:
             outcomes = train_within_budget([spec for _, spec in todo], runtime.torch_device(),
                                            trainer, settings)
         finally:
+            if live is not None:
+                live.close()
             if runtime.device == "cuda":
                 _free_cuda()
         results = list(zip([job_id for job_id, _ in todo], outcomes)) + refused

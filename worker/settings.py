@@ -28,6 +28,7 @@ ENV_SQL_URL = "POLYFIT_SQL_URL"
 ENV_SQL_TIMEOUT = "POLYFIT_SQL_TIMEOUT_S"
 ENV_SQL_MAX_ROWS = "POLYFIT_SQL_MAX_ROWS"
 ENV_FUSE = "POLYFIT_FUSE"
+ENV_PROGRESS = "POLYFIT_PROGRESS_S"
 ENV_COMPILE_CACHE = "POLYFIT_COMPILE_CACHE"
 
 
@@ -108,6 +109,9 @@ class Settings:
     # pays (None: ``fit_many``'s default); POLYFIT_COMPILE_CACHE: where compiled kernels are kept.
     fuse: bool | None = None
     compile_cache: str | None = None
+    # How often a worker writes its running jobs' epochs done and loss curves so far (0: not
+    # until they end).
+    progress_s: float = 5.0
 
     @property
     def heartbeat_s(self) -> float:
@@ -160,6 +164,7 @@ class Settings:
             sql_url=env.get(ENV_SQL_URL) or None,
             sql_timeout_s=float(_int(env, ENV_SQL_TIMEOUT, int(cls.sql_timeout_s), high=86400)),
             sql_max_rows=_int(env, ENV_SQL_MAX_ROWS, cls.sql_max_rows, high=10**9),
+            progress_s=float(_int(env, ENV_PROGRESS, int(cls.progress_s), low=0, high=86400)),
             fuse=fusing.fuse,
             compile_cache=str(fusing.cache_dir),
         )
@@ -183,6 +188,7 @@ class Settings:
             ENV_CPU_MEMORY: str(self.cpu_memory_mb),
             ENV_GPU_MEMORY: str(self.gpu_memory_mb),
             ENV_FUSE: {None: "auto", True: "1", False: "0"}[self.fuse],
+            ENV_PROGRESS: str(int(self.progress_s)),
         }
         if self.compile_cache:
             env[ENV_COMPILE_CACHE] = self.compile_cache

@@ -60,5 +60,5 @@ class AutogradProgram:
         return params[0]
 
 
-def train(specs, device, fused: bool = False, stop=None) -> loop.RawFits:
-    return loop.run(AutogradProgram(specs, device, fused), specs[0].epochs, stop)
+def train(specs, device, fused: bool = False, stop=None, watch=None) -> loop.RawFits:
+    return loop.run(AutogradProgram(specs, device, fused), specs[0].epochs, stop, watch)

@@ -142,5 +142,5 @@ class LegendreProgram:
         return params[0]
 
 
-def train(specs, device, fused: bool = False, stop=None) -> loop.RawFits:
-    return loop.run(LegendreProgram(specs, device, fused), specs[0].epochs, stop)
+def train(specs, device, fused: bool = False, stop=None, watch=None) -> loop.RawFits:
+    return loop.run(LegendreProgram(specs, device, fused), specs[0].epochs, stop, watch)

@@ -107,5 +107,5 @@ class ModuleProgram:
         return params[0] if len(params) == 1 else torch.cat(list(params), dim=0)
 
 
-def train(specs, device, fused: bool = False, stop=None) -> loop.RawFits:
-    return loop.run(ModuleProgram(specs, device, fused), specs[0].epochs, stop)
+def train(specs, device, fused: bool = False, stop=None, watch=None) -> loop.RawFits:
+    return loop.run(ModuleProgram(specs, device, fused), specs[0].epochs, stop, watch)

@@ -24,9 +24,9 @@ from ..problem import (
 )
 
 
-def train(specs, device, stop=None) -> RawFits:
+def train(specs, device, stop=None, watch=None) -> RawFits:
     """Train ``specs`` (one batch: equal except lr and seed) on the CPU with NumPy; ``stop``:
-    each job's stop goal as a loss (NaN for none), or None (see ``loop.py``)."""
+    each job's stop goal as a loss (NaN for none), or None; ``watch`` as ``loop.run``'s."""
     spec = specs[0]
     dtype = numpy_dtype(spec.dtype)
     x = grid(spec.x_start, spec.x_stop, spec.x_points)
@@ -74,6 +74,9 @@ def train(specs, device, stop=None) -> RawFits:
             np.copyto(good, coef, where=kept[:, None])
             if epoch % CURVE_EVERY == CURVE_EVERY - 1 and epoch < epochs:
                 curve[:, epoch // CURVE_EVERY] = loss
+                if watch is not None:
+                    k = epoch // CURVE_EVERY + 1
+                    watch(epoch + 1, lambda k=k: (curve[:, :k].astype(np.float64), active.copy()))
             if epoch == epochs or not active.any():
                 break
             # grad_y = 2 (y_pred - y); grad_k = sum(grad_y * x^k) for every k and job at once

@@ -79,5 +79,5 @@ class TensorProgram:
         return params[0]
 
 
-def train(specs, device, fused: bool = False, stop=None) -> loop.RawFits:
-    return loop.run(TensorProgram(specs, device, fused), specs[0].epochs, stop)
+def train(specs, device, fused: bool = False, stop=None, watch=None) -> loop.RawFits:
+    return loop.run(TensorProgram(specs, device, fused), specs[0].epochs, stop, watch)

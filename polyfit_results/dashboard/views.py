@@ -135,7 +135,7 @@ def _progress(sweep: store_jobs.SweepRow) -> dict:
             "percent": round(100 * p.ended / p.total, 1) if p.total else 0.0,
             "progress": f"{p.ended:,}/{p.total:,}",
             "detail": report.progress_detail(p.counts, p.total, p.fits_per_s, p.eta_s,
-                                             p.idle_s)}
+                                             p.idle_s, p.running_done)}
 
 
 def _split(name: str) -> list[str]:

@@ -21,8 +21,8 @@ from store.reader import open_results
 from worker.settings import ENV_BROKER, Settings
 
 #: The columns of ``polyfit results`` as a table (the other formats carry every column).
-TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "optimizer", "device",
-                 "status", "final_loss", "mse", "optimum_mse", "diverged_at_epoch", "duration_s")
+TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "epochs_done", "optimizer",
+                 "device", "status", "final_loss", "mse", "optimum_mse", "diverged_at_epoch", "duration_s")
 
 
 def db_option(f):

@@ -109,7 +109,7 @@ def _styled() -> bool:
 
 def _status_line(p: queries.Progress) -> str:
     return f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
-        p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s)
+        p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s, p.running_done)
 
 
 def _watch(engine, target, as_json: bool, interval: float | None, hint) -> queries.Progress:

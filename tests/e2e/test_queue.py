@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import ROOT, polyfit_env
-from tests.helpers import polyfit, query
+from tests.helpers import polyfit, query, wait_for
 from tests.helpers import rows as stored_jobs
 
 pytestmark = pytest.mark.slow
@@ -82,6 +82,45 @@ def test_jobs_stop_at_the_optimum_through_real_workers(tmp_path):
     out = polyfit("results", "--format", "json", env=env, cwd=tmp_path)
     assert {row["stopped_at_epoch"] is not None for row in json.loads(out.stdout)} == {True,
                                                                                         False}
+
+
+def test_running_jobs_show_their_progress_in_status_results_plot_and_sql(tmp_path):
+    """POLYFIT_PROGRESS_S: a worker writes its running jobs' epochs and loss curves so far.
+    Observed at a state (a running row with progress), not after a time; the job is long
+    (200,000 epochs, seconds) beside the 1 s between writes."""
+    env = polyfit_env(POLYFIT_PROGRESS_S="1")
+    db = f"sqlite:///{tmp_path / 'polyfit.sqlite'}"
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler", "sweep", "run", "--variant",
+                             "tensor", "--epochs", "200000", "--workers", "1", "--name", "long"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def progress_shown() -> list[dict]:
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep ended first: {proc.communicate()}")
+        if not (tmp_path / "polyfit.sqlite").exists():
+            return []
+        try:
+            return query(db, "SELECT id, epochs_done FROM jobs WHERE status = 'running' AND "
+                             "epochs_done > 0")
+        except OperationalError:  # the schema is being made
+            return []
+
+    try:
+        (running,) = wait_for(progress_shown, 120, "a running job's progress in the store")
+        points = query(db, "SELECT count(*) AS n FROM loss_curve WHERE job_id = :j",
+                       j=running["id"])[0]["n"]
+        assert points >= running["epochs_done"] // 100 > 0
+        status = polyfit("status", env=env, cwd=tmp_path)
+        assert "1 running (" in status.stdout and "% through)" in status.stdout, status.stdout
+        results = polyfit("results", "--status", "running", "--format", "json", env=env,
+                          cwd=tmp_path)
+        assert json.loads(results.stdout)[0]["epochs_done"] >= running["epochs_done"]
+        figure = polyfit("plot", "-o", str(tmp_path / "live.png"), env=env, cwd=tmp_path)
+        assert figure.returncode == 0, figure.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
 
 
 def test_sweep_run_trains_to_the_end_and_prints_the_best(tmp_path):
