@@ -7,10 +7,14 @@ worker cut off from the server notices instead of hanging. The read-only doors (
 
 from __future__ import annotations
 
+import functools
+import random
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -24,6 +28,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session
 
 from store.records import Base
+
+F = TypeVar("F", bound=Callable)
 
 BUSY_TIMEOUT_MS = 60_000
 #: Where results go when nothing says otherwise, and the variable that says otherwise.
@@ -185,6 +191,47 @@ def is_transient(e: Exception) -> bool:
     backends; a file that cannot be opened is one too, as when a disk is away)."""
     return isinstance(e, (OperationalError, InterfaceError)) or bool(
         isinstance(e, DBAPIError) and e.connection_invalidated)
+
+
+#: PostgreSQL's SQLSTATEs for a transaction it rolled back to settle a conflict with another
+#: one (a deadlock, a serialization failure): the same transaction run again succeeds.
+_CONFLICTS = ("40P01", "40001")
+#: How many times a conflicting transaction is run in all, and the longest pause between runs.
+CONFLICT_TRIES = 6
+_CONFLICT_PAUSE_S = 0.5
+
+
+def is_conflict(e: BaseException) -> bool:
+    """Whether ``e`` (a store or SQLAlchemy error, or the driver's) is PostgreSQL rolling a
+    transaction back because it conflicted with another (see ``retry_conflicts``)."""
+    seen = 0
+    while e is not None and seen < 8:
+        if getattr(e, "sqlstate", None) in _CONFLICTS:
+            return True
+        e = getattr(e, "orig", None) or e.__cause__
+        seen += 1
+    return False
+
+
+def retry_conflicts(fn: F) -> F:
+    """Run ``fn`` (one transaction of the store's, given whole: no one-shot iterator among
+    its arguments) again when PostgreSQL rolled it back to settle a deadlock or serialization
+    failure with another transaction: the server undid all of it, and running it again is what
+    PostgreSQL's documentation asks of the application. A short random pause first, so that
+    the two do not meet again; a conflict on every one of ``CONFLICT_TRIES`` runs is raised."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        for attempt in range(1, CONFLICT_TRIES + 1):
+            try:
+                return fn(*args, **kwargs)
+            except StoreError as e:
+                if attempt == CONFLICT_TRIES or not is_conflict(e):
+                    raise
+            time.sleep(random.uniform(0, _CONFLICT_PAUSE_S * attempt / CONFLICT_TRIES))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return run  # type: ignore[return-value]
 
 
 @contextmanager

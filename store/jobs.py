@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from store.db import StoreError, store_error, transaction
+from store.db import StoreError, retry_conflicts, store_error, transaction
 from store.records import (
     CANCELLED,
     ENDED,
@@ -129,6 +129,30 @@ JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobRow))
 # Bulk UPDATEs skip the ORM's matching of affected rows against objects loaded in the session:
 # that costs O(rows x objects) and made requeueing 10,000 jobs take seconds.
 _NO_SYNC = {"synchronize_session": False}
+
+
+def _in_lock_order(engine: Engine, where, *, limit: int | None = None):
+    """``where`` for an UPDATE of many job rows, made to lock them in one order.
+
+    PostgreSQL locks the rows an UPDATE changes in the order its plan meets them (the heap's
+    order, an index's, a hash join's), so two statements that change overlapping sets of rows
+    (a resume's requeue and a reaper's, a claim and a requeue) can each hold a row the other
+    waits for: a deadlock, and one of them fails. Every multi-row writer of the store goes
+    through this: the rows are first locked by a ``SELECT ... ORDER BY sweep_id, id FOR
+    UPDATE`` (which re-checks ``where`` against a row that changed while it waited), and the
+    UPDATE changes exactly those. SQLite has one writer at a time: ``where`` as it is.
+    ``limit``: lock at most this many, the first in that order."""
+    if engine.dialect.name != "postgresql":
+        if limit is None:
+            return where
+        table = JobRecord.__table__
+        pick = select(table.c.id).where(where).order_by(table.c.id).limit(limit)
+        return where & table.c.id.in_(pick.scalar_subquery())
+    table = JobRecord.__table__
+    locked = (select(table.c.sweep_id, table.c.id).where(where)
+              .order_by(table.c.sweep_id, table.c.id).limit(limit).with_for_update()
+              .subquery("locked"))
+    return (table.c.sweep_id == locked.c.sweep_id) & (table.c.id == locked.c.id)
 
 
 def _sweep_row(rec: SweepRecord) -> SweepRow:
@@ -253,6 +277,7 @@ def _spec_columns(table) -> list:
     return [table.c[name] for name in JOB_COLUMNS]
 
 
+@retry_conflicts
 def claim_jobs(
     engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str, stale_after_s: float,
     *, devices: Sequence[str] | None = None, max_attempts: int | None = None,
@@ -281,7 +306,8 @@ def claim_jobs(
         for chunk in _chunks(sorted(set(job_ids))):
             claimed += [JobRow(**r) for r in s.execute(
                 update(table)
-                .where(table.c.sweep_id == sweep_id, table.c.id.in_(chunk), guard)
+                .where(_in_lock_order(engine, (table.c.sweep_id == sweep_id)
+                                      & table.c.id.in_(chunk) & guard))
                 .values(status=RUNNING, worker=worker, started_at=t, heartbeat_at=t,
                         finished_at=None, epochs_done=None, attempts=table.c.attempts + 1)
                 .returning(*_spec_columns(table))
@@ -289,6 +315,7 @@ def claim_jobs(
     return claimed
 
 
+@retry_conflicts
 def beat(engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str) -> int:
     """Tell the store that ``worker`` is still alive and training these jobs; returns how many
     of them it still holds."""
@@ -297,8 +324,9 @@ def beat(engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str) -> 
         for chunk in _chunks(sorted(set(job_ids))):
             held += s.execute(
                 update(JobRecord)
-                .where(JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk),
-                       JobRecord.status == RUNNING, JobRecord.worker == worker)
+                .where(_in_lock_order(engine, (JobRecord.sweep_id == sweep_id)
+                                      & JobRecord.id.in_(chunk) & (JobRecord.status == RUNNING)
+                                      & (JobRecord.worker == worker)))
                 .values(heartbeat_at=now()).execution_options(**_NO_SYNC)
             ).rowcount
     return held
@@ -313,6 +341,7 @@ def _savable(worker: str):
         JobRecord.status == QUEUED)
 
 
+@retry_conflicts
 def save_results(
     engine: Engine, sweep_id: str, outcomes: Sequence[tuple[str, dict]], worker: str, ran_on: str
 ) -> int:
@@ -374,6 +403,7 @@ def _epochs_done(table):
                                     table.c.epochs))
 
 
+@retry_conflicts
 def record_progress(engine: Engine, sweep_id: str, worker: str,
                     updates: dict[str, tuple[int, list]]) -> int:
     """A running job's progress: ``updates`` maps a job id to (epochs done, new loss-curve
@@ -388,8 +418,9 @@ def record_progress(engine: Engine, sweep_id: str, worker: str,
         for chunk in _chunks(sorted(updates)):
             held += s.scalars(
                 update(table)
-                .where(table.c.sweep_id == sweep_id, table.c.id.in_(chunk),
-                       table.c.status == RUNNING, table.c.worker == worker)
+                .where(_in_lock_order(engine, (table.c.sweep_id == sweep_id)
+                                      & table.c.id.in_(chunk) & (table.c.status == RUNNING)
+                                      & (table.c.worker == worker)))
                 .values(heartbeat_at=t,
                         epochs_done=case({i: updates[i][0] for i in chunk}, value=table.c.id,
                                          else_=table.c.epochs_done))
@@ -690,12 +721,14 @@ def loss_curves(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> dict[s
     return out
 
 
+@retry_conflicts
 def cancel_sweep(engine: Engine, sweep_id: str) -> int:
     """Jobs that have not started become ``cancelled``; running ones finish. Returns the count."""
     with transaction(engine) as s:
         return s.execute(
             update(JobRecord)
-            .where(JobRecord.sweep_id == sweep_id, JobRecord.status == QUEUED)
+            .where(_in_lock_order(engine, (JobRecord.sweep_id == sweep_id)
+                                  & (JobRecord.status == QUEUED)))
             .values(status=CANCELLED, finished_at=now()).execution_options(**_NO_SYNC)
         ).rowcount
 
@@ -740,11 +773,8 @@ def requeue_chunks(engine: Engine, sweep_id: str, stale_after_s: float, *,
                 yield moved
         return
     untouched = or_(JobRecord.heartbeat_at < t, JobRecord.heartbeat_at.is_(None))
-    table = JobRecord.__table__
     while True:
-        pick = (select(table.c.id).where(where, untouched).order_by(table.c.id).limit(chunk)
-                .scalar_subquery())
-        moved = _requeue_returning(engine, t, where & JobRecord.id.in_(pick), **values)
+        moved = _requeue_returning(engine, t, where & untouched, limit=chunk, **values)
         if moved:
             yield moved
         if len(moved) < chunk:
@@ -756,6 +786,7 @@ def requeue_missing(engine: Engine, sweep_id: str, stale_after_s: float) -> list
     return requeue(engine, sweep_id, stale_after_s, retry=(FAILED, CANCELLED))
 
 
+@retry_conflicts
 def clear_results(engine: Engine, sweep_id: str, job_ids: Iterable[str]) -> None:
     """Forget the loss curves of jobs about to be trained again (``--fresh``)."""
     with transaction(engine) as s:
@@ -822,19 +853,23 @@ def _queued_before(t: datetime):
                                               JobRecord.heartbeat_at.is_(None))
 
 
-def _requeue_returning(engine: Engine, t: datetime, where, **values) -> list[JobRow]:
-    """One guarded UPDATE ... RETURNING: concurrent callers get disjoint rows, and a row that
-    stops matching ``where`` before its turn (PostgreSQL re-checks after the row lock) is left
-    alone."""
+@retry_conflicts
+def _requeue_returning(engine: Engine, t: datetime, where, *, limit: int | None = None,
+                       **values) -> list[JobRow]:
+    """One guarded UPDATE ... RETURNING (of the first ``limit`` rows by id, if given; see
+    ``_in_lock_order``): concurrent callers get disjoint rows, and a row that stops matching
+    ``where`` before its turn (PostgreSQL re-checks after the row lock) is left alone."""
     table = JobRecord.__table__
     with transaction(engine) as s:
         rows = s.execute(
-            update(table).where(where).values(heartbeat_at=t, **values)
+            update(table).where(_in_lock_order(engine, where, limit=limit))
+            .values(heartbeat_at=t, **values)
             .returning(*_spec_columns(table))
         ).mappings().all()
         return [JobRow(**r) for r in rows]
 
 
+@retry_conflicts
 def release_worker(engine: Engine, worker: str) -> int:
     """Jobs left ``running`` by a worker known to be stopped go back to ``queued`` at once
     (without waiting for their heartbeat to go stale). ``worker`` is the worker's identity (a
@@ -843,9 +878,9 @@ def release_worker(engine: Engine, worker: str) -> int:
     with transaction(engine) as s:
         return s.execute(
             update(JobRecord)
-            .where(JobRecord.status == RUNNING,
-                   or_(JobRecord.worker == worker, JobRecord.worker.startswith(
-                       worker + "/", autoescape=True)))
+            .where(_in_lock_order(engine, (JobRecord.status == RUNNING) & or_(
+                JobRecord.worker == worker,
+                JobRecord.worker.startswith(worker + "/", autoescape=True))))
             .values(status=QUEUED, worker=None, heartbeat_at=now())
             .execution_options(**_NO_SYNC)
         ).rowcount
