@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import IO
 
 from store.jobs import JOB_COLUMNS
+from store.records import JobRecord
 
 #: Columns the database hands over as JSON text (written as it is).
 _JSON_TEXT = ("coefficients", "monomial")
@@ -96,15 +97,18 @@ def write_parquet(rows: Iterable[tuple], path: str, columns: Sequence[str] = JOB
 
 
 def _arrow_type(pa, column: str):
-    if column in _TIMES:
+    """A column's Arrow type, from the type the jobs table gives it (a column added to the
+    table gets its type here without a list to keep in step)."""
+    from sqlalchemy import JSON, DateTime, Float, Integer
+
+    kind = JobRecord.__table__.c[column].type
+    if isinstance(kind, DateTime):
         return pa.timestamp("us", tz="UTC")
-    if column in _JSON_TEXT:
+    if isinstance(kind, JSON):
         return pa.list_(pa.float64())
-    if column in ("lr", "x_start", "x_stop", "final_loss", "mse", "optimum_mse",
-                  "duration_s", "stop_gap"):
+    if isinstance(kind, Float):
         return pa.float64()
-    if column in ("degree", "seed", "epochs", "x_points", "diverged_at_epoch",
-                  "stopped_at_epoch", "attempts"):
+    if isinstance(kind, Integer):
         return pa.int64()
     return pa.string()
 
