@@ -22,7 +22,8 @@ from worker.settings import ENV_BROKER, Settings
 
 #: The columns of ``polyfit results`` as a table (the other formats carry every column).
 TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "epochs_done", "optimizer",
-                 "device", "status", "final_loss", "mse", "optimum_mse", "diverged_at_epoch", "duration_s")
+                 "device", "status", "final_loss", "mse", "optimum_mse", "diverged_at_epoch",
+                 "duration_s")
 
 
 def db_option(f):

@@ -92,7 +92,7 @@ def test_a_sweep_with_nothing_finished_is_an_input_error(run, tmp_path):
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     record_sweep(url, [{"variant": ["numpy"], "epochs": [100]}], name="waiting")
     r = run("plot", "waiting", "-o", "fit.png", "--db", url)
-    assert r.exit_code == 2 and "no finished job" in r.stderr
+    assert r.exit_code == 2 and "no finished or running job" in r.stderr
     assert not (tmp_path / "fit.png").exists()
 
 
