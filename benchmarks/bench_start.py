@@ -1,0 +1,64 @@
+"""The fixed cost of ``polyfit sweep run``: a tiny sweep (2 autograd jobs of 1 epoch) from the
+command to its exit, in a fresh directory (a new database and embedded broker, local workers
+started and stopped), against ``python -c "import torch"``, the floor of any process that
+trains; interleaved in one run on this machine. ``polyfit --help`` (the CLI's own imports) and
+the second run of the same sweep in the same directory (its results reused: no worker needed)
+are printed beside them.
+
+    python benchmarks/bench_start.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ["sweep", "run", "--variant", "autograd", "--seed", "0-1", "--epochs", "1", "--top", "0"]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLYFIT_")}
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    return env
+
+
+def timed(cmd: list[str], cwd: str) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True)
+    took = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr.strip()[-500:]}")
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    polyfit = [sys.executable, "-m", "scheduler"]
+    times: dict[str, list[float]] = {"import torch": [], "polyfit --help": [],
+                                     "tiny sweep, fresh": [], "tiny sweep, again": []}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {a.repeats} interleaved runs")
+    for _ in range(a.repeats):
+        with tempfile.TemporaryDirectory(prefix="polyfit-bench-") as tmp:
+            times["import torch"].append(timed([sys.executable, "-c", "import torch"], tmp))
+            times["polyfit --help"].append(timed([*polyfit, "--help"], tmp))
+            times["tiny sweep, fresh"].append(timed([*polyfit, *SWEEP], tmp))
+            times["tiny sweep, again"].append(timed([*polyfit, *SWEEP], tmp))
+    floor = statistics.median(times["import torch"])
+    print(f"{'':20} {'median s':>9} {'min s':>7} {'vs import torch':>16}")
+    for label, runs in times.items():
+        med = statistics.median(runs)
+        print(f"{label:20} {med:9.2f} {min(runs):7.2f} {med / floor:15.2f}x")
+
+
+if __name__ == "__main__":
+    main()
