@@ -547,19 +547,31 @@ class SweepSummary:
 
 
 def list_sweeps(engine: Engine) -> list[SweepSummary]:
-    """Every sweep of the database with its counts and best mse, newest first (one query)."""
+    """Every sweep of the database with its counts and best mse, newest first. Counts come
+    from the (sweep, status) index alone and each best mse from the end of the (sweep, status,
+    mse) index: no job row is read, so a million-job sweep costs what a small one does."""
     j = JobRecord
-    ended = func.sum(case((j.status.in_(ENDED), 1), else_=0))
-    failed = func.sum(case((j.status == FAILED, 1), else_=0))
-    best = func.min(case((j.status.in_(OK), j.mse), else_=None))
-    q = (select(SweepRecord.id, SweepRecord.name, SweepRecord.created_at,
-                func.count(j.id), ended, failed, best)
-         .join(j, j.sweep_id == SweepRecord.id, isouter=True)
-         .group_by(SweepRecord.id, SweepRecord.name, SweepRecord.created_at)
-         .order_by(SweepRecord.created_at.desc(), SweepRecord.id))
+    counts: dict[str, dict[str, int]] = {}
+    best_of = {status: select(func.min(j.mse)).where(j.sweep_id == SweepRecord.id,
+                                                     j.status == status).scalar_subquery()
+               for status in OK}
     with transaction(engine) as s:
-        return [SweepSummary(i, n, c, jobs, int(e or 0), int(f or 0), b)
-                for i, n, c, jobs, e, f, b in s.execute(q).all()]
+        for sweep_id, status, n in s.execute(
+                select(j.sweep_id, j.status, func.count()).group_by(j.sweep_id, j.status)):
+            counts.setdefault(sweep_id, {})[status] = n
+        rows = s.execute(
+            select(SweepRecord.id, SweepRecord.name, SweepRecord.created_at,
+                   *best_of.values())
+            .order_by(SweepRecord.created_at.desc(), SweepRecord.id)).all()
+    out = []
+    for sweep_id, name, created, *bests in rows:
+        by_status = counts.get(sweep_id, {})
+        found = [b for b in bests if b is not None]
+        out.append(SweepSummary(
+            sweep_id, name, created, sum(by_status.values()),
+            sum(n for st, n in by_status.items() if st in ENDED),
+            by_status.get(FAILED, 0), min(found) if found else None))
+    return out
 
 
 def sweep_names(engine: Engine) -> list[str]:

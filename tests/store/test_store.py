@@ -163,3 +163,19 @@ def test_the_reapers_queries_have_an_index_also_in_databases_made_before_it(engi
                 "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status = 'running' "
                 "AND heartbeat_at < '2026-01-01'")))
         assert "ix_jobs_status_heartbeat" in plan, plan
+
+
+def test_list_sweeps_counts_each_status_and_takes_the_best_ended_mse(engine):
+    J.save_sweep(engine, "s1", "mixed", {}, [job_row(i) for i in range(5)])
+    J.save_sweep(engine, "s2", "empty", {}, [])
+    J.claim_jobs(engine, "s1", ["job0000", "job0001", "job0002", "job0003"], "w1", 60)
+    J.save_results(engine, "s1", [("job0000", fit_result(mse=0.5)),
+                                  ("job0001", fit_result("diverged", mse=0.2)),
+                                  ("job0002", {"status": "failed", "error": "E: x"})],
+                   "w1", "cpu")
+    by_id = {s.id: s for s in J.list_sweeps(engine)}
+    # 5 jobs: succeeded, diverged, failed, one running, one queued.
+    assert (by_id["s1"].jobs, by_id["s1"].ended, by_id["s1"].failed) == (5, 3, 1)
+    assert by_id["s1"].best_mse == 0.2  # the diverged job's last finite model is the best
+    assert (by_id["s2"].jobs, by_id["s2"].ended, by_id["s2"].failed,
+            by_id["s2"].best_mse) == (0, 0, 0, None)
