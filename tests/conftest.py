@@ -161,5 +161,7 @@ def start_worker(tmp_path):
         return w
 
     yield _start
+    # The test is over: its workers' process groups are killed at once (a warm stop of each,
+    # one after the other, cost seconds per test; the tests of stopping send their own signal).
     for w in started:
-        w.kill(signal.SIGTERM)
+        w.kill(signal.SIGKILL)
