@@ -1,18 +1,31 @@
 """Running jobs' progress in the store: while a batch trains, its worker writes each job's
 epochs done and its loss-curve points so far (``_LiveCurves`` takes them from the training
 loop, ``store.jobs.record_progress`` writes them), only into rows it still holds; the final
-result replaces them. Real fits, a real SQLite file, the worker's own pieces."""
+result replaces them. Real fits, a real SQLite file and the real PostgreSQL server, the
+worker's own pieces."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from polyfit_models import fit_many
 from store import jobs as store_jobs
 from store.db import make_engine
+from tests.conftest import pg_schema
 from tests.helpers import query, record_sweep
 from worker.batches import spec_of
 from worker.execute import _LiveCurves
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.sqlite'}"
+        return
+    with pg_schema() as url:
+        yield url
+
 
 GRID = [{"variant": ["autograd"], "lr": [1e-6], "seed": [0, 1], "epochs": [1000]}]
 
