@@ -547,9 +547,10 @@ class SweepSummary:
 
 
 def list_sweeps(engine: Engine) -> list[SweepSummary]:
-    """Every sweep of the database with its counts and best mse, newest first. Counts come
-    from the (sweep, status) index alone and each best mse from the end of the (sweep, status,
-    mse) index: no job row is read, so a million-job sweep costs what a small one does."""
+    """Every sweep of the database with its counts and best mse, newest first. Counts and
+    each best mse come from the (sweep, status, mse) index alone (a best mse from the end of
+    its status's range): no job row is read, so a million-job sweep costs what a small one
+    does."""
     j = JobRecord
     counts: dict[str, dict[str, int]] = {}
     best_of = {status: select(func.min(j.mse)).where(j.sweep_id == SweepRecord.id,
