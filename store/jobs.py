@@ -27,6 +27,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -199,6 +200,12 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Itera
     table = JobRecord.__table__
     extra = {"sweep_id": sweep_id, "status": QUEUED, "attempts": 0, "heartbeat_at": t}
     with transaction(engine) as s:
+        if engine.dialect.name == "sqlite":
+            # A big sweep's inserts walk every index of the jobs table: with SQLite's default
+            # 2 MB page cache, a million jobs reread index pages from the OS all along (56 s,
+            # 20 s of it in the kernel); with 64 MB, 48 s. The connection's own setting (the
+            # scheduler's engine is short-lived), so workers keep the small default.
+            s.execute(text(f"PRAGMA cache_size=-{_SUBMIT_CACHE_KIB}"))
         s.execute(_insert_ignoring_existing(engine, SweepRecord.__table__),
                   [{"id": sweep_id, "name": name, "spec": spec, "created_at": t}])
         s.execute(update(SweepRecord).where(SweepRecord.id == sweep_id).values(spec=spec)
@@ -223,6 +230,8 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Itera
 
 
 _INSERT_CHUNK = 2000
+#: SQLite's page cache while a sweep is recorded, in KiB (see ``save_sweep``).
+_SUBMIT_CACHE_KIB = 65536
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
