@@ -161,7 +161,15 @@ def start_worker(tmp_path):
         return w
 
     yield _start
-    # The test is over: its workers' process groups are killed at once (a warm stop of each,
-    # one after the other, cost seconds per test; the tests of stopping send their own signal).
+    # Every worker is asked to stop at once, then each is waited for (one after the other, each
+    # warm stop cost its seconds in turn). SIGTERM, not SIGKILL: a ``--gpus`` launcher forwards
+    # it to its per-device workers, which run in sessions of their own and would outlive a
+    # killed process group.
     for w in started:
-        w.kill(signal.SIGKILL)
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    for w in started:
+        try:
+            w.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            w.kill()
