@@ -30,7 +30,7 @@ from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from store.db import redact_url
 
@@ -113,6 +113,27 @@ class SQLAChannel(_Guarded, kombu_sqla.Channel):
                     raise
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def _get_or_create(self, queue):
+        # kombu checks for the queue's row, then inserts it under a thread lock: two processes
+        # doing so at once (two `sweep run` of one folder starting together) both insert, and
+        # the second fails on the unique name (kombu lets that escape), or, when the database
+        # is busy, kombu rolls back and returns a queue that was never stored. Here the loser
+        # rolls back and reads the winner's row.
+        error: Exception | None = None
+        for attempt in range(5):
+            obj = (self.session.query(self.queue_cls)
+                   .filter(self.queue_cls.name == queue).first())
+            if obj is not None:
+                return obj
+            self.session.add(self.queue_cls(queue))
+            try:
+                self.session.commit()
+            except (IntegrityError, OperationalError) as e:
+                self.session.rollback()
+                error = e
+                time.sleep(0.05 * attempt)
+        raise error if error is not None else RuntimeError(f"queue {queue} cannot be made")
 
     def _get(self, queue):
         obj = self._get_or_create(queue)
