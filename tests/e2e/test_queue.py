@@ -86,12 +86,14 @@ def test_jobs_stop_at_the_optimum_through_real_workers(tmp_path):
 
 def test_running_jobs_show_their_progress_in_status_results_plot_and_sql(tmp_path):
     """POLYFIT_PROGRESS_S: a worker writes its running jobs' epochs and loss curves so far.
-    Observed at a state (a running row with progress), not after a time; the job is long
-    (200,000 epochs, seconds) beside the 1 s between writes."""
-    env = polyfit_env(POLYFIT_PROGRESS_S="1")
+    Observed at a state (a running row with progress), not after a time. The job cannot end
+    while the test looks: 10,000,000 epochs (minutes; the work cap raised for it), stopped with
+    Ctrl-C at the end (a 200,000-epoch job ended between two of the commands in a CI run)."""
+    env = polyfit_env(POLYFIT_PROGRESS_S="1", POLYFIT_MAX_JOB_WORK=str(10**11))
     db = f"sqlite:///{tmp_path / 'polyfit.sqlite'}"
     proc = subprocess.Popen([sys.executable, "-m", "scheduler", "sweep", "run", "--variant",
-                             "tensor", "--epochs", "200000", "--workers", "1", "--name", "long"],
+                             "tensor", "--epochs", "10000000", "--workers", "1", "--name",
+                             "long"],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
