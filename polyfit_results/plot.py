@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 
 from polyfit_models import TARGETS, VARIANTS
 from polyfit_results import queries
+from polyfit_results.fits import fitted_values
 from store import jobs as store_jobs
 from store.records import DIVERGED, OK, RUNNING, SUCCEEDED
 
@@ -72,17 +73,6 @@ def load(engine: Engine, sweep: store_jobs.SweepRow) -> PlotData:
 def x_grid(job: store_jobs.JobRow) -> np.ndarray:
     """The job's float64 x grid, as the fit saw it."""
     return np.linspace(job.x_start, job.x_stop, job.x_points)
-
-
-def fitted_values(job: store_jobs.JobRow, x: np.ndarray) -> np.ndarray | None:
-    """The job's fitted model evaluated at ``x`` (None when it left no finite model)."""
-    coefficients = job.coefficients
-    if coefficients and all(isinstance(c, (int, float)) for c in coefficients):
-        return VARIANTS[job.variant].predict(np.asarray([coefficients], dtype=float), x,
-                                             job.degree)[0]
-    if job.monomial and all(isinstance(c, (int, float)) for c in job.monomial):
-        return np.polynomial.polynomial.polyval(x, np.asarray(job.monomial, dtype=float))
-    return None
 
 
 def _color(variant: str) -> tuple:

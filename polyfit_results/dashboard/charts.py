@@ -20,6 +20,7 @@ import numpy as np
 
 from polyfit_models import TARGETS, VARIANTS
 from polyfit_results.dashboard.data import Cell, variant_order
+from polyfit_results.fits import fitted_values
 from store.jobs import JobRow
 from store.records import DIVERGED
 
@@ -76,20 +77,6 @@ def _curve(values: np.ndarray) -> list[float | None]:
     return [float(f"{v:.7g}") if math.isfinite(v) else None for v in values.tolist()]
 
 
-def fitted(job: JobRow, x: np.ndarray) -> np.ndarray | None:
-    """The job's fitted model at ``x``: its own coefficients through its variant's
-    ``predict`` (the model its mse was computed from), else its monomial coefficients; None
-    when it left no finite model. (``polyfit_results.plot.fitted_values`` does the same; that
-    module is not imported so that the server does not load matplotlib.)"""
-    coefficients = job.coefficients
-    if coefficients and all(isinstance(c, (int, float)) for c in coefficients):
-        return VARIANTS[job.variant].predict(np.asarray([coefficients], dtype=float), x,
-                                             job.degree)[0]
-    if job.monomial and all(isinstance(c, (int, float)) for c in job.monomial):
-        return np.polynomial.polynomial.polyval(x, np.asarray(job.monomial, dtype=float))
-    return None
-
-
 def per_point(job: JobRow, loss: float | None) -> float | None:
     """Every variant's training loss on one scale: sum-of-squares losses divided by the
     number of points."""
@@ -119,7 +106,7 @@ def fits_figure(best: Sequence[JobRow], *, residuals: bool = True) -> dict:
              "opacity": 0.25, "hovertemplate": "x %{x:.4g}<br>y %{y:.4g}<extra>target</extra>",
              **top}]
     for job in best:
-        values = fitted(job, x)
+        values = fitted_values(job, x)
         if values is None:
             continue
         style = {"color": color(job.variant), "dash": dash(job.variant), "width": 2}
