@@ -39,12 +39,18 @@ export KIT_STARTED_EPOCH=$(date +%s)
 export PYTHONUNBUFFERED=1
 
 # Seconds each step may take: the GPU run's add up to under 10 minutes with the set-up around
-# them (the GPU tests and the fusion step compile the fused kernels: Triton, seconds each); the dry run's are loose bounds (it takes well under a minute on two cores).
+# them (the GPU tests and the fusion step compile the fused kernels: Triton, seconds each).
+# The dry run's are bounds for the worst machine that runs the test suite, not for this one:
+# its work is fixed by its tiny sizes (none of its steps does more when given more time), and
+# it takes about a minute on two idle cores; but a cold compile of the fusion step alone took
+# 18-23 s on an idle 2-core machine and over 60 s on one whose cores were busy, and every step
+# starts torch (1.5 s idle, several seconds loaded). A limit hit there fails CI for nothing.
 if [ "$MODE" = cuda ]; then
     T_SETUP=45 T_GPU_TESTS=90 T_THROUGHPUT=105 T_AGREEMENT=40 T_FUSION=120 T_FLEET=195
     T_MEMORY=35
 else
-    T_SETUP=40 T_GPU_TESTS=45 T_THROUGHPUT=40 T_AGREEMENT=30 T_FUSION=60 T_FLEET=80 T_MEMORY=30
+    T_SETUP=150 T_GPU_TESTS=180 T_THROUGHPUT=150 T_AGREEMENT=120 T_FUSION=300 T_FLEET=300
+    T_MEMORY=120
 fi
 T_SETUP=${KIT_T_SETUP:-$T_SETUP}
 T_GPU_TESTS=${KIT_T_GPU_TESTS:-$T_GPU_TESTS}

@@ -33,13 +33,32 @@ from tests.polyfit_models.conftest import TORCH_VARIANTS, cuda_or_skip, spec
 from tests.polyfit_models.test_models_batching import EPOCHS, MIXES, close, mixed_batch
 
 FUSED_MIXES = [(name, optimizer) for name, optimizer in MIXES if name in TORCH_VARIANTS]
-#: Settings whose result is not determined by the problem to the batch-invariance bounds: the
-#: Legendre model with RMSprop at lr 1e-2 amplifies any difference in rounding (RMSprop's steps
-#: have the size of the lr whatever the gradient, and the gradient of ``a`` keeps changing sign
-#: near its optimum 0): even in float64, two summation orders that differ by 1e-16 end 1e-2
-#: apart after 300 epochs. The fused and unfused paths sum in different orders, so there they
-#: agree only as fits (status, loss); each path is still exactly batch invariant on its own.
-ROUNDING_SENSITIVE = {("legendre", "rmsprop")}
+#: Settings whose result is not determined by the problem to any tolerance: the Legendre model
+#: with RMSprop at lr 1e-2 and 1e-1 amplifies any difference in rounding (RMSprop's steps have
+#: the size of the lr whatever the gradient, and near the optimum the gradient of ``a`` keeps
+#: changing sign, so a difference of one ulp decides the direction of a whole step). The fused
+#: and unfused paths sum in different orders, and so does one CPU against another (the vector
+#: width decides the order of a reduction): in float64, two orders 1e-16 apart end 0.8 apart in
+#: the coefficients after 300 epochs on an Intel Xeon, 0.1 apart in the loss on an AMD EPYC. A
+#: tolerance there would be a bet on the machine. So on these settings the two paths are
+#: compared on what the problem determines (status, divergence, the epochs of the curve) and
+#: each path's batch invariance (which holds exactly: a job's arithmetic does not depend on its
+#: mates), and the numbers are compared on calm settings of the same configuration instead.
+CHAOTIC = {("legendre", "rmsprop")}
+#: Learning rates of the chaotic configurations at which, in 300 epochs, the parameters stay
+#: far from the optimum, every gradient keeps its sign, and the two paths agree to 1e-16 in
+#: float64 and 1e-7 in float32: the numeric comparison runs here, with the usual tolerances.
+CALM_LRS = {("legendre", "rmsprop"): (1e-5, 3e-5, 1e-4)}
+
+
+def calm_batch(name, optimizer, dtype):
+    """``mixed_batch``, at the calm learning rates of a chaotic configuration."""
+    specs = mixed_batch(name, optimizer, dtype)
+    lrs = CALM_LRS.get((name, optimizer))
+    if lrs is None:
+        return specs
+    by_lr = dict(zip(MIXES[name, optimizer], lrs))
+    return [s.with_lr_and_seed(by_lr[s.lr], s.seed) for s in specs]
 
 
 def compiled_frames() -> int:
@@ -52,18 +71,33 @@ def compiled_frames() -> int:
 @pytest.mark.parametrize("dtype,rtol", [("float32", 1e-4), ("float64", 1e-6)])
 @pytest.mark.parametrize("name,optimizer", FUSED_MIXES)
 def test_fused_equals_unfused(name, optimizer, dtype, rtol):
-    specs = mixed_batch(name, optimizer, dtype)
+    specs = calm_batch(name, optimizer, dtype)
     for fused, unfused in zip(fit_many(specs, fuse=True), fit_many(specs, fuse=False)):
         assert fused.status == unfused.status
         assert fused.diverged_at_epoch == unfused.diverged_at_epoch
-        if (name, optimizer) in ROUNDING_SENSITIVE:
-            assert fused.final_loss == pytest.approx(unfused.final_loss, rel=0.1)
-            continue
         assert close(fused.coefficients, unfused.coefficients, rtol), (fused, unfused)
         assert fused.final_loss == pytest.approx(unfused.final_loss, rel=rtol * 10)
         assert [e for e, _ in fused.loss_curve] == [e for e, _ in unfused.loss_curve]
         assert np.allclose([v for _, v in fused.loss_curve], [v for _, v in unfused.loss_curve],
                            rtol=rtol * 10)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,optimizer", sorted(CHAOTIC))
+def test_chaotic_settings_agree_on_what_the_problem_determines(name, optimizer, dtype):
+    specs = mixed_batch(name, optimizer, dtype)
+    fused, unfused = fit_many(specs, fuse=True), fit_many(specs, fuse=False)
+    for s, f, u in zip(specs, fused, unfused):
+        assert f.status == u.status == "succeeded", s  # RMSprop's bounded steps: no divergence
+        assert f.diverged_at_epoch is None and u.diverged_at_epoch is None
+        assert [e for e, _ in f.loss_curve] == [e for e, _ in u.loss_curve]
+        assert np.isfinite(f.final_loss) and np.isfinite(u.final_loss)
+    # Each path on its own is batch invariant, to the last bit (the unfused path's twin is in
+    # test_models_batching): a job trains the same next to any mates, chaotic or not.
+    for s, together in zip(specs, fused):
+        alone = fit(s, fuse=True)
+        assert together.coefficients == alone.coefficients, s
+        assert together.loss_curve == alone.loss_curve, s
 
 
 @pytest.mark.parametrize("name", TORCH_VARIANTS)
