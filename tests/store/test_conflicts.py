@@ -48,14 +48,17 @@ def _hold(engine, ids):
     return conn
 
 
-def _waiting(engine, timeout: float = 30.0) -> None:
-    """Until some other backend waits for a row lock."""
+def _waiting(engine, holder, timeout: float = 60.0) -> None:
+    """Until some backend waits for a lock that ``holder`` (a connection) holds. Only a wait
+    on the holder counts: another backend of the server waiting on a lock of its own (another
+    test suite, a process of another user of this server) must not end the wait early."""
+    held_by = holder.execute(text("SELECT pg_backend_pid()")).scalar()
     deadline = time.monotonic() + timeout
     with engine.connect() as c:
         while time.monotonic() < deadline:
             n = c.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND pid <> pg_backend_pid()")).scalar()
+                "SELECT count(*) FROM pg_stat_activity WHERE :h = ANY(pg_blocking_pids(pid))"),
+                {"h": held_by}).scalar()
             c.rollback()
             if n:
                 return
@@ -98,7 +101,7 @@ def test_writers_lock_rows_in_id_order_whatever_the_tables_order(pg, writer):
     holder = _hold(pg, [MIDDLE])
     try:
         t, out = _in_thread(lambda: WRITERS[writer](pg))
-        _waiting(pg)
+        _waiting(pg, holder)
         # Waiting for the middle row, the writer holds every row before it and none after.
         assert _unlocked(pg) == IDS[21:]
     finally:
@@ -116,7 +119,7 @@ def test_a_writer_held_in_a_deadlock_runs_again_and_succeeds(pg):
     holder = _hold(pg, [MIDDLE])
     try:
         t, out = _in_thread(lambda: J.reap_stale(pg, 30))
-        _waiting(pg)
+        _waiting(pg, holder)
         # Asking for a row the waiting writer holds closes the circle. The writer's side
         # detects it (after 1 s) and is rolled back, which lets this go on.
         held = sorted(set(IDS) - set(_unlocked(pg)) - {MIDDLE})
@@ -140,7 +143,7 @@ def test_a_deadlock_is_a_conflict_and_other_errors_are_not(pg):
             c.execute(text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": IDS[0]})
             t, out = _in_thread(lambda: c.execute(
                 text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": MIDDLE}))
-            _waiting(pg)
+            _waiting(pg, holder)
             holder.execute(text("UPDATE jobs SET error = 'held' WHERE id = :id"), {"id": IDS[0]})
             t.join(60)
     finally:
