@@ -208,6 +208,10 @@ def delete_queue(app: Celery, name: str) -> None:
             conn.ensure_connection(max_retries=1)
             channel = conn.default_channel
             channel.queue_purge(name)
+            # Celery declared it bound to an exchange of its name; a channel deletes only the
+            # bindings it knows of (Redis keeps them in a set per exchange).
+            channel.exchange_declare(name, "direct")
+            channel.queue_bind(name, exchange=name, routing_key=name)
             channel.queue_delete(name)
     except ChannelError:  # never declared, or (Redis) empty and so deleted
         pass
