@@ -127,6 +127,7 @@ def test_a_worker_whose_terminal_hangs_up_stops_warm_with_its_pool(redis_url, db
     os.close(secondary)
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
+    pool: list[int] = []
     try:
         wait_for(lambda: b" ready." in b"".join(seen), 120, "the worker to be ready")
         pool = children_of(worker.pid)
@@ -138,7 +139,7 @@ def test_a_worker_whose_terminal_hangs_up_stops_warm_with_its_pool(redis_url, db
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
-        for pid in alive(children_of(worker.pid)):
+        for pid in alive(pool):
             os.kill(pid, signal.SIGKILL)
         os.close(primary)
 
