@@ -157,7 +157,7 @@ def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
 def _stop_on_hangup(sender=None, **_kwargs) -> None:
     """SIGHUP (a closed terminal, a dropped SSH session, a process manager) stops this worker
     warm, as SIGTERM does. Celery would re-exec a worker whose output is not a terminal, and
-    leave one whose output is to die at once, its pool processes orphaned."""
+    leave one whose output is a terminal to die at once, mid-batch."""
     from celery.apps.worker import install_worker_term_handler
 
     controller = getattr(sender, "controller", None)
