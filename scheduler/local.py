@@ -1,23 +1,64 @@
 """Local worker processes for ``polyfit sweep run``: one ``polyfit worker`` child (see
-``worker.processes``) with its own random identity token, its output kept in a log file."""
+``worker.processes``) with its own random identity token, its output kept in a log file, that
+reads the run's own queue only (``worker.queues.run_queue``): it trains this run's sweep and
+nothing else, even on a broker that other users' sweeps share.
+
+``stopping_signals``: the signals that ask a process to stop (a terminal's Ctrl-C and hangup,
+a process manager's SIGTERM, SIGQUIT) all take the Ctrl-C path of ``sweep run``."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.launch import new_token, node_name
 from worker.processes import WorkerProcess
+from worker.queues import run_queue
 from worker.settings import ENV_BROKER, Settings
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised by ``stopping_signals`` when a stop signal arrives (a KeyboardInterrupt, so that
+    every signal takes the path Ctrl-C takes)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stopping_signals() -> Iterator[None]:
+    """While inside, the first of ``STOP_SIGNALS`` raises ``Stopped``; the ones after it are
+    ignored, so that a second Ctrl-C (or SIGTERM after a hangup) cannot cut short the stopping
+    of the workers and the release of their jobs."""
+    fired: list[int] = []
+
+    def stop(signum, _frame) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
 class LocalWorkers:
     settings: Settings
     processes: int
+    sweep_id: str
     log_path: Path = field(default_factory=lambda: Path(
         tempfile.mkstemp(prefix="polyfit-worker-", suffix=".log")[1]))
     token: str = field(default_factory=new_token)
@@ -29,7 +70,12 @@ class LocalWorkers:
             env.pop(ENV_BROKER, None)
         self._worker = WorkerProcess(
             ["--device", "cpu", "--concurrency", str(self.processes), "--loglevel", "WARNING",
-             "--token", self.token], env, self.log_path).start()
+             "--token", self.token, "--only-sweep", self.sweep_id], env, self.log_path).start()
+
+    @property
+    def private(self) -> tuple[str, str]:
+        """(the sweep, the queue only these workers read): where the sweep's CPU jobs go."""
+        return self.sweep_id, run_queue(self.sweep_id, self.token)
 
     @property
     def identity(self) -> str | None:

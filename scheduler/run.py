@@ -3,10 +3,18 @@ stop the workers and print the best results. (Jobs of a worker that died are re-
 workers' own reaper, see ``worker.reaper``.)
 
 Ctrl-C stops the local workers and leaves every finished result stored; jobs that were in a
-killed worker's hands go back to ``queued`` so ``polyfit sweep resume`` finishes them."""
+killed worker's hands go back to ``queued`` so ``polyfit sweep resume`` finishes them. SIGTERM
+(``timeout``, ``kill``, ``docker stop``, systemd), SIGHUP (a closed terminal) and SIGQUIT take the
+same path (exit code 128 + the signal's number, 130 for Ctrl-C); a ``sweep run`` killed with
+SIGKILL leaves no worker either: each stops by itself when its parent is gone (see
+``worker.processes``), and the reaper puts back what it held.
+
+The local workers read the run's own queue and nothing else (see ``scheduler.local``): on a
+broker shared with other sweeps, they neither take nor, when the run ends, kill another's job."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -16,8 +24,8 @@ import click
 
 from polyfit_results import queries, report
 from polyfit_results.progress import LiveProgress
-from scheduler.local import LocalWorkers
-from scheduler.submit import BrokerError, Submitted, carry_on, submit
+from scheduler.local import LocalWorkers, stopping_signals
+from scheduler.submit import BrokerError, Submitted, carry_on, drop_queue, submit
 from scheduler.sweep import Plan
 from store import StoreError
 from store import jobs as store_jobs
@@ -56,8 +64,8 @@ def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size
     succeeded or diverged, else 1. The local workers are stopped on every way out, an error or
     Ctrl-C included."""
     target = Target(plan.sweep_id, plan.name)
-    return _run(settings, target, lambda spread: submit(
-        settings, plan, batch_size=batch_size, spread=spread, fresh=fresh),
+    return _run(settings, target, lambda spread, private: submit(
+        settings, plan, batch_size=batch_size, spread=spread, fresh=fresh, private=private),
         workers=workers, top=top, out=out)
 
 
@@ -67,46 +75,66 @@ def continue_sweep(settings: Settings, sweep: store_jobs.SweepRow, *, workers: i
     stopped beating) here, as ``sweep run`` does: how a sweep interrupted with Ctrl-C, or
     submitted with no worker to serve it, is finished."""
     target = Target(sweep.id, sweep.name)
-    return _run(settings, target, lambda spread: carry_on(
-        settings, sweep.id, batch_size=batch_size, spread=spread),
+    return _run(settings, target, lambda spread, private: carry_on(
+        settings, sweep.id, batch_size=batch_size, spread=spread, private=private),
         workers=workers, top=top, out=out)
 
 
-def _run(settings: Settings, target: Target, enqueue: Callable[[int], Submitted], *,
+def _run(settings: Settings, target: Target,
+         enqueue: Callable[[int, tuple[str, str]], Submitted], *,
          workers: int | None, top: int, out) -> int:
     out = out or sys.stdout
     workers = workers or cpu_count()
-    local = LocalWorkers(settings, workers)
-    # Start the workers first: their start-up (imports) overlaps with recording and enqueueing.
-    local.start()
+    local = LocalWorkers(settings, workers, target.sweep_id)
     grace = 0.0  # an error: nothing to wait for
-    try:
+    unreachable = False  # the broker: its queue is not there to drop
+    with stopping_signals():
         try:
-            done = enqueue(workers)
-        except BrokerError as e:
-            click.echo(f"Error: {e}", err=True)
-            return 1
-        reused = (f", {done.reused_jobs} with results from other sweeps"
-                  if done.reused_jobs else "")
-        size = f"{report.plural(done.jobs, 'job')}{reused}, " if done.jobs else ""
-        click.echo(f"sweep {target.name} ({target.sweep_id}): "
-                   f"{size}{done.enqueued_jobs} to run "
-                   f"in {report.plural(done.batches, 'batch', 'batches')} on "
-                   f"{report.plural(workers, 'local worker process', 'local worker processes')}",
-                   err=True)
-        code = _wait(settings, target, local)
-        grace = IDLE_STOP_S
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: stopping local workers; finished results are stored. "
-                   f"`polyfit sweep run {target.name}` trains the rest here (or `polyfit "
-                   f"sweep resume {target.name}` for workers elsewhere)", err=True)
-        grace = INTERRUPT_STOP_S
-        return 130
-    finally:
-        local.stop(timeout_s=grace)
-        _release(settings, local)
+            # Start the workers first: their start-up (imports) overlaps with recording and
+            # enqueueing.
+            local.start()
+            try:
+                done = enqueue(workers, local.private)
+            except BrokerError as e:
+                click.echo(f"Error: {e}", err=True)
+                unreachable = True
+                return 1
+            _announce(target, done, workers)
+            code = _wait(settings, target, local)
+            grace = IDLE_STOP_S
+        except KeyboardInterrupt as e:  # Ctrl-C, or another stop signal (see stopping_signals)
+            signum = getattr(e, "signum", signal.SIGINT)
+            how = ("interrupted" if signum == signal.SIGINT
+                   else f"stopped by {signal.Signals(signum).name}")
+            _say(f"\n{how}: stopping local workers; finished results are stored. "
+                 f"`polyfit sweep run {target.name}` trains the rest here (or `polyfit "
+                 f"sweep resume {target.name}` for workers elsewhere)")
+            grace = INTERRUPT_STOP_S
+            return 128 + signum
+        finally:
+            local.stop(timeout_s=grace)
+            _release(settings, local)
+            if not unreachable:
+                drop_queue(settings, local.private[1])
     _print_best(settings, target, top, out)
     return code
+
+
+def _announce(target: Target, done: Submitted, workers: int) -> None:
+    reused = f", {done.reused_jobs} with results from other sweeps" if done.reused_jobs else ""
+    size = f"{report.plural(done.jobs, 'job')}{reused}, " if done.jobs else ""
+    click.echo(f"sweep {target.name} ({target.sweep_id}): {size}{done.enqueued_jobs} to run "
+               f"in {report.plural(done.batches, 'batch', 'batches')} on "
+               f"{report.plural(workers, 'local worker process', 'local worker processes')}",
+               err=True)
+
+
+def _say(line: str) -> None:
+    """A line on stderr, if it is still there (after a hangup, the terminal is gone)."""
+    try:
+        click.echo(line, err=True)
+    except OSError:
+        pass
 
 
 def _wait(settings: Settings, target: Target, local: LocalWorkers) -> int:

@@ -22,11 +22,12 @@ from worker.batches import (
     BatchStream,
     BrokerError,
     batches_for_views,
+    delete_queue,
     publish_stream,
 )
 from worker.settings import Settings
 
-__all__ = ["BrokerError", "Submitted", "carry_on", "resume", "submit"]
+__all__ = ["BrokerError", "Submitted", "carry_on", "drop_queue", "resume", "submit"]
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,16 @@ class Submitted:
 
 
 def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
-           spread: int = 8, fresh: bool = False) -> Submitted:
+           spread: int = 8, fresh: bool = False,
+           private: tuple[str, str] | None = None) -> Submitted:
     """Record the plan and enqueue every job of it that has not ended yet.
 
     A job whose settings ended well in another sweep of the database takes that result and is
     not trained (unless ``fresh``). A job that ended in an earlier run of the same sweep
     (succeeded, diverged, failed or cancelled) is left as it is: submitting again never undoes
     a cancel nor retrains a result (``resume`` retries failed and cancelled jobs); ``fresh``
-    trains every job of the plan again."""
+    trains every job of the plan again. ``private``: a ``sweep run``'s (sweep, own queue), see
+    ``worker.queues.route``."""
     engine = make_engine(settings.db_url)
     try:
         create_schema(engine)
@@ -66,7 +69,8 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
             else:
                 chunks = store_jobs.requeue_chunks(engine, plan.sweep_id,
                                                    settings.stale_after_s)
-            sent, batches = _publish_rows(settings, plan.sweep_id, chunks, batch_size, spread)
+            sent, batches = _publish_rows(settings, plan.sweep_id, chunks, batch_size, spread,
+                                          private)
         else:
             # A new sweep: every job was just recorded as queued (or took a result), so the
             # plan is the work list.
@@ -75,7 +79,7 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
             counted = _Counted()
             sent = publish_stream(make_app(settings), counted.over(_batches(
                 stream, ((job.id, job.spec, job.device) for job in plan.iter_jobs()
-                         if job.id not in recorded.reused))))
+                         if job.id not in recorded.reused))), private=private)
             batches = counted.n
     finally:
         engine.dispose()
@@ -112,21 +116,22 @@ class _Counted:
 
 
 def _publish_rows(settings: Settings, sweep_id: str, chunks: Iterable[list[JobRow]],
-                  batch_size: int | None, spread: int) -> tuple[int, int]:
+                  batch_size: int | None, spread: int,
+                  private: tuple[str, str] | None = None) -> tuple[int, int]:
     app = make_app(settings)
     sent = batches = 0
     for rows in chunks:
         planned = batches_for_views(rows, settings, batch_size=batch_size, spread=spread)
-        sent += publish_stream(app, planned)
+        sent += publish_stream(app, planned, private=private)
         batches += len(planned)
     return sent, batches
 
 
 def carry_on(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
-             spread: int = 8) -> Submitted:
+             spread: int = 8, private: tuple[str, str] | None = None) -> Submitted:
     """Enqueue what a sweep still needs: its queued jobs, and those of a worker that stopped
     beating (not its failed or cancelled ones: ``resume`` retries those)."""
-    return _requeue_and_publish(settings, sweep_id, (), batch_size, spread)
+    return _requeue_and_publish(settings, sweep_id, (), batch_size, spread, private)
 
 
 def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
@@ -137,13 +142,23 @@ def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
                                 spread)
 
 
-def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_size, spread
-                         ) -> Submitted:
+def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_size, spread,
+                         private: tuple[str, str] | None = None) -> Submitted:
     engine = make_engine(settings.db_url)
     try:
         chunks = store_jobs.requeue_chunks(engine, sweep_id, settings.stale_after_s,
                                            retry=retry)
-        sent, batches = _publish_rows(settings, sweep_id, chunks, batch_size, spread)
+        sent, batches = _publish_rows(settings, sweep_id, chunks, batch_size, spread, private)
     finally:
         engine.dispose()
     return Submitted(sweep_id, 0, sent, batches)
+
+
+def drop_queue(settings: Settings, name: str) -> None:
+    """Remove a ``sweep run``'s own queue once its workers are stopped (what is left in it is
+    ``queued`` in the store, which a later ``sweep run`` or ``sweep resume`` enqueues again);
+    a broker that cannot be reached is left as it is."""
+    try:
+        delete_queue(make_app(settings), name)
+    except BrokerError:
+        pass

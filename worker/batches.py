@@ -16,7 +16,7 @@ from polyfit_models import JobSpec, SpecError, batch_key, jobs_within
 from store.db import redact_url
 from store.jobs import JobRow
 from worker.payload import TASK_NAME, Batch
-from worker.queues import queue_for
+from worker.queues import route
 from worker.settings import Settings
 
 # Jobs in one message, at most: a CPU worker trains them in budget-sized slices anyway; a GPU
@@ -108,17 +108,18 @@ class BatchStream:
                      about=_about([spec for _, spec in members]))
 
 
-def publish_stream(app: Celery, batches: Iterable[Batch], every: int = 200) -> int:
+def publish_stream(app: Celery, batches: Iterable[Batch], every: int = 200, *,
+                   private: tuple[str, str] | None = None) -> int:
     """Publish batches as they come, ``every`` at a time; returns how many jobs went out."""
     sent = 0
     pending: list[Batch] = []
     for batch in batches:
         pending.append(batch)
         if len(pending) >= every:
-            publish(app, pending)
+            publish(app, pending, private=private)
             sent += sum(len(b.job_ids) for b in pending)
             pending = []
-    publish(app, pending)
+    publish(app, pending, private=private)
     return sent + sum(len(b.job_ids) for b in pending)
 
 
@@ -160,8 +161,10 @@ def batches_for_views(views: Sequence[JobRow], settings: Settings, *,
                                   spread=spread)]
 
 
-def publish(app: Celery, batches: Sequence[Batch]) -> None:
-    """Publish one task per batch; raises BrokerError if the broker is unreachable."""
+def publish(app: Celery, batches: Sequence[Batch], *,
+            private: tuple[str, str] | None = None) -> None:
+    """Publish one task per batch on its device's queue (``private``: a ``sweep run``'s sweep
+    and queue, see ``worker.queues.route``); raises BrokerError if the broker is unreachable."""
     if not batches:
         return
     where = redact_url(app.conf.broker_url)
@@ -172,7 +175,8 @@ def publish(app: Celery, batches: Sequence[Batch]) -> None:
                 for batch in batches:
                     app.send_task(TASK_NAME, args=[batch.to_dict()],
                                   argsrepr=batch.describe(), kwargsrepr="{}",
-                                  queue=queue_for(batch.device), producer=producer)
+                                  queue=route(batch.device, batch.sweep_id, private),
+                                  producer=producer)
     except (OperationalError, KombuError, OSError) as e:
         raise BrokerError(f"cannot reach the broker at {where}: {e}") from e
 
@@ -194,3 +198,22 @@ def queue_sizes(app: Celery, names: Sequence[str]) -> dict[str, int]:
     except (OperationalError, KombuError, OSError) as e:
         raise BrokerError(f"cannot reach the broker at {where}: {e}") from e
     return sizes
+
+
+def delete_queue(app: Celery, name: str) -> None:
+    """Empty and remove a queue (a finished ``sweep run``'s own); raises BrokerError."""
+    where = redact_url(app.conf.broker_url)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.default_channel
+            channel.queue_purge(name)
+            # Celery declared it bound to an exchange of its name; a channel deletes only the
+            # bindings it knows of (Redis keeps them in a set per exchange).
+            channel.exchange_declare(name, "direct")
+            channel.queue_bind(name, exchange=name, routing_key=name)
+            channel.queue_delete(name)
+    except ChannelError:  # never declared, or (Redis) empty and so deleted
+        pass
+    except (OperationalError, KombuError, OSError) as e:
+        raise BrokerError(f"cannot reach the broker at {where}: {e}") from e

@@ -17,7 +17,7 @@ from celery import signals
 from polyfit_models.fuse_settings import INDUCTOR_CACHE
 from worker import runtime
 from worker.processes import WorkerProcess, forwarding
-from worker.queues import queues_served
+from worker.queues import queues_served, run_queue
 from worker.runtime import Runtime
 from worker.settings import Settings
 
@@ -90,12 +90,15 @@ def worker_argv(device: str, queues: list[str], concurrency: int, loglevel: str,
 
 
 def run_cpu_worker(settings: Settings, concurrency: int | None, loglevel: str = "WARNING",
-                   token: str | None = None) -> None:
-    """Serve the CPU queues in this process until stopped (blocks)."""
+                   token: str | None = None, only_sweep: str | None = None) -> None:
+    """Serve the CPU queues in this process until stopped (blocks); ``only_sweep`` (with
+    ``token``): a ``sweep run``'s local worker, which reads that run's own queue only."""
     concurrency = concurrency or cpu_count()
     threads = max(1, cpu_count() // concurrency)
-    _serve(settings, Runtime(settings, "cpu", None, threads), worker_argv(
-        "cpu", queues_served("cpu"), concurrency, loglevel, token))
+    private = (only_sweep, run_queue(only_sweep, token)) if only_sweep and token else None
+    queues = [private[1]] if private else queues_served("cpu")
+    _serve(settings, Runtime(settings, "cpu", None, threads, private=private), worker_argv(
+        "cpu", queues, concurrency, loglevel, token))
 
 
 def run_gpu_worker(settings: Settings, gpu: int, loglevel: str = "WARNING",
@@ -132,6 +135,7 @@ def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
     # worker itself keeps it: a worker that stopped on an unrecoverable error exits non-zero,
     # so a supervisor (systemd, docker, `sweep run`) sees it.
     signals.worker_init.connect(_keep, weak=False)
+    signals.worker_ready.connect(_stop_on_hangup, weak=False)
     try:
         app.worker_main(argv)
         code = next((c.exitcode for c in controllers if c is not None and c.exitcode), 0)
@@ -150,6 +154,17 @@ def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
     os._exit(code)
 
 
+def _stop_on_hangup(sender=None, **_kwargs) -> None:
+    """SIGHUP (a closed terminal, a dropped SSH session, a process manager) stops this worker
+    warm, as SIGTERM does. Celery would re-exec a worker whose output is not a terminal, and
+    leave one whose output is a terminal to die at once, mid-batch."""
+    from celery.apps.worker import install_worker_term_handler
+
+    controller = getattr(sender, "controller", None)
+    if controller is not None:
+        install_worker_term_handler(controller, sig="SIGHUP")
+
+
 def _make_schema(settings: Settings) -> None:
     """The results tables, made now if missing: a worker started before the first sweep would
     otherwise find none and warn about it every reaper round."""
@@ -166,7 +181,9 @@ def _make_schema(settings: Settings) -> None:
 
 
 def run_gpu_fleet(settings: Settings, gpus: list[int], loglevel: str = "WARNING") -> int:
-    """One pinned worker process per GPU; waits for all, forwards SIGTERM/SIGINT to them."""
+    """One pinned worker process per GPU; waits for all, forwards the signals that stop a
+    process to them (SIGTERM, SIGINT, SIGQUIT, SIGHUP); each stops by itself if this process
+    is killed (see ``worker.processes``)."""
     env = {**os.environ, **settings.to_env()}
     workers = [WorkerProcess(["--device", f"cuda:{g}", "--loglevel", loglevel], env).start()
                for g in gpus]

@@ -1,7 +1,13 @@
 """Which queue a job's device sends it to, and which queues a worker's device serves.
 
 Queues are per device class so a job that needs a GPU waits for a GPU worker instead of running
-silently on a CPU, while CPU jobs of the same sweep are not held up behind it."""
+silently on a CPU, while CPU jobs of the same sweep are not held up behind it.
+
+``polyfit sweep run`` is the exception: its local workers train its own sweep and nothing else,
+so the CPU (and ``any``) jobs of that sweep go to a queue of that run's own, which only its
+local workers read (``run_queue``), and those workers read no other queue. On a broker shared
+with other users or other runs, a `sweep run` never takes (and so never kills, when it ends)
+another sweep's job, and the fleet's workers leave its jobs to it."""
 
 from __future__ import annotations
 
@@ -10,6 +16,9 @@ import re
 CPU = "polyfit.cpu"
 CUDA = "polyfit.cuda"
 ANY = "polyfit.any"
+RUN = "polyfit.run"
+#: The jobs a ``sweep run``'s local (CPU) workers train: the ones that go to its own queue.
+LOCAL_DEVICES = ("cpu", "any")
 
 _CUDA_N = re.compile(r"^cuda:(\d+)$")
 
@@ -41,3 +50,17 @@ def queues_served(device: str, gpu: str | int | None = None) -> list[str]:
     if gpu is not None:
         served.insert(1, f"{CUDA}.{gpu}")
     return served
+
+
+def run_queue(sweep_id: str, token: str) -> str:
+    """The private queue of the ``sweep run`` of ``sweep_id`` whose local workers carry the
+    random ``token`` (two runs of one sweep each have their own)."""
+    return f"{RUN}.{sweep_id}.{token}"
+
+
+def route(device: str, sweep_id: str, private: tuple[str, str] | None = None) -> str:
+    """The queue of a batch of ``sweep_id``'s jobs for ``device``; ``private``: (the sweep a
+    ``sweep run`` trains, its queue), where that sweep's CPU and ``any`` jobs go."""
+    if private is not None and sweep_id == private[0] and device in LOCAL_DEVICES:
+        return private[1]
+    return queue_for(device)

@@ -43,7 +43,7 @@ def reap_once(app) -> int:
     if not todo:
         return 0
     try:
-        publish(app, batches_for_views(todo, settings))
+        publish(app, batches_for_views(todo, settings), private=runtime.current().private)
     except BrokerError as e:
         # They stay ``queued``; once the broker is back their queue is empty and the next
         # rounds enqueue them again as lost.
@@ -61,8 +61,11 @@ def _take_lost(app, engine, stale_after_s: float) -> list:
     devices = store_jobs.lost_queued_devices(engine, stale_after_s)
     if not devices:
         return []
-    sizes = queue_sizes(app, sorted({queue_for(d) for d in devices}))
-    empty = [d for d in devices if sizes[queue_for(d)] == 0]
+    private = runtime.current().private  # a `sweep run`'s worker: its jobs wait there too
+    extra = [private[1]] if private else []
+    sizes = queue_sizes(app, sorted({queue_for(d) for d in devices} | set(extra)))
+    empty = [d for d in devices
+             if sizes[queue_for(d)] == 0 and not any(sizes[q] for q in extra)]
     return store_jobs.take_lost_queued(engine, stale_after_s, empty)
 
 

@@ -27,6 +27,9 @@ class Runtime:
     # the GPU queues and pins itself as a GPU worker would, but trains on the CPU and says so
     # in every job row it writes.
     emulated: bool = False
+    # A ``sweep run``'s local worker: (its sweep, its private queue), the one queue it reads;
+    # the jobs of that sweep its reaper puts back go there (see ``worker.queues.route``).
+    private: tuple[str, str] | None = None
 
     def serves(self) -> tuple[str, ...]:
         """The ``device`` values of the jobs this worker may claim: a CPU worker never takes a

@@ -17,6 +17,12 @@ def _token(_ctx, _param, value: str | None) -> str | None:
     return value
 
 
+def _sweep_id(_ctx, _param, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", value):
+        raise click.BadParameter("must be a sweep id")
+    return value
+
+
 @cli.command()
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N",
               help="The device this worker trains on.")
@@ -29,17 +35,26 @@ def _token(_ctx, _param, value: str | None) -> str | None:
 @click.option("--token", default=None, hidden=True, callback=_token,
               help="The random part of the worker's identity (set by `sweep run` for its "
                    "local workers). [default: a new one]")
+@click.option("--only-sweep", default=None, hidden=True, callback=_sweep_id,
+              help="Serve this sweep's jobs only, from the private queue of the `sweep run` "
+                   "that started this worker (with --token; set by `sweep run`).")
 @pass_settings(broker=True)
-def worker(settings: Settings, device, gpus, concurrency, loglevel, token) -> None:
+def worker(settings: Settings, device, gpus, concurrency, loglevel, token, only_sweep) -> None:
     """A Celery worker pinned to its device(s); consumes the queues its device serves."""
     from worker import launch
+    from worker.processes import watch_parent
+
+    # Started by `sweep run` or a --gpus launcher: never outlive it (SIGKILL of it included).
+    watch_parent()
+    if only_sweep and (device != "cpu" or token is None):
+        raise InputError("--only-sweep needs --device cpu and --token")
 
     level = loglevel.upper()
     try:
         if device == "cpu":
             if gpus:
                 raise InputError("--gpus needs --device cuda")
-            launch.run_cpu_worker(settings, concurrency, level, token)
+            launch.run_cpu_worker(settings, concurrency, level, token, only_sweep)
             return
         if device == "cuda":
             chosen = launch.parse_gpus(gpus or "all", launch.cuda_device_count())

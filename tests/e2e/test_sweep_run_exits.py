@@ -7,30 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, free_port, polyfit_env, wait_port
-from tests.helpers import wait_for
+from tests.helpers import processes_with, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _processes_with(mark: str) -> list[int]:
-    """Pids of live processes whose environment carries ``mark``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().split(") ")[1][0]
-        except OSError:
-            continue
-        if mark.encode() in environ and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def _sweep_run(env: dict, *extra: str) -> subprocess.CompletedProcess:
@@ -74,4 +57,4 @@ def test_sweep_run_leaves_no_worker_behind(failure, tmp_path, request):
         assert r.returncode == 1, r.stderr
         assert r.stderr.strip().splitlines()[-1].startswith("Error: "), r.stderr
         assert "Traceback" not in r.stderr
-    wait_for(lambda: not _processes_with(mark), 30, "every local worker process to be gone")
+    wait_for(lambda: not processes_with(mark), 30, "every local worker process to be gone")
