@@ -181,7 +181,10 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
         rows = store_jobs.list_jobs(engine, target.id, **query.__dict__)
         text = report.render([r.to_dict() for r in rows], TABLE_COLUMNS, fmt,
                              _styled() and output is None)
-        _write_text(text + "\n", output)
+        # A table for people says whose jobs it shows (the latest sweep is not always the
+        # one a user thinks of); csv, json and parquet carry sweep_id in every row.
+        title = f"jobs of sweep {target.name} ({target.id}), by {sort}:"
+        _write_text(f"{title}\n{text}\n", output)
         return
     rows = store_jobs.stream_jobs(engine, target.id, query)
     if fmt == "parquet":
@@ -259,6 +262,8 @@ def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
     rows = queries.best_per_group(engine, target.id, by)
     if fmt == "table":
         columns = list(by) + [c for c in BEST_COLUMNS if c not in by]
+        click.echo(f"best results of sweep {target.name} ({target.id}), lowest mse per "
+                   f"{', '.join(by)}:")
     else:
         columns = [*store_jobs.JOB_COLUMNS, "gap", "formula"]
     click.echo(report.render(rows, columns, fmt, _styled()))

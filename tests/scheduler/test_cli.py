@@ -68,7 +68,8 @@ def test_results_formats_parse(run):
             "attempts"} <= set(rows[0])
     rows = list(csv.DictReader(io.StringIO(run("results", "--format", "csv").stdout)))
     assert len(rows) == 4 and rows[0]["variant"] == "numpy"
-    table = run("results", "--limit", "2").stdout.strip().splitlines()
+    title, *table = run("results", "--limit", "2").stdout.strip().splitlines()
+    assert title.startswith("jobs of sweep ")
     assert table[0].split()[:3] == ["id", "variant", "lr"] and len(table) == 4
 
 
