@@ -65,12 +65,17 @@ LINE_EVERY_S = 5.0
                    "terminal, a line every few seconds otherwise (one JSON object a line "
                    "with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--format", "fmt", type=click.Choice(("text", "json")), default=None,
+              help="text (a line for people) or json (for scripts; as --json). [default: text]")
 @click.option("--interval", type=click.FloatRange(0.05, 3600), default=None,
               help="Seconds between polls. [default: 1; with --watch off a terminal, "
                    f"{LINE_EVERY_S:g}]")
 @pass_settings()
-def status(settings: Settings, sweep_ref, wait, watch, as_json, interval) -> None:
+def status(settings: Settings, sweep_ref, wait, watch, as_json, fmt, interval) -> None:
     """Counts per status, throughput and ETA of a sweep (the latest when omitted)."""
+    if as_json and fmt == "text":
+        raise InputError("--json and --format text ask for two formats: give one")
+    as_json = as_json or fmt == "json"
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
     hinted = False

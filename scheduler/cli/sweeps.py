@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import click
 
 from polyfit_models import VARIANTS
 from polyfit_results.report import plural
-from scheduler.cli.group import WorkFailed, cli
+from scheduler.cli.group import InputError, WorkFailed, cli
 from scheduler.cli.helpers import (
     batch_size_option,
     changing,
@@ -86,6 +87,8 @@ def sweep_run(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, w
 
     existing = _existing_sweep(settings, spec_path, name, fresh or stop_at_gap is not None,
                                sample, axes)
+    if existing is None and spec_path and not Path(spec_path).exists():
+        raise InputError(_nothing_named(settings, spec_path))
     if existing is not None:
         code = continue_sweep(settings, existing, workers=workers, batch_size=batch_size,
                               top=top)
@@ -109,6 +112,39 @@ def _existing_sweep(settings: Settings, ref, name, fresh, sample, axes):
         return store_jobs.find_sweep(engine, ref)
     finally:
         engine.dispose()
+
+
+def _nothing_named(settings: Settings, ref: str) -> str:
+    """The one line for ``sweep run REF`` where REF is neither a file nor a recorded sweep,
+    with the spec files and sweep names that come close ("did you mean")."""
+    names = [str(p) for folder in (Path("."), Path("examples")) if folder.is_dir()
+             for p in sorted(folder.glob("*.y*ml"))]
+    names += [p.stem for p in map(Path, list(names))]
+    try:
+        engine = reading(settings)
+    except StoreError:
+        engine = None
+    if engine is not None:
+        try:
+            names += store_jobs.sweep_names(engine)
+        except StoreError:
+            pass
+        finally:
+            engine.dispose()
+    close = difflib.get_close_matches(ref, list(dict.fromkeys(names)), n=3, cutoff=0.6)
+    shown = " or ".join(repr(_as_given(c)) for c in close)
+    hint = f"; did you mean {shown}?" if close else (
+        " (give a spec file, or a sweep's name or id: `polyfit sweeps` lists them)")
+    return f"no spec file or sweep {ref!r}{hint}"
+
+
+def _as_given(name: str) -> str:
+    """A spec file's stem stands for the file (``tutorial`` -> examples/tutorial.yaml)."""
+    for folder in (Path("."), Path("examples")):
+        for suffix in (".yaml", ".yml"):
+            if (folder / f"{name}{suffix}").is_file():
+                return str(folder / f"{name}{suffix}")
+    return name
 
 
 @sweep.command("resume")

@@ -237,3 +237,49 @@ def test_debug_shows_the_traceback_of_an_unexpected_error(run, monkeypatch):
         assert "in broken" in debug.stderr
         assert debug.stderr.strip().splitlines()[-1] == (
             "Error: internal error: RuntimeError: a bug in polyfit")
+
+
+# -- a new user's slips (issue 23.7) --------------------------------------------------------------
+
+def test_sweep_run_of_a_misspelt_spec_or_sweep_says_what_was_meant(run, tmp_path):
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "tutorial.yaml").write_text("grid: {variant: [numpy], epochs: [5]}\n")
+    r = run("sweep", "run", "tutorail")
+    _one_line_error(r)
+    assert "did you mean 'examples/tutorial.yaml'?" in r.stderr
+    assert run("sweep", "submit", "--variant", "numpy", "--epochs", "5", "--name",
+               "all-diverged").exit_code == 0
+    r = run("sweep", "run", "all-divergd")
+    _one_line_error(r)
+    assert "did you mean 'all-diverged'?" in r.stderr
+    r = run("sweep", "run", "zzzzzz")
+    _one_line_error(r)
+    assert "no spec file or sweep 'zzzzzz'" in r.stderr and "polyfit sweeps" in r.stderr
+
+
+def test_status_takes_format_as_every_read_command_does(run):
+    sweep_id = run("sweep", "submit", "--variant", "numpy", "--epochs", "5").stdout.split()[-1]
+    assert json.loads(run("status", "--format", "json").stdout)["sweep_id"] == sweep_id
+    assert run("status", "--format", "text").stdout.startswith(f"sweep sweep ({sweep_id}): ")
+    _one_line_error(run("status", "--json", "--format", "text"))
+
+
+def test_a_server_database_whose_driver_is_missing_says_how_to_install_it(tmp_path):
+    # The driver made unimportable in a real `polyfit` process, as on a machine without the
+    # postgres extra: a read and a write command both say what to install, exit 2.
+    import subprocess
+    import sys
+
+    from tests.conftest import polyfit_env
+
+    code = ("import sys; sys.modules['psycopg'] = None; sys.argv[0] = 'polyfit'; "
+            "from scheduler.cli import main; main()")
+    for args in (["results"], ["sweep", "submit", "--variant", "numpy"]):
+        r = subprocess.run([sys.executable, "-c", code, *args, "--db",
+                            "postgresql://me:hunter2@127.0.0.1:1/nowhere"], cwd=tmp_path,
+                           env=polyfit_env(), capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and "pip install 'polyfit[postgres]'" in r.stderr
+        assert "hunter2" not in r.stderr
