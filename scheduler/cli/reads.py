@@ -112,6 +112,12 @@ def _styled() -> bool:
     return sys.stdout.isatty()
 
 
+def _width() -> int | None:
+    """A table on a terminal fits its width; piped or written to a file, it keeps every
+    column."""
+    return report.terminal_width(sys.stdout)
+
+
 def _status_line(p: queries.Progress) -> str:
     return f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
         p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s, p.running_done)
@@ -145,7 +151,7 @@ def sweeps(settings: Settings, fmt) -> None:
     """Every sweep in the database: id, name, created_at, jobs, ended, failed, best mse."""
     engine = reading(settings)
     rows = [s.to_dict() for s in store_jobs.list_sweeps(engine)]
-    click.echo(report.render(rows, SWEEP_COLUMNS, fmt, _styled()))
+    click.echo(report.render(rows, SWEEP_COLUMNS, fmt, _styled(), _width()))
 
 
 SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_mse")
@@ -184,8 +190,9 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
                                 limit=limit)
     if fmt == "table":
         rows = store_jobs.list_jobs(engine, target.id, **query.__dict__)
+        to_screen = output is None
         text = report.render([r.to_dict() for r in rows], TABLE_COLUMNS, fmt,
-                             _styled() and output is None)
+                             _styled() and to_screen, _width() if to_screen else None)
         # A table for people says whose jobs it shows (the latest sweep is not always the
         # one a user thinks of); csv, json and parquet carry sweep_id in every row.
         title = f"jobs of sweep {target.name} ({target.id}), by {sort}:"
@@ -236,7 +243,7 @@ def sql(settings: Settings, query, fmt, timeout_s, max_rows) -> None:
                   timeout_s=timeout_s or settings.sql_timeout_s,
                   max_rows=max_rows or settings.sql_max_rows)
     rows = [dict(zip(out.columns, r)) for r in out.rows]
-    click.echo(report.render(rows, out.columns, fmt, _styled()))
+    click.echo(report.render(rows, out.columns, fmt, _styled(), _width()))
     if out.truncated:
         click.echo(f"warning: only the first {len(out.rows):,} rows are shown (--max-rows, "
                    "POLYFIT_SQL_MAX_ROWS)", err=True)
@@ -271,7 +278,7 @@ def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
                    f"{', '.join(by)}:")
     else:
         columns = [*store_jobs.JOB_COLUMNS, "gap", "formula"]
-    click.echo(report.render(rows, columns, fmt, _styled()))
+    click.echo(report.render(rows, columns, fmt, _styled(), _width()))
 
 
 @cli.command()
