@@ -364,6 +364,14 @@ def draw(data: PlotData) -> Figure:
     _draw_fits(fig, outer[0, 0], data)
     _draw_losses(fig, outer[0, 1], data)
     _draw_maps(fig, outer[1, :], maps)
+    # A variant whose defaults need a word (the lesson's lr for dynamic barely moves it) gets
+    # it under the figure when the sweep ran it at those defaults.
+    notes = [f"{name}: {VARIANTS[name].note}" for name in VARIANTS
+             if VARIANTS[name].note and any(j.variant == name
+                                            and j.lr == VARIANTS[name].defaults["lr"]
+                                            for j in data.jobs)]
+    if notes:
+        fig.supxlabel("\n".join([fig.get_supxlabel(), *notes]), fontsize=7.5, color="#444444")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     fig.suptitle(f"sweep {data.sweep.name} ({data.sweep.id}): fitting {first.target}(x) on "
                  f"[{first.x_start:.4g}, {first.x_stop:.4g}], {first.x_points} points\n"

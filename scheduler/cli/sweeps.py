@@ -35,6 +35,8 @@ def variants() -> None:
         click.echo(f"{name.ljust(width)}  {v.summary}  axes: {', '.join(axes_used(v))}  "
                    f"defaults: lr={d['lr']:g} degree={d['degree']} epochs={d['epochs']} "
                    f"optimizer={d['optimizer']}")
+        if v.note:
+            click.echo(f"{' ' * width}  note: {v.note}")
 
 
 @cli.group()

@@ -140,6 +140,8 @@ def test_the_figure_shows_each_variant_and_marks_diverged_cells(sweep_db):
     values = {t.get_text().split("\n")[0] for t in numpy_map.texts}
     assert len(values) == 2  # the two cells that trained, annotated with their mse
     assert "diverged" in fig.get_supxlabel()
+    # dynamic ran at the lesson's lr: the figure says why its fits look flat.
+    assert f"dynamic: {VARIANTS['dynamic'].note}" in fig.get_supxlabel()
 
 
 def test_a_sweep_whose_every_job_diverged_says_so_in_every_panel(tmp_path):

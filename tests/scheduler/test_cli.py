@@ -38,9 +38,25 @@ def _one_line_error(result):
 def test_variants_lists_every_variant_with_its_axes(run):
     r = run("variants")
     assert r.exit_code == 0
-    lines = r.stdout.strip().splitlines()
+    lines = [line for line in r.stdout.strip().splitlines() if not line.startswith(" ")]
     assert [line.split()[0] for line in lines] == list(VARIANTS)
     assert all("axes:" in line for line in lines)
+    # The lesson's lr for dynamic barely moves it under the mean loss: the listing says so,
+    # under its line, with an lr that learns.
+    notes = [line.strip() for line in r.stdout.splitlines() if line.startswith(" ")]
+    assert notes == [f"note: {VARIANTS['dynamic'].note}"]
+    assert "lr 1e-5 to 2e-5 learns" in notes[0]
+
+
+def test_the_dynamic_notes_lr_is_what_makes_it_learn():
+    # The note's figures, checked at a tenth of the epochs (the note's 30,000 take a minute):
+    # the lesson's lr barely moves it, 2e-5 learns, 5e-5 diverges.
+    from polyfit_models import JobSpec, fit_many
+
+    lesson, learns, blows = fit_many([JobSpec.create("dynamic", lr=lr, epochs=3000)
+                                      for lr in (1e-8, 2e-5, 5e-5)])
+    assert lesson.mse > 4.0 and learns.mse < 0.5 and learns.status == "succeeded"  # 11, 0.15
+    assert blows.status == "diverged"
 
 
 def test_submit_records_the_sweep_and_prints_its_id_last(run, tmp_path):
