@@ -49,6 +49,10 @@ class SweepRecord(Base):
     # by the read commands) has no such column, and loading a sweep must not ask for it.
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True,
                                                      deferred=True)
+    # A user's labels (``--tag``, ``--note``, ``polyfit sweep tag`` and ``note``): a JSON
+    # list of words, and a paragraph. Deferred for the same reason as ``used_at``.
+    tags: Mapped[list | None] = mapped_column(JSON, nullable=True, deferred=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
 
 
 class JobRecord(Base):

@@ -144,17 +144,33 @@ def _watch(engine, target, as_json: bool, interval: float | None, hint) -> queri
 
 
 @cli.command()
+@click.option("--tag", "tags", multiple=True, metavar="LIST",
+              help="Only sweeps with every one of these tags (comma-separated, repeatable).")
 @click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
               show_default=True)
 @pass_settings()
-def sweeps(settings: Settings, fmt) -> None:
-    """Every sweep in the database: id, name, created_at, jobs, ended, failed, best mse."""
+def sweeps(settings: Settings, tags, fmt) -> None:
+    """Every sweep in the database: id, name, created_at, jobs, ended, failed, best mse, and
+    its tags and note."""
+    from store.manage import SweepChangeRefused, checked_tags, labels_of
+
+    try:
+        wanted = set(checked_tags(tags))
+    except SweepChangeRefused as e:
+        raise InputError(f"--tag: {e}") from None
     engine = reading(settings)
-    rows = [s.to_dict() for s in store_jobs.list_sweeps(engine)]
+    labels = labels_of(engine)
+    rows = []
+    for summary in store_jobs.list_sweeps(engine):
+        tagged, note = labels.get(summary.id, ([], ""))
+        if wanted <= set(tagged):
+            shown = tagged if fmt == "json" else (",".join(tagged) or None)
+            rows.append({**summary.to_dict(), "tags": shown, "note": note or None})
     click.echo(report.render(rows, SWEEP_COLUMNS, fmt, _styled(), _width()))
 
 
-SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_mse")
+SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_mse", "tags",
+                 "note")
 
 
 @cli.command()

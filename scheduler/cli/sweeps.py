@@ -12,9 +12,11 @@ from polyfit_models import VARIANTS
 from polyfit_results.report import plural
 from scheduler.cli.group import InputError, WorkFailed, cli
 from scheduler.cli.helpers import (
+    apply_labels,
     batch_size_option,
     changing,
     find_sweep,
+    label_options,
     make_plan,
     pass_settings,
     reading,
@@ -46,10 +48,11 @@ def sweep() -> None:
 
 @sweep.command("submit")
 @sweep_inputs
+@label_options
 @batch_size_option
 @pass_settings(broker=True)
-def sweep_submit(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, batch_size,
-                 **axes) -> None:
+def sweep_submit(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, tags, note,
+                 batch_size, **axes) -> None:
     """Only enqueue the sweep; print its id as the last line of stdout."""
     from scheduler.submit import BrokerError, submit
 
@@ -57,8 +60,10 @@ def sweep_submit(settings: Settings, spec_path, name, fresh, sample, stop_at_gap
     try:
         done = submit(settings, plan, batch_size=batch_size, fresh=fresh)
     except BrokerError as e:
+        apply_labels(settings, plan.sweep_id, tags, note)  # recorded, so labelled too
         raise WorkFailed(f"{e} (the sweep is recorded; `polyfit sweep resume "
                          f"{plan.sweep_id}` enqueues it)") from e
+    apply_labels(settings, plan.sweep_id, tags, note)
     click.echo(f"sweep {plan.name}: {summary(done.jobs, done)}")
     click.echo(plan.sweep_id)
 
@@ -73,22 +78,23 @@ def summary(jobs: int, done) -> str:
 
 @sweep.command("run")
 @sweep_inputs
+@label_options
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Local worker processes. [default: one per core]")
 @batch_size_option
 @click.option("--top", type=click.IntRange(0, 1000), default=1, show_default=True,
               help="Best jobs to print per variant at the end.")
 @pass_settings(broker=True)
-def sweep_run(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, workers,
-              batch_size, top, **axes) -> None:
+def sweep_run(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, tags, note,
+              workers, batch_size, top, **axes) -> None:
     """Submit the sweep and run it to the end here with local workers.
 
     SPEC.yaml may also name a sweep of the database (its name or id) that is not a file here:
     what that sweep still needs is trained (an interrupted run is finished this way)."""
     from scheduler.run import continue_sweep, run_sweep
 
-    existing = _existing_sweep(settings, spec_path, name, fresh or stop_at_gap is not None,
-                               sample, axes)
+    existing = _existing_sweep(settings, spec_path, name, fresh or stop_at_gap is not None
+                               or bool(tags) or note is not None, sample, axes)
     if existing is None and spec_path and not Path(spec_path).exists():
         raise InputError(_nothing_named(settings, spec_path))
     if existing is not None:
@@ -97,7 +103,8 @@ def sweep_run(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, w
     else:
         plan = make_plan(spec_path, axes, name, settings, sample, stop_at_gap)
         code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top,
-                         fresh=fresh)
+                         fresh=fresh, labelled=lambda: apply_labels(settings, plan.sweep_id,
+                                                                    tags, note))
     if code:
         raise click.exceptions.Exit(code)
 

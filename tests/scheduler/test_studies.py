@@ -130,7 +130,7 @@ def test_polyfit_sweeps_lists_every_sweep_with_its_counts(run):
     assert (by_id[b]["jobs"], by_id[b]["ended"], by_id[b]["best_mse"]) == (2, 2, None)
     table = run("sweeps").stdout.splitlines()
     assert table[0].split() == ["id", "name", "created_at", "jobs", "ended", "failed",
-                                "best_mse"]
+                                "best_mse", "tags", "note"]
     assert len(table) == 4
 
 
