@@ -1,4 +1,4 @@
-"""A fleet across a network, measured: the README's recipe on hosts made of network namespaces
+"""A fleet across a network, measured: docs/fleet.md's recipe on hosts made of network namespaces
 (``tests/hosts.py``, ``tests/fleet.py``: a services host with Redis and PostgreSQL, a scheduler
 host, up to three worker hosts, each on a core of its own), with the same faults as
 ``tests/e2e/test_netns.py``. Measures, in one run on one machine:

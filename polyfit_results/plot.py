@@ -116,6 +116,8 @@ def _draw_fits(fig: Figure, spec, data: PlotData) -> None:
         if values is None:
             continue
         label = f"{job.variant}  lr {_label_lr(job.lr)}, deg {job.degree}: mse {job.mse:.3g}"
+        if job.status == DIVERGED:
+            label += f" (diverged at epoch {job.diverged_at_epoch})"
         ax.plot(x, values, color=_color(job.variant), ls=_dash(job.variant), lw=1.5,
                 label=label)
         res.plot(x, values - y, color=_color(job.variant), ls=_dash(job.variant), lw=1.3)
@@ -166,6 +168,24 @@ def _draw_losses(fig: Figure, spec, data: PlotData) -> None:
         if job.status == DIVERGED:
             ax.plot(epochs[-1:], losses[-1:], marker="x", color=_color(job.variant), ms=6)
         last_epochs.append(epochs[-1])
+    # A job that diverged before its curve's first point has no curve: its loss where it
+    # diverged is drawn as a cross, so that the panel never hides what happened.
+    curves_drawn = len(last_epochs)
+    for job in data.best:
+        if job.status != DIVERGED or data.curves.get(job.id) or job.diverged_at_epoch is None:
+            continue
+        loss = _per_point(job, job.final_loss)
+        if loss is not None and math.isfinite(loss) and loss > 0:
+            epoch = max(job.diverged_at_epoch, 1)
+            ax.plot([epoch], [loss], marker="x", ls="none", ms=8, mew=2,
+                    color=_color(job.variant),
+                    label=f"{job.variant} (diverged at epoch {job.diverged_at_epoch})")
+            last_epochs.append(epoch)
+    if last_epochs and not curves_drawn:  # crosses only: an axis from epoch 0
+        ax.set_xlim(0, 2 * max(last_epochs) + 1)
+    if not last_epochs:
+        ax.text(0.5, 0.5, _no_curve_note(data), transform=ax.transAxes, ha="center",
+                va="center", fontsize=9, color="#444444")
     optima: dict[float, list[int]] = {}
     for job in data.best:
         if job.optimum_mse:
@@ -182,7 +202,7 @@ def _draw_losses(fig: Figure, spec, data: PlotData) -> None:
                     (0.99, optimum), xycoords=("axes fraction", "data"), ha="right",
                     va="bottom", fontsize=7)
     ax.set_yscale("log")
-    if last_epochs and max(last_epochs) >= 5 * min(last_epochs):
+    if curves_drawn and max(last_epochs) >= 5 * min(last_epochs):
         ax.set_xscale("log")  # runs of very different lengths: keep the short ones readable
     ax.set_title("training loss", loc="left", fontsize=11, fontweight="bold")
     ax.set_xlabel("epoch")
@@ -191,6 +211,14 @@ def _draw_losses(fig: Figure, spec, data: PlotData) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(handles, labels, fontsize=7.5, frameon=False, loc="upper right")
+
+
+def _no_curve_note(data: PlotData) -> str:
+    """Why the loss panel is empty."""
+    if any(j.status == RUNNING for j in data.jobs):
+        return "no loss curve yet: the running jobs have\nnot reported their first points"
+    return ("no loss curve to draw: every job drawn ended\nbefore its curve's first point "
+            "(the curve keeps\na point every few epochs)")
 
 
 @dataclass(frozen=True)
@@ -300,11 +328,16 @@ def _draw_maps(fig: Figure, spec, maps: _Maps) -> None:
         ax.tick_params(labelsize=7, length=2)
     cax = fig.add_subplot(grid[-1])
     cax.set_anchor("SW")
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
-    bar.set_label("final mse", fontsize=7.5)
-    bar.ax.tick_params(labelsize=7)
     note = ("maps: final mse by learning rate x degree, the median over each cell's jobs"
             + (" (and their best)" if detailed else ""))
+    if values:
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
+        bar.set_label("final mse", fontsize=7.5)
+        bar.ax.tick_params(labelsize=7)
+    else:
+        # A colour scale that contains no value would be a scale of nothing.
+        cax.set_axis_off()
+        note += ";  no cell has an mse to colour: no job has succeeded yet"
     if any_diverged:
         note += ";  grey, crossed: every job of the cell diverged;  x in a corner: some did"
     fig.supxlabel(note, fontsize=7.5, color="#444444")
@@ -331,11 +364,23 @@ def draw(data: PlotData) -> Figure:
     _draw_fits(fig, outer[0, 0], data)
     _draw_losses(fig, outer[0, 1], data)
     _draw_maps(fig, outer[1, :], maps)
+    # A variant whose defaults need a word (the lesson's lr for dynamic barely moves it) gets
+    # it under the figure when the sweep ran it at those defaults.
+    notes = [f"{name}: {VARIANTS[name].note}" for name in VARIANTS
+             if VARIANTS[name].note and any(j.variant == name
+                                            and j.lr == VARIANTS[name].defaults["lr"]
+                                            for j in data.jobs)]
+    if notes:
+        fig.supxlabel("\n".join([fig.get_supxlabel(), *notes]), fontsize=7.5, color="#444444")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     fig.suptitle(f"sweep {data.sweep.name} ({data.sweep.id}): fitting {first.target}(x) on "
                  f"[{first.x_start:.4g}, {first.x_stop:.4g}], {first.x_points} points\n"
-                 f"{len(data.jobs)} jobs: {summary}", fontsize=12)
+                 f"{_plural(len(data.jobs), 'job')}: {summary}", fontsize=12)
     return fig
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def save_plot(engine: Engine, sweep: store_jobs.SweepRow, path: str | Path) -> Path:

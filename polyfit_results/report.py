@@ -58,9 +58,11 @@ def _json_safe(value: object) -> object:
 
 
 def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str,
-           styled: bool = False) -> str:
+           styled: bool = False, width: int | None = None) -> str:
     """``rows`` as text in ``fmt`` (table, csv or json), with these ``columns`` in this order;
-    ``styled``: a table for a terminal (bold header, a rule under it)."""
+    ``styled``: a table for a terminal (bold header, a rule under it). ``width``: a table
+    keeps the columns that fit in this many characters, whole (no cell is cut), and says
+    which it left out; None keeps every column (a pipe or a file gets the full table)."""
     if fmt == "json":
         return json.dumps([{c: _json_safe(r.get(c)) for c in columns} for r in rows], indent=1)
     if fmt == "csv":
@@ -70,20 +72,52 @@ def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str,
         for r in rows:
             writer.writerow([_csv_cell(r.get(c)) for c in columns])
         return buf.getvalue().rstrip("\n")
+    texts = [[cell(r.get(c)) for c in columns] for r in rows]
+    left_out: list[str] = []
+    if width is not None:
+        columns, texts, left_out = _fitting(list(columns), texts, width, 3 if styled else 2)
     table = Table(box=box.SIMPLE_HEAD if styled else _PLAIN, show_edge=False, pad_edge=False,
                   padding=(0, 1) if styled else (0, 1, 0, 0), highlight=False,
                   header_style="bold" if styled else "")
     for c in columns:
         table.add_column(c, no_wrap=True, overflow="ignore")
-    for r in rows:
-        table.add_row(*(cell(r.get(c)) for c in columns))
+    for row in texts:
+        table.add_row(*row)
     buf = io.StringIO()
     Console(file=buf, width=1_000_000, force_terminal=styled, highlight=False, soft_wrap=True,
             color_system="standard" if styled else None).print(table)
     lines = [line.rstrip() for line in buf.getvalue().splitlines()]
     if not rows:
         lines.append("(no rows)")
+    if left_out:
+        lines.append(f"({len(left_out)} more column{'s' if len(left_out) > 1 else ''} than "
+                     f"the terminal's {width} fit: {', '.join(left_out)}; --format csv or json "
+                     "has them all)")
     return "\n".join(lines)
+
+
+def _fitting(columns: list[str], texts: list[list[str]], width: int, gap: int
+             ) -> tuple[list[str], list[list[str]], list[str]]:
+    """The leading columns whose widest cells fit in ``width`` (at least the first two);
+    ``gap``: what the table puts between two columns (padding and divider)."""
+    used, keep = 1, 0  # the last column's padding
+    for i, c in enumerate(columns):
+        need = max([len(c), *(len(row[i]) for row in texts)]) + (gap if i else 0)
+        if used + need > width and keep >= 2:
+            break
+        used, keep = used + need, keep + 1
+    return columns[:keep], [row[:keep] for row in texts], columns[keep:]
+
+
+def terminal_width(stream) -> int | None:
+    """The width of the terminal ``stream`` writes to; None when it is not one (a pipe, a
+    file: those get every column)."""
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def progress_line(counts: Mapping[str, int], total: int, rate: float | None,

@@ -59,14 +59,21 @@ class Target:
 
 
 def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size: int | None,
-              top: int = 1, out=None, fresh: bool = False) -> int:
+              top: int = 1, out=None, fresh: bool = False,
+              labelled: Callable[[], None] | None = None) -> int:
     """Submit ``plan`` and train it here; returns the exit code: 0 when every job ended
     succeeded or diverged, else 1. The local workers are stopped on every way out, an error or
-    Ctrl-C included."""
+    Ctrl-C included. ``labelled`` is called once the sweep is recorded (its tags and note)."""
     target = Target(plan.sweep_id, plan.name)
-    return _run(settings, target, lambda spread, private: submit(
-        settings, plan, batch_size=batch_size, spread=spread, fresh=fresh, private=private),
-        workers=workers, top=top, out=out)
+
+    def enqueue(spread: int, private: tuple[str, str]) -> Submitted:
+        done = submit(settings, plan, batch_size=batch_size, spread=spread, fresh=fresh,
+                      private=private)
+        if labelled is not None:
+            labelled()
+        return done
+
+    return _run(settings, target, enqueue, workers=workers, top=top, out=out)
 
 
 def continue_sweep(settings: Settings, sweep: store_jobs.SweepRow, *, workers: int | None,

@@ -146,6 +146,7 @@ def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_
                          private: tuple[str, str] | None = None) -> Submitted:
     engine = make_engine(settings.db_url)
     try:
+        store_jobs.mark_used(engine, sweep_id)  # the sweep a later command means by default
         chunks = store_jobs.requeue_chunks(engine, sweep_id, settings.stale_after_s,
                                            retry=retry)
         sent, batches = _publish_rows(settings, sweep_id, chunks, batch_size, spread, private)

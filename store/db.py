@@ -41,6 +41,11 @@ class StoreError(Exception):
     """Raised when the results database cannot be opened, read or written."""
 
 
+class MissingDriver(StoreError):
+    """Raised when a database URL names a driver that is not installed (a setup to fix, not a
+    server that failed)."""
+
+
 class StoreUnavailable(StoreError):
     """Raised when the results database cannot be reached or is busy (a connection refused,
     dropped or timed out, a lock not granted): worth retrying, unlike other store errors."""
@@ -115,10 +120,7 @@ def make_engine(url: str) -> Engine:
         raise StoreError(f"not a database URL: {redact_url(url)}") from e
     if parsed.get_backend_name() != "sqlite":
         connect_args = _PG_CONNECT_ARGS if parsed.get_backend_name() == "postgresql" else {}
-        try:
-            return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-        except (ArgumentError, ImportError, SQLAlchemyError) as e:
-            raise StoreError(f"cannot use database {redact_url(url)}: {e}") from e
+        return server_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
@@ -142,6 +144,20 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def server_engine(url: str, **options) -> Engine:
+    """``create_engine`` for a server database, its errors as one-line ``StoreError``s: a
+    driver that is not installed is a ``MissingDriver`` that says how to install it."""
+    try:
+        return create_engine(url, **options)
+    except ImportError as e:
+        extra = (" (pip install 'polyfit[postgres]')"
+                 if make_url(url).get_backend_name() == "postgresql" else "")
+        raise MissingDriver(redact_url(f"cannot use database {url}: its driver is not "
+                                       f"installed: {e}{extra}")) from e
+    except (ArgumentError, SQLAlchemyError) as e:
+        raise StoreError(redact_url(f"cannot use database {url}: {e}")) from e
 
 
 # Any number: the PostgreSQL advisory lock that serializes schema creation across processes.

@@ -207,9 +207,10 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Itera
             # scheduler's engine is short-lived), so workers keep the small default.
             s.execute(text(f"PRAGMA cache_size=-{_SUBMIT_CACHE_KIB}"))
         s.execute(_insert_ignoring_existing(engine, SweepRecord.__table__),
-                  [{"id": sweep_id, "name": name, "spec": spec, "created_at": t}])
-        s.execute(update(SweepRecord).where(SweepRecord.id == sweep_id).values(spec=spec)
-                  .execution_options(**_NO_SYNC))
+                  [{"id": sweep_id, "name": name, "spec": spec, "created_at": t,
+                    "used_at": t}])
+        s.execute(update(SweepRecord).where(SweepRecord.id == sweep_id)
+                  .values(spec=spec, used_at=t).execution_options(**_NO_SYNC))
         new = seen = 0
         reused: set[str] = set()
         # Nothing ended well in another sweep: nothing to reuse, no lookup per chunk.
@@ -526,10 +527,23 @@ def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:
     return {status: n for status, n in rows}
 
 
-def find_sweep(engine: Engine, ref: str | None) -> SweepRow | None:
-    """The sweep whose id or name is ``ref`` (the latest of that name), or the latest sweep."""
+def mark_used(engine: Engine, sweep_id: str) -> None:
+    """Note that the sweep was just continued or resumed: it is the one meant by default."""
     with transaction(engine) as s:
-        q = select(SweepRecord).order_by(SweepRecord.created_at.desc()).limit(1)
+        s.execute(update(SweepRecord).where(SweepRecord.id == sweep_id)
+                  .values(used_at=now()).execution_options(**_NO_SYNC))
+
+
+def find_sweep(engine: Engine, ref: str | None) -> SweepRow | None:
+    """The sweep whose id or name is ``ref``, or, with no ``ref``, the latest: the sweep last
+    submitted to, grown, continued or resumed (of that name, with a name), which is not always
+    the newest made."""
+    if "used_at" in _columns_of(engine, "sweeps"):
+        latest = func.coalesce(SweepRecord.used_at, SweepRecord.created_at)
+    else:  # a database made before polyfit noted it: the newest made
+        latest = SweepRecord.created_at
+    with transaction(engine) as s:
+        q = select(SweepRecord).order_by(latest.desc(), SweepRecord.id.desc()).limit(1)
         if ref is not None:
             rec = s.get(SweepRecord, ref)
             if rec is not None:
@@ -714,17 +728,19 @@ def _psycopg_errors() -> tuple:
     return (psycopg.Error,)
 
 
-_COLUMNS: weakref.WeakKeyDictionary[Engine, frozenset[str]] = weakref.WeakKeyDictionary()
+_COLUMNS: weakref.WeakKeyDictionary[Engine, dict[str, frozenset[str]]] = (
+    weakref.WeakKeyDictionary())
 
 
-def _columns_of(engine: Engine) -> frozenset[str]:
-    """The columns the ``jobs`` table of this database has (asked once per engine)."""
-    if engine not in _COLUMNS:
+def _columns_of(engine: Engine, table: str = "jobs") -> frozenset[str]:
+    """The columns ``table`` of this database has (asked once per engine)."""
+    known = _COLUMNS.setdefault(engine, {})
+    if table not in known:
         try:
-            _COLUMNS[engine] = frozenset(c["name"] for c in inspect(engine).get_columns("jobs"))
+            known[table] = frozenset(c["name"] for c in inspect(engine).get_columns(table))
         except SQLAlchemyError as e:
             raise store_error(engine, e) from e
-    return _COLUMNS[engine]
+    return known[table]
 
 
 def loss_curves(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> dict[str, list]:

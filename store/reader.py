@@ -34,7 +34,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from store.db import BUSY_TIMEOUT_MS, StoreError, redact_url, sqlite_path, store_error
+from store.db import (
+    BUSY_TIMEOUT_MS,
+    StoreError,
+    redact_url,
+    server_engine,
+    sqlite_path,
+    store_error,
+)
 
 #: The role ``polyfit sql`` logs in as on PostgreSQL unless told otherwise.
 READER_ROLE = "polyfit_reader"
@@ -83,11 +90,8 @@ def open_results(url: str) -> Engine:
                                      "first)")
         engine = _sqlite_reader(path)
     else:
-        try:
-            engine = create_engine(url, poolclass=NullPool, pool_pre_ping=True,
-                                   execution_options={"postgresql_readonly": True})
-        except (ArgumentError, ImportError, SQLAlchemyError) as e:
-            raise StoreError(redact_url(f"cannot use database {url}: {e}")) from e
+        engine = server_engine(url, poolclass=NullPool, pool_pre_ping=True,
+                               execution_options={"postgresql_readonly": True})
     try:
         _check_schema(engine)
     except BaseException:

@@ -44,6 +44,15 @@ class SweepRecord(Base):
     name: Mapped[str] = mapped_column(String(200), index=True)
     spec: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # When the sweep was last submitted to, grown, continued or resumed: the sweep a command
+    # means when none is named. Deferred: a database made before it (read, never upgraded,
+    # by the read commands) has no such column, and loading a sweep must not ask for it.
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True,
+                                                     deferred=True)
+    # A user's labels (``--tag``, ``--note``, ``polyfit sweep tag`` and ``note``): a JSON
+    # list of words, and a paragraph. Deferred for the same reason as ``used_at``.
+    tags: Mapped[list | None] = mapped_column(JSON, nullable=True, deferred=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
 
 
 class JobRecord(Base):

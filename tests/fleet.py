@@ -1,15 +1,15 @@
-"""A polyfit fleet on the namespaced hosts of ``tests/hosts.py``, set up the way README.md's
+"""A polyfit fleet on the namespaced hosts of ``tests/hosts.py``, set up the way docs/fleet.md's
 "A fleet" section says.
 
 The shell block between ``<!-- fleet-recipe:start -->`` and ``<!-- fleet-recipe:end -->`` in
-README.md is the recipe: its ``redis-server`` line starts the services host's Redis, its
+docs/fleet.md is the recipe: its ``redis-server`` line starts the services host's Redis, its
 ``export`` lines are the environment of every other host, its ``polyfit worker`` lines start the
 workers and its ``polyfit sweep submit`` and ``polyfit status`` lines are what the scheduler host
-runs. A README edit that breaks the recipe breaks the tests built on this module.
+runs. A docs edit that breaks the recipe breaks the tests built on this module.
 
 The services host also runs a private PostgreSQL: initdb into the run folder, started as the
 ``postgres`` user, listening on the services host's address only, with password login for the
-role ``polyfit`` from the test subnet (the README's URL). An audit table filled by triggers on
+role ``polyfit`` from the test subnet (the recipe's URL). An audit table filled by triggers on
 ``jobs`` counts every write of a result (``running`` -> an ended state) and every change to a row
 that had already ended. The test process reaches Redis and PostgreSQL through their Unix sockets
 in the run folder: it contacts no network address."""
@@ -49,7 +49,7 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float
 # -- the recipe ----------------------------------------------------------------------------------
 
 class RecipeError(Exception):
-    """Raised when README.md's fleet recipe is missing or lacks a command the fleet needs."""
+    """Raised when docs/fleet.md's fleet recipe is missing or lacks a command the fleet needs."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,10 @@ class Recipe:
         return f"set -e\n{exports}exec {shlex.join(argv)}\n"
 
 
-def read_recipe(readme: Path = ROOT / "README.md") -> Recipe:
+def read_recipe(readme: Path = ROOT / "docs" / "fleet.md") -> Recipe:
     text = readme.read_text()
     if RECIPE_START not in text or RECIPE_END not in text:
-        raise RecipeError(f"README.md has no {RECIPE_START} ... {RECIPE_END} block")
+        raise RecipeError(f"{readme.name} has no {RECIPE_START} ... {RECIPE_END} block")
     block = text.split(RECIPE_START, 1)[1].split(RECIPE_END, 1)[0]
     exports: list[tuple[str, str]] = []
     commands: list[tuple[str, ...]] = []
@@ -90,13 +90,13 @@ def read_recipe(readme: Path = ROOT / "README.md") -> Recipe:
     def one(what: str, test: Callable[[tuple[str, ...]], bool]) -> tuple[str, ...]:
         found = [c for c in commands if test(c)]
         if len(found) != 1:
-            raise RecipeError(f"README.md's fleet recipe has {len(found)} {what} lines, not one")
+            raise RecipeError(f"{readme.name}'s fleet recipe has {len(found)} {what} lines, not one")
         return found[0]
 
     names = {k for k, _ in exports}
     for needed in ("POLYFIT_BROKER_URL", "POLYFIT_DB_URL"):
         if needed not in names:
-            raise RecipeError(f"README.md's fleet recipe does not export {needed}")
+            raise RecipeError(f"{readme.name}'s fleet recipe does not export {needed}")
     worker = ("polyfit", "worker")
     return Recipe(
         exports=tuple(exports),

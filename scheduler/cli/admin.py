@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from polyfit_results.report import plural
 from scheduler.cli.group import InputError, cli
 from scheduler.cli.helpers import changing, find_sweep, pass_settings
 from store import jobs as store_jobs
@@ -20,7 +21,7 @@ def cancel(settings: Settings, sweep_ref) -> None:
     engine = changing(settings)
     target = find_sweep(engine, sweep_ref)
     n = store_jobs.cancel_sweep(engine, target.id)
-    click.echo(f"sweep {target.name}: {n} jobs cancelled")
+    click.echo(f"sweep {target.name}: {plural(n, 'job')} cancelled")
 
 
 @cli.group()

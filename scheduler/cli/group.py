@@ -13,7 +13,7 @@ import click
 from polyfit_models import PolyfitModelError
 from scheduler.sweep import SweepSpecError
 from store import StoreError
-from store.db import redact_url
+from store.db import MissingDriver, redact_url
 from store.reader import NotResultsDatabase, QueryError, UnsafeAccount
 from worker.settings import SettingsError
 
@@ -37,7 +37,7 @@ class WorkFailed(click.ClickException):
 #: Domain errors that mean "your input is unusable" (exit 2); every other StoreError is a
 #: server or database that failed (exit 1).
 _INPUT_ERRORS = (SweepSpecError, SettingsError, PolyfitModelError, NotResultsDatabase,
-                 QueryError, UnsafeAccount)
+                 QueryError, UnsafeAccount, MissingDriver)
 
 
 def one_line(text: str) -> str:

@@ -113,6 +113,37 @@ def sweep_inputs(f):
                           type=click.Path(dir_okay=False))(f)
 
 
+def label_options(f):
+    """--tag and --note of ``sweep submit`` and ``sweep run`` (checked before anything is
+    recorded)."""
+    from store.manage import SweepChangeRefused, checked_tags
+
+    def _tags(_ctx, _param, value):
+        try:
+            return checked_tags(value)
+        except SweepChangeRefused as e:
+            raise InputError(f"--tag: {e}") from None
+
+    f = click.option("--note", default=None, metavar="TEXT",
+                     help="A free-text note on the sweep (shown by `polyfit sweeps`).")(f)
+    return click.option("--tag", "tags", multiple=True, metavar="LIST", callback=_tags,
+                        help="Tag the sweep (comma-separated, repeatable); `polyfit sweeps "
+                             "--tag T` lists the sweeps tagged T.")(f)
+
+
+def apply_labels(settings: Settings, sweep_id: str, tags: list[str], note: str | None) -> None:
+    """Give a sweep just recorded the --tag and --note it was submitted with."""
+    if not tags and note is None:
+        return
+    from store.manage import label_sweep
+
+    engine = make_engine(settings.db_url)
+    try:
+        label_sweep(engine, sweep_id, add=tags, note=note)
+    finally:
+        engine.dispose()
+
+
 def batch_size_option(f):
     return click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
                         help="Jobs per task. [default: from a memory budget per device]")(f)

@@ -65,12 +65,17 @@ LINE_EVERY_S = 5.0
                    "terminal, a line every few seconds otherwise (one JSON object a line "
                    "with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--format", "fmt", type=click.Choice(("text", "json")), default=None,
+              help="text (a line for people) or json (for scripts; as --json). [default: text]")
 @click.option("--interval", type=click.FloatRange(0.05, 3600), default=None,
               help="Seconds between polls. [default: 1; with --watch off a terminal, "
                    f"{LINE_EVERY_S:g}]")
 @pass_settings()
-def status(settings: Settings, sweep_ref, wait, watch, as_json, interval) -> None:
+def status(settings: Settings, sweep_ref, wait, watch, as_json, fmt, interval) -> None:
     """Counts per status, throughput and ETA of a sweep (the latest when omitted)."""
+    if as_json and fmt == "text":
+        raise InputError("--json and --format text ask for two formats: give one")
+    as_json = as_json or fmt == "json"
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
     hinted = False
@@ -107,6 +112,12 @@ def _styled() -> bool:
     return sys.stdout.isatty()
 
 
+def _width() -> int | None:
+    """A table on a terminal fits its width; piped or written to a file, it keeps every
+    column."""
+    return report.terminal_width(sys.stdout)
+
+
 def _status_line(p: queries.Progress) -> str:
     return f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
         p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s, p.running_done)
@@ -133,17 +144,33 @@ def _watch(engine, target, as_json: bool, interval: float | None, hint) -> queri
 
 
 @cli.command()
+@click.option("--tag", "tags", multiple=True, metavar="LIST",
+              help="Only sweeps with every one of these tags (comma-separated, repeatable).")
 @click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
               show_default=True)
 @pass_settings()
-def sweeps(settings: Settings, fmt) -> None:
-    """Every sweep in the database: id, name, created_at, jobs, ended, failed, best mse."""
+def sweeps(settings: Settings, tags, fmt) -> None:
+    """Every sweep in the database: id, name, created_at, jobs, ended, failed, best mse, and
+    its tags and note."""
+    from store.manage import SweepChangeRefused, checked_tags, labels_of
+
+    try:
+        wanted = set(checked_tags(tags))
+    except SweepChangeRefused as e:
+        raise InputError(f"--tag: {e}") from None
     engine = reading(settings)
-    rows = [s.to_dict() for s in store_jobs.list_sweeps(engine)]
-    click.echo(report.render(rows, SWEEP_COLUMNS, fmt, _styled()))
+    labels = labels_of(engine)
+    rows = []
+    for summary in store_jobs.list_sweeps(engine):
+        tagged, note = labels.get(summary.id, ([], ""))
+        if wanted <= set(tagged):
+            shown = tagged if fmt == "json" else (",".join(tagged) or None)
+            rows.append({**summary.to_dict(), "tags": shown, "note": note or None})
+    click.echo(report.render(rows, SWEEP_COLUMNS, fmt, _styled(), _width()))
 
 
-SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_mse")
+SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_mse", "tags",
+                 "note")
 
 
 @cli.command()
@@ -179,9 +206,13 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
                                 limit=limit)
     if fmt == "table":
         rows = store_jobs.list_jobs(engine, target.id, **query.__dict__)
+        to_screen = output is None
         text = report.render([r.to_dict() for r in rows], TABLE_COLUMNS, fmt,
-                             _styled() and output is None)
-        _write_text(text + "\n", output)
+                             _styled() and to_screen, _width() if to_screen else None)
+        # A table for people says whose jobs it shows (the latest sweep is not always the
+        # one a user thinks of); csv, json and parquet carry sweep_id in every row.
+        title = f"jobs of sweep {target.name} ({target.id}), by {sort}:"
+        _write_text(f"{title}\n{text}\n", output)
         return
     rows = store_jobs.stream_jobs(engine, target.id, query)
     if fmt == "parquet":
@@ -228,7 +259,7 @@ def sql(settings: Settings, query, fmt, timeout_s, max_rows) -> None:
                   timeout_s=timeout_s or settings.sql_timeout_s,
                   max_rows=max_rows or settings.sql_max_rows)
     rows = [dict(zip(out.columns, r)) for r in out.rows]
-    click.echo(report.render(rows, out.columns, fmt, _styled()))
+    click.echo(report.render(rows, out.columns, fmt, _styled(), _width()))
     if out.truncated:
         click.echo(f"warning: only the first {len(out.rows):,} rows are shown (--max-rows, "
                    "POLYFIT_SQL_MAX_ROWS)", err=True)
@@ -259,9 +290,11 @@ def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
     rows = queries.best_per_group(engine, target.id, by)
     if fmt == "table":
         columns = list(by) + [c for c in BEST_COLUMNS if c not in by]
+        click.echo(f"best results of sweep {target.name} ({target.id}), lowest mse per "
+                   f"{', '.join(by)}:")
     else:
         columns = [*store_jobs.JOB_COLUMNS, "gap", "formula"]
-    click.echo(report.render(rows, columns, fmt, _styled()))
+    click.echo(report.render(rows, columns, fmt, _styled(), _width()))
 
 
 @cli.command()

@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import click
 
 from polyfit_models import VARIANTS
 from polyfit_results.report import plural
-from scheduler.cli.group import WorkFailed, cli
+from scheduler.cli.group import InputError, WorkFailed, cli
 from scheduler.cli.helpers import (
+    apply_labels,
     batch_size_option,
     changing,
     find_sweep,
+    label_options,
     make_plan,
     pass_settings,
     reading,
@@ -34,6 +37,8 @@ def variants() -> None:
         click.echo(f"{name.ljust(width)}  {v.summary}  axes: {', '.join(axes_used(v))}  "
                    f"defaults: lr={d['lr']:g} degree={d['degree']} epochs={d['epochs']} "
                    f"optimizer={d['optimizer']}")
+        if v.note:
+            click.echo(f"{' ' * width}  note: {v.note}")
 
 
 @cli.group()
@@ -43,10 +48,11 @@ def sweep() -> None:
 
 @sweep.command("submit")
 @sweep_inputs
+@label_options
 @batch_size_option
 @pass_settings(broker=True)
-def sweep_submit(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, batch_size,
-                 **axes) -> None:
+def sweep_submit(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, tags, note,
+                 batch_size, **axes) -> None:
     """Only enqueue the sweep; print its id as the last line of stdout."""
     from scheduler.submit import BrokerError, submit
 
@@ -54,8 +60,10 @@ def sweep_submit(settings: Settings, spec_path, name, fresh, sample, stop_at_gap
     try:
         done = submit(settings, plan, batch_size=batch_size, fresh=fresh)
     except BrokerError as e:
+        apply_labels(settings, plan.sweep_id, tags, note)  # recorded, so labelled too
         raise WorkFailed(f"{e} (the sweep is recorded; `polyfit sweep resume "
                          f"{plan.sweep_id}` enqueues it)") from e
+    apply_labels(settings, plan.sweep_id, tags, note)
     click.echo(f"sweep {plan.name}: {summary(done.jobs, done)}")
     click.echo(plan.sweep_id)
 
@@ -70,29 +78,33 @@ def summary(jobs: int, done) -> str:
 
 @sweep.command("run")
 @sweep_inputs
+@label_options
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Local worker processes. [default: one per core]")
 @batch_size_option
 @click.option("--top", type=click.IntRange(0, 1000), default=1, show_default=True,
               help="Best jobs to print per variant at the end.")
 @pass_settings(broker=True)
-def sweep_run(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, workers,
-              batch_size, top, **axes) -> None:
+def sweep_run(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, tags, note,
+              workers, batch_size, top, **axes) -> None:
     """Submit the sweep and run it to the end here with local workers.
 
     SPEC.yaml may also name a sweep of the database (its name or id) that is not a file here:
     what that sweep still needs is trained (an interrupted run is finished this way)."""
     from scheduler.run import continue_sweep, run_sweep
 
-    existing = _existing_sweep(settings, spec_path, name, fresh or stop_at_gap is not None,
-                               sample, axes)
+    existing = _existing_sweep(settings, spec_path, name, fresh or stop_at_gap is not None
+                               or bool(tags) or note is not None, sample, axes)
+    if existing is None and spec_path and not Path(spec_path).exists():
+        raise InputError(_nothing_named(settings, spec_path))
     if existing is not None:
         code = continue_sweep(settings, existing, workers=workers, batch_size=batch_size,
                               top=top)
     else:
         plan = make_plan(spec_path, axes, name, settings, sample, stop_at_gap)
         code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top,
-                         fresh=fresh)
+                         fresh=fresh, labelled=lambda: apply_labels(settings, plan.sweep_id,
+                                                                    tags, note))
     if code:
         raise click.exceptions.Exit(code)
 
@@ -109,6 +121,39 @@ def _existing_sweep(settings: Settings, ref, name, fresh, sample, axes):
         return store_jobs.find_sweep(engine, ref)
     finally:
         engine.dispose()
+
+
+def _nothing_named(settings: Settings, ref: str) -> str:
+    """The one line for ``sweep run REF`` where REF is neither a file nor a recorded sweep,
+    with the spec files and sweep names that come close ("did you mean")."""
+    names = [str(p) for folder in (Path("."), Path("examples")) if folder.is_dir()
+             for p in sorted(folder.glob("*.y*ml"))]
+    names += [p.stem for p in map(Path, list(names))]
+    try:
+        engine = reading(settings)
+    except StoreError:
+        engine = None
+    if engine is not None:
+        try:
+            names += store_jobs.sweep_names(engine)
+        except StoreError:
+            pass
+        finally:
+            engine.dispose()
+    close = difflib.get_close_matches(ref, list(dict.fromkeys(names)), n=3, cutoff=0.6)
+    shown = " or ".join(repr(_as_given(c)) for c in close)
+    hint = f"; did you mean {shown}?" if close else (
+        " (give a spec file, or a sweep's name or id: `polyfit sweeps` lists them)")
+    return f"no spec file or sweep {ref!r}{hint}"
+
+
+def _as_given(name: str) -> str:
+    """A spec file's stem stands for the file (``tutorial`` -> examples/tutorial.yaml)."""
+    for folder in (Path("."), Path("examples")):
+        for suffix in (".yaml", ".yml"):
+            if (folder / f"{name}{suffix}").is_file():
+                return str(folder / f"{name}{suffix}")
+    return name
 
 
 @sweep.command("resume")

@@ -26,7 +26,7 @@ from worker.payload import TASK_NAME, Batch
 pytestmark = pytest.mark.slow
 
 # Small enough that the reaper acts within seconds (heartbeat every 1 s, reaper every 2 s); the
-# defaults (60 s, 10 s, 15 s) are what the README's figures were measured with.
+# defaults (60 s, 10 s, 15 s) are what docs/guarantees.md's figures were measured with.
 STALE_S = "4"
 
 

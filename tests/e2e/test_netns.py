@@ -1,4 +1,4 @@
-"""A fleet across a network: the README's recipe run on hosts made of Linux network namespaces
+"""A fleet across a network: docs/fleet.md's recipe run on hosts made of Linux network namespaces
 (``tests/hosts.py``, ``tests/fleet.py``): a services host (Redis, PostgreSQL), a scheduler host
 and worker hosts, each worker host on a core of its own, all on one virtual switch. Then faults
 on that network: a worker host cut off for longer and for shorter than the stale timeout, the

@@ -17,7 +17,7 @@ from polyfit_results.dashboard import create_app
 from polyfit_results.dashboard.data import DIVERGED_CURVES, FAINT_CURVES
 
 JOBS = 100_000
-#: Seconds a page may take here (measured: about 0.1-0.5 s on a 2-core VM; see the README).
+#: Seconds a page may take here (measured: about 0.1-0.5 s on a 2-core VM; see docs/dashboard.md).
 BOUND_S = 5.0
 
 

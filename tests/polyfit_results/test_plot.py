@@ -140,6 +140,54 @@ def test_the_figure_shows_each_variant_and_marks_diverged_cells(sweep_db):
     values = {t.get_text().split("\n")[0] for t in numpy_map.texts}
     assert len(values) == 2  # the two cells that trained, annotated with their mse
     assert "diverged" in fig.get_supxlabel()
+    # dynamic ran at the lesson's lr: the figure says why its fits look flat.
+    assert f"dynamic: {VARIANTS['dynamic'].note}" in fig.get_supxlabel()
+
+
+def test_a_sweep_whose_every_job_diverged_says_so_in_every_panel(tmp_path):
+    # lr 1 diverges at once, before the curve's first point (every 100 epochs): no curve.
+    url = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    sweep_id = finished_sweep(url, [{"variant": ["autograd"], "lr": [1.0], "degree": [3],
+                                     "seed": [0], "epochs": [200]}], name="all-diverged")
+    engine = make_engine(url)
+    data = plot.load(engine, store_jobs.find_sweep(engine, sweep_id))
+    engine.dispose()
+    [job] = data.jobs
+    assert job.status == "diverged" and not data.curves.get(job.id)
+    fig = plot.draw(data)
+    assert "1 job: 1 diverged" in fig._suptitle.get_text()  # not "1 jobs"
+    axes = {ax.get_title(loc="left") or ax.get_title(): ax for ax in fig.axes}
+    fits, losses = axes["best fit per variant"], axes["training loss"]
+    assert any("diverged at epoch" in line.get_label() for line in fits.get_lines())
+    # The loss panel shows where the job diverged, with its loss there (per point).
+    [cross] = [line for line in losses.get_lines() if line.get_marker() == "x"]
+    assert list(cross.get_xdata()) == [max(job.diverged_at_epoch, 1)]
+    assert cross.get_ydata()[0] == pytest.approx(job.final_loss / job.x_points)
+    assert "diverged at epoch" in losses.get_legend().get_texts()[0].get_text()
+    # No colour bar of values that are not there: the map's note says why.
+    assert not any(ax.get_ylabel() == "final mse" for ax in fig.axes)
+    assert "no cell has an mse to colour" in fig.get_supxlabel()
+
+
+def test_an_empty_loss_panel_says_why():
+    sweep = store_jobs.SweepRow("s", "empty", {}, None)
+    job = store_jobs.JobRow(
+        id="j", sweep_id="s", variant="autograd", lr=1e-6, degree=3, seed=0, epochs=10,
+        optimizer="sgd", device="cpu", target="sin", dtype="float32", x_start=-3.0, x_stop=3.0,
+        x_points=100, status="running", final_loss=None, mse=None, optimum_mse=None,
+        coefficients=None, monomial=None, diverged_at_epoch=None, worker="w", ran_on=None,
+        started_at=None, heartbeat_at=None, finished_at=None, duration_s=None, attempts=1,
+        error=None)
+    fig = plt_losses(plot.PlotData(sweep, (job,), (), {}))
+    assert "no loss curve yet" in " ".join(t.get_text() for t in fig.texts)
+
+
+def plt_losses(data):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    plot._draw_losses(fig, fig.add_gridspec(1, 1)[0, 0], data)
+    return fig.axes[0]
 
 
 @pytest.mark.slow

@@ -38,9 +38,25 @@ def _one_line_error(result):
 def test_variants_lists_every_variant_with_its_axes(run):
     r = run("variants")
     assert r.exit_code == 0
-    lines = r.stdout.strip().splitlines()
+    lines = [line for line in r.stdout.strip().splitlines() if not line.startswith(" ")]
     assert [line.split()[0] for line in lines] == list(VARIANTS)
     assert all("axes:" in line for line in lines)
+    # The lesson's lr for dynamic barely moves it under the mean loss: the listing says so,
+    # under its line, with an lr that learns.
+    notes = [line.strip() for line in r.stdout.splitlines() if line.startswith(" ")]
+    assert notes == [f"note: {VARIANTS['dynamic'].note}"]
+    assert "lr 1e-5 to 2e-5 learns" in notes[0]
+
+
+def test_the_dynamic_notes_lr_is_what_makes_it_learn():
+    # The note's figures, checked at a tenth of the epochs (the note's 30,000 take a minute):
+    # the lesson's lr barely moves it, 2e-5 learns, 5e-5 diverges.
+    from polyfit_models import JobSpec, fit_many
+
+    lesson, learns, blows = fit_many([JobSpec.create("dynamic", lr=lr, epochs=3000)
+                                      for lr in (1e-8, 2e-5, 5e-5)])
+    assert lesson.mse > 4.0 and learns.mse < 0.5 and learns.status == "succeeded"  # 11, 0.15
+    assert blows.status == "diverged"
 
 
 def test_submit_records_the_sweep_and_prints_its_id_last(run, tmp_path):
@@ -68,7 +84,8 @@ def test_results_formats_parse(run):
             "attempts"} <= set(rows[0])
     rows = list(csv.DictReader(io.StringIO(run("results", "--format", "csv").stdout)))
     assert len(rows) == 4 and rows[0]["variant"] == "numpy"
-    table = run("results", "--limit", "2").stdout.strip().splitlines()
+    title, *table = run("results", "--limit", "2").stdout.strip().splitlines()
+    assert title.startswith("jobs of sweep ")
     assert table[0].split()[:3] == ["id", "variant", "lr"] and len(table) == 4
 
 
@@ -236,3 +253,49 @@ def test_debug_shows_the_traceback_of_an_unexpected_error(run, monkeypatch):
         assert "in broken" in debug.stderr
         assert debug.stderr.strip().splitlines()[-1] == (
             "Error: internal error: RuntimeError: a bug in polyfit")
+
+
+# -- a new user's slips (issue 23.7) --------------------------------------------------------------
+
+def test_sweep_run_of_a_misspelt_spec_or_sweep_says_what_was_meant(run, tmp_path):
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "tutorial.yaml").write_text("grid: {variant: [numpy], epochs: [5]}\n")
+    r = run("sweep", "run", "tutorail")
+    _one_line_error(r)
+    assert "did you mean 'examples/tutorial.yaml'?" in r.stderr
+    assert run("sweep", "submit", "--variant", "numpy", "--epochs", "5", "--name",
+               "all-diverged").exit_code == 0
+    r = run("sweep", "run", "all-divergd")
+    _one_line_error(r)
+    assert "did you mean 'all-diverged'?" in r.stderr
+    r = run("sweep", "run", "zzzzzz")
+    _one_line_error(r)
+    assert "no spec file or sweep 'zzzzzz'" in r.stderr and "polyfit sweeps" in r.stderr
+
+
+def test_status_takes_format_as_every_read_command_does(run):
+    sweep_id = run("sweep", "submit", "--variant", "numpy", "--epochs", "5").stdout.split()[-1]
+    assert json.loads(run("status", "--format", "json").stdout)["sweep_id"] == sweep_id
+    assert run("status", "--format", "text").stdout.startswith(f"sweep sweep ({sweep_id}): ")
+    _one_line_error(run("status", "--json", "--format", "text"))
+
+
+def test_a_server_database_whose_driver_is_missing_says_how_to_install_it(tmp_path):
+    # The driver made unimportable in a real `polyfit` process, as on a machine without the
+    # postgres extra: a read and a write command both say what to install, exit 2.
+    import subprocess
+    import sys
+
+    from tests.conftest import polyfit_env
+
+    code = ("import sys; sys.modules['psycopg'] = None; sys.argv[0] = 'polyfit'; "
+            "from scheduler.cli import main; main()")
+    for args in (["results"], ["sweep", "submit", "--variant", "numpy"]):
+        r = subprocess.run([sys.executable, "-c", code, *args, "--db",
+                            "postgresql://me:hunter2@127.0.0.1:1/nowhere"], cwd=tmp_path,
+                           env=polyfit_env(), capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and "pip install 'polyfit[postgres]'" in r.stderr
+        assert "hunter2" not in r.stderr

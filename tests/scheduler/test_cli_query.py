@@ -61,6 +61,10 @@ def _sql(db_url: str, query: str, **params) -> list[dict]:
     return rows
 
 
+def _name_of(db_url: str, sweep_id: str) -> str:
+    return _sql(db_url, "SELECT name FROM sweeps WHERE id = :s", s=sweep_id)[0]["name"]
+
+
 def _one_line_error(result):
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
@@ -146,7 +150,8 @@ def test_results_csv_and_table_carry_the_same_numbers_as_json(run, sweep_db):
         assert float(row["lr"]) == exact["lr"]
         assert json.loads(row["coefficients"]) == exact["coefficients"]
         assert int(row["attempts"]) == exact["attempts"] == 1
-    lines = run("results", sweep_id, "--db", url, "--limit", "5").stdout.splitlines()
+    title, *lines = run("results", sweep_id, "--db", url, "--limit", "5").stdout.splitlines()
+    assert title == f"jobs of sweep {_name_of(url, sweep_id)} ({sweep_id}), by mse:"
     header = lines[0].split()
     assert header[:4] == ["id", "variant", "lr", "degree"] and "mse" in header
     assert set(lines[1]) <= {"-", " "} and len(lines) == 7
@@ -179,7 +184,9 @@ def test_best_per_variant_is_the_lowest_mse_with_its_gap(run, sweep_db):
                 s=sweep_id)
     assert {(v["variant"], v["degree"]): v["job_id"] for v in view} == {
         (x["variant"], int(x["degree"])): x["id"] for x in rows}
-    table = run("best", sweep_id, "--db", url, "--by", "lr").stdout.splitlines()
+    title, *table = run("best", sweep_id, "--db", url, "--by", "lr").stdout.splitlines()
+    assert title == (f"best results of sweep {_name_of(url, sweep_id)} ({sweep_id}), lowest "
+                     "mse per lr:")
     assert table[0].split()[:2] == ["lr", "variant"] and "gap" in table[0].split()
     lrs = [float(line.split()[0]) for line in table[2:]]
     assert lrs == [1e-8, 1e-6, 5e-6, 1e-4, 1e-3, 1e-2]

@@ -130,7 +130,7 @@ def test_polyfit_sweeps_lists_every_sweep_with_its_counts(run):
     assert (by_id[b]["jobs"], by_id[b]["ended"], by_id[b]["best_mse"]) == (2, 2, None)
     table = run("sweeps").stdout.splitlines()
     assert table[0].split() == ["id", "name", "created_at", "jobs", "ended", "failed",
-                                "best_mse"]
+                                "best_mse", "tags", "note"]
     assert len(table) == 4
 
 
@@ -225,6 +225,31 @@ def test_best_and_job_show_the_fitted_polynomial_and_plot_defaults_to_the_latest
     assert json.loads(run("job", best["id"], "--format", "json").stdout)["loss_curve"]
     assert "shown" in run("plot", "-o", str(tmp_path / "p.png")).stdout
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_the_latest_sweep_is_the_one_last_submitted_to_or_resumed_and_tables_name_it(run):
+    def submit(name: str, seeds: str) -> str:
+        return run("sweep", "submit", "--variant", "numpy", "--seed", seeds, "--epochs", "20",
+                   "--name", name).stdout.split()[-1]
+
+    def shown() -> str:
+        """The sweep ``results`` and ``best`` show without a SWEEP (both say which)."""
+        title = run("results").stdout.splitlines()[0]
+        best = run("best").stdout.splitlines()[0]
+        assert best.startswith("best results of sweep " + title.split("jobs of sweep ")[1]
+                               .split(",")[0] + ", lowest mse per variant")
+        return title
+
+    older = submit("older", "0-1")
+    newer = submit("newer", "0-1")
+    assert shown() == f"jobs of sweep newer ({newer}), by mse:"
+    submit("older", "0-3")  # grown: now the sweep a user works on
+    assert shown() == f"jobs of sweep older ({older}), by mse:"
+    assert json.loads(run("status", "--json").stdout)["sweep_id"] == older
+    run("sweep", "resume", "newer")
+    assert shown() == f"jobs of sweep newer ({newer}), by mse:"
+    # Named explicitly, a sweep is found whatever was used last.
+    assert run("results", "older").stdout.startswith(f"jobs of sweep older ({older})")
 
 
 # -- stopping at the optimum ----------------------------------------------------------------------
