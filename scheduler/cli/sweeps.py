@@ -102,6 +102,7 @@ def sweep_run(settings: Settings, spec_path, name, fresh, sample, stop_at_gap, t
                               top=top)
     else:
         plan = make_plan(spec_path, axes, name, settings, sample, stop_at_gap)
+        _left_to_gpus(settings, plan)
         code = run_sweep(settings, plan, workers=workers, batch_size=batch_size, top=top,
                          fresh=fresh, labelled=lambda: apply_labels(settings, plan.sweep_id,
                                                                     tags, note))
@@ -121,6 +122,33 @@ def _existing_sweep(settings: Settings, ref, name, fresh, sample, axes):
         return store_jobs.find_sweep(engine, ref)
     finally:
         engine.dispose()
+
+
+def _left_to_gpus(settings: Settings, plan) -> None:
+    """``sweep run`` trains on this machine's CPUs. Jobs that need a GPU can only be trained
+    by GPU workers of a fleet, on a broker they share: with the embedded broker (this machine
+    only) nothing could ever take them, so the run is refused up front instead of waiting
+    forever; with a fleet's broker, it says that they are left to the fleet's GPU workers."""
+    from worker.queues import LOCAL_DEVICES
+
+    if all(t.device in LOCAL_DEVICES for t in plan.templates):
+        return
+    gpu = sum(1 for job in plan.iter_jobs() if job.device not in LOCAL_DEVICES)
+    if not gpu:
+        return
+    from worker.launch import cuda_device_count
+
+    jobs = plural(gpu, "job")
+    if settings.broker is None and cuda_device_count() == 0:
+        raise InputError(
+            f"{jobs} of sweep {plan.name} need a GPU, this machine has none, and the embedded "
+            "broker serves this machine only: run them on a GPU fleet (`polyfit sweep submit "
+            "... --broker redis://HOST:6379/0`, and `polyfit worker --device cuda --gpus all` "
+            "on each GPU host), or leave cuda out (--device cpu)")
+    where = "on the broker" if settings.broker else "on this machine"
+    click.echo(f"note: {jobs} of sweep {plan.name} need a GPU: `sweep run` trains on the "
+               f"CPUs, so they wait for `polyfit worker --device cuda --gpus all` {where}; "
+               "this run trains the others", err=True)
 
 
 def _nothing_named(settings: Settings, ref: str) -> str:

@@ -299,3 +299,19 @@ def test_a_server_database_whose_driver_is_missing_says_how_to_install_it(tmp_pa
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("\n") == 1 and "pip install 'polyfit[postgres]'" in r.stderr
         assert "hunter2" not in r.stderr
+
+
+def test_sweep_run_of_gpu_jobs_on_a_machine_without_one_is_refused_up_front(run, tmp_path,
+                                                                            monkeypatch):
+    # It waited forever ("no worker for 56s" and counting) on jobs nothing could take.
+    monkeypatch.delenv("POLYFIT_EMULATE_CUDA", raising=False)
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = run("sweep", "run", "--variant", "autograd", "--device", "cpu,cuda", "--seed", "0-1",
+            "--epochs", "5")
+    _one_line_error(r)
+    assert "2 jobs of sweep sweep need a GPU, this machine has none" in r.stderr
+    assert "polyfit worker --device cuda --gpus all" in r.stderr
+    assert not (tmp_path / "polyfit.sqlite").exists()  # nothing recorded
