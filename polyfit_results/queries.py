@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import Engine
 
 from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
 from store import jobs as store_jobs
+from store.clock import db_now
 from store.jobs import as_utc
 from store.records import ENDED, QUEUED, RUNNING
 
@@ -55,8 +56,9 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
     points, so a sweep whose long jobs are still running does not claim to be nearly done
     because most of its (short) jobs are, and the epochs running jobs have reported done are no
     longer left. The ETA is that of the slowest device class. A few indexed queries, none of
-    which reads every row: fast on a sweep of a million jobs."""
-    now = datetime.now(UTC)
+    which reads every row: fast on a sweep of a million jobs. "Now" is the database's clock,
+    which wrote every time read here: a reader on a host whose clock is off sees the same."""
+    now = db_now(engine)
     counts: dict[str, int] = {}
     left: dict[str, int] = {}
     running_work = 0

@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from store.clock import ago_sql, db_now, now_sql
 from store.db import StoreError, retry_conflicts, store_error, transaction
 from store.records import (
     CANCELLED,
@@ -53,6 +54,8 @@ _CHUNK = 500
 
 
 def now() -> datetime:
+    """This process's clock (UTC). Never what the store writes or judges liveness by: that is
+    the database's clock (``store.clock``), the one clock every host of a fleet shares."""
     return datetime.now(UTC)
 
 
@@ -195,10 +198,11 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Itera
 
     ``reuse``: a new job whose settings ended well (succeeded or diverged) in another sweep of
     this database takes that result, loss curve included, instead of being trained again; its
-    ``reused_from`` names that sweep. All in one transaction: a sweep is never half-recorded."""
-    t = now()
+    ``reused_from`` names that sweep. All in one transaction: a sweep is never half-recorded.
+    When it was recorded (and queued) is the database's time."""
+    t = now_sql(engine)
     table = JobRecord.__table__
-    extra = {"sweep_id": sweep_id, "status": QUEUED, "attempts": 0, "heartbeat_at": t}
+    extra = {"sweep_id": sweep_id, "status": QUEUED, "attempts": 0}
     with transaction(engine) as s:
         if engine.dialect.name == "sqlite":
             # A big sweep's inserts walk every index of the jobs table: with SQLite's default
@@ -206,9 +210,9 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Itera
             # 20 s of it in the kernel); with 64 MB, 48 s. The connection's own setting (the
             # scheduler's engine is short-lived), so workers keep the small default.
             s.execute(text(f"PRAGMA cache_size=-{_SUBMIT_CACHE_KIB}"))
-        s.execute(_insert_ignoring_existing(engine, SweepRecord.__table__),
-                  [{"id": sweep_id, "name": name, "spec": spec, "created_at": t,
-                    "used_at": t}])
+        s.execute(_insert_ignoring_existing(engine, SweepRecord.__table__)
+                  .values(created_at=t, used_at=t),
+                  [{"id": sweep_id, "name": name, "spec": spec}])
         s.execute(update(SweepRecord).where(SweepRecord.id == sweep_id)
                   .values(spec=spec, used_at=t).execution_options(**_NO_SYNC))
         new = seen = 0
@@ -222,7 +226,8 @@ def save_sweep(engine: Engine, sweep_id: str, name: str, spec: dict, jobs: Itera
             # RETURNING names exactly the rows this call inserted (executemany rowcounts
             # differ between drivers).
             inserted = s.scalars(
-                _insert_ignoring_existing(engine, table).returning(table.c.id),
+                _insert_ignoring_existing(engine, table).values(heartbeat_at=t)
+                .returning(table.c.id),
                 [{**row, **extra} for row in chunk]).all()
             new += len(inserted)
             if reuse and inserted:
@@ -301,9 +306,10 @@ def claim_jobs(
     worker serves). Ended and cancelled jobs are never claimed again, which is what makes a
     redelivered message harmless. One guarded UPDATE ... RETURNING: of two workers racing for a
     job, exactly one gets it, on SQLite (one writer at a time) and on PostgreSQL (the row lock
-    makes the second UPDATE re-check the guard against the committed row)."""
-    t = now()
-    stale = t - timedelta(seconds=stale_after_s)
+    makes the second UPDATE re-check the guard against the committed row). Staleness and the
+    times written are the database's clock (``store.clock``), not this process's."""
+    t = now_sql(engine)
+    stale = ago_sql(engine, stale_after_s)
     lost = (JobRecord.status == RUNNING) & (JobRecord.heartbeat_at < stale)
     if max_attempts is not None:
         lost = lost & (JobRecord.attempts < max_attempts)
@@ -327,8 +333,8 @@ def claim_jobs(
 
 @retry_conflicts
 def beat(engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str) -> int:
-    """Tell the store that ``worker`` is still alive and training these jobs; returns how many
-    of them it still holds."""
+    """Tell the store that ``worker`` is still alive and training these jobs (at the database's
+    time, whatever this host's clock says); returns how many of them it still holds."""
     held = 0
     with transaction(engine) as s:
         for chunk in _chunks(sorted(set(job_ids))):
@@ -337,7 +343,7 @@ def beat(engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str) -> 
                 .where(_in_lock_order(engine, (JobRecord.sweep_id == sweep_id)
                                       & JobRecord.id.in_(chunk) & (JobRecord.status == RUNNING)
                                       & (JobRecord.worker == worker)))
-                .values(heartbeat_at=now()).execution_options(**_NO_SYNC)
+                .values(heartbeat_at=now_sql(engine)).execution_options(**_NO_SYNC)
             ).rowcount
     return held
 
@@ -360,7 +366,7 @@ def save_results(
 
     ``outcomes`` holds (job id, FitResult.to_dict()) or (job id, {"status": "failed",
     "error": text}). Returns how many rows were written."""
-    t = now()
+    t = now_sql(engine)
     table = JobRecord.__table__
     by_id = dict(outcomes)
     with transaction(engine) as s:
@@ -422,7 +428,7 @@ def record_progress(engine: Engine, sweep_id: str, worker: str,
     if not updates:
         return 0
     table = JobRecord.__table__
-    t = now()
+    t = now_sql(engine)
     with transaction(engine) as s:
         held: list[str] = []
         for chunk in _chunks(sorted(updates)):
@@ -531,7 +537,7 @@ def mark_used(engine: Engine, sweep_id: str) -> None:
     """Note that the sweep was just continued or resumed: it is the one meant by default."""
     with transaction(engine) as s:
         s.execute(update(SweepRecord).where(SweepRecord.id == sweep_id)
-                  .values(used_at=now()).execution_options(**_NO_SYNC))
+                  .values(used_at=now_sql(engine)).execution_options(**_NO_SYNC))
 
 
 def find_sweep(engine: Engine, ref: str | None) -> SweepRow | None:
@@ -767,7 +773,8 @@ def cancel_sweep(engine: Engine, sweep_id: str) -> int:
             update(JobRecord)
             .where(_in_lock_order(engine, (JobRecord.sweep_id == sweep_id)
                                   & (JobRecord.status == QUEUED)))
-            .values(status=CANCELLED, finished_at=now()).execution_options(**_NO_SYNC)
+            .values(status=CANCELLED, finished_at=now_sql(engine))
+            .execution_options(**_NO_SYNC)
         ).rowcount
 
 
@@ -790,9 +797,9 @@ def requeue_chunks(engine: Engine, sweep_id: str, stale_after_s: float, *,
 
     Each chunk is one guarded UPDATE ... RETURNING in its own transaction: a job that ends, or
     that a live worker claims, while this runs is not touched (a select-then-update would put
-    it back in the queue). A chunk moved leaves its rows' heartbeat at this call's time, which
-    is how the next chunk skips them."""
-    t = now()
+    it back in the queue). A chunk moved leaves its rows' heartbeat at this call's time (the
+    database's, read once), which is how the next chunk skips them."""
+    t = db_now(engine)
     stale = t - timedelta(seconds=stale_after_s)
     retry = [JobStatus(r) for r in retry]
     guard = or_(JobRecord.status == QUEUED,
@@ -841,9 +848,10 @@ def reap_stale(engine: Engine, stale_after_s: float,
     the queue (to be enqueued again). Two reapers racing get disjoint sets: each row moves once.
 
     Each loss is noted in ``error`` ("heartbeat stopped on WORKER"), so a job that finally fails
-    names every worker (and so every host) it was lost on."""
-    t = now()
-    stale = t - timedelta(seconds=stale_after_s)
+    names every worker (and so every host) it was lost on. "Stopped" is judged on the
+    database's clock, which every heartbeat was written with: no host's clock matters."""
+    t = now_sql(engine)
+    stale = ago_sql(engine, stale_after_s)
     lost_on = func.coalesce(JobRecord.error + literal("; "), literal("")) + literal(
         "heartbeat stopped on ") + func.coalesce(JobRecord.worker, literal("?"))
     if max_attempts is None:
@@ -864,7 +872,7 @@ def reap_stale(engine: Engine, stale_after_s: float,
 def lost_queued_devices(engine: Engine, stale_after_s: float) -> list[str]:
     """The devices of jobs ``queued`` longer than ``stale_after_s`` ago (candidates for a lost
     message: see ``take_lost_queued``)."""
-    stale = now() - timedelta(seconds=stale_after_s)
+    stale = ago_sql(engine, stale_after_s)
     with transaction(engine) as s:
         return list(s.scalars(
             select(JobRecord.device).where(_queued_before(stale)).distinct()
@@ -879,24 +887,25 @@ def take_lost_queued(engine: Engine, stale_after_s: float, devices: Sequence[str
     returns them, to be enqueued again."""
     if not devices:
         return []
-    t = now()
-    stale = t - timedelta(seconds=stale_after_s)
+    t, stale = now_sql(engine), ago_sql(engine, stale_after_s)
     return _requeue_returning(engine, t, _queued_before(stale) &
                               JobRecord.device.in_(list(devices)))
 
 
-def _queued_before(t: datetime):
+def _queued_before(t):
     # ``heartbeat_at`` of a queued job is when it was (re)queued; NULL in rows written before.
     return (JobRecord.status == QUEUED) & or_(JobRecord.heartbeat_at < t,
                                               JobRecord.heartbeat_at.is_(None))
 
 
 @retry_conflicts
-def _requeue_returning(engine: Engine, t: datetime, where, *, limit: int | None = None,
+def _requeue_returning(engine: Engine, t, where, *, limit: int | None = None,
                        **values) -> list[JobRow]:
     """One guarded UPDATE ... RETURNING (of the first ``limit`` rows by id, if given; see
-    ``_in_lock_order``): concurrent callers get disjoint rows, and a row that stops matching
-    ``where`` before its turn (PostgreSQL re-checks after the row lock) is left alone."""
+    ``_in_lock_order``) that sets the rows' ``heartbeat_at`` to ``t`` (the database's time, as
+    a value or a SQL expression): concurrent callers get disjoint rows, and a row that stops
+    matching ``where`` before its turn (PostgreSQL re-checks after the row lock) is left
+    alone."""
     table = JobRecord.__table__
     with transaction(engine) as s:
         rows = s.execute(
@@ -919,7 +928,7 @@ def release_worker(engine: Engine, worker: str) -> int:
             .where(_in_lock_order(engine, (JobRecord.status == RUNNING) & or_(
                 JobRecord.worker == worker,
                 JobRecord.worker.startswith(worker + "/", autoescape=True))))
-            .values(status=QUEUED, worker=None, heartbeat_at=now())
+            .values(status=QUEUED, worker=None, heartbeat_at=now_sql(engine))
             .execution_options(**_NO_SYNC)
         ).rowcount
 

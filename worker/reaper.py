@@ -17,12 +17,17 @@ from celery import bootsteps
 
 from store import StoreError
 from store import jobs as store_jobs
+from store.clock import skew_s
 from worker import runtime
 from worker.batches import BrokerError, batches_for_views, publish, queue_sizes
 from worker.queues import queue_for
 from worker.runtime import engine_for
 
 log = logging.getLogger("polyfit.worker")
+
+#: A worker whose clock is at least this far off the database's says so.
+SKEW_WARN_S = 5.0
+_clock_checked = False
 
 
 def reap_once(app) -> int:
@@ -34,6 +39,7 @@ def reap_once(app) -> int:
     except StoreError as e:
         log.warning("reaper could not use the store: %s", e)
         return 0
+    _check_clock(engine)
     try:
         lost = _take_lost(app, engine, settings.stale_after_s)
     except (StoreError, BrokerError) as e:
@@ -54,6 +60,23 @@ def reap_once(app) -> int:
     if lost:
         log.warning("reaper re-enqueued %d queued jobs whose message was lost", len(lost))
     return len(todo)
+
+
+def _check_clock(engine) -> None:
+    """Once per process: warn when this host's clock is off the database's."""
+    global _clock_checked
+    if _clock_checked:
+        return
+    try:
+        skew = skew_s(engine)
+    except StoreError:
+        return  # the next round tries again
+    _clock_checked = True
+    if abs(skew) >= SKEW_WARN_S:
+        log.warning("this host's clock is %.0f s %s the database's: polyfit judges heartbeats "
+                    "on the database's clock, so no job is lost for it, but fix the clock "
+                    "(NTP): Redis redelivers unacknowledged messages by the workers' clocks",
+                    abs(skew), "ahead of" if skew > 0 else "behind")
 
 
 def _take_lost(app, engine, stale_after_s: float) -> list:
