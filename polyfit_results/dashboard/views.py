@@ -11,7 +11,7 @@ import difflib
 import json
 import math
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 from flask import Blueprint, abort, current_app, jsonify, render_template, request, url_for
 from sqlalchemy import Engine
@@ -21,6 +21,7 @@ from polyfit_models.describe import formula
 from polyfit_results import queries, report
 from polyfit_results.dashboard import charts, data
 from store import jobs as store_jobs
+from store.clock import db_now
 from store.records import STATUSES
 
 bp = Blueprint("dashboard", __name__)
@@ -58,10 +59,11 @@ def _num(value: object) -> str:
 
 @bp.app_template_filter("age")
 def age(when: datetime | None) -> str:
-    """'12s ago', '5m ago', '3h ago', '2d ago'."""
+    """'12s ago', '5m ago', '3h ago', '2d ago', by the database's clock (which wrote ``when``),
+    not this host's."""
     if when is None:
         return "-"
-    s = max(0.0, (datetime.now(UTC) - store_jobs.as_utc(when)).total_seconds())
+    s = max(0.0, (db_now(_engine()) - store_jobs.as_utc(when)).total_seconds())
     for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
         if s >= size:
             return f"{int(s // size)}{unit} ago"

@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from sqlalchemy import text
@@ -19,7 +20,7 @@ from sqlalchemy import text
 from store import create_schema, make_engine
 from store import jobs as store_jobs
 from tests.clockshift import ClockShiftError, build, offset_of, shifted
-from tests.conftest import ROOT, pg_schema, polyfit_env
+from tests.conftest import ROOT, pg_schema, polyfit_env, wait_port
 from tests.fleet import numpy_epochs_per_second
 from tests.helpers import polyfit, query, rows, submit, wait_done, wait_for
 
@@ -126,16 +127,44 @@ def test_workers_whose_clocks_are_minutes_off_keep_their_live_jobs(
     assert 80 <= (said_skew(fast, "ahead of") or 0) <= 100, fast.output()[-3000:]
 
 
-def test_status_on_a_host_whose_clock_is_ahead_does_not_see_an_idle_sweep(pg_url, clock_lib):
+def test_readers_on_a_host_whose_clock_is_ahead_count_from_the_databases_clock(
+        pg_url, clock_lib):
     env = polyfit_env(POLYFIT_DB_URL=pg_url)
     sweep_id = submit(env, "--variant", "numpy", "--seed", "0-1", "--epochs", "10")
+    ahead = {**env, **shifted(clock_lib, 300)}
     # Just submitted, nothing serves it: by the database's clock it has waited a few seconds,
     # not the 5 minutes that a reader whose clock is 5 minutes ahead would count.
     out = subprocess.run([sys.executable, "-m", "scheduler", "status", sweep_id, "--json"],
-                         env={**env, **shifted(clock_lib, 300)}, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=False)
+                         env=ahead, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         check=False)
     assert out.returncode == 0, out.stderr
     progress = json.loads(out.stdout)
     assert progress["counts"] == {"queued": 2}
     assert progress["idle_s"] is None, progress
     assert "no worker has taken" not in out.stderr, out.stderr
+    # The dashboard's "created ... ago" too.
+    page = dashboard_page(ahead, f"/sweeps/{sweep_id}")
+    created = re.search(r"created [^(]*\((\d+)s ago\)", page)
+    assert created and int(created.group(1)) < 60, page[:2000]
+
+
+def dashboard_page(env: dict, path: str) -> str:
+    """``path`` as a real ``polyfit dashboard`` process started with ``env`` serves it."""
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler", "dashboard", "--port", "0"],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        port = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
+        assert port, f"the dashboard did not start: {line!r}"
+        wait_port(int(port.group(1)))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}{path}",
+                                    timeout=30) as r:
+            return r.read().decode()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
