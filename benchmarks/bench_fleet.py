@@ -8,15 +8,18 @@ host, up to three worker hosts, each on a core of its own), with the same faults
      job claimed, and to the first result stored;
   3. PostgreSQL stopped (``pg_ctl stop -m fast``) for 10 s: the same;
   4. a worker host killed for good: seconds from the kill until its jobs run elsewhere;
-  5. for each fault, the work done twice: jobs trained more than once, and their fit-seconds
+  5. worker hosts whose clocks are off (``tests/clockshift.py``: one 120 s behind, one 90 s
+     ahead, one right), no other fault: jobs taken from a live worker are trained twice;
+  6. the same, the host 90 s ahead killed: seconds until its jobs run elsewhere;
+  7. for each fault, the work done twice: jobs trained more than once, and their fit-seconds
      (``duration_s`` x (attempts - 1));
-  6. throughput of the same sweep on 1, 2 and 3 worker hosts (jobs/s from submit to the last
+  8. throughput of the same sweep on 1, 2 and 3 worker hosts (jobs/s from submit to the last
      result, workers started and ready first) and the ratio to one host.
 
 Prints a table. Needs root, like the tests; cleans up the same way (finalizers, atexit,
 SIGTERM, and the next run removes what a SIGKILLed one left).
 
-    sudo .venv/bin/python benchmarks/bench_fleet.py [--stale 10] [--jobs 36]
+    sudo .venv/bin/python benchmarks/bench_fleet.py [--stale 10] [--jobs 36] [--only skew]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.clockshift import build, shifted  # noqa: E402
 from tests.fleet import (  # noqa: E402
     Fleet,
     Services,
@@ -133,6 +137,43 @@ def host_dies(f: Fleet, epochs: int, stale: int) -> tuple[str, str, list[dict]]:
             f"running elsewhere {moved:.1f} s after the kill", f.wait_ended(sweep_id, 6))
 
 
+# Worker hosts whose wall clocks are off (no NTP): behind, ahead, right.
+SKEWS = {"worker1": -120.0, "worker2": 90.0, "worker3": 0.0}
+
+
+def start_skewed(f: Fleet, stale: int) -> None:
+    lib = build(f.net.run_dir)
+    for host, seconds in SKEWS.items():
+        f.start_worker(host, POLYFIT_STALE_AFTER_S=str(stale), **shifted(lib, seconds))
+
+
+def skewed_clocks(f: Fleet, epochs: int, stale: int) -> tuple[str, str, list[dict]]:
+    start_skewed(f, stale)
+    sweep_id = sweep(f, "bench-skew", 9, 2 * epochs)
+    return (f"clocks 120 s behind, 90 s ahead (stale {stale} s)", "no fault to recover from",
+            f.wait_ended(sweep_id, 9))
+
+
+def skewed_host_dies(f: Fleet, epochs: int, stale: int) -> tuple[str, str, list[dict]]:
+    start_skewed(f, stale)
+    sweep_id = sweep(f, "bench-skew-dies", 6, epochs)
+    ids = {r["id"] for r in wait_for(lambda: running_on(f, sweep_id, "worker2"), 120,
+                                     "worker2 to start a job")}
+    f.net.kill_host("worker2")
+    t = time.monotonic()
+    # Judged by the hosts' own clocks, its heartbeats would look fresh 90 s longer (and 210 s
+    # longer to the host that is behind): wait long enough to measure that too.
+    wait_for(lambda: moved_away(f, sweep_id, ids, "worker2"), 360,
+             "worker2's jobs to run elsewhere")
+    moved = time.monotonic() - t
+    return (f"host 90 s ahead killed (stale {stale} s)",
+            f"running elsewhere {moved:.1f} s after the kill", f.wait_ended(sweep_id, 6))
+
+
+SCENARIOS = {"cut": cut_off, "redis": redis_restart, "pg": pg_restart, "dies": host_dies,
+             "skew": skewed_clocks, "skew-dies": skewed_host_dies}
+
+
 def throughput(f: Fleet, hosts: int, jobs: int, epochs: int) -> float:
     names = [f"worker{i}" for i in range(1, hosts + 1)]
     for host in names:
@@ -148,7 +189,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stale", type=int, default=10, help="POLYFIT_STALE_AFTER_S for the faults")
     p.add_argument("--jobs", type=int, default=36, help="jobs of the throughput sweep")
+    p.add_argument("--only", choices=[*SCENARIOS, "throughput"], action="append",
+                   help="run only these measurements (repeatable) [default: all]")
     args = p.parse_args()
+    only = set(args.only or [*SCENARIOS, "throughput"])
     why_not = unavailable() or services_unavailable()
     if why_not:
         sys.exit(f"bench_fleet: {why_not}")
@@ -168,7 +212,7 @@ def main() -> None:
             net.restore()
             services.ensure_up()
 
-        for scenario in (cut_off, redis_restart, pg_restart, host_dies):
+        for scenario in (s for name, s in SCENARIOS.items() if name in only):
             f = fresh()
             try:
                 what, recovery, rows = scenario(f, epochs, args.stale)
@@ -177,7 +221,7 @@ def main() -> None:
             n, seconds = wasted(rows)
             faults.append((what, recovery, len(rows), n, seconds))
             print(f"  {what}: {recovery}", file=sys.stderr)
-        for hosts in (1, 2, 3):
+        for hosts in (1, 2, 3) if "throughput" in only else ():
             f = fresh()
             try:
                 rates[hosts] = args.jobs / throughput(f, hosts, args.jobs, epochs // 3)
@@ -187,11 +231,13 @@ def main() -> None:
 
     print(f"\nbench_fleet: {os.cpu_count()} cores, numpy job {JOB_S:.0f} s "
           f"({epochs} epochs) alone on a core\n")
-    w = max(len(x[0]) for x in faults)
-    r = max(len(x[1]) for x in faults)
+    w = max((len(x[0]) for x in faults), default=5)
+    r = max((len(x[1]) for x in faults), default=12)
     print(f"{'fault':<{w}}  {'back to work':<{r}}  jobs  trained twice  fit-s wasted")
     for what, recovery, jobs, n, seconds in faults:
         print(f"{what:<{w}}  {recovery:<{r}}  {jobs:>4}  {n:>13}  {seconds:>12.1f}")
+    if not rates:
+        return
     print(f"\nthroughput, {args.jobs} numpy jobs of {JOB_S / 3:.0f} s, --batch-size 1, "
           "from submit to the last result:")
     print("worker hosts  jobs/s  x one host")
