@@ -79,8 +79,8 @@ def test_workers_whose_clocks_are_minutes_off_keep_their_live_jobs(
     # The skew is real: a process started like the workers reads a clock minutes off.
     assert -125 < offset_of(polyfit_env(**behind)) < -115
     assert 85 < offset_of(polyfit_env(**ahead)) < 95
-    slow = start_worker("--concurrency", "1", **settings, **behind)
-    fast = start_worker("--concurrency", "1", **settings, **ahead)
+    late = start_worker("--concurrency", "1", **settings, **behind)
+    early = start_worker("--concurrency", "1", **settings, **ahead)
     env = polyfit_env(**settings)
     # Two jobs of about a minute each alone on a core: several stale windows.
     sub = polyfit("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs",
@@ -95,8 +95,8 @@ def test_workers_whose_clocks_are_minutes_off_keep_their_live_jobs(
     # Each worker takes one job (one batch at a time, prefetch 1): the one whose clock is
     # behind trains, and the one ahead (by whose clock those heartbeats are 3.5 min old) reaps.
     running = wait_for(both_running, 180, "each worker to train one job")
-    assert sorted(r["worker"][:len(worker_name(slow))] for r in running) == sorted(
-        [worker_name(slow), worker_name(fast)])
+    assert sorted(r["worker"][:len(worker_name(late))] for r in running) == sorted(
+        [worker_name(late), worker_name(early)])
     # The stored heartbeats are fresh by the database's clock, and a reaper on this (right)
     # clock, in this process, finds nothing to take.
     ages = query(pg_url, "SELECT EXTRACT(EPOCH FROM now() - heartbeat_at) AS age FROM jobs "
@@ -123,8 +123,8 @@ def test_workers_whose_clocks_are_minutes_off_keep_their_live_jobs(
                           "overlap FROM jobs WHERE sweep_id = :s", s=sweep_id)
     assert times[0]["overlap"] > STALE_S + STALE_S / 2, times
     # Each skewed worker says how far its clock is off the database's.
-    assert 110 <= (said_skew(slow, "behind") or 0) <= 130, slow.output()[-3000:]
-    assert 80 <= (said_skew(fast, "ahead of") or 0) <= 100, fast.output()[-3000:]
+    assert 110 <= (said_skew(late, "behind") or 0) <= 130, late.output()[-3000:]
+    assert 80 <= (said_skew(early, "ahead of") or 0) <= 100, early.output()[-3000:]
 
 
 def test_readers_on_a_host_whose_clock_is_ahead_count_from_the_databases_clock(
