@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 STALE_S = 10
 
 MOVES = [
-    "CREATE TABLE moves (job_id text, old text, new text, worker text)",
+    "CREATE TABLE moves (n bigserial PRIMARY KEY, job_id text, old text, new text, worker text)",
     """CREATE FUNCTION note_move() RETURNS trigger AS $$ BEGIN
-        INSERT INTO moves VALUES (NEW.id, OLD.status, NEW.status, NEW.worker);
+        INSERT INTO moves (job_id, old, new, worker)
+        VALUES (NEW.id, OLD.status, NEW.status, NEW.worker);
         RETURN NEW; END $$ LANGUAGE plpgsql""",
     "CREATE TRIGGER note_move AFTER UPDATE ON jobs FOR EACH ROW WHEN "
     "(OLD.status IS DISTINCT FROM NEW.status OR OLD.worker IS DISTINCT FROM NEW.worker) "
@@ -112,7 +113,7 @@ def test_workers_whose_clocks_are_minutes_off_keep_their_live_jobs(
     assert [r["status"] for r in got] == ["succeeded", "succeeded"], got
     assert [r["attempts"] for r in got] == [1, 1], got
     # Never taken from the worker that trained it: queued -> running -> succeeded, one worker.
-    moves = query(pg_url, "SELECT job_id, old, new, worker FROM moves")
+    moves = query(pg_url, "SELECT job_id, old, new, worker FROM moves ORDER BY n")
     for job in got:
         mine = [(m["old"], m["new"]) for m in moves if m["job_id"] == job["id"]]
         assert mine == [("queued", "running"), ("running", "succeeded")], moves
