@@ -79,11 +79,13 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
     ended = sum(n for s, n in counts.items() if s in ENDED)
     done = store_jobs.all_ended(counts)
     finished = store_jobs.last_finish(engine, sweep.id)
-    created = as_utc(sweep.created_at)
+    # This run of the sweep began when it was last submitted to, grown, continued or resumed:
+    # its rate, ETA and idle time are this run's own, not counted from an earlier run's work.
+    began = as_utc(sweep.used_at or sweep.created_at)
     # The window: the last RATE_WINDOW_S up to now (up to the last finish once done), and not
-    # before the sweep was recorded.
-    until = (finished or now) if done else now
-    since = max(created, until - timedelta(seconds=RATE_WINDOW_S))
+    # before this run began.
+    until = (finished or now) if done and finished and finished > began else now
+    since = max(began, until - timedelta(seconds=RATE_WINDOW_S))
     span = (until - since).total_seconds()
     recent = store_jobs.recent_work(engine, sweep.id, since, until) if span > 0 else []
     done_work: dict[str, int] = {}
@@ -93,16 +95,31 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
     jobs_recent = sum(r.jobs for r in recent)
     rate = jobs_recent / span if span > 0 and jobs_recent else None
     eta = None
-    if not done and span > 0:
-        etas = [work / (done_work[cls] / span) if done_work.get(cls) else None
+    if not done:
+        etas = [work / (done_work[cls] / span) if span > 0 and done_work.get(cls) else None
                 for cls, work in left.items() if work]
         eta = max(etas) if etas and None not in etas else None
+        # However fast the fleet finished jobs lately, the sweep is not done before its
+        # slowest running batch is, at that batch's own pace (a tail of long jobs on one
+        # worker while the others idle): an ETA never below that.
+        tail = _slowest_running(engine, sweep.id, now)
+        if tail is not None and (eta is not None or not counts.get(QUEUED)):
+            eta = max(eta or 0.0, tail)
     idle = None
     if not done and counts.get(QUEUED) and not counts.get(RUNNING):
-        idle_for = (now - max(finished or created, created)).total_seconds()
+        last = finished if finished and finished > began else began
+        idle_for = (now - last).total_seconds()
         idle = idle_for if idle_for >= IDLE_AFTER_S else None
     return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done, idle,
                     running_done)
+
+
+def _slowest_running(engine: Engine, sweep_id: str, now) -> float | None:
+    """Seconds the slowest running batch of the sweep still needs at its own pace so far (its
+    epochs left x its seconds per epoch), or None before any running job has reported."""
+    left = [(now - p.started_at).total_seconds() * (p.epochs - p.epochs_done) / p.epochs_done
+            for p in store_jobs.running_pace(engine, sweep_id)]
+    return max((max(0.0, s) for s in left), default=None)
 
 
 # The job settings ``best_per_group`` (and ``polyfit best --by``) can group by.

@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import undefer
 
 from store.clock import ago_sql, db_now, now_sql
 from store.db import StoreError, retry_conflicts, store_error, transaction
@@ -70,6 +71,9 @@ class SweepRow:
     name: str
     spec: dict
     created_at: datetime
+    # When it was last submitted to, grown, continued or resumed: where a run of it begins
+    # (None in a database made before polyfit noted it).
+    used_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,9 @@ def _in_lock_order(engine: Engine, where, *, limit: int | None = None):
 
 
 def _sweep_row(rec: SweepRecord) -> SweepRow:
-    return SweepRow(id=rec.id, name=rec.name, spec=rec.spec, created_at=rec.created_at)
+    used = None if "used_at" in inspect(rec).unloaded else rec.used_at
+    return SweepRow(id=rec.id, name=rec.name, spec=rec.spec, created_at=rec.created_at,
+                    used_at=used)
 
 
 def _chunks(items: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
@@ -515,6 +521,30 @@ def running_done(engine: Engine, sweep_id: str) -> list[WorkRow]:
         return [WorkRow(d, RUNNING.value, n, int(w or 0)) for d, n, w in s.execute(q).all()]
 
 
+@dataclass(frozen=True)
+class RunningPace:
+    """Running jobs of a sweep that started together (a batch) and how far they have got."""
+
+    started_at: datetime
+    epochs: int
+    epochs_done: int
+    jobs: int
+
+
+def running_pace(engine: Engine, sweep_id: str) -> list[RunningPace]:
+    """The sweep's running jobs grouped by start, epochs and epochs reported done (about one
+    group per batch in hand): how long the slowest of them still needs."""
+    if "epochs_done" not in _columns_of(engine):
+        return []
+    j = JobRecord.__table__.c
+    q = (select(j.started_at, j.epochs, j.epochs_done, func.count())
+         .where(j.sweep_id == sweep_id, j.status == RUNNING, j.started_at.is_not(None),
+                j.epochs_done > 0)
+         .group_by(j.started_at, j.epochs, j.epochs_done))
+    with transaction(engine) as s:
+        return [RunningPace(as_utc(t), e, d, n) for t, e, d, n in s.execute(q).all()]
+
+
 def last_finish(engine: Engine, sweep_id: str) -> datetime | None:
     """When the sweep's latest job finished (None before any)."""
     j = JobRecord.__table__.c
@@ -544,14 +574,17 @@ def find_sweep(engine: Engine, ref: str | None) -> SweepRow | None:
     """The sweep whose id or name is ``ref``, or, with no ``ref``, the latest: the sweep last
     submitted to, grown, continued or resumed (of that name, with a name), which is not always
     the newest made."""
+    options = []
     if "used_at" in _columns_of(engine, "sweeps"):
         latest = func.coalesce(SweepRecord.used_at, SweepRecord.created_at)
+        options.append(undefer(SweepRecord.used_at))
     else:  # a database made before polyfit noted it: the newest made
         latest = SweepRecord.created_at
     with transaction(engine) as s:
-        q = select(SweepRecord).order_by(latest.desc(), SweepRecord.id.desc()).limit(1)
+        q = (select(SweepRecord).options(*options)
+             .order_by(latest.desc(), SweepRecord.id.desc()).limit(1))
         if ref is not None:
-            rec = s.get(SweepRecord, ref)
+            rec = s.get(SweepRecord, ref, options=options)
             if rec is not None:
                 return _sweep_row(rec)
             q = q.where(SweepRecord.name == ref)

@@ -90,7 +90,8 @@ def read_recipe(readme: Path = ROOT / "docs" / "fleet.md") -> Recipe:
     def one(what: str, test: Callable[[tuple[str, ...]], bool]) -> tuple[str, ...]:
         found = [c for c in commands if test(c)]
         if len(found) != 1:
-            raise RecipeError(f"{readme.name}'s fleet recipe has {len(found)} {what} lines, not one")
+            raise RecipeError(f"{readme.name}'s fleet recipe has {len(found)} {what} lines, "
+                              "not one")
         return found[0]
 
     names = {k for k, _ in exports}

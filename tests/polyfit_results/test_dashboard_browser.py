@@ -311,7 +311,7 @@ def test_screenshots_of_the_main_pages(served, browser, tmp_path):
             browser.save_screenshot(str(folder / name))
             pixels = mpimg.imread(folder / name)
             assert pixels.shape[1] == width and pixels.std() > 0.05, name
-            if keep:  # for docs/dashboard.md: 256 colours, a third of the bytes, nothing lost to see
+            if keep:  # for docs/dashboard.md: 256 colours, a third of the bytes, all to see
                 Image.open(folder / name).convert("RGB").quantize(
                     256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE,
                 ).save(folder / name, optimize=True)

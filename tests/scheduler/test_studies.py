@@ -168,8 +168,8 @@ def test_the_eta_follows_the_work_left_not_the_count_of_jobs(run):
     run("sweep", "submit", "--variant", "numpy", "--seed", "0", "--epochs", "10000",
         "--name", "mixed")
     now = datetime.now(UTC).replace(tzinfo=None)
-    _age(run.db, sid, "UPDATE sweeps SET created_at = :a WHERE id = :s",
-         a=now - timedelta(seconds=21))
+    _age(run.db, sid, "UPDATE sweeps SET created_at = :a, used_at = :a WHERE id = :s",
+         a=now - timedelta(seconds=21))  # this run began 21 s ago
     _age(run.db, sid, "UPDATE jobs SET status = 'succeeded', started_at = :a, finished_at = :b "
                       "WHERE sweep_id = :s AND epochs = 10",
          a=now - timedelta(seconds=20), b=now - timedelta(seconds=1))
@@ -184,12 +184,60 @@ def test_the_eta_follows_the_work_left_not_the_count_of_jobs(run):
     assert 0.7 < p.fits_per_s < 1.3, p
 
 
+def test_a_rerun_shows_its_own_rate_idle_time_and_tail(run):
+    # Issue 23.3: after a grow (or --fresh, or a rerun after Ctrl-C) the rate, the ETA and
+    # "no worker for" were counted from the sweep's creation and its earlier run's work.
+    from datetime import UTC, datetime, timedelta
+
+    from polyfit_results.queries import progress
+    from store import jobs as J
+    from store import make_engine
+
+    def now_progress():
+        engine = make_engine(run.db)
+        try:
+            return progress(engine, J.find_sweep(engine, sid))
+        finally:
+            engine.dispose()
+
+    sid = run("sweep", "submit", "--variant", "numpy", "--seed", "0-19", "--epochs", "10",
+              "--name", "again").stdout.split()[-1]
+    long_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=10)
+    _age(run.db, sid, "UPDATE sweeps SET created_at = :a, used_at = :a WHERE id = :s",
+         a=long_ago)
+    _age(run.db, sid, "UPDATE jobs SET status = 'succeeded', started_at = :a, finished_at = :a "
+                      "WHERE sweep_id = :s", a=long_ago)
+    # Grown ten minutes later: 10 new jobs, nothing of them taken yet.
+    run("sweep", "submit", "--variant", "numpy", "--seed", "0-29", "--epochs", "10", "--name",
+        "again")
+    p = now_progress()
+    assert p.idle_s is None, p  # not "no worker for 10m" at the start of this run
+    assert p.fits_per_s is None and p.eta_s is None, p  # nothing of this run's own yet
+    # This run began 5 s ago and finished 5 jobs since: 1 fit/s (not 5 over a 60 s window).
+    now = datetime.now(UTC).replace(tzinfo=None)
+    _age(run.db, sid, "UPDATE sweeps SET used_at = :a WHERE id = :s",
+         a=now - timedelta(seconds=5))
+    fresh = [r["id"] for r in rows(run.db, sid) if r["status"] == "queued"]
+    _age(run.db, sid, "UPDATE jobs SET status = 'succeeded', started_at = :a, finished_at = :b "
+                      f"WHERE sweep_id = :s AND id IN ({', '.join(map(repr, fresh[:5]))})",
+         a=now - timedelta(seconds=5), b=now - timedelta(seconds=1))
+    p = now_progress()
+    assert 0.7 < p.fits_per_s < 1.5, p
+    # The tail: one job of 10 epochs running for 40 s and half done needs about 40 s more,
+    # whatever the rate of the short jobs said (the other 4 queued ones: a few seconds).
+    _age(run.db, sid, "UPDATE jobs SET status = 'running', started_at = :a, epochs_done = 5 "
+                      f"WHERE sweep_id = :s AND id = {fresh[5]!r}", a=now - timedelta(seconds=40))
+    p = now_progress()
+    assert 30 < p.eta_s < 60, p
+
+
 def test_status_says_when_no_worker_serves_a_sweep_and_names_the_command(run):
     sid = run("sweep", "submit", "--variant", "numpy", "--seed", "0-1", "--epochs", "10",
               "--name", "orphan").stdout.split()[-1]
     fresh = CliRunner().invoke(cli, ["status", "orphan"])
     assert "no worker" not in fresh.output  # just submitted: not idle yet
-    _age(run.db, sid, "UPDATE sweeps SET created_at = '2000-01-01 00:00:00' WHERE id = :s")
+    _age(run.db, sid, "UPDATE sweeps SET created_at = '2000-01-01 00:00:00', "
+                      "used_at = '2000-01-01 00:00:00' WHERE id = :s")
     idle = CliRunner().invoke(cli, ["status", "orphan"])
     assert "no worker for" in idle.stdout
     assert "`polyfit worker`" in idle.stderr and "`polyfit sweep run orphan`" in idle.stderr
