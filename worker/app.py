@@ -29,6 +29,13 @@ transport.install()
 log = logging.getLogger("polyfit.worker")
 
 
+# Remote-control commands a worker refuses (it logs them and answers with an error).
+REFUSED_CONTROL = frozenset({
+    "time_limit", "rate_limit", "revoke", "revoke_by_stamped_headers", "terminate",
+    "add_consumer", "cancel_consumer", "pool_grow", "pool_shrink", "pool_restart", "autoscale",
+})
+
+
 class Consumer(CeleryConsumer):
     """Celery's consumer, with a gate in front of its task handler: a message that is not a
     well-formed ``polyfit.run_batch`` task (``celery.chord_unlock``, ``celery.group``, any other
@@ -38,7 +45,20 @@ class Consumer(CeleryConsumer):
 
     Here, not in the transport, because only the task consumer reads these messages (the
     remote-control mailbox and event receivers go through the same transports) and because
-    it holds for any broker."""
+    it holds for any broker.
+
+    Its remote-control mailbox (a broadcast anyone on the broker can send) answers the
+    read-only ``celery inspect`` commands and ``shutdown``, and refuses those that would
+    decide how batches run: time and rate limits, revoking or killing a batch, changing the
+    queues served or the size of the pool."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for step in self.blueprint.order:
+            node = getattr(getattr(step, "box", None), "node", None)  # the Control step's
+            if node is not None:
+                node.handlers = {**node.handlers,
+                                 **{name: _refuse(name) for name in REFUSED_CONTROL}}
 
     def create_task_handler(self, *args, **kwargs):
         handle = super().create_task_handler(*args, **kwargs)
@@ -73,6 +93,14 @@ class Consumer(CeleryConsumer):
             return handle(message)
 
         return on_task_received
+
+
+def _refuse(name: str):
+    def refused(_state, **_arguments) -> dict:
+        log.warning("refused the remote-control command %s", name)
+        return {"error": f"{name} is refused by polyfit workers"}
+
+    return refused
 
 
 def _shown_id(headers: object) -> str:

@@ -2,7 +2,8 @@
 embedded broker. Messages sent with Celery's own API and by hand name real queued jobs and ask
 for what Celery honours: time limits (a string, a soft one of 1 s, a hard one of 2 s, a list of
 one), a far-future ``eta`` or ``countdown``, an expiry in the past, callbacks, chains, chords;
-others run Celery's own tasks (``celery.chord_unlock``, ``celery.group``) or use protocol 1.
+others run Celery's own tasks (``celery.chord_unlock``, ``celery.group``) or use protocol 1;
+on Redis, remote-control broadcasts set time and rate limits and cancel the worker's queue.
 The one real worker process keeps serving throughout, trains each named job exactly once and
 to success, runs nothing the messages chained, holds nothing back, and then runs a real sweep
 to the end."""
@@ -35,6 +36,24 @@ def _recorded_sweep(db_url: str, *options: str) -> tuple[str, list[str]]:
     jobs = [x["id"] for x in rows(db_url, sweep_id)]
     assert all(x["status"] == "queued" for x in rows(db_url, sweep_id))
     return sweep_id, jobs
+
+
+def _send_control(broker: Broker) -> None:
+    """Remote-control broadcasts that would decide how batches run are refused."""
+    app = broker.celery()
+    try:
+        wait_for(lambda: app.control.ping(timeout=1), 60, "the worker to answer a ping")
+        replies = [
+            app.control.time_limit(TASK, soft=1, hard=2, reply=True, limit=1, timeout=10),
+            app.control.rate_limit(TASK, "1/h", reply=True, limit=1, timeout=10),
+            app.control.broadcast("cancel_consumer", arguments={"queue": QUEUE}, reply=True,
+                                  limit=1, timeout=10),
+        ]
+    finally:
+        app.close()
+    assert [[answer for one in r for answer in one.values()] for r in replies] == [
+        [{"error": f"{name} is refused by polyfit workers"}]
+        for name in ("time_limit", "rate_limit", "cancel_consumer")], replies
 
 
 def _send_hostile(broker: Broker, fast: str, f: list[str], slow: str, s: list[str]) -> None:
@@ -94,6 +113,8 @@ def test_a_message_names_jobs_and_nothing_else_decides_what_a_worker_does(
 
     w = start_worker("--concurrency", "1", **settings)
     wait_for(broker.declared, 60, "the worker to declare its queues")
+    if kind == "redis":  # the embedded broker carries no broadcasts between processes
+        _send_control(broker)
     _send_hostile(broker, fast, f, slow, s)
 
     named = {(fast, j) for j in f[:7]} | {(slow, j) for j in s}
