@@ -173,6 +173,8 @@ def make_app(settings: Settings) -> Celery:
                                    "interval_step": 0.5, "interval_max": 2},
         worker_hijack_root_logger=False,
         worker_consumer=f"{__name__}:Consumer",
+        # No task of polyfit's has a rate limit; none can be given one (see REFUSED_CONTROL).
+        worker_disable_rate_limits=True,
     )
     app.steps["worker"].add(Reaper)
     return app
