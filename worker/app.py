@@ -12,7 +12,6 @@ there is shown by Celery with its password masked."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 from celery import Celery, signals
@@ -105,7 +104,7 @@ def _refuse(name: str):
 
 def _shown_id(headers: object) -> str:
     task_id = headers.get("id") if isinstance(headers, dict) else None
-    return json.dumps(task_id)[:70] if task_id is not None else "(no id)"
+    return " ".join(repr(task_id).split())[:70] if task_id is not None else "(no id)"
 
 
 def transport_options(settings: Settings) -> dict:
