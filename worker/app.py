@@ -1,6 +1,8 @@
 """The one Celery app. JSON on the wire only, late acks with reject-on-worker-lost, prefetch 1,
-a queue per device class, task events on (so Flower and ``celery inspect`` see the fleet), and
-broker transports that no malformed message can stop (``worker.transport``).
+a queue per device class, task events on (so Flower and ``celery inspect`` see the fleet),
+broker transports that no malformed message can stop (``worker.transport``), and a consumer
+that hands Celery only well-formed ``polyfit.run_batch`` messages, rebuilt from their batch
+(``worker.payload.admit``): nothing else in a message decides how, when or whether it runs.
 
 ``celery -A worker.app worker -Q polyfit.cpu,polyfit.any`` works as with any Celery project; the
 module reads its settings from the environment once, at import, which is its process edge.
@@ -10,15 +12,99 @@ there is shown by Celery with its password masked."""
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery, signals
+from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Queue
 
 from worker import queues, runtime, transport
-from worker.payload import TASK_NAME  # noqa: F401 - re-exported
+from worker.payload import TASK_NAME, BadMessage, admit
 from worker.reaper import Reaper
 from worker.settings import Settings
 
 transport.install()
+
+log = logging.getLogger("polyfit.worker")
+
+
+# Remote-control commands a worker refuses (it logs them and answers with an error).
+REFUSED_CONTROL = frozenset({
+    "time_limit", "rate_limit", "revoke", "revoke_by_stamped_headers", "terminate",
+    "add_consumer", "cancel_consumer", "pool_grow", "pool_shrink", "pool_restart", "autoscale",
+})
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, with a gate in front of its task handler: a message that is not a
+    well-formed ``polyfit.run_batch`` task (``celery.chord_unlock``, ``celery.group``, any other
+    name, protocol 1, a bad batch) is logged, acknowledged and dropped; the others reach Celery
+    rebuilt from their batch alone, without the time limits, expiry, far ``eta``, callbacks,
+    chains or chords they asked for (each of which Celery honours as it finds them).
+
+    Here, not in the transport, because only the task consumer reads these messages (the
+    remote-control mailbox and event receivers go through the same transports) and because
+    it holds for any broker.
+
+    Its remote-control mailbox (a broadcast anyone on the broker can send) answers the
+    read-only ``celery inspect`` commands and ``shutdown``, and refuses those that would
+    decide how batches run: time and rate limits, revoking or killing a batch, changing the
+    queues served or the size of the pool."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for step in self.blueprint.order:
+            node = getattr(getattr(step, "box", None), "node", None)  # the Control step's
+            if node is not None:
+                node.handlers = {**node.handlers,
+                                 **{name: _refuse(name) for name in REFUSED_CONTROL}}
+
+    def create_task_handler(self, *args, **kwargs):
+        handle = super().create_task_handler(*args, **kwargs)
+        connection_errors = self.connection_errors
+
+        def on_task_received(message):
+            try:
+                admitted = admit(message.headers, message.body, message.content_type)
+                delivery = message.delivery_info
+                if not (isinstance(delivery, dict)
+                        and isinstance(delivery.get("exchange", ""), str)
+                        and isinstance(delivery.get("routing_key", ""), str)):
+                    raise BadMessage("delivery info must name an exchange and a routing key")
+            except BadMessage as e:
+                log.error("rejected malformed batch message %s: %s",
+                          _shown_id(message.headers), e)
+                message.ack_log_error(log, connection_errors)
+                return None
+            if admitted.ignored:
+                log.warning("message %s for sweep %s: ignored %s", admitted.headers["id"],
+                            admitted.batch.sweep_id, ", ".join(admitted.ignored))
+            message.headers = admitted.headers
+            message.body = admitted.body
+            message.content_type, message.content_encoding = "application/json", "utf-8"
+            message._decoded_cache = None
+            properties = message.properties if isinstance(message.properties, dict) else {}
+            priority = properties.get("priority")
+            message.properties = {
+                **properties, "correlation_id": admitted.headers["id"], "reply_to": None,
+                "priority": priority if isinstance(priority, int)
+                and not isinstance(priority, bool) and 0 <= priority <= 255 else 0}
+            return handle(message)
+
+        return on_task_received
+
+
+def _refuse(name: str):
+    def refused(_state, **_arguments) -> dict:
+        log.warning("refused the remote-control command %s", name)
+        return {"error": f"{name} is refused by polyfit workers"}
+
+    return refused
+
+
+def _shown_id(headers: object) -> str:
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    return " ".join(repr(task_id).split())[:70] if task_id is not None else "(no id)"
 
 
 def transport_options(settings: Settings) -> dict:
@@ -85,6 +171,9 @@ def make_app(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2,
                                    "interval_step": 0.5, "interval_max": 2},
         worker_hijack_root_logger=False,
+        worker_consumer=f"{__name__}:Consumer",
+        # No task of polyfit's has a rate limit; none can be given one (see REFUSED_CONTROL).
+        worker_disable_rate_limits=True,
     )
     app.steps["worker"].add(Reaper)
     return app

@@ -12,7 +12,7 @@ from celery import signals
 from store import StoreUnavailable
 from worker import execute
 from worker.app import TASK_NAME, app
-from worker.payload import BadMessage, Batch
+from worker.payload import RETRY_DELAY_MAX_S, BadMessage, Batch
 from worker.runtime import Runtime, apply_threads, current
 
 log = logging.getLogger("polyfit.worker")
@@ -34,10 +34,12 @@ def _init_pool_process(**_kwargs) -> None:
     acks_late=True,
     reject_on_worker_lost=True,
     # The database unreachable or refusing a write is transient: retry later, with exponential
-    # backoff (1, 2, 4, ... s, at most 60 s, jittered), up to POLYFIT_MAX_RETRIES times.
+    # backoff (1, 2, 4, ... s, at most 60 s, jittered), up to POLYFIT_MAX_RETRIES times. The
+    # retry is a new message with an ``eta``, which the worker's gate honours up to that bound
+    # plus a margin (``worker.payload.ETA_MAX_S``), and a retry count, which it keeps.
     autoretry_for=(StoreUnavailable,),
     retry_backoff=True,
-    retry_backoff_max=60,
+    retry_backoff_max=RETRY_DELAY_MAX_S,
     retry_jitter=True,
     max_retries=5,
 )

@@ -8,7 +8,8 @@ or that makes Celery's consumer raise (a valid envelope around a body of the wro
 escapes from the consumer, and the worker stops with "Unrecoverable error"; the item goes back
 to the queue and stops every worker that reads it. Here such an item is logged, acknowledged
 and dropped, and the worker goes on. Connection errors still propagate: they are how the
-consumer learns that it must reconnect.
+consumer learns that it must reconnect. (Which well-formed messages Celery may see, and what
+it may take from them, is decided after this, in front of its task handler: ``worker.app``.)
 
 The embedded transport also deletes a message when a worker takes it (kombu's marks it
 invisible and keeps it forever, so the broker file grew with every sweep ever run) and polls
