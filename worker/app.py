@@ -19,7 +19,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Queue
 
 from worker import queues, runtime, transport
-from worker.payload import TASK_NAME, BadMessage, admit
+from worker.payload import BadMessage, admit
 from worker.reaper import Reaper
 from worker.settings import Settings
 

@@ -80,6 +80,34 @@ def engine_for(settings: Settings) -> Engine:
     return engine
 
 
+_shared: dict[int, int] = {}  # pid -> the threads last applied by share_cores
+
+
+def share_cores(rt: Runtime) -> int | None:
+    """Give this training process its fair share of the host's cores (``worker.cores``: every
+    polyfit training process of the host counts), recounted before each batch since workers
+    come and go; the threads it now has, or None for a GPU worker (its threads do not train).
+    The first call registers the process; it is unregistered when it exits."""
+    if rt.device == "cuda" and not rt.emulated:
+        return None
+    from worker import cores
+
+    pid = os.getpid()
+    if pid not in _shared:
+        cores.register(pid)
+        import atexit
+
+        atexit.register(cores.unregister, pid)
+        _shared[pid] = 0
+    threads = cores.fair_threads()
+    if rt.torch_threads:  # a share set for this worker's processes: never above it
+        threads = min(threads, rt.torch_threads)
+    if threads != _shared[pid]:
+        apply_threads(threads)
+        _shared[pid] = threads
+    return threads
+
+
 def apply_threads(threads: int | None) -> None:
     """Give this process its share of the cores, so N workers on one machine do not
     oversubscribe them: torch's intra-op threads, and the BLAS that NumPy brought (OpenBLAS

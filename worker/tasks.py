@@ -11,9 +11,9 @@ from celery import signals
 
 from store import StoreUnavailable
 from worker import execute
-from worker.app import TASK_NAME, app
-from worker.payload import RETRY_DELAY_MAX_S, BadMessage, Batch
-from worker.runtime import Runtime, apply_threads, current
+from worker.app import app
+from worker.payload import RETRY_DELAY_MAX_S, TASK_NAME, BadMessage, Batch
+from worker.runtime import Runtime, current, share_cores
 
 log = logging.getLogger("polyfit.worker")
 
@@ -24,8 +24,17 @@ def _runtime() -> Runtime:
 
 @signals.worker_process_init.connect
 def _init_pool_process(**_kwargs) -> None:
-    # Each prefork child gets its own share of the cores and (lazily) its own DB engine.
-    apply_threads(_runtime().torch_threads)
+    # Each prefork child gets its own share of the host's cores (with every other polyfit
+    # training process of the host: two workers on one host, or Celery's own prefork pool
+    # of one process per core) and (lazily) its own DB engine.
+    share_cores(_runtime())
+
+
+@signals.worker_process_shutdown.connect
+def _leave_pool_process(**_kwargs) -> None:
+    from worker import cores
+
+    cores.unregister()
 
 
 @app.task(
@@ -57,4 +66,5 @@ def run_batch(self, payload: dict) -> dict:
     # One owner per process: the prefork children of a worker share its hostname, and a job
     # must never be claimed by a second process while the first one still trains it.
     worker = f"{self.request.hostname or 'worker'}/{os.getpid()}"
+    share_cores(_runtime())  # workers of the host may have come or gone since the last batch
     return execute.run_batch(batch, _runtime(), worker=worker)
