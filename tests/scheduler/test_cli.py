@@ -236,3 +236,26 @@ def test_debug_shows_the_traceback_of_an_unexpected_error(run, monkeypatch):
         assert "in broken" in debug.stderr
         assert debug.stderr.strip().splitlines()[-1] == (
             "Error: internal error: RuntimeError: a bug in polyfit")
+
+
+def test_a_401_digit_number_in_a_spec_is_one_line_exit_2_and_writes_nothing(run, tmp_path):
+    spec = tmp_path / "s.yaml"
+    for text in (f"grid: {{variant: [numpy], seed: [{'9' * 401}]}}\n",
+                 f"x: {{start: -{'9' * 401}}}\ngrid: {{variant: [numpy]}}\n",
+                 f"stop_at_gap: {'9' * 401}\ngrid: {{variant: [numpy]}}\n"):
+        spec.write_text(text)
+        r = run("sweep", "submit", str(spec))
+        _one_line_error(r)
+        assert "internal error" not in r.stderr and len(r.stderr) < 250
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_minus_zero_and_zero_are_one_job_not_two(run, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("x: {start: 0.0, stop: 2}\ngrid: {variant: [numpy], epochs: [2]}\n")
+    assert run("sweep", "submit", str(spec)).exit_code == 0
+    spec.write_text("x: {start: -0.0, stop: 2}\ngrid: {variant: [numpy], epochs: [2]}\n")
+    r = run("sweep", "submit", str(spec))
+    assert r.exit_code == 0, r.output
+    assert "1 job (0 new)" in r.stdout
+    assert json.loads(run("status", "--json").stdout)["total"] == 1
