@@ -259,3 +259,50 @@ def test_minus_zero_and_zero_are_one_job_not_two(run, tmp_path):
     assert r.exit_code == 0, r.output
     assert "1 job (0 new)" in r.stdout
     assert json.loads(run("status", "--json").stdout)["total"] == 1
+
+
+@pytest.mark.parametrize("password", ["pa ss word", "pa\tss\tword", "a b", "p@ss w/rd"])
+def test_a_password_with_spaces_or_tabs_is_never_printed(tmp_path, password):
+    """A real process (the passwords a process was told of are kept for its lifetime)."""
+    from tests.conftest import polyfit_env
+    from tests.helpers import polyfit
+
+    env = polyfit_env(POLYFIT_DB_URL=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    shown = (password, " ".join(password.split()), password.replace(" ", "%20"))
+    runs = [
+        polyfit("sweep", "submit", "--variant", "numpy", "--epochs", "2",
+                "--broker", f"redis://:{password}@127.0.0.1:1/0", env=env),
+        polyfit("sweep", "submit", "--variant", "numpy", "--epochs", "2",
+                "--broker", f"redis://user:{password}@127.0.0.1:1/0", env=env),
+        polyfit("results", "--db", f"postgresql+psycopg://u:{password}@127.0.0.1:1/x", env=env),
+    ]
+    for r in runs:
+        assert r.returncode != 0 and r.stderr.startswith("Error: "), r.stderr
+        assert not any(s in r.stdout + r.stderr for s in shown), r.stderr
+        assert "***" in r.stderr
+
+
+@pytest.mark.parametrize("broker", [
+    "redis://host:notaport/0", "redis://[::1", "redis://h]:1/0", "redis://host/notanumber",
+    "redis://h:99999/0", "redis://h:6379/0/extra", "redis://127.0.0.1:1/0;redis://h:x/0",
+    "sqla+", "sqla+nonsense://x", "sqla+postgresql://u:pw@h:bad/x", "sqla+sqlite://",
+    "memory://", "http://x", "foo", "   ", "redis+socket://",
+])
+def test_a_malformed_broker_url_is_one_line_exit_2_before_anything_is_recorded(
+        run, tmp_path, broker):
+    r = run("sweep", "submit", "--variant", "numpy", "--epochs", "2", "--broker", broker)
+    _one_line_error(r)
+    assert "internal error" not in r.stderr and "broker" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # no sweep recorded, no database made
+
+
+@pytest.mark.parametrize("db", [
+    "postgresql://u:pw@h:notaport/db", "postgresql://u:pw@[::1/db", "nonsense://x",
+    "postgresql+nodriver://x/y", " ", "sqlite://", "sqlite:///:memory:",
+])
+@pytest.mark.parametrize("command", [["sweeps"], ["sweep", "submit", "--variant", "numpy"]])
+def test_a_malformed_database_url_is_one_line_exit_2(run, tmp_path, db, command):
+    r = run(*command, "--db", db)
+    _one_line_error(r)
+    assert "internal error" not in r.stderr and "pw" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
