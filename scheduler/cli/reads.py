@@ -188,7 +188,8 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
         if output is None:
             raise InputError("--format parquet writes a file: give -o FILE.parquet")
         try:
-            export.write_parquet(rows, output)
+            with export.output_path(output) as where:
+                export.write_parquet(rows, where)
         except export.ExportError as e:
             raise InputError(str(e)) from e
         return
@@ -196,16 +197,22 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
     if output is None:
         write(rows, sys.stdout)
         return
-    with open(output, "w", encoding="utf-8", newline="") as out:
-        write(rows, out)
+    try:
+        with export.output_text(output) as out:
+            write(rows, out)
+    except export.ExportError as e:
+        raise InputError(str(e)) from e
 
 
 def _write_text(text: str, output: str | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    with open(output, "w", encoding="utf-8") as out:
-        out.write(text)
+    try:
+        with export.output_text(output) as out:
+            out.write(text)
+    except export.ExportError as e:
+        raise InputError(str(e)) from e
 
 
 @cli.command()
