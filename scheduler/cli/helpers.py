@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 from pathlib import Path
 
 import click
@@ -24,6 +25,24 @@ from worker.settings import ENV_BROKER, Settings
 TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "epochs_done", "optimizer",
                  "device", "status", "final_loss", "mse", "optimum_mse", "diverged_at_epoch",
                  "duration_s")
+
+
+class FiniteFloat(click.ParamType):
+    """A number option that must be finite: ``nan`` (which no comparison matches) or ``inf``
+    would filter silently, a usage error says so."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number + 0.0
 
 
 def db_option(f):

@@ -14,7 +14,13 @@ from polyfit_models import VARIANTS
 from polyfit_results import export, queries, report
 from polyfit_results.progress import LiveProgress
 from scheduler.cli.group import EXIT_FAILED, InputError, cli
-from scheduler.cli.helpers import TABLE_COLUMNS, find_sweep, pass_settings, reading
+from scheduler.cli.helpers import (
+    TABLE_COLUMNS,
+    FiniteFloat,
+    find_sweep,
+    pass_settings,
+    reading,
+)
 from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
 from store import jobs as store_jobs
 from store.reader import run_sql
@@ -156,8 +162,8 @@ SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_ms
                    f"({', '.join(STATUSES)}).")
 @click.option("--degree", "degrees", multiple=True, metavar="LIST", callback=_degrees,
               help="Only these degrees, comma-separated, repeatable; ranges like 3-5 allowed.")
-@click.option("--lr-min", type=float, default=None, help="Only jobs with lr >= this.")
-@click.option("--lr-max", type=float, default=None, help="Only jobs with lr <= this.")
+@click.option("--lr-min", type=FiniteFloat(), default=None, help="Only jobs with lr >= this.")
+@click.option("--lr-max", type=FiniteFloat(), default=None, help="Only jobs with lr <= this.")
 @click.option("--sort", default="mse", show_default=True,
               type=click.Choice(SORT_COLUMNS), help="Column to sort by.")
 @click.option("--desc", is_flag=True, help="Sort descending.")

@@ -306,3 +306,12 @@ def test_a_malformed_database_url_is_one_line_exit_2(run, tmp_path, db, command)
     _one_line_error(r)
     assert "internal error" not in r.stderr and "pw" not in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_filter_that_is_not_a_finite_number_is_refused_not_matched_silently(run):
+    run("sweep", "submit", "--variant", "numpy", "--epochs", "2")
+    for value in ("nan", "inf", "-inf", "1e400"):
+        for flag in ("--lr-min", "--lr-max"):
+            r = run("results", flag, value)
+            _one_line_error(r)
+            assert "finite" in r.stderr
