@@ -315,3 +315,27 @@ def test_a_filter_that_is_not_a_finite_number_is_refused_not_matched_silently(ru
             r = run("results", flag, value)
             _one_line_error(r)
             assert "finite" in r.stderr
+
+
+@pytest.mark.parametrize("other", [
+    "target: cos\n", "x: {points: 100}\n", "x: {start: -3, stop: 3}\n", "stop_at_gap: 0.01\n"])
+def test_growing_a_sweep_with_another_target_or_x_grid_is_refused(run, tmp_path, other):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: demo\ngrid: {variant: [numpy], epochs: [2], seed: [0, 1]}\n")
+    first = run("sweep", "submit", str(spec))
+    assert first.exit_code == 0, first.output
+    before = run("sweeps", "--format", "json").stdout
+    spec.write_text(f"name: demo\n{other}grid: {{variant: [numpy], epochs: [2], seed: [2]}}\n")
+    r = run("sweep", "submit", str(spec))
+    _one_line_error(r)
+    assert "sweep 'demo' is recorded with" in r.stderr and "--name" in r.stderr
+    assert run("sweeps", "--format", "json").stdout == before  # nothing added, spec as it was
+    # Under another name it is a sweep of its own.
+    r = run("sweep", "submit", str(spec), "--name", "demo-2")
+    assert r.exit_code == 0, r.output
+    # The same target and x grid (x as given or as the defaults) grows the sweep.
+    spec.write_text("name: demo\ntarget: sin\nx: {points: 2000}\n"
+                    "grid: {variant: [numpy], epochs: [2], seed: [2]}\n")
+    r = run("sweep", "submit", str(spec))
+    assert r.exit_code == 0 and "1 job (1 new)" in r.stdout, r.output
+    assert json.loads(run("status", "demo", "--json").stdout)["total"] == 3
