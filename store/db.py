@@ -115,7 +115,7 @@ def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL (None for other databases or an in-memory one)."""
     try:
         parsed = make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise StoreError(f"not a database URL: {redact_url(url)}") from e
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -133,7 +133,7 @@ def make_engine(url: str) -> Engine:
     """An engine for reading and writing results; creates a SQLite file's folder if needed."""
     try:
         parsed = make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise StoreError(f"not a database URL: {redact_url(url)}") from e
     if parsed.get_backend_name() != "sqlite":
         connect_args = _PG_CONNECT_ARGS if parsed.get_backend_name() == "postgresql" else {}
