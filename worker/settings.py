@@ -48,7 +48,7 @@ def embedded_broker_url(db_url: str) -> str:
     writes); for a server database it is the same transport on that database."""
     try:
         url = make_url(db_url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:
         raise SettingsError(f"not a database URL: {redact_url(repr(db_url))}") from e
     if url.get_backend_name() == "sqlite":
         db = url.database or "polyfit.sqlite"
