@@ -67,10 +67,12 @@ def test_a_worker_whose_password_was_changed_stops_with_one_clear_error(
 
 
 def test_a_worker_with_a_wrong_password_stops_at_once(tmp_path, locked_redis, start_worker):
-    w = start_worker("--concurrency", "1", **_env(tmp_path, locked_redis, "wrong"))
+    password = "wrong pass\tword"  # and one with a space and a tab is never shown either
+    w = start_worker("--concurrency", "1", **_env(tmp_path, locked_redis, password))
     code = wait_for(lambda: w.proc.poll() is not None and [w.proc.returncode], 90,
                     "the worker to stop (it retried 100 times)")[0]
-    assert code != 0 and REFUSED in w.output() and "wrong" not in w.output()
+    assert code != 0 and REFUSED in w.output()
+    assert "wrong" not in w.output() and "pass word" not in w.output()
 
 
 def test_a_busy_worker_whose_password_was_changed_stops_warm_after_its_batch(
