@@ -28,20 +28,25 @@ TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "epochs_done
 
 
 class FiniteFloat(click.ParamType):
-    """A number option that must be finite: ``nan`` (which no comparison matches) or ``inf``
-    would filter silently, a usage error says so."""
+    """A number option that must be finite (and within ``low``..``high`` if given): ``nan``,
+    which no comparison matches, passes click's FloatRange and would filter nothing silently
+    or reach ``time.sleep``."""
 
     name = "number"
 
+    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        self.low, self.high = low, high
+
     def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
         try:
             number = float(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.low is not None and number < self.low) or (
+                self.high is not None and number > self.high):
+            self.fail(f"{value!r} is not in {self.low:g}..{self.high:g}", param, ctx)
         return number + 0.0
 
 

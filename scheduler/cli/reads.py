@@ -71,7 +71,7 @@ LINE_EVERY_S = 5.0
                    "terminal, a line every few seconds otherwise (one JSON object a line "
                    "with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-@click.option("--interval", type=click.FloatRange(0.05, 3600), default=None,
+@click.option("--interval", type=FiniteFloat(0.05, 3600), default=None,
               help="Seconds between polls. [default: 1; with --watch off a terminal, "
                    f"{LINE_EVERY_S:g}]")
 @pass_settings()

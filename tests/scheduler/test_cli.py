@@ -315,6 +315,10 @@ def test_a_filter_that_is_not_a_finite_number_is_refused_not_matched_silently(ru
             r = run("results", flag, value)
             _one_line_error(r)
             assert "finite" in r.stderr
+    # status --wait sleeps --interval between looks: nan reached time.sleep (internal error).
+    r = run("status", "--wait", "--interval", "nan")
+    _one_line_error(r)
+    assert "finite" in r.stderr
 
 
 @pytest.mark.parametrize("other", [
