@@ -333,7 +333,8 @@ def _lr(raw: object) -> float:
 
 def _choice(axis: str, raw: object, choices: Sequence[str]) -> str:
     if not isinstance(raw, str) or raw not in choices:
-        raise SweepSpecError(f"{axis}: unknown value {_shown(raw)} (choose from {', '.join(choices)})")
+        raise SweepSpecError(f"{axis}: unknown value {_shown(raw)} "
+                             f"(choose from {', '.join(choices)})")
     return raw
 
 
@@ -345,7 +346,8 @@ def _spaced(axis: str, raw: object, max_values: int) -> list | None:
     if isinstance(raw, str) and raw.split(":", 1)[0] in ("log", "linear"):
         parts = raw.split(":")
         if len(parts) != 4:
-            raise SweepSpecError(f"--{axis}: a range is {parts[0]}:START:STOP:NUM, got {_shown(raw)}")
+            raise SweepSpecError(f"--{axis}: a range is {parts[0]}:START:STOP:NUM, "
+                                 f"got {_shown(raw)}")
         raw = {parts[0]: parts[1:3], "num": parts[3]}
     if not isinstance(raw, dict):
         return None
@@ -403,7 +405,8 @@ def parse_axis(axis: str, values: object, max_values: int = 1_000_000) -> list:
             out.append(_choice(axis, raw, list(OPTIMIZERS)))
         elif axis == "device":
             if not isinstance(raw, str) or not is_device(raw):
-                raise SweepSpecError(f"device: unknown value {_shown(raw)} (cpu, cuda, cuda:N or any)")
+                raise SweepSpecError(f"device: unknown value {_shown(raw)} "
+                                     "(cpu, cuda, cuda:N or any)")
             out.append(raw)
     # Keep order, drop repeats.
     seen: dict = {}

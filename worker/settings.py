@@ -11,7 +11,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kombu import transport as kombu_transport
-
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -105,7 +104,7 @@ def _check_one_broker(url: str, shown: str) -> None:
             return
         try:
             parts = urlsplit(url)
-            parts.port, parts.hostname  # noqa: B018 - both raise ValueError when malformed
+            _ = parts.port, parts.hostname  # both raise ValueError when malformed
         except ValueError as e:
             raise SettingsError(f"not a broker URL: {shown}: {e}") from None
         db = parts.path.strip("/")
@@ -127,8 +126,7 @@ def check_db_url(url: str, what: str = "results database") -> str:
     shown = redact_url(repr(url))
     try:
         parsed = make_url(url)
-        parsed.port  # noqa: B018 - parsed as an int above; kept for clarity
-        parsed.get_dialect()
+        parsed.get_dialect()  # make_url raised ValueError for a port that is not a number
     except (ArgumentError, ValueError, ImportError) as e:
         raise SettingsError(f"not a {what} URL: {shown} ({redact_url(str(e))})") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
