@@ -9,6 +9,7 @@ times as UTC timestamps, coefficients as lists of doubles, for pandas and polars
 from __future__ import annotations
 
 import csv
+import errno
 import itertools
 import json
 import os
@@ -51,6 +52,8 @@ def output_path(path: str | os.PathLike) -> Iterator[str]:
         except OSError as e:
             raise ExportError(f"cannot write {shown}: {e.strerror or e}") from None
         return
+    if mode is not None and not os.access(target, os.W_OK):  # replacing would get round it
+        raise ExportError(f"cannot write {shown}: {os.strerror(errno.EACCES)}")
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise ExportError(f"cannot write {shown}: no folder {os.path.dirname(shown) or folder}")
