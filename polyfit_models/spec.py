@@ -37,8 +37,9 @@ def _show(value: Any) -> str:
 
 
 def _as_float(name: str, value: Any) -> float:
+    # ``+ 0.0`` makes -0.0 the 0.0 it equals: one setting, one serialised form, one job id.
     if type(value) is float and math.isfinite(value):  # the common case, without ABC checks
-        return value
+        return value + 0.0
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SpecError(f"{name} must be a number, got {_show(value)}")
     try:
@@ -47,7 +48,7 @@ def _as_float(name: str, value: Any) -> float:
         raise SpecError(f"{name} must be a finite number, got {_show(value)}") from None
     if not math.isfinite(result):
         raise SpecError(f"{name} must be finite, got {_show(value)}")
-    return result
+    return result + 0.0
 
 
 def _as_int(name: str, value: Any) -> int:

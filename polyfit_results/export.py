@@ -9,9 +9,13 @@ times as UTC timestamps, coefficients as lists of doubles, for pandas and polars
 from __future__ import annotations
 
 import csv
+import errno
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+import os
+import stat
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO
 
@@ -24,7 +28,58 @@ _TIMES = ("started_at", "heartbeat_at", "finished_at")
 
 
 class ExportError(ValueError):
-    """Raised when an export cannot be written as asked (a missing library, no file)."""
+    """Raised when an export cannot be written as asked (a missing library, no folder, a full
+    disk), with one line that names the file."""
+
+
+@contextmanager
+def output_path(path: str | os.PathLike) -> Iterator[str]:
+    """Where to write the file ``path``: a new file beside it, which takes its place only once
+    written whole, so that a failed export (a full disk, an error half-way) leaves no
+    half-written file and an older file as it was. A path that exists and is no regular file
+    (``/dev/stdout``, a FIFO, ``/dev/full``) is written in place. Errors are ``ExportError``."""
+    shown = os.fspath(path)
+    target = os.path.realpath(path)  # a link is followed, not replaced by a file
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise ExportError(f"cannot write {shown}: {e.strerror or e}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        try:
+            yield target
+        except OSError as e:
+            raise ExportError(f"cannot write {shown}: {e.strerror or e}") from None
+        return
+    if mode is not None and not os.access(target, os.W_OK):  # replacing would get round it
+        raise ExportError(f"cannot write {shown}: {os.strerror(errno.EACCES)}")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise ExportError(f"cannot write {shown}: no folder {os.path.dirname(shown) or folder}")
+    part = os.path.join(folder, f".{os.path.basename(target)}.{os.getpid()}.part")
+    try:
+        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+        if mode is not None:
+            os.chmod(part, stat.S_IMODE(mode))
+    except OSError as e:
+        raise ExportError(f"cannot write {shown}: cannot make a file in {folder}: "
+                          f"{e.strerror or e}") from None
+    try:
+        yield part
+        os.replace(part, target)
+    except OSError as e:
+        raise ExportError(f"cannot write {shown}: {e.strerror or e}") from None
+    finally:
+        if os.path.lexists(part):
+            os.unlink(part)
+
+
+@contextmanager
+def output_text(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """``output_path`` opened for text (UTF-8, newlines as written)."""
+    with output_path(path) as where, open(where, "w", encoding="utf-8", newline="") as out:
+        yield out
 
 
 def _iso(t: datetime | str | None) -> str | None:

@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 
 from polyfit_models import TARGETS, VARIANTS
 from polyfit_results import queries
+from polyfit_results.export import ExportError, output_path
 from polyfit_results.fits import fitted_values
 from store import jobs as store_jobs
 from store.records import DIVERGED, OK, RUNNING, SUCCEEDED
@@ -393,7 +394,8 @@ def save_plot(engine: Engine, sweep: store_jobs.SweepRow, path: str | Path) -> P
         raise PlotError(f"{path}: no folder {path.parent}")
     fig = draw(load(engine, sweep))
     try:
-        fig.savefig(path, format=fmt, dpi=130)
-    except OSError as e:
-        raise PlotError(f"cannot write {path}: {e.strerror or e}") from e
+        with output_path(path) as where:  # written whole, or not at all
+            fig.savefig(where, format=fmt, dpi=130)
+    except ExportError as e:
+        raise PlotError(str(e)) from e
     return path

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from polyfit_models import batch_key
-from scheduler.sweep import Plan
+from polyfit_models import JobSpec, batch_key
+from scheduler.sweep import Plan, SweepSpecError
 from store import jobs as store_jobs
 from store.db import create_schema, make_engine
 from store.jobs import JobRow
@@ -54,6 +54,7 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
     engine = make_engine(settings.db_url)
     try:
         create_schema(engine)
+        check_growth(engine, plan)
         recorded = store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
                                          (job.row() for job in plan.iter_jobs()),
                                          reuse=not fresh)
@@ -85,6 +86,33 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
         engine.dispose()
     return Submitted(plan.sweep_id, recorded.new, sent, batches, len(recorded.reused),
                      recorded.given)
+
+
+def _shared(spec: dict) -> dict:
+    """What every job of a sweep shares (the figure draws each fit against one target on one
+    interval), from a sweep's normalized spec (x keys not given have JobSpec's defaults)."""
+    x = spec.get("x") or {}
+    return {"target": spec.get("target", "sin"), "x start": x.get("start", JobSpec.x_start),
+            "x stop": x.get("stop", JobSpec.x_stop), "x points": x.get("points", JobSpec.x_points),
+            "stop_at_gap": spec.get("stop_at_gap")}
+
+
+def check_growth(engine, plan: Plan) -> None:
+    """Refuse (``SweepSpecError``, exit 2) to grow a recorded sweep with a spec of another
+    target, x grid or stop_at_gap: its jobs would mix two problems under one name (and one
+    figure), and the sweep's spec would describe only the latest."""
+    recorded = store_jobs.find_sweep(engine, plan.sweep_id)
+    if recorded is None or recorded.id != plan.sweep_id:
+        return
+    was, now = _shared(recorded.spec or {}), _shared(plan.spec)
+    shown = {None: "none"}.get
+    differ = [f"{key} {shown(was[key], repr(was[key]))} (this spec: "
+              f"{shown(now[key], repr(now[key]))})" for key in was if was[key] != now[key]]
+    if differ:
+        raise SweepSpecError(
+            f"sweep {plan.name!r} is recorded with {', '.join(differ)}: a sweep has one "
+            "target, x grid and stop_at_gap and grows only with more of its grid; give "
+            "another --name for a new sweep")
 
 
 def _group_sizes(plan: Plan) -> dict[tuple, int]:

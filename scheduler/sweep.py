@@ -287,16 +287,24 @@ def _as_list(axis: str, value: object) -> list:
     return [value]
 
 
+def _shown(raw: object) -> str:
+    """A value for a one-line message, cut short (an int of 400 digits is one)."""
+    text = _printable(repr(raw))
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
+
+
 def _number(axis: str, raw: object) -> float:
     if isinstance(raw, bool):
-        raise SweepSpecError(f"{axis}: expected a number, got {raw!r}")
+        raise SweepSpecError(f"{axis}: expected a number, got {_shown(raw)}")
     try:
         value = float(raw)  # YAML reads "1e-6" as a string
     except (TypeError, ValueError):
-        raise SweepSpecError(f"{axis}: expected a number, got {raw!r}") from None
+        raise SweepSpecError(f"{axis}: expected a number, got {_shown(raw)}") from None
+    except OverflowError:  # an int too big for a float
+        value = math.inf
     if not math.isfinite(value):
-        raise SweepSpecError(f"{axis}: must be finite, got {raw!r}")
-    return value
+        raise SweepSpecError(f"{axis}: must be finite, got {_shown(raw)}")
+    return value + 0.0  # -0.0 is 0.0: the same setting, the same job id
 
 
 def _ints(axis: str, raw: object, low: int, high: int) -> Sequence[int]:
@@ -304,28 +312,29 @@ def _ints(axis: str, raw: object, low: int, high: int) -> Sequence[int]:
     if isinstance(raw, str) and _RANGE.match(raw):
         a, b = (int(v) for v in _RANGE.match(raw).groups())
         if a > b:
-            raise SweepSpecError(f"{axis}: empty range {raw!r}")
+            raise SweepSpecError(f"{axis}: empty range {_shown(raw)}")
         if a < low or b > high:
-            raise SweepSpecError(f"{axis}: range {raw!r} outside {low}..{high}")
+            raise SweepSpecError(f"{axis}: range {_shown(raw)} outside {low}..{high}")
         return range(a, b + 1)
     value = _number(axis, raw)
     if value != int(value):
-        raise SweepSpecError(f"{axis}: expected a whole number, got {raw!r}")
+        raise SweepSpecError(f"{axis}: expected a whole number, got {_shown(raw)}")
     if not low <= value <= high:
-        raise SweepSpecError(f"{axis}: {raw!r} is outside {low}..{high}")
+        raise SweepSpecError(f"{axis}: {_shown(raw)} is outside {low}..{high}")
     return [int(value)]
 
 
 def _lr(raw: object) -> float:
     value = _number("lr", raw)
     if not 0 < value <= MAX_LR:
-        raise SweepSpecError(f"lr: {raw!r} is outside (0, {MAX_LR:g}]")
+        raise SweepSpecError(f"lr: {_shown(raw)} is outside (0, {MAX_LR:g}]")
     return value
 
 
 def _choice(axis: str, raw: object, choices: Sequence[str]) -> str:
     if not isinstance(raw, str) or raw not in choices:
-        raise SweepSpecError(f"{axis}: unknown value {raw!r} (choose from {', '.join(choices)})")
+        raise SweepSpecError(f"{axis}: unknown value {_shown(raw)} "
+                             f"(choose from {', '.join(choices)})")
     return raw
 
 
@@ -337,7 +346,8 @@ def _spaced(axis: str, raw: object, max_values: int) -> list | None:
     if isinstance(raw, str) and raw.split(":", 1)[0] in ("log", "linear"):
         parts = raw.split(":")
         if len(parts) != 4:
-            raise SweepSpecError(f"--{axis}: a range is {parts[0]}:START:STOP:NUM, got {raw!r}")
+            raise SweepSpecError(f"--{axis}: a range is {parts[0]}:START:STOP:NUM, "
+                                 f"got {_shown(raw)}")
         raw = {parts[0]: parts[1:3], "num": parts[3]}
     if not isinstance(raw, dict):
         return None
@@ -346,19 +356,19 @@ def _spaced(axis: str, raw: object, max_values: int) -> list | None:
         raise SweepSpecError(f"{axis}: ranges are for {', '.join(RANGE_AXES)}, not {axis}")
     if len(kinds) != 1 or set(raw) != {kinds[0], "num"}:
         raise SweepSpecError(f"{axis}: a range is {{log: [start, stop], num: n}} or "
-                             f"{{linear: [start, stop], num: n}}, got {raw!r}")
+                             f"{{linear: [start, stop], num: n}}, got {_shown(raw)}")
     kind, ends = kinds[0], raw[kinds[0]]
     if not isinstance(ends, (list, tuple)) or len(ends) != 2:
-        raise SweepSpecError(f"{axis}: {kind} takes [start, stop], got {ends!r}")
+        raise SweepSpecError(f"{axis}: {kind} takes [start, stop], got {_shown(ends)}")
     start, stop = (_number(axis, v) for v in ends)
     num = _number(f"{axis} num", raw["num"])
     if num != int(num) or not 1 <= num <= max_values:
         raise SweepSpecError(f"{axis}: num must be a whole number in 1..{max_values:,}, "
-                             f"got {raw['num']!r}")
+                             f"got {_shown(raw['num'])}")
     num = int(num)
     if kind == "log":
         if start <= 0 or stop <= 0:
-            raise SweepSpecError(f"{axis}: a log range needs positive ends, got {ends!r}")
+            raise SweepSpecError(f"{axis}: a log range needs positive ends, got {_shown(ends)}")
         values = [float(v) for v in np.geomspace(start, stop, num)]
     else:
         values = [float(v) for v in np.linspace(start, stop, num)]
@@ -395,7 +405,8 @@ def parse_axis(axis: str, values: object, max_values: int = 1_000_000) -> list:
             out.append(_choice(axis, raw, list(OPTIMIZERS)))
         elif axis == "device":
             if not isinstance(raw, str) or not is_device(raw):
-                raise SweepSpecError(f"device: unknown value {raw!r} (cpu, cuda, cuda:N or any)")
+                raise SweepSpecError(f"device: unknown value {_shown(raw)} "
+                                     "(cpu, cuda, cuda:N or any)")
             out.append(raw)
     # Keep order, drop repeats.
     seen: dict = {}
@@ -541,7 +552,7 @@ def _stop_gap(raw: object) -> float | None:
         return None
     value = _number("stop_at_gap", raw)
     if not value >= 0:
-        raise SweepSpecError(f"stop_at_gap must be a number >= 0, got {raw!r}")
+        raise SweepSpecError(f"stop_at_gap must be a number >= 0, got {_shown(raw)}")
     return value
 
 
@@ -557,7 +568,7 @@ def _sample(raw: object) -> tuple[int, int] | None:
         raw = {"n": raw}
     if not isinstance(raw, dict) or not set(raw) <= {"n", "seed"} or "n" not in raw:
         raise SweepSpecError(f"sample: expected {{n: N, seed: S}} (or --sample N[:SEED]), "
-                             f"got {raw!r}")
+                             f"got {_shown(raw)}")
     n = _ints("sample.n", raw["n"], 1, 10**9)[0]
     seed = _ints("sample.seed", raw.get("seed", 0), 0, SEED_LIMIT - 1)[0]
     return n, seed

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -66,19 +67,40 @@ _SECRETS: set[str] = set()
 
 
 def remember_secrets(url: str | None) -> None:
-    """Note the password of ``url`` (well-formed or not), so that ``redact_url`` hides it in any
-    text from now on. Called where settings are read, at each process edge."""
+    """Note the password of ``url`` (well-formed or not, with spaces or tabs in it), so that
+    ``redact_url`` hides it in any text from now on. Called where settings are read, at each
+    process edge."""
     if not url:
         return
+    url = str(url)
+    found = _setting_passwords(url)
     for pattern in (_USERINFO, _USERINFO_MALFORMED):
-        for m in pattern.finditer(str(url)):
-            secret = m.group(0)[len(m.group(1)) + 1:-1]
-            if len(secret) >= 3 and secret != "***":
-                _SECRETS.add(secret)
-    for m in _PASSWORD_PARAM.finditer(str(url)):
-        secret = str(url)[m.end(1):m.end()]
-        if len(secret) >= 3 and secret != "***":
-            _SECRETS.add(secret)
+        found += [m.group(0)[len(m.group(1)) + 1:-1] for m in pattern.finditer(url)]
+    found += [url[m.end(1):m.end()] for m in _PASSWORD_PARAM.finditer(url)]
+    for secret in filter(None, found):
+        # As given, as a driver decodes it (%20), and as a one-line message shows it (a tab
+        # or a run of spaces as one space).
+        for form in {secret, unquote(secret), " ".join(secret.split()),
+                     " ".join(unquote(secret).split())}:
+            if len(form) >= 3 and form != "***":
+                _SECRETS.add(form)
+
+
+def _setting_passwords(url: str) -> list[str]:
+    """The password of a URL given as a setting, read two ways, as the patterns for free text
+    stop at a space or a tab: as ``urllib`` reads it (the user info is the part of the host
+    field, up to the first ``/``, ``?`` or ``#``, before its last ``@``), and up to the last
+    ``@`` of the whole URL (a password with an unescaped ``/`` in it)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not re.fullmatch(r"[\w+.-]*", scheme):
+        return []
+    found = []
+    for field in (re.split(r"[/?#]", rest, maxsplit=1)[0], rest):
+        userinfo, at, _host = field.rpartition("@")
+        _user, colon, password = userinfo.partition(":")
+        if at and colon and "/" not in _user:
+            found.append(password)
+    return found
 
 
 def redact_url(text: str) -> str:
@@ -98,7 +120,7 @@ def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL (None for other databases or an in-memory one)."""
     try:
         parsed = make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise StoreError(f"not a database URL: {redact_url(url)}") from e
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -116,7 +138,7 @@ def make_engine(url: str) -> Engine:
     """An engine for reading and writing results; creates a SQLite file's folder if needed."""
     try:
         parsed = make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise StoreError(f"not a database URL: {redact_url(url)}") from e
     if parsed.get_backend_name() != "sqlite":
         connect_args = _PG_CONNECT_ARGS if parsed.get_backend_name() == "postgresql" else {}

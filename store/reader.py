@@ -3,7 +3,10 @@
 ``open_results`` is how every read command (``status``, ``results``, ``best``, ``plot``, the
 Python API) opens the database: it never creates, upgrades or changes anything, a file that is
 not a polyfit database is reported (``NotResultsDatabase``) and left byte-identical, and a file
-that is read-only to the user still opens.
+that is read-only to the user still opens. No -wal and -shm are left beside a WAL-mode file
+(polyfit's or another program's): SQLite makes them for any connection, and only one that may
+write removes them, as the last to close; such a file is read over ``mode=rw`` with
+``query_only`` where that is safe (see ``_tidy_uri``), else ``mode=ro``.
 
 ``run_sql`` is ``polyfit sql``: a user's statement, run so that it cannot write or run anything,
 within a time limit and a cap on the rows returned.
@@ -23,6 +26,7 @@ within a time limit and a cap on the rows returned.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import time
@@ -79,8 +83,9 @@ def open_results(url: str) -> Engine:
     """An engine on the results database that only reads (see the module docstring)."""
     try:
         parsed = make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:
         raise StoreError(f"not a database URL: {redact_url(url)}") from e
+    door = None
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_path(url)
         if path is None:
@@ -88,22 +93,64 @@ def open_results(url: str) -> Engine:
         if not path.is_file():
             raise NotResultsDatabase(f"no results database at {path} (run or submit a sweep "
                                      "first)")
-        engine = _sqlite_reader(path)
+        door = _SqliteDoor(path)
+        engine = create_engine("sqlite://", poolclass=NullPool, creator=door.connect)
     else:
         engine = server_engine(url, poolclass=NullPool, pool_pre_ping=True,
                                execution_options={"postgresql_readonly": True})
     try:
-        _check_schema(engine)
+        _check_schema(engine, str(door.path) if door else None)
     except BaseException:
         engine.dispose()
         raise
+    if door is not None:
+        door.ours = True
     return engine
 
 
-def _sqlite_uri(path: Path) -> str:
-    """SQLite, read-only. A WAL database whose side files (-wal, -shm) are missing in a folder
-    the user cannot write to cannot be opened ``mode=ro``; with no -wal file nothing awaits a
-    checkpoint, so it is opened ``immutable`` (as a file on read-only media)."""
+class _SqliteDoor:
+    """The connections of a read command to a SQLite file (see ``_sqlite_uri``); ``ours`` once
+    the file is known to be a polyfit database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ours = False
+
+    def connect(self) -> sqlite3.Connection:
+        return _sqlite_connect(_sqlite_uri(self.path, tidy=True, ours=self.ours))
+
+
+def _is_wal(path: Path) -> bool:
+    """Whether the SQLite file is in WAL mode (its header's read and write versions are 2)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return False
+    return header.startswith(b"SQLite format 3\x00") and header[18:20] == b"\x02\x02"
+
+
+def _tidy_uri(path: Path, ours: bool) -> str | None:
+    """``mode=rw`` (the connection still writes nothing: ``query_only``) for a WAL file whose
+    side files this reader would otherwise leave behind: SQLite makes -wal and -shm for any
+    connection to a WAL file, and only a connection that may write removes them, as the last
+    one to close (after a checkpoint, of nothing when the -wal was not there). For another
+    program's file only when it has no -wal (no connection open, nothing awaiting a
+    checkpoint: the file stays byte-identical); None where ``mode=ro`` is the way."""
+    if not (_is_wal(path) and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        return None
+    if not ours and path.with_name(path.name + "-wal").exists():
+        return None
+    return f"file:{path}?mode=rw"
+
+
+def _sqlite_uri(path: Path, tidy: bool = False, ours: bool = False) -> str:
+    """SQLite, read-only. ``tidy``: leave no -wal and -shm behind (``_tidy_uri``). A WAL
+    database whose side files (-wal, -shm) are missing in a folder the user cannot write to
+    cannot be opened ``mode=ro``; with no -wal file nothing awaits a checkpoint, so it is opened
+    ``immutable`` (as a file on read-only media)."""
+    if tidy and (uri := _tidy_uri(path, ours)) is not None:
+        return uri
     uri = f"file:{path}?mode=ro"
     try:
         probe = sqlite3.connect(uri, uri=True)
@@ -128,33 +175,25 @@ def _sqlite_connect(uri: str) -> sqlite3.Connection:
     return conn
 
 
-def _sqlite_reader(path: Path) -> Engine:
-    uri = _sqlite_uri(path)
-    return create_engine("sqlite://", poolclass=NullPool,
-                         creator=lambda: _sqlite_connect(uri))
-
-
-def _check_schema(engine: Engine) -> None:
+def _check_schema(engine: Engine, where: str | None = None) -> None:
     try:
         found = inspect(engine)
         tables = set(found.get_table_names())
         for table, columns in REQUIRED.items():
             if table not in tables:
-                raise NotResultsDatabase(_not_ours(engine, f"no table {table!r}"))
+                raise NotResultsDatabase(_not_ours(engine, where, f"no table {table!r}"))
             have = {c["name"] for c in found.get_columns(table)}
             if not columns <= have:
-                raise NotResultsDatabase(_not_ours(engine, f"table {table!r} lacks "
-                                                           f"{sorted(columns - have)[0]!r}"))
+                raise NotResultsDatabase(_not_ours(engine, where, f"table {table!r} lacks "
+                                                                  f"{sorted(columns - have)[0]!r}"))
     except SQLAlchemyError as e:
         if isinstance(getattr(e, "orig", None), sqlite3.DatabaseError):
-            raise NotResultsDatabase(_not_ours(engine, "not a SQLite database")) from e
+            raise NotResultsDatabase(_not_ours(engine, where, "not a SQLite database")) from e
         raise store_error(engine, e) from e
 
 
-def _not_ours(engine: Engine, why: str) -> str:
-    where = redact_url(engine.url.render_as_string())
-    if engine.url.get_backend_name() == "sqlite":
-        where = engine.url.database or "the file"
+def _not_ours(engine: Engine, where: str | None, why: str) -> str:
+    where = where or redact_url(engine.url.render_as_string())
     return f"{where} is not a polyfit results database ({why})"
 
 
@@ -172,7 +211,7 @@ def run_sql(url: str, query: str, *, timeout_s: float, max_rows: int,
     """Run one statement through the read-only door (see the module docstring)."""
     try:
         parsed = make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise StoreError(f"not a database URL: {redact_url(url)}") from e
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -210,7 +249,22 @@ def _deny_writes(action, arg1, arg2, dbname, source):
 
 
 def _sqlite_sql(path: Path, query: str, timeout_s: float, max_rows: int) -> SqlResult:
-    conn = _sqlite_connect(_sqlite_uri(path))  # the same read-only opening as read commands
+    # The user's statement runs on a mode=ro connection. A WAL file's -wal and -shm, which it
+    # cannot remove, are removed by a connection that may (it runs nothing of the user's),
+    # opened before it and closed after it, so that it is the last one to close.
+    tidy_uri = _tidy_uri(path, ours=True)
+    tidy = _sqlite_connect(tidy_uri) if tidy_uri else None
+    try:
+        if tidy is not None:
+            tidy.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return _sqlite_sql_ro(path, query, timeout_s, max_rows)
+    finally:
+        if tidy is not None:
+            tidy.close()
+
+
+def _sqlite_sql_ro(path: Path, query: str, timeout_s: float, max_rows: int) -> SqlResult:
+    conn = _sqlite_connect(_sqlite_uri(path))  # read-only, whatever the file
     try:
         conn.execute(f"PRAGMA hard_heap_limit={SQLITE_HEAP_LIMIT}")
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH)

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from kombu import transport as kombu_transport
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -44,7 +47,7 @@ def embedded_broker_url(db_url: str) -> str:
     writes); for a server database it is the same transport on that database."""
     try:
         url = make_url(db_url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:
         raise SettingsError(f"not a database URL: {redact_url(repr(db_url))}") from e
     if url.get_backend_name() == "sqlite":
         db = url.database or "polyfit.sqlite"
@@ -53,6 +56,83 @@ def embedded_broker_url(db_url: str) -> str:
         path = Path(db).expanduser().resolve()
         return f"sqla+sqlite:///{path.with_name(path.stem + '-broker.sqlite')}"
     return "sqla+" + url.render_as_string(hide_password=False)
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9.+-]*)://")
+_EXAMPLE = "e.g. redis://HOST:6379/0, or leave it out for the embedded broker"
+
+
+def check_broker_url(url: str) -> str:
+    """``url`` if it is a broker URL a worker can use, else ``SettingsError`` (one line, its
+    password hidden): caught here, before a sweep is recorded, instead of as a ValueError deep
+    in kombu or redis-py when the first message is sent (a port or a database that is not a
+    number, an IPv6 host without its ``]``, a scheme no transport has), and a broker that lives
+    inside one process (``memory://``, an in-memory SQLite) where no worker can reach it."""
+    if not url.strip():
+        raise SettingsError(f"the broker URL is empty ({_EXAMPLE})")
+    for one in url.split(";"):  # kombu's failover list
+        _check_one_broker(one, redact_url(repr(one)))
+    return url
+
+
+def _check_one_broker(url: str, shown: str) -> None:
+    m = _SCHEME.match(url)
+    if m is None:
+        raise SettingsError(f"not a broker URL: {shown} ({_EXAMPLE})")
+    scheme = m.group(1).lower()
+    transport = scheme.split("+", 1)[0]
+    if transport in ("sqla", "sqlalchemy"):
+        try:
+            database = make_url(url.split("+", 1)[1] if "+" in scheme else "")
+            database.get_dialect()
+        except (ArgumentError, ValueError, ImportError) as e:
+            raise SettingsError(f"not a broker URL: {shown}: after {transport}+ comes a "
+                                f"database URL ({redact_url(str(e))})") from None
+        if database.get_backend_name() == "sqlite" and database.database in (
+                None, "", ":memory:"):
+            raise SettingsError(f"an in-memory broker ({shown}) cannot be shared with workers: "
+                                f"give a file, or leave --broker out for the embedded broker")
+        return
+    if transport == "memory":
+        raise SettingsError(f"a memory:// broker lives inside one process and cannot be shared "
+                            f"with workers ({_EXAMPLE})")
+    if transport in ("redis", "rediss"):
+        if scheme.endswith("+socket"):
+            if not urlsplit(url).path:
+                raise SettingsError(f"not a broker URL: {shown}: redis+socket:// takes the "
+                                    "path of a socket, e.g. redis+socket:///run/redis.sock")
+            return
+        try:
+            parts = urlsplit(url)
+            _ = parts.port, parts.hostname  # both raise ValueError when malformed
+        except ValueError as e:
+            raise SettingsError(f"not a broker URL: {shown}: {e}") from None
+        db = parts.path.strip("/")
+        if db and not (db.isdigit() and int(db) < 2**31):
+            raise SettingsError(f"not a broker URL: {shown}: a Redis URL ends in the number of "
+                                "its database (redis://HOST:6379/0)")
+        return
+    try:
+        kombu_transport.get_transport_cls(transport)
+    except (KeyError, ImportError, ValueError, AttributeError):
+        raise SettingsError(f"not a broker URL: {shown}: no transport for {scheme}:// "
+                            f"({_EXAMPLE})") from None
+
+
+def check_db_url(url: str, what: str = "results database") -> str:
+    """``url`` if it is a database URL SQLAlchemy can read, else ``SettingsError`` (one line,
+    its password hidden): a port that is not a number, an IPv6 host without its ``]``, an
+    unknown dialect. An in-memory SQLite is refused too: it ends with the command."""
+    shown = redact_url(repr(url))
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()  # make_url raised ValueError for a port that is not a number
+    except (ArgumentError, ValueError, ImportError) as e:
+        raise SettingsError(f"not a {what} URL: {shown} ({redact_url(str(e))})") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise SettingsError(f"an in-memory {what} ({shown}) is gone when the command ends: "
+                            "give a file, e.g. sqlite:///polyfit.sqlite")
+    return url
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
@@ -172,6 +252,11 @@ class Settings:
         settings = replace(base, **given)
         for url in (settings.db_url, settings.broker, settings.sql_url):
             remember_secrets(url)
+        check_db_url(settings.db_url)
+        if settings.sql_url is not None:
+            check_db_url(settings.sql_url, f"{ENV_SQL_URL} database")
+        if settings.broker:  # empty: the embedded broker, as for the variable
+            check_broker_url(settings.broker)
         return settings
 
     def to_env(self) -> dict[str, str]:

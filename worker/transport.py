@@ -26,10 +26,12 @@ import time
 from queue import Empty
 
 from kombu import transport as kombu_transport
+from kombu.exceptions import KombuError
 from kombu.transport import redis as kombu_redis
 from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis import exceptions as redis_errors
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -97,8 +99,21 @@ class RedisChannel(_Guarded, kombu_redis.Channel):
             raise Empty() from e
 
 
+class BrokerAuthError(KombuError):
+    """The broker refused the credentials (a wrong or changed password): not a connection
+    error that a retry cures, so that the worker stops with this one error instead of
+    reconnecting without end (redis-py's AuthenticationError is a ConnectionError, which kombu
+    and Celery retry; a heartbeat retried it for ever and held a warm shutdown)."""
+
+
 class RedisTransport(kombu_redis.Transport):
     Channel = RedisChannel
+
+    def establish_connection(self):
+        try:
+            return super().establish_connection()
+        except redis_errors.AuthenticationError as e:
+            raise BrokerAuthError(f"the broker refused the login: {e}") from None
 
 
 class SQLAChannel(_Guarded, kombu_sqla.Channel):

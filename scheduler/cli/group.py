@@ -4,6 +4,7 @@ or input, exit 1 when the work ran but failed or a server was unreachable."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -55,6 +56,13 @@ class PolyfitGroup(click.Group):
         debug = os.environ.get(ENV_DEBUG, "") not in ("", "0") or "--debug" in args[:1]
         try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
+            sys.stdout.flush()  # a full disk or a dead device shows here, not at exit
+        except OSError as e:
+            if e.errno not in _OUTPUT_ERRNOS:
+                _fail(f"internal error: {e.__class__.__name__}: {e}", EXIT_FAILED, debug,
+                      hint=not debug)
+            _drop_stdout()
+            _fail(f"cannot write the output: {e.strerror}", EXIT_USAGE, debug)
         except click.UsageError as e:
             _fail(e.format_message(), EXIT_USAGE, debug)
         except click.ClickException as e:
@@ -70,6 +78,19 @@ class PolyfitGroup(click.Group):
             _fail(f"internal error: {e.__class__.__name__}: {e}", EXIT_FAILED, debug,
                   hint=not debug)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: Errors of a write to stdout pointed at a full disk or a device that takes nothing
+#: (``> /dev/full``): one line, not an internal error.
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the exit does not fail again flushing what is left."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test runner's)
+        pass
 
 
 def _fail(message: str, code: int, debug: bool, hint: bool = False) -> None:

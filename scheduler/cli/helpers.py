@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 from pathlib import Path
 
 import click
@@ -24,6 +25,29 @@ from worker.settings import ENV_BROKER, Settings
 TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "epochs_done", "optimizer",
                  "device", "status", "final_loss", "mse", "optimum_mse", "diverged_at_epoch",
                  "duration_s")
+
+
+class FiniteFloat(click.ParamType):
+    """A number option that must be finite (and within ``low``..``high`` if given): ``nan``,
+    which no comparison matches, passes click's FloatRange and would filter nothing silently
+    or reach ``time.sleep``."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.low is not None and number < self.low) or (
+                self.high is not None and number > self.high):
+            self.fail(f"{value!r} is not in {self.low:g}..{self.high:g}", param, ctx)
+        return number + 0.0
 
 
 def db_option(f):

@@ -14,7 +14,13 @@ from polyfit_models import VARIANTS
 from polyfit_results import export, queries, report
 from polyfit_results.progress import LiveProgress
 from scheduler.cli.group import EXIT_FAILED, InputError, cli
-from scheduler.cli.helpers import TABLE_COLUMNS, find_sweep, pass_settings, reading
+from scheduler.cli.helpers import (
+    TABLE_COLUMNS,
+    FiniteFloat,
+    find_sweep,
+    pass_settings,
+    reading,
+)
 from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
 from store import jobs as store_jobs
 from store.reader import run_sql
@@ -67,7 +73,7 @@ LINE_EVERY_S = 5.0
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--format", "fmt", type=click.Choice(("text", "json")), default=None,
               help="text (a line for people) or json (for scripts; as --json). [default: text]")
-@click.option("--interval", type=click.FloatRange(0.05, 3600), default=None,
+@click.option("--interval", type=FiniteFloat(0.05, 3600), default=None,
               help="Seconds between polls. [default: 1; with --watch off a terminal, "
                    f"{LINE_EVERY_S:g}]")
 @pass_settings()
@@ -183,8 +189,8 @@ SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_ms
                    f"({', '.join(STATUSES)}).")
 @click.option("--degree", "degrees", multiple=True, metavar="LIST", callback=_degrees,
               help="Only these degrees, comma-separated, repeatable; ranges like 3-5 allowed.")
-@click.option("--lr-min", type=float, default=None, help="Only jobs with lr >= this.")
-@click.option("--lr-max", type=float, default=None, help="Only jobs with lr <= this.")
+@click.option("--lr-min", type=FiniteFloat(), default=None, help="Only jobs with lr >= this.")
+@click.option("--lr-max", type=FiniteFloat(), default=None, help="Only jobs with lr <= this.")
 @click.option("--sort", default="mse", show_default=True,
               type=click.Choice(SORT_COLUMNS), help="Column to sort by.")
 @click.option("--desc", is_flag=True, help="Sort descending.")
@@ -219,7 +225,8 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
         if output is None:
             raise InputError("--format parquet writes a file: give -o FILE.parquet")
         try:
-            export.write_parquet(rows, output)
+            with export.output_path(output) as where:
+                export.write_parquet(rows, where)
         except export.ExportError as e:
             raise InputError(str(e)) from e
         return
@@ -227,16 +234,22 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
     if output is None:
         write(rows, sys.stdout)
         return
-    with open(output, "w", encoding="utf-8", newline="") as out:
-        write(rows, out)
+    try:
+        with export.output_text(output) as out:
+            write(rows, out)
+    except export.ExportError as e:
+        raise InputError(str(e)) from e
 
 
 def _write_text(text: str, output: str | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    with open(output, "w", encoding="utf-8") as out:
-        out.write(text)
+    try:
+        with export.output_text(output) as out:
+            out.write(text)
+    except export.ExportError as e:
+        raise InputError(str(e)) from e
 
 
 @cli.command()

@@ -152,3 +152,11 @@ def test_one_junk_field_in_a_valid_spec_raises_only_spec_error(name, value):
         assert "\n" not in str(e) and len(str(e)) < 300
     else:
         assert JobSpec.from_dict(s.to_dict()) == s
+
+
+def test_minus_zero_is_normalised_to_zero():
+    # -0.0 == 0.0 but serialises as "-0.0": two ids (and two trainings) for one setting.
+    spec = JobSpec.create("numpy", x_start=-0.0, x_stop=1.0)
+    assert str(spec.x_start) == "0.0" and spec == JobSpec.create("numpy", x_start=0.0, x_stop=1.0)
+    assert str(JobSpec.create("module", stop_gap=-0.0).stop_gap) == "0.0"
+    assert str(JobSpec.create("numpy", x_start=-1, x_stop=-0.0).to_dict()["x_stop"]) == "0.0"

@@ -105,3 +105,77 @@ def test_memory_stays_flat_in_the_number_of_rows(tmp_path, fmt):
     # themselves, a list of every one, would take over 100 MB more).
     assert b - a < 25, (a, b)
     assert sum(1 for _ in open(tmp_path / f"large.{fmt}")) >= 100_000
+
+
+def _fails_on_write(tmp_path, name: str):
+    """A path whose writes fail with ENOSPC: a link to /dev/full."""
+    import os
+
+    link = tmp_path / name
+    os.symlink("/dev/full", link)
+    return link
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "table", "parquet"])
+def test_an_export_that_cannot_be_written_is_one_line_exit_2(trained, tmp_path, fmt):
+    """/dev/full, a link to it, a missing folder: one line naming the file, not an internal
+    error; and a file that existed is left as it was, not half-written."""
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    url, sweep_id = trained
+    old = tmp_path / f"old.{fmt}"
+    old.write_text("the export of yesterday\n")
+    for target in ("/dev/full", str(_fails_on_write(tmp_path, f"full.{fmt}")),
+                   str(tmp_path / "missing" / f"x.{fmt}")):
+        r = CliRunner().invoke(cli, ["results", sweep_id, "--db", url, "--format", fmt,
+                                     "-o", target], catch_exceptions=False)
+        assert r.exit_code == 2, r.output
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"Error: cannot write {target}")
+        assert "internal error" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([old.name, f"full.{fmt}"])
+    # A good export replaces the old file whole.
+    r = CliRunner().invoke(cli, ["results", sweep_id, "--db", url, "--format", fmt, "-o",
+                                 str(old)], catch_exceptions=False)
+    assert r.exit_code == 0 and old.read_bytes() != b"the export of yesterday\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([old.name, f"full.{fmt}"])
+
+
+def test_an_export_that_fails_half_way_leaves_the_old_file(trained, tmp_path, monkeypatch):
+    from polyfit_results import export
+
+    url, sweep_id = trained
+    old = tmp_path / "jobs.csv"
+    old.write_text("the export of yesterday\n")
+
+    def fail_after_the_header(rows, out, *a):
+        out.write("id,mse\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "write_csv", fail_after_the_header)
+    r = CliRunner().invoke(cli, ["results", sweep_id, "--db", url, "--format", "csv", "-o",
+                                 str(old)], catch_exceptions=False)
+    assert r.exit_code == 2 and "No space left on device" in r.stderr
+    assert old.read_text() == "the export of yesterday\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["jobs.csv"]  # no part file left
+
+
+def test_a_plot_that_cannot_be_written_is_one_line_exit_2(trained, tmp_path):
+    url, sweep_id = trained
+    for target in (str(_fails_on_write(tmp_path, "full.png")), str(tmp_path / "no" / "x.png")):
+        r = CliRunner().invoke(cli, ["plot", sweep_id, "--db", url, "-o", target],
+                               catch_exceptions=False)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+        assert "internal error" not in r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["full.png"]
+
+
+@pytest.mark.parametrize("args", [["results", "--format", "csv"], ["results"], ["sweeps"]],
+                         ids=" ".join)
+def test_stdout_on_a_full_disk_is_one_line_exit_2(trained, args):
+    url, _ = trained
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "scheduler", *args, "--db", url],
+                              stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=polyfit_env(), timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "Error: cannot write the output: No space left on device\n"

@@ -315,3 +315,110 @@ def test_sweep_run_of_gpu_jobs_on_a_machine_without_one_is_refused_up_front(run,
     assert "2 jobs of sweep sweep need a GPU, this machine has none" in r.stderr
     assert "polyfit worker --device cuda --gpus all" in r.stderr
     assert not (tmp_path / "polyfit.sqlite").exists()  # nothing recorded
+
+
+def test_a_401_digit_number_in_a_spec_is_one_line_exit_2_and_writes_nothing(run, tmp_path):
+    spec = tmp_path / "s.yaml"
+    for text in (f"grid: {{variant: [numpy], seed: [{'9' * 401}]}}\n",
+                 f"x: {{start: -{'9' * 401}}}\ngrid: {{variant: [numpy]}}\n",
+                 f"stop_at_gap: {'9' * 401}\ngrid: {{variant: [numpy]}}\n"):
+        spec.write_text(text)
+        r = run("sweep", "submit", str(spec))
+        _one_line_error(r)
+        assert "internal error" not in r.stderr and len(r.stderr) < 250
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_minus_zero_and_zero_are_one_job_not_two(run, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("x: {start: 0.0, stop: 2}\ngrid: {variant: [numpy], epochs: [2]}\n")
+    assert run("sweep", "submit", str(spec)).exit_code == 0
+    spec.write_text("x: {start: -0.0, stop: 2}\ngrid: {variant: [numpy], epochs: [2]}\n")
+    r = run("sweep", "submit", str(spec))
+    assert r.exit_code == 0, r.output
+    assert "1 job (0 new)" in r.stdout
+    assert json.loads(run("status", "--json").stdout)["total"] == 1
+
+
+@pytest.mark.parametrize("password", ["pa ss word", "pa\tss\tword", "a b", "p@ss w/rd"])
+def test_a_password_with_spaces_or_tabs_is_never_printed(tmp_path, password):
+    """A real process (the passwords a process was told of are kept for its lifetime)."""
+    from tests.conftest import polyfit_env
+    from tests.helpers import polyfit
+
+    env = polyfit_env(POLYFIT_DB_URL=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    shown = (password, " ".join(password.split()), password.replace(" ", "%20"))
+    runs = [
+        polyfit("sweep", "submit", "--variant", "numpy", "--epochs", "2",
+                "--broker", f"redis://:{password}@127.0.0.1:1/0", env=env),
+        polyfit("sweep", "submit", "--variant", "numpy", "--epochs", "2",
+                "--broker", f"redis://user:{password}@127.0.0.1:1/0", env=env),
+        polyfit("results", "--db", f"postgresql+psycopg://u:{password}@127.0.0.1:1/x", env=env),
+    ]
+    for r in runs:
+        assert r.returncode != 0 and r.stderr.startswith("Error: "), r.stderr
+        assert not any(s in r.stdout + r.stderr for s in shown), r.stderr
+        assert "***" in r.stderr
+
+
+@pytest.mark.parametrize("broker", [
+    "redis://host:notaport/0", "redis://[::1", "redis://h]:1/0", "redis://host/notanumber",
+    "redis://h:99999/0", "redis://h:6379/0/extra", "redis://127.0.0.1:1/0;redis://h:x/0",
+    "sqla+", "sqla+nonsense://x", "sqla+postgresql://u:pw@h:bad/x", "sqla+sqlite://",
+    "memory://", "http://x", "foo", "   ", "redis+socket://",
+])
+def test_a_malformed_broker_url_is_one_line_exit_2_before_anything_is_recorded(
+        run, tmp_path, broker):
+    r = run("sweep", "submit", "--variant", "numpy", "--epochs", "2", "--broker", broker)
+    _one_line_error(r)
+    assert "internal error" not in r.stderr and "broker" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # no sweep recorded, no database made
+
+
+@pytest.mark.parametrize("db", [
+    "postgresql://u:pw@h:notaport/db", "postgresql://u:pw@[::1/db", "nonsense://x",
+    "postgresql+nodriver://x/y", " ", "sqlite://", "sqlite:///:memory:",
+])
+@pytest.mark.parametrize("command", [["sweeps"], ["sweep", "submit", "--variant", "numpy"]])
+def test_a_malformed_database_url_is_one_line_exit_2(run, tmp_path, db, command):
+    r = run(*command, "--db", db)
+    _one_line_error(r)
+    assert "internal error" not in r.stderr and "pw" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_filter_that_is_not_a_finite_number_is_refused_not_matched_silently(run):
+    run("sweep", "submit", "--variant", "numpy", "--epochs", "2")
+    for value in ("nan", "inf", "-inf", "1e400"):
+        for flag in ("--lr-min", "--lr-max"):
+            r = run("results", flag, value)
+            _one_line_error(r)
+            assert "finite" in r.stderr
+    # status --wait sleeps --interval between looks: nan reached time.sleep (internal error).
+    r = run("status", "--wait", "--interval", "nan")
+    _one_line_error(r)
+    assert "finite" in r.stderr
+
+
+@pytest.mark.parametrize("other", [
+    "target: cos\n", "x: {points: 100}\n", "x: {start: -3, stop: 3}\n", "stop_at_gap: 0.01\n"])
+def test_growing_a_sweep_with_another_target_or_x_grid_is_refused(run, tmp_path, other):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: demo\ngrid: {variant: [numpy], epochs: [2], seed: [0, 1]}\n")
+    first = run("sweep", "submit", str(spec))
+    assert first.exit_code == 0, first.output
+    before = run("sweeps", "--format", "json").stdout
+    spec.write_text(f"name: demo\n{other}grid: {{variant: [numpy], epochs: [2], seed: [2]}}\n")
+    r = run("sweep", "submit", str(spec))
+    _one_line_error(r)
+    assert "sweep 'demo' is recorded with" in r.stderr and "--name" in r.stderr
+    assert run("sweeps", "--format", "json").stdout == before  # nothing added, spec as it was
+    # Under another name it is a sweep of its own.
+    r = run("sweep", "submit", str(spec), "--name", "demo-2")
+    assert r.exit_code == 0, r.output
+    # The same target and x grid (x as given or as the defaults) grows the sweep.
+    spec.write_text("name: demo\ntarget: sin\nx: {points: 2000}\n"
+                    "grid: {variant: [numpy], epochs: [2], seed: [2]}\n")
+    r = run("sweep", "submit", str(spec))
+    assert r.exit_code == 0 and "1 job (1 new)" in r.stdout, r.output
+    assert json.loads(run("status", "demo", "--json").stdout)["total"] == 3

@@ -41,8 +41,18 @@ def _foreign_sqlite(path: Path) -> None:
     sqlite3.connect(path).close()
 
 
-@pytest.mark.parametrize("make", ["foreign sqlite", "text file", "empty file",
-                                  "sqlite with a jobs table of its own"])
+def _foreign_wal_sqlite(path: Path) -> None:
+    """Another program's database in WAL mode, closed (SQLite removed its -wal and -shm)."""
+    c = sqlite3.connect(path)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    c.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    c.commit()
+    c.close()
+
+
+@pytest.mark.parametrize("make", ["foreign sqlite", "foreign WAL sqlite", "text file",
+                                  "empty file", "sqlite with a jobs table of its own"])
 @pytest.mark.parametrize("args", READ_COMMANDS + CHANGE_COMMANDS + [["plot", "s1", "-o", "x.png"]],
                          ids=" ".join)
 def test_a_file_that_is_not_a_polyfit_database_is_reported_and_left_as_it_was(
@@ -50,6 +60,8 @@ def test_a_file_that_is_not_a_polyfit_database_is_reported_and_left_as_it_was(
     path = tmp_path / "other.db"
     if make == "foreign sqlite":
         _foreign_sqlite(path)
+    elif make == "foreign WAL sqlite":
+        _foreign_wal_sqlite(path)
     elif make == "text file":
         path.write_text("hello, I am not a database\n" * 100)
     elif make == "empty file":
@@ -65,9 +77,10 @@ def test_a_file_that_is_not_a_polyfit_database_is_reported_and_left_as_it_was(
     assert "not a polyfit results database" in r.stderr or "no results database" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert _fingerprint(tmp_path) == before  # byte-identical, and no -wal, -shm or plot
-    if make == "foreign sqlite":
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as c:
-            assert c.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    if make.startswith("foreign"):
+        assert str(path) in r.stderr  # the file is named, not "the file"
+        # The journal mode as it was: the header's read and write versions, 2 for WAL.
+        assert path.read_bytes()[18:20] == (b"\x02\x02" if "WAL" in make else b"\x01\x01")
 
 
 def test_the_python_api_does_not_write_either(tmp_path):
@@ -99,6 +112,39 @@ def _results_db(folder: Path) -> str:
         "w/1", "cpu")
     engine.dispose()  # the last connection checkpoints and removes -wal and -shm
     return url
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["no side files", "stale side files"])
+@pytest.mark.parametrize("args", READ_COMMANDS + [["results", "--format", "json"],
+                                                  ["sweeps"]], ids=" ".join)
+def test_read_commands_leave_no_side_files_beside_an_idle_results_database(
+        tmp_path, args, stale):
+    url = _results_db(tmp_path)
+    path = tmp_path / "results.sqlite"
+    if stale:  # what a reader that could not clean up (mode=ro) left behind
+        c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        c.execute("SELECT count(*) FROM jobs").fetchone()
+        c.close()
+        assert (tmp_path / "results.sqlite-wal").exists()
+    r = invoke(*args, "--db", url)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]
+
+
+def test_a_reader_beside_a_writer_leaves_the_writers_side_files_alone(tmp_path):
+    """A read command while a worker has the file open: the -wal and -shm are the writer's
+    (SQLite removes them when the last connection closes), and its writes go on."""
+    url = _results_db(tmp_path)
+    writer = sqlite3.connect(tmp_path / "results.sqlite")
+    writer.execute("UPDATE jobs SET attempts = attempts + 1")
+    writer.commit()
+    assert invoke("results", "--db", url).exit_code == 0
+    assert (tmp_path / "results.sqlite-wal").exists()  # the writer is still open
+    writer.execute("UPDATE jobs SET attempts = attempts + 1")
+    writer.commit()
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]
+    assert "j1" in invoke("results", "--db", url, "--format", "csv").stdout
 
 
 def _can_bind_mount_read_only() -> bool:

@@ -235,3 +235,71 @@ def test_sampling_draws_the_same_jobs_for_the_same_spec_and_seed():
     assert len(build_plan(spec, sample="10:1").jobs) == 10
     assert len(build_plan(spec, sample="5000").jobs) == len(full.jobs)
     assert a.spec["sample"] == {"n": 50, "seed": 7}
+
+
+# -- numbers of every size and sign ------------------------------------------------------------
+
+_HUGE = 10**400  # YAML reads a 401-digit number as an int too big for a float
+
+
+@pytest.mark.parametrize("spec", [
+    {"grid": {"variant": ["numpy"], "seed": [_HUGE]}},
+    {"grid": {"variant": ["numpy"], "lr": [_HUGE]}},
+    {"grid": {"variant": ["numpy"], "epochs": [_HUGE]}},
+    {"grid": {"variant": ["numpy"], "degree": [-_HUGE]}},
+    {"grid": {"variant": ["numpy"], "lr": {"log": [1e-6, _HUGE], "num": 3}}},
+    {"grid": {"variant": ["numpy"], "lr": {"log": [1e-6, 1e-5], "num": _HUGE}}},
+    {"grid": {"variant": ["numpy"], "seed": f"0-{_HUGE}"}},
+    {"grid": {"variant": ["numpy"]}, "x": {"start": -_HUGE}},
+    {"grid": {"variant": ["numpy"]}, "x": {"stop": _HUGE}},
+    {"grid": {"variant": ["numpy"]}, "x": {"points": _HUGE}},
+    {"grid": {"variant": ["numpy"]}, "sample": _HUGE},
+    {"grid": {"variant": ["numpy"]}, "sample": {"n": 3, "seed": _HUGE}},
+    {"grid": {"variant": ["numpy"]}, "stop_at_gap": _HUGE},
+    {"grid": {"variant": ["numpy"]}, "x": {"start": float("-inf")}},
+    {"grid": {"variant": ["numpy"]}, "x": {"stop": "1e400"}},
+    {"grid": {"variant": ["numpy"]}, "stop_at_gap": float("nan")},
+])
+def test_a_huge_or_infinite_number_anywhere_in_a_spec_is_a_short_one_line_error(spec):
+    with pytest.raises(SweepSpecError) as e:
+        build_plan(spec)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 200
+
+
+def test_a_huge_number_in_a_flag_is_a_one_line_error():
+    for axis in ("seed", "lr", "epochs", "degree"):
+        with pytest.raises(SweepSpecError):
+            build_plan(None, {"variant": ["numpy"], axis: ["9" * 401]})
+    with pytest.raises(SweepSpecError):
+        build_plan({"grid": {"variant": ["numpy"]}}, sample="9" * 401)
+    with pytest.raises(SweepSpecError):
+        build_plan({"grid": {"variant": ["numpy"]}}, stop_at_gap="9" * 401)
+
+
+def test_minus_zero_is_zero_one_job_one_id():
+    """-0.0 == 0.0: the same settings make the same job (it is not trained twice)."""
+    def ids(**top):
+        return {j.id for j in build_plan({"grid": {"variant": ["numpy", "module"]}, **top}).jobs}
+
+    assert ids(x={"start": -0.0, "stop": 2}) == ids(x={"start": 0.0, "stop": 2}) == ids(
+        x={"start": 0, "stop": 2})
+    assert ids(x={"start": -2, "stop": -0.0}) == ids(x={"start": -2, "stop": 0.0})
+    assert ids(stop_at_gap=-0.0) == ids(stop_at_gap=0.0) == ids(stop_at_gap=0)
+    flags = build_plan(None, {"variant": ["numpy"]}, stop_at_gap="-0")
+    assert flags.spec["stop_at_gap"] == 0.0 and str(flags.spec["stop_at_gap"]) == "0.0"
+    spec = build_plan({"grid": {"variant": ["numpy"]}, "x": {"start": -0.0, "stop": 1}}).spec
+    assert str(spec["x"]["start"]) == "0.0"
+
+
+def test_job_ids_are_those_recorded_before():
+    """Ids are kept in databases: the same settings must keep the id they were given (these
+    are the ids polyfit gave before -0.0 was made 0.0)."""
+    assert [j.id for j in plan({"variant": ["numpy"]}).jobs] == ["4b5f172f0bef43da"]
+    assert [j.id for j in build_plan({"grid": {"variant": ["numpy"]},
+                                      "x": {"start": 0.0, "stop": 1}}).jobs] == [
+        "cef2da40439c088c"]
+    p = build_plan({"grid": {"variant": ["module"], "lr": [1e-3, 2e-3], "seed": [0, 5]},
+                    "x": {"start": -2, "stop": 2.5, "points": 100}, "stop_at_gap": 1e-4,
+                    "target": "cos"})
+    assert [j.id for j in p.jobs] == ["2501316ae2ab95c0", "3a578a5a81207fdd",
+                                      "6e6b24f3e12b2efe", "5cd7526ea63b0c2c"]
