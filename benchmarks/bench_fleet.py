@@ -14,7 +14,11 @@ host, up to three worker hosts, each on a core of its own), with the same faults
   7. for each fault, the work done twice: jobs trained more than once, and their fit-seconds
      (``duration_s`` x (attempts - 1));
   8. throughput of the same sweep on 1, 2 and 3 worker hosts (jobs/s from submit to the last
-     result, workers started and ready first) and the ratio to one host.
+     result, workers started and ready first) and the ratio to one host;
+  9. ``polyfit sweep run`` killed with SIGKILL mid-sweep (on this host, the embedded broker, no
+     namespaces needed): seconds until none of its worker processes is left, the training its
+     held jobs had done (lost: they start again), and a second ``sweep run`` of the sweep:
+     seconds to the end, and jobs trained twice.
 
 Prints a table. Needs root, like the tests; cleans up the same way (finalizers, atexit,
 SIGTERM, and the next run removes what a SIGKILLed one left).
@@ -174,6 +178,57 @@ SCENARIOS = {"cut": cut_off, "redis": redis_restart, "pg": pg_restart, "dies": h
              "skew": skewed_clocks, "skew-dies": skewed_host_dies}
 
 
+def run_killed(eps: int, stale: int, jobs: int = 8) -> tuple[str, str, int, int, float]:
+    """Measurement 9 (see the module docstring), in a temporary folder of this host; ``eps``:
+    numpy epochs a second on a core (the lost work is given in seconds of training)."""
+    epochs = int(JOB_S * eps)
+    import signal
+    import subprocess
+    import tempfile
+
+    from tests.conftest import polyfit_env
+    from tests.helpers import alive, processes_with, query
+
+    folder = Path(tempfile.mkdtemp(prefix="polyfit-bench-killed-"))
+    db = f"sqlite:///{folder / 'polyfit.sqlite'}"
+    mark = f"POLYFIT_BENCH_KILLED={os.getpid()}"
+    env = polyfit_env(POLYFIT_STALE_AFTER_S=str(stale), POLYFIT_BENCH_KILLED=str(os.getpid()))
+    argv = [sys.executable, "-m", "scheduler", "sweep", "run", "--name", "killed", "--variant",
+            "numpy", "--seed", f"0-{jobs - 1}", "--epochs", str(4 * epochs), "--batch-size",
+            "1", "--workers", "2", "--db", db]
+    run = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+
+    def held() -> list[dict]:
+        return query(db, "SELECT id, epochs_done FROM jobs WHERE status = 'running'")
+
+    try:
+        wait_for(lambda: (folder / "polyfit.sqlite").exists() and any(
+            (r["epochs_done"] or 0) > 0 for r in held()), 180, "a job to report progress")
+        workers = [pid for pid in processes_with(mark) if pid != run.pid]
+        lost = sum(r["epochs_done"] or 0 for r in held()) / eps
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        t = time.monotonic()
+        wait_for(lambda: not alive(workers), 60, "the killed run's workers to stop")
+        orphans_gone = time.monotonic() - t
+        t = time.monotonic()
+        again = subprocess.run([*argv[:5], "killed", "--workers", "2", "--db", db], cwd=folder,
+                               env=env, capture_output=True, text=True, timeout=600)
+        finished = time.monotonic() - t
+        rows = query(db, "SELECT attempts FROM jobs")
+        twice = sum(r["attempts"] > 1 for r in rows)
+        ok = "finished" if again.returncode == 0 else f"exit {again.returncode}"
+        return ("sweep run killed (SIGKILL), run again",
+                f"workers gone {orphans_gone:.1f} s after; rerun {ok} in {finished:.1f} s",
+                len(rows), twice, float(lost))
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for pid in alive(processes_with(mark)):
+            os.kill(pid, signal.SIGKILL)
+
+
 def throughput(f: Fleet, hosts: int, jobs: int, epochs: int) -> float:
     names = [f"worker{i}" for i in range(1, hosts + 1)]
     for host in names:
@@ -189,10 +244,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stale", type=int, default=10, help="POLYFIT_STALE_AFTER_S for the faults")
     p.add_argument("--jobs", type=int, default=36, help="jobs of the throughput sweep")
-    p.add_argument("--only", choices=[*SCENARIOS, "throughput"], action="append",
+    p.add_argument("--only", choices=[*SCENARIOS, "throughput", "run-killed"],
+                   action="append",
                    help="run only these measurements (repeatable) [default: all]")
     args = p.parse_args()
-    only = set(args.only or [*SCENARIOS, "throughput"])
+    only = set(args.only or [*SCENARIOS, "throughput", "run-killed"])
+    killed = None
+    if "run-killed" in only:
+        killed = run_killed(numpy_epochs_per_second(), args.stale)
+        print(f"  {killed[0]}: {killed[1]}", file=sys.stderr)
+        if only == {"run-killed"}:
+            what, recovery, jobs, n, lost = killed
+            print(f"{what}: {recovery}; {jobs} jobs, {n} trained twice, {lost:.1f} fit-s of "
+                  "the held jobs lost")
+            return
     why_not = unavailable() or services_unavailable()
     if why_not:
         sys.exit(f"bench_fleet: {why_not}")
@@ -236,6 +301,10 @@ def main() -> None:
     print(f"{'fault':<{w}}  {'back to work':<{r}}  jobs  trained twice  fit-s wasted")
     for what, recovery, jobs, n, seconds in faults:
         print(f"{what:<{w}}  {recovery:<{r}}  {jobs:>4}  {n:>13}  {seconds:>12.1f}")
+    if killed is not None:
+        what, recovery, jobs, n, lost = killed
+        print(f"{what}: {recovery}; {jobs} jobs, {n} trained twice, {lost:.1f} fit-s of the "
+              "held jobs lost")
     if not rates:
         return
     print(f"\nthroughput, {args.jobs} numpy jobs of {JOB_S / 3:.0f} s, --batch-size 1, "
