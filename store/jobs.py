@@ -111,6 +111,7 @@ class JobRow:
     stop_gap: float | None = None
     stopped_at_epoch: int | None = None
     epochs_done: int | None = None
+    versions: str | None = None
 
     @property
     def gap(self) -> float | None:
@@ -255,7 +256,7 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
 #: What a reused row takes from the row it reuses.
 _REUSED = ("status", "final_loss", "mse", "optimum_mse", "coefficients", "monomial",
            "diverged_at_epoch", "stopped_at_epoch", "epochs_done", "ran_on", "worker",
-           "started_at", "finished_at", "duration_s")
+           "started_at", "finished_at", "duration_s", "versions")
 
 
 def _reuse_results(s, sweep_id: str, job_ids: Sequence[str]) -> set[str]:
@@ -365,10 +366,12 @@ def _savable(worker: str):
 
 @retry_conflicts
 def save_results(
-    engine: Engine, sweep_id: str, outcomes: Sequence[tuple[str, dict]], worker: str, ran_on: str
+    engine: Engine, sweep_id: str, outcomes: Sequence[tuple[str, dict]], worker: str, ran_on: str,
+    versions: str | None = None,
 ) -> int:
     """Store each job's result once (see ``_savable``): a second delivery of the same job, or
-    a late writer whose job another worker took over, changes nothing.
+    a late writer whose job another worker took over, changes nothing. ``versions``: what
+    trained them (see ``JobRecord.versions``).
 
     ``outcomes`` holds (job id, FitResult.to_dict()) or (job id, {"status": "failed",
     "error": text}). Returns how many rows were written."""
@@ -395,7 +398,7 @@ def save_results(
             update(table)
             .where(table.c.sweep_id == sweep_id, table.c.id == bindparam("b_id"))
             .values(finished_at=t, heartbeat_at=t, ran_on=ran_on, worker=worker,
-                    epochs_done=_epochs_done(table),
+                    versions=versions, epochs_done=_epochs_done(table),
                     **{k: bindparam(f"b_{k}") for k in _RESULT_KEYS}),
             params,
         )

@@ -89,6 +89,10 @@ class JobRecord(Base):
     # Epochs trained: a running job's progress (written every few seconds while it trains,
     # with its loss curve so far), and once it ended how far it went.
     epochs_done: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What trained the result, for reproducing it: a JSON object (as text, for every SQL
+    # dialect and export) of polyfit's, torch's, NumPy's and Python's versions, the host and
+    # the device (its model), written by the worker with the result.
+    versions: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     ran_on: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -279,7 +279,7 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
         # back): a slow save must not make the jobs look abandoned and send them elsewhere.
         written = _with_retries(
             lambda: store_jobs.save_results(engine, batch.sweep_id, results, worker,
-                                            runtime.ran_on()),
+                                            runtime.ran_on(), runtime.versions()),
             "save results", patience,
         )
     statuses: dict[str, int] = {}

@@ -6,6 +6,7 @@ settings hold the database URL with its password."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -42,11 +43,51 @@ class Runtime:
     def torch_device(self) -> str:
         return "cuda:0" if self.device == "cuda" and not self.emulated else "cpu"
 
+    def versions(self) -> str:
+        """What trains here, as the JSON text a result row keeps (``JobRecord.versions``)."""
+        return _versions(self.torch_device() if not self.emulated else "cpu")
+
     def ran_on(self) -> str:
         if self.device != "cuda":
             return self.device
         where = f"cuda:{self.gpu}" if self.gpu is not None else "cuda"
         return f"{where} (emulated on cpu)" if self.emulated else where
+
+
+@functools.cache
+def _versions(device: str) -> str:
+    """polyfit's, torch's, NumPy's and Python's versions, the host and the device's model (once
+    per process and device)."""
+    import json
+    import platform
+    import socket
+    from importlib import metadata
+
+    import numpy
+    import torch
+
+    try:
+        polyfit = metadata.version("polyfit")
+    except metadata.PackageNotFoundError:
+        polyfit = "unknown"
+    if device.startswith("cuda"):
+        model = torch.cuda.get_device_name(torch.device(device))
+    else:
+        model = _cpu_model() or platform.machine()
+    return json.dumps({"polyfit": polyfit, "torch": torch.__version__,
+                       "numpy": numpy.__version__, "python": platform.python_version(),
+                       "host": socket.gethostname(), "device": f"{device}: {model}"},
+                      separators=(",", ":"))
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 _current: Runtime | None = None
