@@ -119,7 +119,12 @@ def _run(settings: Settings, target: Target,
             grace = INTERRUPT_STOP_S
             return 128 + signum
         finally:
+            # Workers that died on their own have their log named in the error: kept. Those
+            # stopped here leave nothing behind (one /tmp file per run piled up).
+            died = local.returncode() is not None
             local.stop(timeout_s=grace)
+            if not died:
+                local.log_path.unlink(missing_ok=True)
             _release(settings, local)
             if not unreachable:
                 drop_queue(settings, local.private[1])

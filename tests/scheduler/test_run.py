@@ -19,3 +19,18 @@ def test_the_best_results_go_to_the_current_stdout(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"best results of sweep sweep ({plan.sweep_id})" in out
     assert "numpy" in out
+
+
+def test_a_run_leaves_no_worker_log_behind(tmp_path):
+    # One /tmp/polyfit-worker-*.log was left per run (29 after an hour of work).
+    from tests.conftest import polyfit_env
+    from tests.helpers import polyfit
+
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    env = polyfit_env(TMPDIR=str(logs))
+    for _ in range(2):
+        r = polyfit("sweep", "run", "--variant", "numpy", "--seed", "0-1", "--epochs", "20",
+                    "--workers", "1", env=env, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    assert not list(logs.glob("polyfit-worker-*.log"))
