@@ -317,7 +317,7 @@ def test_sweep_run_of_a_recorded_sweep_trains_what_it_still_needs(tmp_path):
     assert [r["status"] for r in got] == ["succeeded"] * 4
     # Not a file and not a sweep: the usual missing-file error.
     missing = polyfit("sweep", "run", "nothing-here", env=env, cwd=tmp_path)
-    assert missing.returncode == 2 and "cannot read nothing-here" in missing.stderr
+    assert missing.returncode == 2 and "no spec file or sweep 'nothing-here'" in missing.stderr
 
 
 def test_a_worker_makes_the_results_tables_when_it_starts(tmp_path, start_worker):
