@@ -11,6 +11,7 @@ import click
 from polyfit_results import queries, report
 from scheduler.cli.group import InputError, cli
 from scheduler.cli.helpers import changing, find_sweep, pass_settings, reading
+from scheduler.cli.reads import _group_columns, _styled, _width, grouped_table_options
 from scheduler.cli.sweeps import sweep
 from scheduler.sweep import SweepSpecError, check_name, sweep_id_of
 from store.manage import (
@@ -103,16 +104,10 @@ COMPARED = ("mse", "gap", "lr", "degree", "status")
 @cli.command()
 @click.argument("first_ref", metavar="SWEEP_A")
 @click.argument("second_ref", metavar="SWEEP_B")
-@click.option("--by", "by_text", default="variant", show_default=True, metavar="COLS",
-              help="Group by these job settings, comma-separated "
-                   f"({', '.join(queries.GROUP_COLUMNS)}).")
-@click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
-              show_default=True)
+@grouped_table_options
 @pass_settings()
 def compare(settings: Settings, first_ref, second_ref, by_text, fmt) -> None:
     """Two sweeps' best jobs per group side by side, with the ratio of their mse (B / A)."""
-    from scheduler.cli.reads import _group_columns, _styled, _width
-
     by = _group_columns(by_text)
     engine = reading(settings)
     a, b = find_sweep(engine, first_ref), find_sweep(engine, second_ref)

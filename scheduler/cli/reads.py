@@ -287,13 +287,18 @@ def _group_columns(text: str) -> list[str]:
     return list(dict.fromkeys(by))
 
 
+def grouped_table_options(f):
+    """--by (the groups of the best jobs) and --format, of ``best`` and ``compare``."""
+    f = click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
+                     show_default=True)(f)
+    return click.option("--by", "by_text", default="variant", show_default=True,
+                        metavar="COLS", help="Group by these job settings, comma-separated "
+                        f"({', '.join(queries.GROUP_COLUMNS)}).")(f)
+
+
 @cli.command()
 @click.argument("sweep_ref", metavar="[SWEEP]", required=False)
-@click.option("--by", "by_text", default="variant", show_default=True, metavar="COLS",
-              help="Group by these job settings, comma-separated "
-                   f"({', '.join(queries.GROUP_COLUMNS)}).")
-@click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
-              show_default=True)
+@grouped_table_options
 @pass_settings()
 def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
     """The best job (lowest mse) per group, with its gap to the least-squares optimum."""

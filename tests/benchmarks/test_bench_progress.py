@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, polyfit_env
 
 
+@pytest.mark.slow  # runs sweeps through real workers
 def test_the_benchmark_runs_and_prints_the_ratio():
     r = subprocess.run([sys.executable, "benchmarks/bench_progress.py", "--seeds", "2",
                         "--epochs", "300", "--repeats", "1", "--every", "1", "--workers", "1"],

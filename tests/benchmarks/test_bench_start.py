@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, polyfit_env
 
 
+@pytest.mark.slow  # starts polyfit and torch many times
 def test_the_benchmark_runs_and_prints_each_ratio():
     r = subprocess.run([sys.executable, "benchmarks/bench_start.py", "--repeats", "1"],
                        cwd=ROOT, env=polyfit_env(), capture_output=True, text=True, timeout=300)

@@ -45,6 +45,8 @@ FUSED_MIXES = [(name, optimizer) for name, optimizer in MIXES if name in TORCH_V
 #: each path's batch invariance (which holds exactly: a job's arithmetic does not depend on its
 #: mates), and the numbers are compared on calm settings of the same configuration instead.
 CHAOTIC = {("legendre", "rmsprop")}
+#: Tests that compile (seconds per configuration, tens on a cold cache): the slow tier.
+COMPILES = pytest.mark.slow
 #: Learning rates of the chaotic configurations at which, in 300 epochs, the parameters stay
 #: far from the optimum, every gradient keeps its sign, and the two paths agree to 1e-16 in
 #: float64 and 1e-7 in float32: the numeric comparison runs here, with the usual tolerances.
@@ -68,6 +70,7 @@ def compiled_frames() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+@COMPILES
 @pytest.mark.parametrize("dtype,rtol", [("float32", 1e-4), ("float64", 1e-6)])
 @pytest.mark.parametrize("name,optimizer", FUSED_MIXES)
 def test_fused_equals_unfused(name, optimizer, dtype, rtol):
@@ -82,6 +85,7 @@ def test_fused_equals_unfused(name, optimizer, dtype, rtol):
                            rtol=rtol * 10)
 
 
+@COMPILES
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name,optimizer", sorted(CHAOTIC))
 def test_chaotic_settings_agree_on_what_the_problem_determines(name, optimizer, dtype):
@@ -100,6 +104,7 @@ def test_chaotic_settings_agree_on_what_the_problem_determines(name, optimizer, 
         assert together.loss_curve == alone.loss_curve, s
 
 
+@COMPILES
 @pytest.mark.parametrize("name", TORCH_VARIANTS)
 def test_a_fused_job_in_a_mixed_batch_equals_the_fused_job_alone(name):
     optimizer = VARIANTS[name].defaults["optimizer"]
@@ -111,6 +116,7 @@ def test_a_fused_job_in_a_mixed_batch_equals_the_fused_job_alone(name):
         assert close(together.coefficients, alone.coefficients, 1e-4)
 
 
+@COMPILES
 @pytest.mark.parametrize("name", TORCH_VARIANTS)
 def test_fused_results_are_deterministic_per_seed(name):
     specs = [spec(name, seed=s, epochs=150) for s in (3, 4, 5)]
@@ -122,6 +128,7 @@ def test_fused_results_are_deterministic_per_seed(name):
     assert first[0].coefficients != first[1].coefficients  # the seed drives the start
 
 
+@COMPILES
 @pytest.mark.parametrize("name", TORCH_VARIANTS)
 def test_one_compile_serves_every_batch_size_and_the_final_pass(name):
     fit_many([spec(name, seed=s, epochs=3) for s in range(5)], fuse=True)
@@ -132,6 +139,7 @@ def test_one_compile_serves_every_batch_size_and_the_final_pass(name):
     assert compiled_frames() == before
 
 
+@COMPILES
 def test_diverged_fused_job_does_not_stop_its_batch():
     ok = spec("autograd", lr=1e-6, seed=1, epochs=EPOCHS)
     bad = spec("autograd", lr=1e-2, seed=2, epochs=EPOCHS)

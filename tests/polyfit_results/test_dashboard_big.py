@@ -1,10 +1,9 @@
 """The dashboard on a 100,000-job sweep: the database is built in seconds by inserting rows
 directly (``benchmarks/bench_dashboard.py``, no training), and every main page and the JSON
-behind its charts is served in-process and timed. The times are printed (``-s`` shows them);
-the bounds asserted are generous (the machines that run the tests are shared): what they
-catch is a page that moves the whole sweep out of the database, which takes tens of seconds
-here. The pages hold a page of rows and a bounded number of series, whatever the sweep's
-size."""
+behind its charts is served in-process. The pages hold a page of rows and a bounded number of
+series, whatever the sweep's size. Their times are printed (``-s`` shows them), not asserted:
+speed is the benchmark's to measure (``benchmarks/bench_dashboard.py``), and a time bound here
+would judge the load of the machine that runs the tests."""
 
 from __future__ import annotations
 
@@ -16,9 +15,9 @@ from benchmarks.bench_dashboard import build_database, pages, time_pages
 from polyfit_results.dashboard import create_app
 from polyfit_results.dashboard.data import DIVERGED_CURVES, FAINT_CURVES
 
+pytestmark = pytest.mark.slow  # builds a 100,000-job database
+
 JOBS = 100_000
-#: Seconds a page may take here (measured: about 0.1-0.5 s on a 2-core VM; see docs/dashboard.md).
-BOUND_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +28,11 @@ def big(tmp_path_factory):
     return url, built
 
 
-def test_main_pages_of_a_100000_job_sweep_render_quickly(big):
+def test_every_main_page_of_a_100000_job_sweep_is_served(big):
     url, built = big
-    times = time_pages(url, built["big"], built["small"], runs=2)
+    times = time_pages(url, built["big"], built["small"], runs=1)
     print("\n" + "\n".join(f"{name:40s} {s * 1000:7.0f} ms" for name, s in times.items()))
     assert set(times) == set(pages("s", "t", "j"))
-    slow = {name: round(s, 2) for name, s in times.items() if s > BOUND_S}
-    assert not slow, slow
 
 
 def test_pages_of_a_big_sweep_stay_small(big):

@@ -28,10 +28,10 @@ from tests.helpers import finished_sweep, record_sweep, train
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(  # slow: a browser and a live server
     not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
     reason="the browser tests need headless Chromium and its driver at /usr/bin/chromium and "
-           "/usr/bin/chromedriver (apt-get install chromium chromium-driver; .ci/run does)")
+           "/usr/bin/chromedriver (apt-get install chromium chromium-driver; .ci/run does)")]
 
 # Every variant; numpy over lr x degree, with a cell where every job diverges at once and one
 # where they diverge late (their curves end with a cross). 30 jobs.

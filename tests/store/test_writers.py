@@ -4,9 +4,12 @@ locked", every job stored exactly once (the benchmark prints the same figures at
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.bench_writers import run
 
 
+@pytest.mark.slow  # eight processes
 def test_eight_processes_store_10000_jobs_without_a_lock_error(tmp_path):
     figures = run(f"sqlite:///{tmp_path / 'writers.sqlite'}", processes=8, jobs=10_000,
                   batch=125)

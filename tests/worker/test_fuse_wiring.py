@@ -70,6 +70,7 @@ def test_run_batch_fuses_as_the_settings_say(tmp_path, monkeypatch):
     assert _train(db_url, True, 20, monkeypatch) > 0
 
 
+@pytest.mark.slow  # a worker process compiles
 def test_the_worker_process_compiles_into_the_cache_folder(tmp_path):
     cache = tmp_path / "kernels"
     env = polyfit_env(POLYFIT_DB_URL=f"sqlite:///{tmp_path / 'r.db'}", POLYFIT_FUSE="1",
