@@ -10,6 +10,8 @@ at a time limit (the server stops executing them too) and results are capped."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -260,3 +262,54 @@ def test_the_door_refuses_to_create_a_database(tmp_path):
     r = invoke("sql", "SELECT 1", "--db", f"sqlite:///{tmp_path / 'none.sqlite'}")
     assert r.exit_code == 2 and not (tmp_path / "none.sqlite").exists()
     assert not any(Path(tmp_path).iterdir())
+
+
+# -- the reader and polyfit's own locks ------------------------------------------------------------
+
+# The advisory-lock keys polyfit's schema and views creation used to take (issue 22, item 8):
+# any account may take an advisory lock, and the reader's held `sweep submit` up.
+_OLD_SCHEMA_LOCKS = (0x706F6C7A, 0x706F6C79)
+
+
+def test_the_reader_cannot_hold_up_schema_creation_or_a_submit(reader, tmp_path):
+    """The reader takes every lock it can: the advisory keys, as its own session's, and the
+    tables and views it may read in an open transaction; it cannot take polyfit's schema lock.
+    A `sweep submit` (which makes sure of the schema, as every worker's start does) still
+    completes, and so does a schema upgrade while the advisory locks are held."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import polyfit_env
+    from tests.helpers import polyfit
+
+    conninfo = make_url(reader.env["POLYFIT_SQL_URL"]).set(drivername="postgresql")
+    conn = psycopg.connect(conninfo.render_as_string(hide_password=False), autocommit=True)
+    try:
+        for key in _OLD_SCHEMA_LOCKS:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with conn.transaction():
+                conn.execute("LOCK TABLE sweeps IN SHARE ROW EXCLUSIVE MODE")
+        conn.execute("BEGIN")
+        conn.execute("SELECT * FROM sweeps, jobs, best_jobs, sweep_summary, variant_summary "
+                     "LIMIT 1")
+        env = polyfit_env(POLYFIT_DB_URL=reader.url,
+                          POLYFIT_BROKER_URL=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+        # A generous bound, not a timing: the submit waited as long as the lock was held.
+        r = polyfit("sweep", "submit", "--variant", "numpy", "--seed", "0-2", "--epochs", "5",
+                    env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        conn.execute("COMMIT")  # the tables free again; the advisory locks still held
+        admin = create_engine(reader.url)
+        with admin.begin() as c:
+            c.execute(text("ALTER TABLE jobs DROP COLUMN ran_on"))
+            c.execute(text("DROP VIEW best_jobs"))
+        admin.dispose()
+        r = subprocess.run([sys.executable, "-c", "import sys; from store import create_schema, "
+                            "make_engine; create_schema(make_engine(sys.argv[1]))", reader.url],
+                           env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert r.returncode == 0, r.stderr
+        assert reader.sql("SELECT ran_on FROM jobs").exit_code == 0
+        assert reader.sql("SELECT count(*) AS n FROM best_jobs").exit_code == 0
+    finally:
+        conn.close()
