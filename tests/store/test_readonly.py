@@ -264,7 +264,7 @@ def test_the_door_refuses_to_create_a_database(tmp_path):
     assert not any(Path(tmp_path).iterdir())
 
 
-# -- the reader and polyfit's own locks ------------------------------------------------------------
+# -- the reader and polyfit's own locks -------------------------------------------------
 
 # The advisory-lock keys polyfit's schema and views creation used to take (issue 22, item 8):
 # any account may take an advisory lock, and the reader's held `sweep submit` up.
@@ -313,3 +313,94 @@ def test_the_reader_cannot_hold_up_schema_creation_or_a_submit(reader, tmp_path)
         assert reader.sql("SELECT count(*) AS n FROM best_jobs").exit_code == 0
     finally:
         conn.close()
+
+
+# -- memory: rows stream, a table is bounded -----------------------------------------------
+
+# `polyfit sql` in a process of its own that reports its peak resident memory (MiB) last.
+_MEASURED = ("import resource, sys\n"
+             "from scheduler.cli import main\n"
+             "sys.argv = ['polyfit', *sys.argv[1:]]\n"
+             "try:\n"
+             "    main()\n"
+             "finally:\n"
+             "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,"
+             " file=sys.stderr)\n")
+# A whole process of `polyfit sql "SELECT 1"` peaks near 80 MiB; these results are 400 MiB.
+_FLAT_MIB = 250
+
+
+def _measured_sql(db: Db, *args: str) -> tuple[int, int, str, int]:
+    """Exit code, lines printed, stderr without the last line, and peak memory (MiB)."""
+    from tests.conftest import ROOT, polyfit_env
+
+    proc = subprocess.Popen([sys.executable, "-c", _MEASURED, "sql", *args, "--db", db.url],
+                            env=polyfit_env(**db.env), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    lines = sum(chunk.count(b"\n") for chunk in iter(lambda: proc.stdout.read(1 << 20), b""))
+    err = proc.stderr.read().decode()
+    proc.wait(300)
+    *rest, peak = err.strip().splitlines()
+    return proc.returncode, lines, "\n".join(rest), int(peak)
+
+
+def _rows_of(db: Db, n: int, width: int) -> str:
+    if db.url.startswith("sqlite"):
+        return (f"WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c LIMIT {n}) "
+                f"SELECT n, printf('%.{width}c', 'x') AS pad FROM c")
+    return f"SELECT n, repeat('x', {width}) AS pad FROM generate_series(1, {n}) AS n"
+
+
+@pytest.mark.parametrize("fmt, lines_per_row", [("csv", 1), ("json", 4)])
+def test_csv_and_json_stream_every_row_in_flat_memory(db, fmt, lines_per_row):
+    """200,000 rows of 2 kB: 400 MiB that the process never holds (it held them all, 2.9 GB
+    from one query in the issue; PostgreSQL's came in one FETCH of 100,001 rows)."""
+    code, lines, err, peak = _measured_sql(db, _rows_of(db, 200_000, 2000), "--format", fmt,
+                                           "--max-rows", "1000000000", "--timeout", "300")
+    assert code == 0, err
+    assert lines == 200_000 * lines_per_row + (1 if fmt == "csv" else 2)
+    assert peak < _FLAT_MIB, f"{peak} MiB"
+
+
+def test_a_table_holds_a_bounded_amount_and_says_so(db):
+    code, lines, err, peak = _measured_sql(db, _rows_of(db, 20_000, 20_000), "--timeout", "300")
+    assert code == 0, err
+    assert "only the first" in err and "a table holds at most 8 MiB" in err
+    assert 100 < lines < 1000
+    assert peak < _FLAT_MIB, f"{peak} MiB"
+
+
+def test_output_is_the_same_as_before_row_by_row(db):
+    """The streamed formats write what ``report.render`` wrote, and the order, the empty
+    result and its columns, and the row cap are kept."""
+    from polyfit_results import report
+
+    many = _rows_of(db, 5, 3).replace(
+        "SELECT n,", "SELECT CAST(n AS DOUBLE PRECISION) * 1.5 AS half, n,")
+    ordered = f"SELECT * FROM ({many}) AS t ORDER BY n DESC"
+    for fmt in ("csv", "json", "table"):
+        r = db.sql(ordered, "--format", fmt) if fmt != "json" else db.sql(ordered)
+        rows = [{"half": n * 1.5, "n": n, "pad": "xxx"} for n in range(5, 0, -1)]
+        assert r.exit_code == 0, r.output
+        assert r.stdout == report.render(rows, ["half", "n", "pad"], fmt) + "\n"
+    r = db.sql("SELECT 1 AS a, 'x' AS b WHERE 1 = 0")
+    assert r.exit_code == 0 and json.loads(r.stdout) == []
+    r = invoke("sql", "SELECT 1 AS a, 'x' AS b WHERE 1 = 0", "--db", db.url, env=db.env)
+    assert r.stdout.split() == ["a", "b", "--", "-", "(no", "rows)"]
+    r = db.sql(ordered, "--max-rows", "2", "--format", "csv")
+    assert r.stdout.splitlines()[1:] == ["7.5,5,xxx", "6.0,4,xxx"]
+    assert "only the first 2 rows" in r.stderr
+
+
+def test_postgresql_refuses_a_row_bigger_than_16_mib_before_it_is_sent(reader):
+    r = reader.sql("SELECT 1 AS a, repeat('x', 20000000) AS b")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "a row of the result is 20,000,0" in r.stderr and "16 MiB" in r.stderr
+    assert reader.sql("SELECT repeat('x', 1000000) AS b;").exit_code == 0
+
+
+def test_json_holds_what_postgresql_returns_that_json_has_no_type_for(reader):
+    r = reader.sql("SELECT 1.25 AS x, 'NaN'::numeric AS y, '\\x00ff'::bytea AS b, "
+                   "interval '1 day' AS i")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == [{"x": 1.25, "y": None, "b": "00ff", "i": "1 day, 0:00:00"}]
