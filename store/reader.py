@@ -186,7 +186,21 @@ def _conninfo(url: str) -> str:
     if parsed.drivername not in ("postgresql", "postgresql+psycopg"):
         raise StoreError("polyfit sql on PostgreSQL needs the psycopg driver "
                          "(postgresql+psycopg://...)")
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    from psycopg.conninfo import make_conninfo
+
+    # libpq keywords, not a URL: a password with a space (which SQLAlchemy's URLs keep as it
+    # is and libpq's refuse) or any other character reaches the server as it was given.
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in parsed.query.items()}
+    parts = {"host": parsed.host, "port": parsed.port, "user": parsed.username,
+             "password": parsed.password, "dbname": parsed.database}
+    return make_conninfo(**{k: v for k, v in parts.items() if v is not None}, **query)
+
+
+def shareable_url(url: str, password: str | None = None) -> str:
+    """``url`` as text that SQLAlchemy and libpq both read back, with ``password`` (None: none):
+    SQLAlchemy leaves a space as it is, which libpq refuses."""
+    text = make_url(url).set(password=password).render_as_string(hide_password=False)
+    return text.replace(" ", "%20")
 
 
 def reader_url(url: str) -> str:
@@ -198,8 +212,8 @@ def reader_url(url: str) -> str:
 def create_reader_role(url: str, role: str = READER_ROLE, password: str | None = None) -> str:
     """Create (or repair) the login role ``polyfit sql`` uses on PostgreSQL: no powers, SELECT
     on polyfit's tables and views (and on those made later by their owner), read-only by
-    default. Run once, as an account that may create roles. Returns the URL to reach it with
-    (its password, if any, hidden)."""
+    default. Run once, as an account that may create roles. Returns the URL to reach it with,
+    without a password (the results URL's, the admin's, is never in it)."""
     import psycopg
     from psycopg import sql
 
@@ -252,5 +266,5 @@ def create_reader_role(url: str, role: str = READER_ROLE, password: str | None =
         raise StoreError(f"cannot create the role {role!r}: {_first_line(e)}") from e
     finally:
         conn.close()
-    shown = make_url(url).set(username=role, password=None if password is None else "***")
-    return shown.render_as_string(hide_password=False)
+    return make_url(url).set(username=role, password=None).render_as_string(
+        hide_password=False)

@@ -254,7 +254,7 @@ def _postgres_rows(url: str, sql_url: str | None, query: str,
     for candidate in candidates:
         try:
             conn = psycopg.connect(_conninfo(candidate), connect_timeout=10, autocommit=False)
-        except psycopg.OperationalError as e:
+        except (psycopg.OperationalError, psycopg.ProgrammingError) as e:
             problems.append(f"{redact_url(make_url(candidate).render_as_string())} cannot "
                             f"connect: {_first_line(e)}")
             continue

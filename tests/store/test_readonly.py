@@ -221,6 +221,39 @@ def test_a_reader_that_was_given_powers_is_refused(reader, grant):
     assert reader.sql("SELECT count(*) AS n FROM jobs").exit_code == 0
 
 
+def test_create_reader_with_a_password_prints_a_line_that_works_as_printed():
+    """The export line held `***` for the password; now the one typed (shell-quoted, its
+    special characters escaped in the URL), and never the admin account's."""
+    import shlex
+
+    from sqlalchemy.engine import make_url
+
+    role, password = f"pf_reader_{uuid.uuid4().hex[:8]}", "p@ss w:rd/$x'%"
+    with pg_schema() as url:
+        _fill(url)
+        admin_url = url.replace("postgres@", "postgres:admin-s3cret@")
+        try:
+            r = invoke("db", "create-reader", "--role", role, "--password", password,
+                       "--db", admin_url)
+            assert r.exit_code == 0, r.output
+            assert "***" not in r.stdout and "admin-s3cret" not in r.stdout
+            (line,) = [x for x in r.stdout.splitlines() if "export POLYFIT_SQL_URL=" in x]
+            words = shlex.split(line.split(": ", 1)[1])
+            assert words[0] == "export" and len(words) == 2
+            sql_url = words[1].split("=", 1)[1]
+            assert make_url(sql_url).password == password
+            assert make_url(sql_url).username == role
+            out = Db(url, {"POLYFIT_SQL_URL": sql_url}).sql("SELECT current_user AS who")
+            assert out.exit_code == 0, out.output
+            assert json.loads(out.stdout) == [{"who": role}]
+        finally:
+            admin = create_engine(PG_URL)
+            with admin.begin() as c:
+                c.execute(text(f"DROP OWNED BY {role}"))
+                c.execute(text(f"DROP ROLE {role}"))
+            admin.dispose()
+
+
 def test_a_long_statement_is_stopped_and_the_server_stops_it_too(db):
     slow = ("SELECT pg_sleep(30)" if not db.url.startswith("sqlite") else
             "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) "
