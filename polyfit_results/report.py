@@ -34,7 +34,7 @@ def cell(value: object) -> str:
     return str(value)
 
 
-def _csv_cell(value: object) -> object:
+def csv_cell(value: object) -> object:
     if value is None:
         return ""
     if isinstance(value, (list, dict)):
@@ -70,7 +70,7 @@ def render(rows: Sequence[Mapping], columns: Sequence[str], fmt: str,
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         for r in rows:
-            writer.writerow([_csv_cell(r.get(c)) for c in columns])
+            writer.writerow([csv_cell(r.get(c)) for c in columns])
         return buf.getvalue().rstrip("\n")
     texts = [[cell(r.get(c)) for c in columns] for r in rows]
     left_out: list[str] = []

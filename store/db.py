@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -182,36 +182,73 @@ def server_engine(url: str, **options) -> Engine:
         raise StoreError(redact_url(f"cannot use database {url}: {e}")) from e
 
 
-# Any number: the PostgreSQL advisory lock that serializes schema creation across processes.
-_SCHEMA_LOCK = 0x706F6C7A  # "polz"
+#: PostgreSQL SQLSTATEs of a CREATE that lost a race with another process's: the catalog's
+#: unique index (unique_violation), or the object already there (duplicate table, object).
+_CREATED_BY_ANOTHER = ("23505", "42P07", "42710")
+_CREATE_TRIES = 3
 
 
 def create_schema(engine: Engine) -> None:
     """Create the tables, indexes and views if they are missing (idempotent), also when several
-    processes do it at once: in one transaction that holds SQLite's write lock, or an advisory
-    lock on PostgreSQL (its catalog would otherwise refuse the second CREATE TABLE of a race)."""
+    processes do it at once. It looks first, without a lock: a complete schema (every start
+    of a worker, every submit) is left alone and waits for nobody. Otherwise one transaction
+    that holds SQLite's write lock, or on PostgreSQL ``LOCK TABLE sweeps IN SHARE ROW
+    EXCLUSIVE MODE`` (a lock that an account allowed only to read, like ``polyfit sql``'s, can
+    neither take nor hold: an advisory lock it could), and in a schema with no tables yet (no
+    reader has been given anything in it) no lock: of two processes that create the tables at
+    once, the second is refused by the catalog and looks again."""
     from store.sql_views import create_views
 
     try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
-            Base.metadata.create_all(conn)
-            # create_all makes the columns and indexes of the tables it creates; a database
-            # made by an older polyfit gets those added since (nullable columns only).
-            found = inspect(conn)
-            for table in Base.metadata.sorted_tables:
-                have = {c["name"] for c in found.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name not in have:
-                        kind = column.type.compile(dialect=conn.dialect)
-                        conn.exec_driver_sql(
-                            f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
-                for index in table.indexes:
-                    index.create(conn, checkfirst=True)
+        with engine.connect() as conn:
+            complete = not _missing(conn)
+            conn.rollback()
+        if not complete:
+            for attempt in range(1, _CREATE_TRIES + 1):
+                try:
+                    _create_tables(engine)
+                    break
+                except DBAPIError as e:
+                    if attempt == _CREATE_TRIES or getattr(
+                            e.orig, "sqlstate", None) not in _CREATED_BY_ANOTHER:
+                        raise
         create_views(engine)
     except SQLAlchemyError as e:
         raise store_error(engine, e) from e
+
+
+def _missing(conn) -> list:
+    """What the schema lacks: tables, then columns (as ``(table, column)``), then indexes."""
+    found = inspect(conn)
+    tables = set(found.get_table_names())
+    out: list = [t for t in Base.metadata.sorted_tables if t.name not in tables]
+    if out:
+        return out
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)}
+        out += [(table, c) for c in table.columns if c.name not in have]
+        indexes = {i["name"] for i in found.get_indexes(table.name)}
+        out += [i for i in table.indexes if i.name not in indexes]
+    return out
+
+
+def _create_tables(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql" and inspect(conn).has_table("sweeps"):
+            conn.exec_driver_sql("LOCK TABLE sweeps IN SHARE ROW EXCLUSIVE MODE")
+        Base.metadata.create_all(conn)
+        # create_all makes the columns and indexes of the tables it creates; a database
+        # made by an older polyfit gets those added since (nullable columns only).
+        found = inspect(conn)
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    kind = column.type.compile(dialect=conn.dialect)
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
 
 
 def store_error(engine: Engine, e: Exception) -> StoreError:

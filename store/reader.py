@@ -8,29 +8,14 @@ that is read-only to the user still opens. No -wal and -shm are left beside a WA
 write removes them, as the last to close; such a file is read over ``mode=rw`` with
 ``query_only`` where that is safe (see ``_tidy_uri``), else ``mode=ro``.
 
-``run_sql`` is ``polyfit sql``: a user's statement, run so that it cannot write or run anything,
-within a time limit and a cap on the rows returned.
-- SQLite: the file opened ``mode=ro``, ``query_only``, an authorizer that allows reads only (no
-  ATTACH, no pragma assignment), one statement, a progress handler that stops it at the time
-  limit, and limits on the length of a string or blob and on the heap.
-- PostgreSQL: the statement runs over a connection that logs in as an account that can neither
-  write polyfit's tables nor escalate (no superuser, CREATEROLE, CREATEDB, REPLICATION or
-  BYPASSRLS attribute, no membership of a role that has one, nor of the built-in roles that
-  reach the server's files, programs or other sessions), checked before every statement. A role
-  set on a session is no boundary against the statement that runs in it (``RESET ROLE``), a
-  login role is. That account is ``POLYFIT_SQL_URL`` if set, else the results URL's own account
-  if it passes the check, else the results URL with the user ``polyfit_reader``, the role that
-  ``create_reader_role`` (``polyfit db create-reader``) makes once. The statement then runs alone
-  (one prepared statement, or a server-side cursor for queries), in a READ ONLY transaction with
-  a ``statement_timeout`` that it cannot lift for itself, and is rolled back."""
+``create_reader_role`` (``polyfit db create-reader``) makes the PostgreSQL login role that
+``polyfit sql`` runs users' statements as; ``store.user_sql`` is that door."""
 
 from __future__ import annotations
 
 import os
 import re
 import sqlite3
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, inspect
@@ -54,15 +39,7 @@ REQUIRED = {"sweeps": {"id", "name", "spec", "created_at"},
             "jobs": {"id", "sweep_id", "variant", "status", "mse", "worker", "attempts"}}
 #: polyfit's tables, which the account behind ``polyfit sql`` must not be able to change.
 TABLES = ("sweeps", "jobs", "loss_curve")
-#: Built-in PostgreSQL roles whose members reach the server's files or programs, write
-#: everything, or signal other sessions (the workers').
-_DANGEROUS_ROLES = ("pg_execute_server_program", "pg_read_server_files",
-                    "pg_write_server_files", "pg_write_all_data", "pg_signal_backend")
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-#: SQLite: the longest string or blob a statement may build (``repeat``, ``zeroblob``,
-#: ``group_concat``), and the heap the process may use while ``polyfit sql`` runs.
-SQLITE_MAX_LENGTH = 16 * 2**20
-SQLITE_HEAP_LIMIT = 512 * 2**20
 
 
 class NotResultsDatabase(StoreError):
@@ -197,128 +174,11 @@ def _not_ours(engine: Engine, where: str | None, why: str) -> str:
     return f"{where} is not a polyfit results database ({why})"
 
 
-# -- polyfit sql ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SqlResult:
-    columns: list[str]
-    rows: list[tuple]
-    truncated: bool
-
-
-def run_sql(url: str, query: str, *, timeout_s: float, max_rows: int,
-            sql_url: str | None = None) -> SqlResult:
-    """Run one statement through the read-only door (see the module docstring)."""
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
-        raise StoreError(f"not a database URL: {redact_url(url)}") from e
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        path = sqlite_path(url)
-        if path is None or not path.is_file():
-            raise NotResultsDatabase(f"no results database at {path}")
-        open_results(url).dispose()  # a polyfit database, or refused like every read command
-        return _sqlite_sql(path, query, timeout_s, max_rows)
-    if backend == "postgresql":
-        return _postgres_sql(url, sql_url, query, timeout_s, max_rows)
-    raise StoreError(f"polyfit sql supports SQLite and PostgreSQL, not {backend}")
-
-
-# SQLite pragmas ``polyfit sql`` may read. Those with an argument name a table or an index; the
-# others would set something if given one (``journal_mode=DELETE``), so they are read-only
-# without.
-_PRAGMAS_ON_A_TABLE = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
-                       "foreign_key_list"}
-_PRAGMAS_READ = {"table_list", "database_list", "collation_list", "function_list",
-                 "pragma_list", "compile_options", "journal_mode", "page_count", "page_size",
-                 "user_version", "schema_version", "data_version", "freelist_count",
-                 "encoding", "foreign_keys", "busy_timeout", "query_only"}
-
-
-def _deny_writes(action, arg1, arg2, dbname, source):
-    """SQLite authorizer: reads only, no ATTACH, no pragma assignments."""
-    if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                  sqlite3.SQLITE_RECURSIVE):
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA:
-        name = (arg1 or "").lower()
-        if name in _PRAGMAS_ON_A_TABLE or (name in _PRAGMAS_READ and arg2 is None):
-            return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
-
-def _sqlite_sql(path: Path, query: str, timeout_s: float, max_rows: int) -> SqlResult:
-    # The user's statement runs on a mode=ro connection. A WAL file's -wal and -shm, which it
-    # cannot remove, are removed by a connection that may (it runs nothing of the user's),
-    # opened before it and closed after it, so that it is the last one to close.
-    tidy_uri = _tidy_uri(path, ours=True)
-    tidy = _sqlite_connect(tidy_uri) if tidy_uri else None
-    try:
-        if tidy is not None:
-            tidy.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return _sqlite_sql_ro(path, query, timeout_s, max_rows)
-    finally:
-        if tidy is not None:
-            tidy.close()
-
-
-def _sqlite_sql_ro(path: Path, query: str, timeout_s: float, max_rows: int) -> SqlResult:
-    conn = _sqlite_connect(_sqlite_uri(path))  # read-only, whatever the file
-    try:
-        conn.execute(f"PRAGMA hard_heap_limit={SQLITE_HEAP_LIMIT}")
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        conn.set_authorizer(_deny_writes)
-        deadline = time.monotonic() + timeout_s
-        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
-        try:
-            cur = conn.execute(query)  # one statement: sqlite3 refuses several
-            if cur.description is None:
-                raise QueryError("the statement returned no rows (polyfit sql is read-only)")
-            columns = [d[0] for d in cur.description]
-            rows = cur.fetchmany(max_rows + 1)
-        except sqlite3.OperationalError as e:
-            if time.monotonic() > deadline:
-                raise QueryError(f"query stopped after {timeout_s:g} s "
-                                 "(POLYFIT_SQL_TIMEOUT_S)") from e
-            raise QueryError(f"query refused: {_first_line(e)}") from e
-        except (sqlite3.Error, sqlite3.Warning, MemoryError, OverflowError, ValueError) as e:
-            raise QueryError(f"query refused: {_first_line(e)}") from e
-        finally:
-            conn.rollback()
-    finally:
-        conn.close()
-    return SqlResult(columns, rows[:max_rows], len(rows) > max_rows)
-
+# -- the reader role (PostgreSQL) ---------------------------------------------------------------
 
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return redact_url(lines[0]) if lines else e.__class__.__name__
-
-
-# PostgreSQL ---------------------------------------------------------------------------------------
-
-_ACCOUNT_CHECK = f"""
-SELECT
-  (SELECT string_agg(r.rolname, ', ') FROM pg_roles r
-    WHERE pg_has_role(current_user, r.oid, 'MEMBER')
-      AND (r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication
-           OR r.rolbypassrls)),
-  (SELECT string_agg(r.rolname, ', ') FROM pg_roles r
-    WHERE pg_has_role(current_user, r.oid, 'MEMBER')
-      AND r.rolname IN ({", ".join(f"'{r}'" for r in _DANGEROUS_ROLES)})),
-  (SELECT string_agg(DISTINCT c.relname, ', ') FROM pg_class c, pg_roles r
-    WHERE c.relnamespace = current_schema()::regnamespace
-      AND c.relname IN ({", ".join(f"'{t}'" for t in TABLES)})
-      AND pg_has_role(current_user, r.oid, 'MEMBER')
-      AND has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER'))
-"""
-
-# Statements that a server-side cursor can run (DECLARE ... CURSOR FOR takes a query): their
-# rows are fetched in batches, so a huge result never sits whole in memory. Others (EXPLAIN,
-# SHOW) run as one prepared statement; their output is small.
-_QUERY_START = re.compile(r"^\s*(\(\s*)*(select|with|values|table)\b", re.IGNORECASE)
 
 
 def _conninfo(url: str) -> str:
@@ -326,7 +186,21 @@ def _conninfo(url: str) -> str:
     if parsed.drivername not in ("postgresql", "postgresql+psycopg"):
         raise StoreError("polyfit sql on PostgreSQL needs the psycopg driver "
                          "(postgresql+psycopg://...)")
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    from psycopg.conninfo import make_conninfo
+
+    # libpq keywords, not a URL: a password with a space (which SQLAlchemy's URLs keep as it
+    # is and libpq's refuse) or any other character reaches the server as it was given.
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in parsed.query.items()}
+    parts = {"host": parsed.host, "port": parsed.port, "user": parsed.username,
+             "password": parsed.password, "dbname": parsed.database}
+    return make_conninfo(**{k: v for k, v in parts.items() if v is not None}, **query)
+
+
+def shareable_url(url: str, password: str | None = None) -> str:
+    """``url`` as text that SQLAlchemy and libpq both read back, with ``password`` (None: none):
+    SQLAlchemy leaves a space as it is, which libpq refuses."""
+    text = make_url(url).set(password=password).render_as_string(hide_password=False)
+    return text.replace(" ", "%20")
 
 
 def reader_url(url: str) -> str:
@@ -335,80 +209,11 @@ def reader_url(url: str) -> str:
     return make_url(url).set(username=READER_ROLE, password=None).render_as_string(
         hide_password=False)
 
-
-def _account_problem(conn) -> str | None:
-    """Why this connection's account must not run users' SQL, or None."""
-    powerful, dangerous, writable = conn.execute(_ACCOUNT_CHECK).fetchone()
-    if powerful:
-        return f"it is, or is a member of, a role with superuser or similar powers ({powerful})"
-    if dangerous:
-        return f"it is a member of {dangerous}"
-    if writable:
-        return f"it can write the table(s) {writable}"
-    return None
-
-
-def _postgres_sql(url: str, sql_url: str | None, query: str, timeout_s: float,
-                  max_rows: int) -> SqlResult:
-    import psycopg
-
-    candidates = [sql_url] if sql_url else [url, reader_url(url)]
-    problems = []
-    for candidate in candidates:
-        try:
-            conn = psycopg.connect(_conninfo(candidate), connect_timeout=10, autocommit=False)
-        except psycopg.OperationalError as e:
-            problems.append(f"{redact_url(make_url(candidate).render_as_string())} cannot "
-                            f"connect: {_first_line(e)}")
-            continue
-        try:
-            conn.read_only = True
-            with conn.transaction(force_rollback=True):
-                problem = _account_problem(conn)
-                if problem is None:
-                    return _run_on(conn, query, timeout_s, max_rows)
-            problems.append(f"the account {make_url(candidate).username!r} cannot be used: "
-                            f"{problem}")
-        finally:
-            conn.close()
-    raise UnsafeAccount(
-        "polyfit sql runs only as a PostgreSQL account that cannot write or escalate; "
-        + "; ".join(problems)
-        + ". Create the read-only role once with `polyfit db create-reader` (as an account "
-          "that may create roles), or set POLYFIT_SQL_URL to a read-only account")
-
-
-def _run_on(conn, query: str, timeout_s: float, max_rows: int) -> SqlResult:
-    import psycopg
-
-    ms = max(1, int(timeout_s * 1000))
-    conn.execute(f"SET LOCAL statement_timeout = {ms}")
-    conn.execute(f"SET LOCAL lock_timeout = {ms}")
-    conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {ms + 5000}")
-    try:
-        if _QUERY_START.match(query):
-            cur = conn.cursor(name="polyfit_sql")  # DECLARE: one statement, fetched in batches
-            cur.itersize = min(max_rows + 1, 10_000)
-            cur.execute(query)
-        else:
-            cur = conn.cursor()
-            cur.execute(query, prepare=True)  # extended protocol: exactly one statement
-        if cur.description is None:
-            raise QueryError("the statement returned no rows (polyfit sql is read-only)")
-        columns = [d.name for d in cur.description]
-        rows = cur.fetchmany(max_rows + 1)
-    except psycopg.errors.QueryCanceled as e:
-        raise QueryError(f"query stopped after {ms / 1000:g} s (POLYFIT_SQL_TIMEOUT_S)") from e
-    except psycopg.Error as e:
-        raise QueryError(f"query refused: {_first_line(e)}") from e
-    return SqlResult(columns, rows[:max_rows], len(rows) > max_rows)
-
-
 def create_reader_role(url: str, role: str = READER_ROLE, password: str | None = None) -> str:
     """Create (or repair) the login role ``polyfit sql`` uses on PostgreSQL: no powers, SELECT
     on polyfit's tables and views (and on those made later by their owner), read-only by
-    default. Run once, as an account that may create roles. Returns the URL to reach it with
-    (its password, if any, hidden)."""
+    default. Run once, as an account that may create roles. Returns the URL to reach it with,
+    without a password (the results URL's, the admin's, is never in it)."""
     import psycopg
     from psycopg import sql
 
@@ -461,5 +266,5 @@ def create_reader_role(url: str, role: str = READER_ROLE, password: str | None =
         raise StoreError(f"cannot create the role {role!r}: {_first_line(e)}") from e
     finally:
         conn.close()
-    shown = make_url(url).set(username=role, password=None if password is None else "***")
-    return shown.render_as_string(hide_password=False)
+    return make_url(url).set(username=role, password=None).render_as_string(
+        hide_password=False)

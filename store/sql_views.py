@@ -6,7 +6,7 @@ SQLite and PostgreSQL (window functions and ``CASE`` work on both). ``create_vie
 ``create_schema`` in every process, so it only writes when a view is missing or its definition
 changed: on SQLite it compares the text kept in ``sqlite_master``, on PostgreSQL a hash kept as
 the view's comment; several processes starting at once are serialized by the write lock (SQLite)
-or an advisory lock (PostgreSQL)."""
+or a lock on the ``sweeps`` table that accounts which may only read cannot take (PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -53,10 +53,6 @@ VIEWS: dict[str, str] = {
     ),
 }
 
-# Any number; the PostgreSQL advisory lock that serializes view (re)creation across processes.
-_PG_LOCK_KEY = 0x706F6C79  # "poly"
-
-
 def _tag(body: str) -> str:
     return "polyfit view " + hashlib.sha256(body.encode()).hexdigest()[:16]
 
@@ -100,7 +96,9 @@ def create_views(engine: Engine) -> None:
         if not stale:
             return
         with engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+            # Not an advisory lock: any account may take one and hold it (polyfit sql's did),
+            # and this one a read-only account can neither take nor hold (see create_schema).
+            conn.exec_driver_sql("LOCK TABLE sweeps IN SHARE ROW EXCLUSIVE MODE")
             for name in _pg_stale(conn):
                 # DROP + CREATE, not CREATE OR REPLACE: a changed definition may drop or
                 # reorder columns, which CREATE OR REPLACE VIEW refuses.

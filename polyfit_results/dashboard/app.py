@@ -12,6 +12,9 @@
   the token, not the token) and redirects to the same page without it. Compared in constant
   time. The command line refuses to bind anything but loopback without a token unless told
   ``--insecure-public``.
+- A request made by another site's page (``Sec-Fetch-Site``: an ``<img>``, a script's fetch)
+  is refused before any work; every query argument is bounded (``params``), so no request
+  costs more than a page's worth of work.
 - On loopback, requests must name a loopback host (localhost, 127.x.y.z, [::1]), so a web page
   whose DNS name is rebound to 127.0.0.1 cannot read the dashboard. (Flask's ``TRUSTED_HOSTS``
   would do it but cannot name an IPv6 address.)
@@ -74,6 +77,7 @@ def create_app(db_url: str, *, token: str | None = None, loopback: bool = True,
     app.extensions["polyfit"] = EngineHolder(engine)
     app.register_blueprint(bp)
     app.add_url_rule("/assets/plotly.min.js", "plotly_js", _send_plotly_js)
+    app.before_request(_refuse_cross_site)
     app.before_request(_require_loopback_host)
     app.before_request(_require_token)
     app.after_request(_secure_headers)
@@ -104,6 +108,19 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def _refuse_cross_site() -> Response | None:
+    """A request that another site's page makes (an ``<img>``, a ``fetch``, a form) is refused
+    before any work, as the browser's ``Sec-Fetch-Site`` tells; following a link here (a
+    top-level navigation) and requests by the dashboard's own pages are served."""
+    site = request.headers.get("Sec-Fetch-Site", "none")
+    if site in ("same-origin", "none") or (
+            request.headers.get("Sec-Fetch-Mode") == "navigate"
+            and request.headers.get("Sec-Fetch-Dest", "document") == "document"):
+        return None
+    return Response("Forbidden: this dashboard serves its own pages only, not other sites'\n",
+                    403, mimetype="text/plain")
+
+
 def _require_loopback_host() -> Response | None:
     if current_app.config["POLYFIT_LOOPBACK"] and not is_loopback_host(request.host):
         return Response("Bad Request: this dashboard answers to loopback host names only\n",
@@ -128,8 +145,9 @@ def _require_token() -> Response | None:
     cookie = request.cookies.get(COOKIE)
     if cookie is not None and _same(cookie, cookie_value(token)):
         return None
+    # Nothing about the database (its user, host, port, name) to whoever lacks the token.
     return _page(401, "This dashboard asks for its token: open it once as /?token=TOKEN "
-                      "(or send Authorization: Bearer TOKEN).")
+                      "(or send Authorization: Bearer TOKEN).", db_shown=None)
 
 
 def _secure_headers(response: Response) -> Response:
@@ -144,8 +162,8 @@ def _secure_headers(response: Response) -> Response:
     return response
 
 
-def _page(status: int, message: str) -> tuple[str, int]:
-    return render_template("error.html", status=status, message=message), status
+def _page(status: int, message: str, **context) -> tuple[str, int]:
+    return render_template("error.html", status=status, message=message, **context), status
 
 
 def _store_error(e: StoreError):

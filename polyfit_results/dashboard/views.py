@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
 from polyfit_results import queries, report
-from polyfit_results.dashboard import charts, data
+from polyfit_results.dashboard import charts, data, params
 from store import jobs as store_jobs
 from store.clock import db_now
 from store.records import STATUSES
@@ -84,12 +84,12 @@ def _globals() -> dict:
 
 def _sweep(ref: str) -> store_jobs.SweepRow:
     """The sweep ``ref`` names (id or name), or 404 with the names that come close."""
-    found = store_jobs.find_sweep(_engine(), ref)
+    found = store_jobs.find_sweep(_engine(), params.ref(ref))
     if found is not None:
         return found
     close = difflib.get_close_matches(ref, store_jobs.sweep_names(_engine()), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    abort(404, f"no sweep {ref!r}{hint}")
+    abort(404, f"no sweep {params.shown(ref)}{hint}")
 
 
 # -- the sweep list ------------------------------------------------------------------------------
@@ -104,16 +104,9 @@ def _line(s: data.SweepLine) -> dict:
             "created_at": _utc(s.created_at), "href": url_for(".sweep", ref=s.id)}
 
 
-def _page_arg(name: str = "page") -> int:
-    value = request.args.get(name, "1")
-    if not value.isdigit() or int(value) < 1:
-        abort(400, f"{name} must be a whole number from 1")
-    return int(value)
-
-
 @bp.get("/")
 def sweeps():
-    page = _page_arg()
+    page = params.page()
     lines, total = data.sweep_lines(_engine(), limit=SWEEPS_PER_PAGE,
                                     offset=(page - 1) * SWEEPS_PER_PAGE)
     pages = max(1, math.ceil(total / SWEEPS_PER_PAGE))
@@ -123,7 +116,7 @@ def sweeps():
 
 @bp.get("/api/sweeps")
 def api_sweeps():
-    page = _page_arg()
+    page = params.page()
     lines, total = data.sweep_lines(_engine(), limit=SWEEPS_PER_PAGE,
                                     offset=(page - 1) * SWEEPS_PER_PAGE)
     return jsonify({"total": total, "sweeps": [_line(s) for s in lines]})
@@ -140,55 +133,13 @@ def _progress(sweep: store_jobs.SweepRow) -> dict:
                                              p.idle_s, p.running_done)}
 
 
-def _split(name: str) -> list[str]:
-    return [item.strip() for value in request.args.getlist(name) for item in value.split(",")
-            if item.strip()]
-
-
-def _choices(name: str, allowed) -> tuple[str, ...]:
-    items = _split(name)
-    for item in items:
-        if item not in allowed:
-            abort(400, f"{name} {item!r} is not one of {', '.join(allowed)}")
-    return tuple(dict.fromkeys(items))
-
-
-def _degrees() -> tuple[int, ...]:
-    out: list[int] = []
-    for item in _split("degree"):
-        low, _, high = item.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
-            abort(400, f"degree {item!r} is not a degree or a range like 3-5")
-        out += range(int(low), int(high or low) + 1)
-    return tuple(dict.fromkeys(out))
-
-
-def _bound(name: str) -> float | None:
-    value = request.args.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):
-        abort(400, f"{name} {value!r} is not a number")
-    return number
-
-
 def _job_filter() -> data.JobFilter:
-    sort = request.args.get("sort", "mse")
-    if sort not in data.SORT_COLUMNS:
-        abort(400, f"sort {sort!r} is not one of {', '.join(data.SORT_COLUMNS)}")
-    return data.JobFilter(variants=_choices("variant", tuple(VARIANTS)),
-                          statuses=_choices("status", STATUSES), degrees=_degrees(),
-                          lr_min=_bound("lr_min"), lr_max=_bound("lr_max"), sort=sort,
-                          descending=request.args.get("desc", "") not in ("", "0"))
-
-
-def _per_page() -> int:
-    value = request.args.get("per_page", "50")
-    return int(value) if value.isdigit() and int(value) in data.PER_PAGE else 50
+    return data.JobFilter(variants=params.choices("variant", tuple(VARIANTS)),
+                          statuses=params.choices("status", STATUSES),
+                          degrees=params.degrees(), lr_min=params.number("lr_min"),
+                          lr_max=params.number("lr_max"),
+                          sort=params.one_of("sort", data.SORT_COLUMNS, "mse"),
+                          descending=params.flag("desc"))
 
 
 def _link(**changes) -> str:
@@ -204,11 +155,11 @@ def _link(**changes) -> str:
 
 @bp.get("/sweeps/<path:ref>")
 def sweep(ref: str):
+    wanted = _job_filter()
+    per_page = params.one_of("per_page", data.PER_PAGE, 50)
+    page = params.page()
     engine = _engine()
     target = _sweep(ref)
-    wanted = _job_filter()
-    per_page = _per_page()
-    page = _page_arg()
     rows, total = data.jobs_page(engine, target.id, wanted, page=page, per_page=per_page)
     pages = max(1, math.ceil(total / per_page))
     if page > pages:
@@ -238,7 +189,7 @@ _JOB_IDS = re.compile(r"[0-9a-f]{1,32}(,[0-9a-f]{1,32}){0,63}")
 
 
 def _best_by_variant(engine: Engine, target: store_jobs.SweepRow) -> list[store_jobs.JobRow]:
-    given = request.args.get("jobs")
+    given = params.text("jobs", "") or None
     if given is None:
         return data.best_jobs(engine, target.id).by_variant
     if not _JOB_IDS.fullmatch(given):
@@ -259,16 +210,16 @@ def api_chart(ref: str, name: str):
         return jsonify(charts.losses_figure(jobs, data.best_of(jobs), curves))
     if name == "maps":
         return jsonify(charts.maps_figure(data.map_cells(engine, target.id)))
-    abort(404, f"no chart {name!r}")
+    abort(404, f"no chart {params.shown(name)}")
 
 
 # -- a job ---------------------------------------------------------------------------------------
 
 def _job(ref: str, job_id: str) -> tuple[store_jobs.SweepRow, store_jobs.JobRow]:
     target = _sweep(ref)
-    found = data.job(_engine(), target.id, job_id)
+    found = data.job(_engine(), target.id, params.ref(job_id, "job"))
     if found is None:
-        abort(404, f"no job {job_id!r} in sweep {target.name}")
+        abort(404, f"no job {params.shown(job_id)} in sweep {target.name}")
     return target, found
 
 
@@ -291,7 +242,7 @@ def api_job_chart(ref: str, job_id: str, name: str):
         return jsonify(charts.curve_figure(found, curve))
     if name == "fit":
         return jsonify(charts.fits_figure([found]))
-    abort(404, f"no chart {name!r}")
+    abort(404, f"no chart {params.shown(name)}")
 
 
 # -- two sweeps ----------------------------------------------------------------------------------
@@ -300,7 +251,7 @@ def api_job_chart(ref: str, job_id: str, name: str):
 def compare():
     engine = _engine()
     choices, _ = data.sweep_lines(engine, limit=500)
-    refs = [request.args.get("a", "").strip(), request.args.get("b", "").strip()]
+    refs = [params.text("a").strip(), params.text("b").strip()]
     if not all(refs):
         return render_template("compare.html", choices=choices, refs=refs, sides=None)
     sides = []
@@ -317,7 +268,7 @@ def compare():
 @bp.get("/api/compare")
 def api_compare():
     engine = _engine()
-    targets = [_sweep(request.args.get(k, "")) for k in ("a", "b")]
+    targets = [_sweep(params.text(k)) for k in ("a", "b")]
     bests = [data.best_jobs(engine, t.id).by_variant for t in targets]
     names = [t.name if targets[0].name != targets[1].name else f"{t.name} ({t.id})"
              for t in targets]

@@ -3,13 +3,15 @@ create-reader``."""
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from polyfit_results.report import plural
 from scheduler.cli.group import InputError, cli
 from scheduler.cli.helpers import changing, find_sweep, pass_settings
 from store import jobs as store_jobs
-from store.reader import READER_ROLE, create_reader_role
+from store.reader import READER_ROLE, create_reader_role, shareable_url
 from worker.settings import Settings
 
 
@@ -33,8 +35,9 @@ def db() -> None:
 @click.option("--role", default=READER_ROLE, show_default=True,
               help="Name of the read-only login role.")
 @click.option("--password", default=None, metavar="TEXT",
-              help="Give the role this password. [default: none: the server must trust the "
-                   "host, or the password is set by hand]")
+              help="Give the role this password (the POLYFIT_SQL_URL line it prints holds it). "
+                   "[default: none: the server must trust the host, or the password is set "
+                   "by hand]")
 @pass_settings()
 def create_reader(settings: Settings, role, password) -> None:
     """Create the read-only PostgreSQL role that `polyfit sql` logs in as (once, as an account
@@ -45,6 +48,8 @@ def create_reader(settings: Settings, role, password) -> None:
     url = create_reader_role(settings.db_url, role, password)
     click.echo(f"role {role}: can read polyfit's tables and views, and nothing else")
     if role != READER_ROLE or password is not None:
-        click.echo("polyfit sql finds it with: export POLYFIT_SQL_URL=" + url)
+        if password is not None:  # the one the user typed: the line must work as printed
+            url = shareable_url(url, password)
+        click.echo("polyfit sql finds it with: export POLYFIT_SQL_URL=" + shlex.quote(url))
     else:
         click.echo(f"polyfit sql logs in as it by itself ({url})")

@@ -33,8 +33,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def bind_host(host: str) -> str:
+    """The address to listen on: an IPv6 address as given, with or without brackets
+    (``[::1]`` or ``::1``), goes to the socket bare."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot guard the dashboard, or None."""
+    if len(token) < MIN_TOKEN:
+        return f"--token must be at least {MIN_TOKEN} characters"
+    if any(c.isspace() or not c.isprintable() for c in token):
+        return "--token must not hold spaces or control characters"
+    return None
 
 
 @cli.command()
@@ -69,10 +84,12 @@ def dashboard(settings: Settings, host, port, token, insecure_public, refresh, t
         missing = e.name or "a dependency"
         raise InputError(f"polyfit dashboard needs {missing} and the rest of the dashboard "
                          f"extra: {INSTALL}") from e
+    host = bind_host(host.strip())
     loopback = is_loopback(host)
-    if token is not None and len(token) < MIN_TOKEN:
-        raise InputError(f"--token must be at least {MIN_TOKEN} characters (python -c "
-                         "'import secrets; print(secrets.token_urlsafe())' makes one)")
+    problem = None if token is None else token_problem(token)
+    if problem is not None:
+        raise InputError(f"{problem} (python -c 'import secrets; "
+                         "print(secrets.token_urlsafe())' makes one)")
     if not loopback and token is None and not insecure_public:
         raise InputError(f"refusing to listen on {host} without a token: anyone who reaches "
                          f"it could read every result. Set {ENV_TOKEN} (or --token), or pass "

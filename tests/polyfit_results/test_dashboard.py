@@ -14,6 +14,7 @@ import html
 import json
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from scheduler.cli.dashboard import is_loopback
 from store import jobs as store_jobs
 from store import make_engine
 from tests.conftest import ROOT, pg_schema, polyfit_env, wait_port
-from tests.helpers import finished_sweep, query, record_sweep
+from tests.helpers import finished_sweep, query, record_sweep, wait_for
 
 # Every variant; numpy over lr x degree: at lr 1e-4 every job diverges before its first
 # recorded loss, at 3.6e-6 those of degree 3 diverge late (around epoch 300: their curves end
@@ -334,6 +335,25 @@ def test_no_page_has_an_inline_script(site):
     ("/sweeps/dem0", 404, "no sweep 'dem0'; did you mean 'demo'?"),
     ("/sweeps/demo/jobs/ffff", 404, "no job 'ffff' in sweep demo"),
     ("/compare?a=demo&b=nope", 404, "no sweep 'nope'"),
+    # Every parameter is bounded: odd digits, huge numbers and spans are a 400, not a 500 or
+    # a gigabyte (issue 22, item 7).
+    ("/?page=\u00b2", 400, "page must be a whole number from 1 to 1,000,000"),
+    ("/?page=" + "9" * 23, 400, "page must be a whole number"),
+    ("/?page=" + "9" * 5000, 400, "page is longer than 256 characters"),
+    ("/sweeps/demo?page=" + "1" * 23, 400, "page must be a whole number"),
+    ("/sweeps/demo?per_page=\u00b2", 400, "per_page '\u00b2' is not one of 25, 50"),
+    ("/sweeps/demo?per_page=7", 400, "per_page '7' is not one of 25, 50"),
+    ("/sweeps/demo?degree=0-4000000", 400, "degree '0-4000000' is not a degree or a range"),
+    ("/sweeps/demo?degree=5-3", 400, "degree '5-3' is a range that ends before"),
+    ("/sweeps/demo?degree=\u00b2", 400, "degree '\u00b2' is not a degree"),
+    ("/sweeps/demo?degree=" + ",".join(["1"] * 2000), 400, "degree is longer than"),
+    ("/sweeps/demo?lr_min=" + "1" * 5000, 400, "lr_min is longer than 256 characters"),
+    ("/sweeps/demo?lr_max=1e999", 400, "lr_max '1e999' is not a number"),
+    ("/sweeps/demo?desc=maybe", 400, "desc must be 1 or 0"),
+    ("/sweeps/demo?sort=" + "x" * 200, 400, "sort '" + "x" * 40 + "...' is not one of"),
+    ("/sweeps/" + "x" * 5000, 404, "no sweep of 5,000 characters"),
+    ("/sweeps/demo/jobs/" + "f" * 5000, 404, "no job of 5,000 characters"),
+    ("/compare?a=demo&b=" + "x" * 300, 400, "b is longer than 256 characters"),
 ])
 def test_bad_input_is_one_line_with_its_status(site, path, status, words):
     page = site.get(path, status).text
@@ -345,7 +365,46 @@ def test_bad_input_is_one_line_with_its_status(site, path, status, words):
 def test_bad_api_input_is_json(site):
     r = site.get(f"/api/sweeps/{site.demo}/charts/nope", 404)
     assert r.json == {"error": "no chart 'nope'"}
+    assert site.get("/api/sweeps?page=\u00b2", 400).json["error"].startswith("page must be")
+    assert site.get("/api/sweeps?page=" + "9" * 5000, 400).json["error"].startswith("page is")
+    r = site.get(f"/api/sweeps/{site.demo}/charts/" + "x" * 3000, 404)
+    assert len(r.json["error"]) < 100
     assert site.get("/api/sweeps/nope/progress", 404).json["error"].startswith("no sweep")
+
+
+def test_a_request_costs_a_pages_work_whatever_it_asks_for(site):
+    """A range of degrees is bounded before it is expanded: 40 million degrees asked for
+    allocate nothing (it took the server from 87 MB to 1.7 GB), and the widest range allowed
+    names 1,000 values however often it is repeated."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        r = site.client.get("/sweeps/demo?degree=0-4000000")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.status_code == 400 and peak < 20 * 2**20, (r.status_code, peak)
+    from polyfit_results.dashboard import params
+
+    with site.app.test_request_context("/?degree=0-999&degree=0-999,3-5"):
+        assert params.degrees() == tuple(range(1000))
+    for path in ["/sweeps/demo?degree=0-999", "/sweeps/demo?page=1000000&per_page=500",
+                 "/?page=1000000", "/sweeps/demo?desc=true&lr_min=1e-300&lr_max=1e300"]:
+        site.get(path)
+
+
+def test_another_sites_page_cannot_make_the_dashboard_work(site):
+    """An <img> or a fetch from another site's page is refused before any work (the browser
+    says where a request comes from in Sec-Fetch-Site); links to it and its own requests are
+    served."""
+    img = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    r = site.get("/sweeps/demo?degree=0-4000000", 403, headers=img)
+    assert "Traceback" not in r.text
+    site.get("/api/sweeps", 403, headers={**img, "Sec-Fetch-Site": "same-site"})
+    site.get("/sweeps/demo", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                                      "Sec-Fetch-Dest": "document"})
+    site.get("/api/sweeps", headers={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
 
 
 def test_it_only_reads(site):
@@ -381,6 +440,13 @@ def test_a_token_is_asked_of_every_request(site):
     other.set_cookie(COOKIE, client.get_cookie(COOKIE).value)
     assert other.get("/").status_code == 401  # a cookie of one token opens no other
     assert TOKEN not in client.get("/").text
+
+
+def test_the_token_page_tells_a_visitor_nothing_about_the_database(site):
+    page = create_app(site.url, token=TOKEN).test_client().get("/sweeps/demo").text
+    assert "asks for its token" in page
+    assert "results.sqlite" not in page and "read-only" not in page
+    assert "sqlite" not in page.lower()
 
 
 def test_on_loopback_a_foreign_host_name_is_refused(site):
@@ -426,6 +492,18 @@ def test_a_short_token_is_refused(site):
     assert r.exit_code == 2 and "at least 16 characters" in r.stderr
 
 
+@pytest.mark.parametrize("token", [" " * 16, "\t" * 20, "correct horse battery staple",
+                                   "correct-horse-battery\n"])
+def test_a_token_with_spaces_or_control_characters_is_refused(site, token):
+    # A process, not CliRunner: a token taken by mistake would serve until stopped.
+    r = subprocess.run([sys.executable, "-m", "scheduler", "dashboard", "--host", "0.0.0.0",
+                        "--port", "0", "--db", site.url],
+                       env=polyfit_env(POLYFIT_DASHBOARD_TOKEN=token), cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "must not hold spaces or control characters" in r.stderr
+
+
 def _fingerprint(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -459,6 +537,18 @@ def test_without_the_extra_it_says_what_to_install(site):
 
 # -- the real server -----------------------------------------------------------------------------
 
+def _wait_v6(port: int) -> None:
+    wait_for(lambda: _connects(("::1", port)), timeout=10, what=f"a listener on [::1]:{port}")
+
+
+def _connects(address) -> bool:
+    try:
+        socket.create_connection(address, timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
 class Server:
     """``polyfit dashboard`` as a real process; its first line says where it listens."""
 
@@ -475,7 +565,10 @@ class Server:
             self.stop()
             raise AssertionError(f"no address in {line!r}: {self.proc.stderr.read()}")
         self.line, self.url, self.port = line, match.group(1), int(match.group(2))
-        wait_port(self.port)
+        if "://[::1]:" in self.url:
+            _wait_v6(self.port)
+        else:
+            wait_port(self.port)
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, str]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
@@ -508,6 +601,17 @@ def test_the_command_serves_the_pages_on_loopback(site):
     finally:
         server.stop()
     assert server.proc.returncode in (0, -15)
+
+
+def test_an_ipv6_address_in_brackets_is_announced_once_bracketed(site):
+    server = Server("--host", "[::1]", "--port", "0", "--db", site.url)
+    try:
+        assert server.url == f"http://[::1]:{server.port}/", server.line
+        request = urllib.request.Request(f"http://[::1]:{server.port}/")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200
+    finally:
+        server.stop()
 
 
 def test_a_token_from_the_environment_guards_a_public_address(site):

@@ -10,6 +10,8 @@ at a time limit (the server stops executing them too) and results are capped."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -219,6 +221,39 @@ def test_a_reader_that_was_given_powers_is_refused(reader, grant):
     assert reader.sql("SELECT count(*) AS n FROM jobs").exit_code == 0
 
 
+def test_create_reader_with_a_password_prints_a_line_that_works_as_printed():
+    """The export line held `***` for the password; now the one typed (shell-quoted, its
+    special characters escaped in the URL), and never the admin account's."""
+    import shlex
+
+    from sqlalchemy.engine import make_url
+
+    role, password = f"pf_reader_{uuid.uuid4().hex[:8]}", "p@ss w:rd/$x'%"
+    with pg_schema() as url:
+        _fill(url)
+        admin_url = url.replace("postgres@", "postgres:admin-s3cret@")
+        try:
+            r = invoke("db", "create-reader", "--role", role, "--password", password,
+                       "--db", admin_url)
+            assert r.exit_code == 0, r.output
+            assert "***" not in r.stdout and "admin-s3cret" not in r.stdout
+            (line,) = [x for x in r.stdout.splitlines() if "export POLYFIT_SQL_URL=" in x]
+            words = shlex.split(line.split(": ", 1)[1])
+            assert words[0] == "export" and len(words) == 2
+            sql_url = words[1].split("=", 1)[1]
+            assert make_url(sql_url).password == password
+            assert make_url(sql_url).username == role
+            out = Db(url, {"POLYFIT_SQL_URL": sql_url}).sql("SELECT current_user AS who")
+            assert out.exit_code == 0, out.output
+            assert json.loads(out.stdout) == [{"who": role}]
+        finally:
+            admin = create_engine(PG_URL)
+            with admin.begin() as c:
+                c.execute(text(f"DROP OWNED BY {role}"))
+                c.execute(text(f"DROP ROLE {role}"))
+            admin.dispose()
+
+
 def test_a_long_statement_is_stopped_and_the_server_stops_it_too(db):
     slow = ("SELECT pg_sleep(30)" if not db.url.startswith("sqlite") else
             "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) "
@@ -260,3 +295,147 @@ def test_the_door_refuses_to_create_a_database(tmp_path):
     r = invoke("sql", "SELECT 1", "--db", f"sqlite:///{tmp_path / 'none.sqlite'}")
     assert r.exit_code == 2 and not (tmp_path / "none.sqlite").exists()
     assert not any(Path(tmp_path).iterdir())
+
+
+# -- the reader and polyfit's own locks -------------------------------------------------
+
+# The advisory-lock keys polyfit's schema and views creation used to take (issue 22, item 8):
+# any account may take an advisory lock, and the reader's held `sweep submit` up.
+_OLD_SCHEMA_LOCKS = (0x706F6C7A, 0x706F6C79)
+
+
+def test_the_reader_cannot_hold_up_schema_creation_or_a_submit(reader, tmp_path):
+    """The reader takes every lock it can: the advisory keys, as its own session's, and the
+    tables and views it may read in an open transaction; it cannot take polyfit's schema lock.
+    A `sweep submit` (which makes sure of the schema, as every worker's start does) still
+    completes, and so does a schema upgrade while the advisory locks are held."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import polyfit_env
+    from tests.helpers import polyfit
+
+    conninfo = make_url(reader.env["POLYFIT_SQL_URL"]).set(drivername="postgresql")
+    conn = psycopg.connect(conninfo.render_as_string(hide_password=False), autocommit=True)
+    try:
+        for key in _OLD_SCHEMA_LOCKS:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with conn.transaction():
+                conn.execute("LOCK TABLE sweeps IN SHARE ROW EXCLUSIVE MODE")
+        conn.execute("BEGIN")
+        conn.execute("SELECT * FROM sweeps, jobs, best_jobs, sweep_summary, variant_summary "
+                     "LIMIT 1")
+        env = polyfit_env(POLYFIT_DB_URL=reader.url,
+                          POLYFIT_BROKER_URL=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+        # A generous bound, not a timing: the submit waited as long as the lock was held.
+        r = polyfit("sweep", "submit", "--variant", "numpy", "--seed", "0-2", "--epochs", "5",
+                    env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        conn.execute("COMMIT")  # the tables free again; the advisory locks still held
+        admin = create_engine(reader.url)
+        with admin.begin() as c:
+            c.execute(text("ALTER TABLE jobs DROP COLUMN ran_on"))
+            c.execute(text("DROP VIEW best_jobs"))
+        admin.dispose()
+        r = subprocess.run([sys.executable, "-c", "import sys; from store import create_schema, "
+                            "make_engine; create_schema(make_engine(sys.argv[1]))", reader.url],
+                           env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert r.returncode == 0, r.stderr
+        assert reader.sql("SELECT ran_on FROM jobs").exit_code == 0
+        assert reader.sql("SELECT count(*) AS n FROM best_jobs").exit_code == 0
+    finally:
+        conn.close()
+
+
+# -- memory: rows stream, a table is bounded -----------------------------------------------
+
+# `polyfit sql` in a process of its own that reports its peak resident memory (MiB) last: the
+# VmHWM of its own memory (ru_maxrss would count the parent's, which a fork starts from).
+_MEASURED = ("import re, sys\n"
+             "from scheduler.cli import main\n"
+             "sys.argv = ['polyfit', *sys.argv[1:]]\n"
+             "try:\n"
+             "    main()\n"
+             "finally:\n"
+             "    status = open('/proc/self/status').read()\n"
+             "    print(int(re.search(r'VmHWM:\\s+(\\d+) kB', status)[1]) // 1024,"
+             " file=sys.stderr)\n")
+# A whole process of `polyfit sql "SELECT 1"` peaks near 80 MiB; these results are 400 MiB.
+_FLAT_MIB = 250
+
+
+def _measured_sql(db: Db, *args: str) -> tuple[int, int, str, int]:
+    """Exit code, lines printed, stderr without the last line, and peak memory (MiB)."""
+    from tests.conftest import ROOT, polyfit_env
+
+    proc = subprocess.Popen([sys.executable, "-c", _MEASURED, "sql", *args, "--db", db.url],
+                            env=polyfit_env(**db.env), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    lines = sum(chunk.count(b"\n") for chunk in iter(lambda: proc.stdout.read(1 << 20), b""))
+    err = proc.stderr.read().decode()
+    proc.wait(300)
+    *rest, peak = err.strip().splitlines()
+    return proc.returncode, lines, "\n".join(rest), int(peak)
+
+
+def _rows_of(db: Db, n: int, width: int) -> str:
+    if db.url.startswith("sqlite"):
+        return (f"WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c LIMIT {n}) "
+                f"SELECT n, printf('%.{width}c', 'x') AS pad FROM c")
+    return f"SELECT n, repeat('x', {width}) AS pad FROM generate_series(1, {n}) AS n"
+
+
+@pytest.mark.parametrize("fmt, lines_per_row", [("csv", 1), ("json", 4)])
+def test_csv_and_json_stream_every_row_in_flat_memory(db, fmt, lines_per_row):
+    """200,000 rows of 2 kB: 400 MiB that the process never holds (it held them all, 2.9 GB
+    from one query in the issue; PostgreSQL's came in one FETCH of 100,001 rows)."""
+    code, lines, err, peak = _measured_sql(db, _rows_of(db, 200_000, 2000), "--format", fmt,
+                                           "--max-rows", "1000000000", "--timeout", "300")
+    assert code == 0, err
+    assert lines == 200_000 * lines_per_row + (1 if fmt == "csv" else 2)
+    assert peak < _FLAT_MIB, f"{peak} MiB"
+
+
+def test_a_table_holds_a_bounded_amount_and_says_so(db):
+    code, lines, err, peak = _measured_sql(db, _rows_of(db, 20_000, 20_000), "--timeout", "300")
+    assert code == 0, err
+    assert "only the first" in err and "a table holds at most 8 MiB" in err
+    assert 100 < lines < 1000
+    assert peak < _FLAT_MIB, f"{peak} MiB"
+
+
+def test_output_is_the_same_as_before_row_by_row(db):
+    """The streamed formats write what ``report.render`` wrote, and the order, the empty
+    result and its columns, and the row cap are kept."""
+    from polyfit_results import report
+
+    many = _rows_of(db, 5, 3).replace(
+        "SELECT n,", "SELECT CAST(n AS DOUBLE PRECISION) * 1.5 AS half, n,")
+    ordered = f"SELECT * FROM ({many}) AS t ORDER BY n DESC"
+    for fmt in ("csv", "json", "table"):
+        r = db.sql(ordered, "--format", fmt) if fmt != "json" else db.sql(ordered)
+        rows = [{"half": n * 1.5, "n": n, "pad": "xxx"} for n in range(5, 0, -1)]
+        assert r.exit_code == 0, r.output
+        assert r.stdout == report.render(rows, ["half", "n", "pad"], fmt) + "\n"
+    r = db.sql("SELECT 1 AS a, 'x' AS b WHERE 1 = 0")
+    assert r.exit_code == 0 and json.loads(r.stdout) == []
+    r = invoke("sql", "SELECT 1 AS a, 'x' AS b WHERE 1 = 0", "--db", db.url, env=db.env)
+    assert r.stdout.split() == ["a", "b", "--", "-", "(no", "rows)"]
+    r = db.sql(ordered, "--max-rows", "2", "--format", "csv")
+    assert r.stdout.splitlines()[1:] == ["7.5,5,xxx", "6.0,4,xxx"]
+    assert "only the first 2 rows" in r.stderr
+
+
+def test_postgresql_refuses_a_row_bigger_than_16_mib_before_it_is_sent(reader):
+    r = reader.sql("SELECT 1 AS a, repeat('x', 20000000) AS b")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "a row of the result is 20,000,0" in r.stderr and "16 MiB" in r.stderr
+    assert reader.sql("SELECT repeat('x', 1000000) AS b;").exit_code == 0
+
+
+def test_json_holds_what_postgresql_returns_that_json_has_no_type_for(reader):
+    r = reader.sql("SELECT 1.25 AS x, 'NaN'::numeric AS y, '\\x00ff'::bytea AS b, "
+                   "interval '1 day' AS i")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == [{"x": 1.25, "y": None, "b": "00ff", "i": "1 day, 0:00:00"}]

@@ -1,0 +1,54 @@
+"""``create_schema`` run by many processes at once (every worker's start and every submit runs
+it): on a fresh database all of them succeed and the schema is whole, with no lock an account
+that may only read could hold (on PostgreSQL, the second CREATE of a race is refused by the
+catalog and looks again); on a complete one it changes nothing."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import inspect
+
+from store import create_schema, make_engine
+from store.db import _missing
+from store.sql_views import VIEWS
+from tests.conftest import pg_schema
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'r.sqlite'}"
+        return
+    with pg_schema() as url:
+        yield url
+
+
+def test_many_at_once_on_a_fresh_database_all_succeed(fresh_url):
+    n = 6
+    engines = [make_engine(fresh_url) for _ in range(n)]
+    start = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def create(engine) -> None:
+        start.wait()
+        try:
+            create_schema(engine)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=create, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+        with engines[0].connect() as conn:
+            assert _missing(conn) == []
+            assert set(VIEWS) <= set(inspect(conn).get_view_names())
+    finally:
+        for e in engines:
+            e.dispose()
