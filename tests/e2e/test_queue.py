@@ -315,7 +315,7 @@ def test_sweep_run_of_a_recorded_sweep_trains_what_it_still_needs(tmp_path):
     assert "best results of sweep later" in run.stdout
     got = stored_jobs(f"sqlite:///{tmp_path / 'polyfit.sqlite'}", sub.stdout.split()[-1])
     assert [r["status"] for r in got] == ["succeeded"] * 4
-    # Not a file and not a sweep: the usual missing-file error.
+    # Not a file and not a sweep: one line that says so.
     missing = polyfit("sweep", "run", "nothing-here", env=env, cwd=tmp_path)
     assert missing.returncode == 2 and "no spec file or sweep 'nothing-here'" in missing.stderr
 
