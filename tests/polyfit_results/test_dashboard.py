@@ -565,10 +565,14 @@ class Server:
             self.stop()
             raise AssertionError(f"no address in {line!r}: {self.proc.stderr.read()}")
         self.line, self.url, self.port = line, match.group(1), int(match.group(2))
-        if "://[::1]:" in self.url:
-            _wait_v6(self.port)
-        else:
-            wait_port(self.port)
+        try:
+            if "://[::1]:" in self.url:
+                _wait_v6(self.port)
+            else:
+                wait_port(self.port)
+        except BaseException:
+            self.stop()  # a server that never answered must not outlive the test
+            raise
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, str]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
