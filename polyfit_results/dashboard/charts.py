@@ -267,11 +267,14 @@ def maps_figure(cells: Sequence[Cell]) -> dict:
         x0 = i * (width + gap)
         layout[f"xaxis{suffix}"] = _axis("degree", domain=[x0, x0 + width], type="category",
                                          anchor=f"y{suffix}")
+        # automargin: plotly makes room for the longest label (5.62e-06), and the axis title
+        # stands beside them instead of over them.
         layout[f"yaxis{suffix}"] = _axis("learning rate" if i == 0 else "", type="category",
-                                         anchor=f"x{suffix}",
+                                         anchor=f"x{suffix}", automargin=True,
                                          showticklabels=i == 0 or len(lrs) < 12)
         ref = {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}
-        xs, ys = [str(d) for d in degrees], [f"{lr:g}" for lr in lrs]
+        label = lr_labels(lrs)
+        xs, ys = [str(d) for d in degrees], [label[lr] for lr in lrs]
         data.append({"type": "heatmap", "x": xs, "y": ys, "z": z, "coloraxis": "coloraxis",
                      "text": hover, "hoverongaps": True, "name": variant,
                      "hovertemplate": f"{variant}<br>lr %{{y}}, degree %{{x}}<br>"
@@ -280,7 +283,7 @@ def maps_figure(cells: Sequence[Cell]) -> dict:
         if crossed:
             data.append({"type": "scatter", "mode": "markers", "showlegend": False,
                          "x": [str(c.degree) for c in crossed],
-                         "y": [f"{c.lr:g}" for c in crossed],
+                         "y": [label[c.lr] for c in crossed],
                          "name": f"{variant}: diverged",
                          "marker": {"symbol": "x", "color": DIVERGED_MARK,
                                     "size": [14 if c.succeeded == 0 else 7 for c in crossed]},
@@ -292,6 +295,17 @@ def maps_figure(cells: Sequence[Cell]) -> dict:
                             "yanchor": "bottom", "font": {"color": color(variant)}})
     layout["annotations"] = annotations
     return {"data": data, "layout": layout}
+
+
+def lr_labels(lrs: Sequence[float]) -> dict[float, str]:
+    """Short labels for learning rates that tell every one apart: 3 significant digits
+    (``5.62e-06``, not the 12 of a log-spaced value, which plotly cut to ``62341e-06``), more
+    only where two would read the same."""
+    for digits in range(3, 18):
+        labels = {lr: f"{lr:.{digits}g}" for lr in lrs}
+        if len(set(labels.values())) == len(labels):
+            return labels
+    return {lr: repr(lr) for lr in lrs}
 
 
 def _cell_text(c: Cell) -> str:

@@ -124,11 +124,18 @@ def api_sweeps():
 
 # -- a sweep -------------------------------------------------------------------------------------
 
+def _state(p: queries.Progress) -> str:
+    """The sweep's state for its badge: ended, running (a job in a worker's hands) or waiting."""
+    if p.done:
+        return "ended"
+    return "running" if p.counts.get("running") else "waiting"
+
+
 def _progress(sweep: store_jobs.SweepRow) -> dict:
     p = queries.progress(_engine(), sweep)
     return {"total": p.total, "ended": p.ended, "done": p.done, "counts": p.counts,
             "percent": round(100 * p.ended / p.total, 1) if p.total else 0.0,
-            "progress": f"{p.ended:,}/{p.total:,}",
+            "progress": f"{p.ended:,}/{p.total:,}", "state": _state(p),
             "detail": report.progress_detail(p.counts, p.total, p.fits_per_s, p.eta_s,
                                              p.idle_s, p.running_done)}
 

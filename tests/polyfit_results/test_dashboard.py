@@ -684,3 +684,41 @@ def test_on_postgresql_the_pages_answer_and_never_show_the_password():
         assert "postgres:***@" in client.get("/").text
         best = client.get(f"/api/sweeps/{sweep}/charts/losses").json
         assert any(t["meta"]["best"] for t in best["data"] if t["mode"] == "lines")
+
+
+# -- the first hour (issue 23.5) -------------------------------------------------------------------
+
+def test_a_sweeps_progress_card_has_a_state_badge_and_no_detached_word(site, tmp_path):
+    # The card showed "50/150" and, apart from it where a badge would go, "ended", even while
+    # the sweep ran.
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    sweep_id, jobs = record_sweep(url, [{"variant": ["numpy"], "seed": ["0-3"],
+                                         "epochs": [10]}], name="half")
+    engine = make_engine(url)
+    store_jobs.claim_jobs(engine, sweep_id, [jobs[0].id], "w@h/1", 60)
+    engine.dispose()
+    client = create_app(url).test_client()
+    card = re.search(r'<section id="progress".*?</section>', client.get(f"/sweeps/{sweep_id}").text,
+                     re.S).group(0)
+    assert re.search(r'<span class="status badge running"[^>]*>running</span>', card), card
+    assert "0/4</span> jobs ended</span>" in card
+    assert client.get(f"/api/sweeps/{sweep_id}/progress").json["state"] == "running"
+    assert site.get(f"/api/sweeps/{site.waiting}/progress").json["state"] == "waiting"
+    assert site.get(f"/api/sweeps/{site.demo}/progress").json["state"] == "ended"
+
+
+def test_log_spaced_learning_rates_keep_short_distinct_labels_and_room_for_them(tmp_path):
+    from polyfit_results.dashboard.charts import lr_labels
+
+    lrs = [float(v) for v in np.logspace(-7, -5, 9)]  # 5.62341325190349e-06 and its kin
+    labels = lr_labels(lrs)
+    assert labels[lrs[7]] == "5.62e-06" and len(set(labels.values())) == 9
+    assert all(len(text) <= 8 for text in labels.values())
+    assert lr_labels([1e-6, 1.0001e-6]) == {1e-6: "1e-06", 1.0001e-6: "1.0001e-06"}
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    sweep_id = finished_sweep(url, [{"variant": ["numpy"], "lr": lrs[:3], "seed": [0],
+                                     "epochs": [20]}], name="logspaced")
+    chart = create_app(url).test_client().get(f"/api/sweeps/{sweep_id}/charts/maps").json
+    [heat] = [t for t in chart["data"] if t["type"] == "heatmap"]
+    assert heat["y"] == [labels[lr] for lr in lrs[:3]]
+    assert chart["layout"]["yaxis"]["automargin"] is True

@@ -49,6 +49,9 @@
       } else {
         el.textContent = String(values[key]);
       }
+      if (el.dataset.status !== undefined) {  // a status badge: its colour follows its text
+        el.className = "status badge " + String(values[key]);
+      }
       if (el.tagName === "A" && el.dataset.href && values[el.dataset.href]) {
         el.href = values[el.dataset.href];
       }
