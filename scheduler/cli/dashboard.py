@@ -12,7 +12,7 @@ import ipaddress
 import click
 
 from scheduler.cli.group import InputError, cli
-from scheduler.cli.helpers import pass_settings
+from scheduler.cli.helpers import FiniteFloat, pass_settings
 from store.db import redact_url
 from worker.settings import Settings
 
@@ -65,7 +65,7 @@ def token_problem(token: str) -> str | None:
 @click.option("--insecure-public", is_flag=True,
               help="Listen on a non-loopback address without a token: anyone who reaches "
                    "the port reads every result.")
-@click.option("--refresh", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True,
+@click.option("--refresh", type=FiniteFloat(0.2, 3600), default=2.0, show_default=True,
               help="Seconds between the pages' live updates.")
 @click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Requests served at once.")

@@ -266,7 +266,7 @@ SQL_TABLE_BYTES = 8 * 2**20
               show_default=True,
               help="csv and json print the rows as they come (memory stays flat); a table "
                    f"holds at most {SQL_TABLE_BYTES // 2**20} MiB of text.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(0.01, 86400), default=None,
+@click.option("--timeout", "timeout_s", type=FiniteFloat(0.01, 86400), default=None,
               help="Stop the statement after this many seconds. [default: 30, or "
                    "POLYFIT_SQL_TIMEOUT_S]")
 @click.option("--max-rows", type=click.IntRange(1, 10**9), default=None,

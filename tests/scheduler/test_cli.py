@@ -422,3 +422,13 @@ def test_growing_a_sweep_with_another_target_or_x_grid_is_refused(run, tmp_path,
     r = run("sweep", "submit", str(spec))
     assert r.exit_code == 0 and "1 job (1 new)" in r.stdout, r.output
     assert json.loads(run("status", "demo", "--json").stdout)["total"] == 3
+
+
+@pytest.mark.parametrize("args", [["sql", "SELECT 1", "--timeout", "nan"],
+                                  ["sql", "SELECT 1", "--timeout", "inf"],
+                                  ["dashboard", "--refresh", "nan"]])
+def test_a_time_option_that_is_no_finite_number_is_refused(run, args):
+    # nan passed click's FloatRange: `sql --timeout nan` had no time limit at all.
+    r = run(*args)
+    _one_line_error(r)
+    assert "finite" in r.stderr or "not a number" in r.stderr
