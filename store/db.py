@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -153,7 +154,7 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode=WAL")
+        _into_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -186,6 +187,24 @@ def server_engine(url: str, **options) -> Engine:
 #: unique index (unique_violation), or the object already there (duplicate table, object).
 _CREATED_BY_ANOTHER = ("23505", "42P07", "42710")
 _CREATE_TRIES = 3
+
+
+def _into_wal(cur) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting as the busy timeout does. On a file still in
+    rollback mode (a fresh database) the switch needs an exclusive lock, and SQLite refuses it
+    at once, without its busy handler, while another connection holds the write lock: six
+    processes making the schema of a new file at once failed with "database is locked"."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def create_schema(engine: Engine) -> None:

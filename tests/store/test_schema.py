@@ -52,3 +52,35 @@ def test_many_at_once_on_a_fresh_database_all_succeed(fresh_url):
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_a_new_connection_waits_to_switch_a_fresh_file_to_wal(tmp_path, monkeypatch):
+    # A fresh file is in rollback mode; switching it to WAL needs an exclusive lock, which
+    # SQLite refuses at once (no busy handler) while another connection holds the write lock:
+    # six create_schema at once on a new file failed with "database is locked" in CI. The
+    # holder lets go while the new connection waits (its first pause), as another process
+    # would: the connection must then switch, not have failed.
+    import sqlite3
+
+    import store.db
+
+    path = tmp_path / "fresh.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE t (x)")
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        if not pauses:
+            holder.execute("COMMIT")
+        pauses.append(seconds)
+
+    monkeypatch.setattr(store.db.time, "sleep", pause)
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        engine.dispose()
+        holder.close()
+    assert pauses  # it did wait for the holder
