@@ -97,26 +97,25 @@ class _SqliteDoor:
         return _sqlite_connect(_sqlite_uri(self.path, tidy=True, ours=self.ours))
 
 
-def _is_wal(path: Path) -> bool:
-    """Whether the SQLite file is in WAL mode (its header's read and write versions are 2)."""
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-    except OSError:
-        return False
-    return header.startswith(b"SQLite format 3\x00") and header[18:20] == b"\x02\x02"
-
-
 def _tidy_uri(path: Path, ours: bool) -> str | None:
-    """``mode=rw`` (the connection still writes nothing: ``query_only``) for a WAL file whose
-    side files this reader would otherwise leave behind: SQLite makes -wal and -shm for any
-    connection to a WAL file, and only a connection that may write removes them, as the last
-    one to close (after a checkpoint, of nothing when the -wal was not there). For another
-    program's file only when it has no -wal (no connection open, nothing awaiting a
-    checkpoint: the file stays byte-identical); None where ``mode=ro`` is the way."""
-    if not (_is_wal(path) and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+    """``mode=rw`` (the connection still writes nothing: ``query_only``) where the reader may
+    write the file: SQLite makes -wal and -shm for any connection to a WAL file, and only a
+    connection that may write removes them, as the last one to close (after a checkpoint, of
+    nothing when the -wal was not there); on a file in another journal mode it makes nothing.
+    For another program's file only when no -wal or -journal is there (no connection open,
+    nothing awaiting a checkpoint or a rollback: the file stays byte-identical); None where
+    ``mode=ro`` is the way.
+
+    The file's own bytes are never read here (its header would say its journal mode): POSIX
+    locks belong to the process, and closing any descriptor of a file drops every lock the
+    process holds on it, so a connection this process keeps open (``polyfit.run()``, the
+    dashboard) would lose its locks; another process closing last would then remove the -wal
+    and -shm that connection still uses, and this process would read the removed ones ever
+    after, never seeing another process's writes."""
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
         return None
-    if not ours and path.with_name(path.name + "-wal").exists():
+    if not ours and any(path.with_name(path.name + side).exists()
+                        for side in ("-wal", "-journal")):
         return None
     return f"file:{path}?mode=rw"
 

@@ -147,6 +147,40 @@ def test_a_reader_beside_a_writer_leaves_the_writers_side_files_alone(tmp_path):
     assert "j1" in invoke("results", "--db", url, "--format", "csv").stdout
 
 
+def test_a_reader_never_drops_the_locks_of_its_own_process_writer(tmp_path):
+    """POSIX locks belong to a process, and closing any descriptor of a file drops all of them:
+    a reader that opened the database file itself (to read its header) dropped the locks of a
+    connection the same process kept open (``polyfit.run()`` in a notebook, the dashboard, a
+    test), so another process, closing last, removed the -wal and -shm under it; every later
+    connection of the process then read the removed ones, and never saw a worker's results."""
+    from store.reader import open_results
+
+    url = _results_db(tmp_path)
+    path = tmp_path / "results.sqlite"
+    kept = make_engine(url)  # this process's writer, its pooled connection left open
+    with kept.begin() as c:
+        c.exec_driver_sql("UPDATE jobs SET attempts = attempts + 1")
+    reader = open_results(url)
+    assert J.status_counts(reader, "s1") == {"succeeded": 1}
+    closing = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+               "c.execute('SELECT count(*) FROM jobs').fetchone(); c.close()")
+    subprocess.run([sys.executable, "-c", closing, str(path)], check=True, timeout=60)
+    # A worker: it writes a result and keeps its connection open.
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+         "c.execute(\"UPDATE jobs SET status = 'failed'\"); c.commit(); print('ok', flush=True); "
+         "sys.stdin.read()", str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert worker.stdout.readline() == "ok\n"
+        assert J.status_counts(reader, "s1") == {"failed": 1}
+        assert J.status_counts(kept, "s1") == {"failed": 1}
+    finally:
+        worker.communicate("", timeout=60)
+        reader.dispose()
+        kept.dispose()
+
+
 def _can_bind_mount_read_only() -> bool:
     if shutil.which("unshare") is None:
         return False
