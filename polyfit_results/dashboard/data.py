@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from polyfit_models import VARIANTS
 from store.db import store_error, transaction
 from store.jobs import JOB_COLUMNS, JobRow, as_utc
+from store.manage import labels_of
 from store.records import (
     CANCELLED,
     DIVERGED,
@@ -70,6 +71,8 @@ class SweepLine:
     queued: int
     cancelled: int
     best_mse: float | None
+    tags: tuple[str, ...] = ()
+    note: str = ""
 
     @property
     def done(self) -> bool:
@@ -78,6 +81,7 @@ class SweepLine:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["created_at"] = as_utc(self.created_at).isoformat()
+        out["tags"] = list(self.tags)
         out["done"] = self.done
         return out
 
@@ -100,16 +104,33 @@ def _counts(engine: Engine, sweep_ids: Sequence[str]) -> dict[str, tuple]:
 
 
 def _lines(engine: Engine, sweeps: Sequence) -> list[SweepLine]:
-    counts = _counts(engine, [r.id for r in sweeps]) if sweeps else {}
+    ids = [r.id for r in sweeps]
+    counts = _counts(engine, ids) if sweeps else {}
+    labels = labels_of(engine, ids) if sweeps else {}
     return [SweepLine(r.id, r.name, r.created_at,
-                      *counts.get(r.id, (0, 0, 0, 0, 0, 0, 0, None))) for r in sweeps]
+                      *counts.get(r.id, (0, 0, 0, 0, 0, 0, 0, None)),
+                      tuple(labels.get(r.id, ((), ""))[0]), labels.get(r.id, ((), ""))[1])
+            for r in sweeps]
 
 
-def sweep_lines(engine: Engine, *, limit: int, offset: int = 0) -> tuple[list[SweepLine], int]:
-    """A page of the sweeps, newest first, with their counts; and how many sweeps there are.
-    Only the page's sweeps are aggregated."""
+def sweep_lines(engine: Engine, *, limit: int, offset: int = 0,
+                tag: str | None = None) -> tuple[list[SweepLine], int]:
+    """A page of the sweeps, newest first, with their counts; and how many sweeps there are
+    (with ``tag``: only the sweeps that carry it). Only the page's sweeps are aggregated."""
+    order = (SWEEPS.c.created_at.desc(), SWEEPS.c.id)
+    if tag is not None:
+        # Tags are a JSON list, which the two backends search differently: the (few, short)
+        # labels of every sweep are read, the page cut from the sweeps that carry the tag.
+        tagged = {i for i, (tags, _) in labels_of(engine).items() if tag in tags}
+        with transaction(engine) as s:
+            ids = [i for i in s.scalars(select(SWEEPS.c.id).order_by(*order)) if i in tagged]
+            chosen = ids[offset:offset + limit]
+            rows = {r.id: r for r in s.execute(
+                select(SWEEPS.c.id, SWEEPS.c.name, SWEEPS.c.created_at)
+                .where(SWEEPS.c.id.in_(chosen))).all()} if chosen else {}
+        return _lines(engine, [rows[i] for i in chosen]), len(ids)
     q = (select(SWEEPS.c.id, SWEEPS.c.name, SWEEPS.c.created_at)
-         .order_by(SWEEPS.c.created_at.desc(), SWEEPS.c.id).limit(limit).offset(offset))
+         .order_by(*order).limit(limit).offset(offset))
     with transaction(engine) as s:
         total = s.execute(select(func.count()).select_from(SWEEPS)).scalar_one()
         page = s.execute(q).all()

@@ -119,3 +119,20 @@ def ref(value: str, what: str = "sweep") -> str:
     if len(value) > MAX_TEXT:
         abort(404, f"no {what} of {len(value):,} characters (names and ids are shorter)")
     return value
+
+
+def tag(name: str = "tag") -> str | None:
+    """A sweep tag to show only the sweeps that carry it (None when absent): a word, as
+    ``polyfit sweep tag`` takes it."""
+    from store.manage import SweepChangeRefused, checked_tags
+
+    value = text(name).strip()
+    if not value:
+        return None
+    try:
+        tags = checked_tags([value])
+    except SweepChangeRefused as e:
+        abort(400, f"{name} {shown(value)}: {e}")
+    if len(tags) != 1:
+        abort(400, f"{name} names one tag, not {shown(value)}")
+    return tags[0]

@@ -22,6 +22,7 @@ from polyfit_results import queries, report
 from polyfit_results.dashboard import charts, data, params
 from store import jobs as store_jobs
 from store.clock import db_now
+from store.manage import labels_of
 from store.records import STATUSES
 
 bp = Blueprint("dashboard", __name__)
@@ -101,24 +102,25 @@ def _line(s: data.SweepLine) -> dict:
             "progress": f"{s.ended:,}/{s.jobs:,}",
             "percent": round(100 * s.ended / s.jobs, 1) if s.jobs else 0.0,
             "best_mse": report.cell(s.best_mse), "age": age(s.created_at),
-            "created_at": _utc(s.created_at), "href": url_for(".sweep", ref=s.id)}
+            "created_at": _utc(s.created_at), "href": url_for(".sweep", ref=s.id),
+            "tags": list(s.tags), "tag_text": " ".join(s.tags), "note": s.note}
 
 
 @bp.get("/")
 def sweeps():
-    page = params.page()
+    page, tag = params.page(), params.tag()
     lines, total = data.sweep_lines(_engine(), limit=SWEEPS_PER_PAGE,
-                                    offset=(page - 1) * SWEEPS_PER_PAGE)
+                                    offset=(page - 1) * SWEEPS_PER_PAGE, tag=tag)
     pages = max(1, math.ceil(total / SWEEPS_PER_PAGE))
     return render_template("sweeps.html", lines=[_line(s) for s in lines], total=total,
-                           page=page, pages=pages)
+                           page=page, pages=pages, tag=tag)
 
 
 @bp.get("/api/sweeps")
 def api_sweeps():
-    page = params.page()
+    page, tag = params.page(), params.tag()
     lines, total = data.sweep_lines(_engine(), limit=SWEEPS_PER_PAGE,
-                                    offset=(page - 1) * SWEEPS_PER_PAGE)
+                                    offset=(page - 1) * SWEEPS_PER_PAGE, tag=tag)
     return jsonify({"total": total, "sweeps": [_line(s) for s in lines]})
 
 
@@ -173,8 +175,9 @@ def sweep(ref: str):
         page = pages
         rows, total = data.jobs_page(engine, target.id, wanted, page=page, per_page=per_page)
     best = data.best_jobs(engine, target.id)
+    tags, note = labels_of(engine, [target.id]).get(target.id, ([], ""))
     return render_template(
-        "sweep.html", sweep=target, progress=_progress(target),
+        "sweep.html", sweep=target, progress=_progress(target), tags=tags, note=note,
         best=[queries.described(j) for j in best.by_variant],
         best_ids=",".join(j.id for j in best.by_variant),
         by_degree=[queries.described(j) for j in best.by_degree], axes=best, wanted=wanted,

@@ -131,6 +131,34 @@ def test_the_sweep_list_shows_counts_progress_and_best_mse(site):
     assert f'<tr data-id="{site.waiting}">' in page and "0/60" in page
 
 
+def test_the_sweep_list_shows_tags_and_keeps_to_one_when_asked(tmp_path):
+    url = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    ids = {name: record_sweep(url, SMALL, name=name)[0] for name in ("alpha", "beta", "gamma")}
+    for args in (["tag", "alpha", "baseline,paper"], ["tag", "gamma", "paper"],
+                 ["note", "gamma", "the run for figure 2"]):
+        r = CliRunner().invoke(cli, ["sweep", *args, "--db", url], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    site = Site(url, ids["alpha"], ids["beta"], ids["gamma"])
+    lines = {s["name"]: s for s in site.get("/api/sweeps").json["sweeps"]}
+    assert lines["alpha"]["tags"] == ["baseline", "paper"] and lines["beta"]["tags"] == []
+    assert lines["gamma"]["note"] == "the run for figure 2"
+    page = site.get("/").text
+    assert 'href="/?tag=paper"' in page and 'title="the run for figure 2"' in page
+    tagged = site.get("/?tag=paper").text
+    assert "2 tagged" in tagged, tagged[tagged.index("<h1"):][:300]
+    assert 'data-live="/api/sweeps?page=1&amp;tag=paper"' in tagged
+    assert {s["name"] for s in site.get("/api/sweeps?tag=paper").json["sweeps"]} == {
+        "alpha", "gamma"}
+    assert site.get("/api/sweeps?tag=paper").json["total"] == 2
+    assert [s["name"] for s in site.get("/api/sweeps?tag=baseline").json["sweeps"]] == ["alpha"]
+    assert "No sweep carries the tag" in site.get("/?tag=nothing").text
+    assert site.get("/api/sweeps?tag=nothing").json == {"total": 0, "sweeps": []}
+    sweep_page = site.get("/sweeps/gamma").text
+    assert 'href="/?tag=paper"' in sweep_page and "the run for figure 2" in sweep_page
+    for bad in ("two%20words", "a,b", "x" * 300):
+        assert "tag" in site.get(f"/?tag={bad}", status=400).text
+
+
 def test_the_sweep_page_shows_progress_like_polyfit_status(site):
     status = CliRunner().invoke(cli, ["status", site.demo, "--json", "--db", site.url])
     expected = json.loads(status.stdout)
