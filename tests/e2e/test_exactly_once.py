@@ -86,7 +86,7 @@ def writes(url: str) -> dict[str, Counter]:
     return out
 
 
-SPEC = ["--variant", "numpy", "--seed", "0-599", "--lr", "1e-6,2e-6", "--epochs", "40",
+SPEC = ["--variant", "numpy", "--seed", "0-299", "--lr", "1e-6,2e-6", "--epochs", "40",
         "--batch-size", "5", "--name", "hammered"]
 
 
@@ -121,7 +121,7 @@ def test_resumes_resubmits_and_a_second_run_never_record_a_job_twice(
     got = wait_done(env, sweep_id, timeout=300)
 
     assert all(code == 0 for _, code, _ in outcomes), outcomes
-    assert len(got) == 1200 and {r["status"] for r in got} == {"succeeded"}
+    assert len(got) == 600 and {r["status"] for r in got} == {"succeeded"}
     counted = writes(results_db)
     assert set(counted["result"]) == {r["id"] for r in got}
     assert max(counted["result"].values()) == 1, counted["result"].most_common(3)
