@@ -1,6 +1,7 @@
 """The job spec: one fit, as a frozen record of JSON primitives.
 
-A :class:`JobSpec` is what travels in a queue message and what a result is keyed by. It cannot
+A :class:`JobSpec` is what a job's stored row describes (a queue message names job ids only; the
+worker reads each spec back from its row) and what a job's id is derived from. It cannot
 exist in an invalid state: ``__post_init__`` checks every field against the variant's entry in
 the registry and raises :class:`SpecError` with one line naming the field. ``from_dict`` adds the
 checks a plain dict needs (unknown and missing keys, wrong types), so it raises nothing but
