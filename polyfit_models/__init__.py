@@ -41,6 +41,7 @@ __all__ = [
     "bytes_per_job",
     "fit",
     "fit_many",
+    "remember_compiles",
     "fuse_settings",
     "jobs_within",
     "shared_bytes",
@@ -49,7 +50,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # PEP 562: ``fit`` and ``fit_many`` live in the torch-importing runner, loaded on first use.
-    if name in ("fit", "fit_many"):
+    if name in ("fit", "fit_many", "remember_compiles"):
         from . import runner
 
         return getattr(runner, name)

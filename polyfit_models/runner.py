@@ -12,11 +12,13 @@ Fusing (``fuse``; see ``fusion.py``): a variant with a fused path can train a ch
 epoch compiled into a few fused passes, which costs a compile (seconds, paid once per
 configuration and process, and much less with inductor's disk cache warm) and then trains
 several times faster. ``fuse=None`` (the default) fuses a chunk when that configuration is
-compiled in this process already, or when the chunk is big enough (``AUTO_FUSE_WORK``) for the
-compile to pay for itself; ``True`` fuses every chunk that can be; ``False`` never fuses. A
-fused chunk is not cut for the cache (it keeps no (B, x_points) arrays) and has at least two
-jobs; a configuration that fails to compile here (no C++ compiler, no Triton) is trained
-unfused from then on, with a warning.
+compiled in this process already, or when the chunk is big enough for the compile to pay for
+itself: ``AUTO_FUSE_WORK`` where inductor's disk cache holds the compile already,
+``AUTO_FUSE_WORK_COLD`` where this machine never compiled it (``remember_compiles``), so that a
+first sweep on a fresh machine is never slower for fusing; ``True`` fuses every chunk that can
+be; ``False`` never fuses. A fused chunk is not cut for the cache (it keeps no (B, x_points)
+arrays) and has at least two jobs; a configuration that fails to compile here (no C++
+compiler, no Triton) is trained unfused from then on, with a warning.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +52,11 @@ CPU_CHUNK_BYTES = 8 * 2 ** 20
 #: configuration 0.3 to 1.6 s warm, 2 to 6.5 s cold): about where fusing starts to pay.
 AUTO_FUSE_WORK = 4_000_000_000
 
+#: ... and this much for a configuration never compiled on this machine (see
+#: ``remember_compiles``): its first compile takes 18 to 23 s instead of 5, so the group must be
+#: about four times as big before fusing it is not slower than training it unfused.
+AUTO_FUSE_WORK_COLD = 16_000_000_000
+
 #: ... and only a group of at least this many jobs: below it, the compiled epoch's fixed cost
 #: (dynamo's guards and autograd's wrappers, about 0.1 to 0.3 ms an epoch) is more than the
 #: unfused arithmetic it saves (measured crossover: 32 to 64 jobs).
@@ -65,6 +73,39 @@ log = logging.getLogger(__name__)
 #: trained fused in this process, and those that failed to compile here.
 _fused_ready: set[tuple] = set()
 _fuse_failed: set[tuple] = set()
+
+#: Where this machine notes the configurations it has compiled (``remember_compiles``).
+_compile_marks: Path | None = None
+
+
+def remember_compiles(folder: str | Path | None) -> None:
+    """Note in ``folder`` (the folder the process edge points inductor's disk cache at), one
+    empty file per configuration, what this machine has compiled, and read it back: with it,
+    ``fuse=None`` tells a configuration whose compile inductor has on disk (a later process
+    only traces it: seconds) from one never compiled here (a cold compile), and fuses the
+    latter only for a group big enough to pay for it. Without it every configuration not yet
+    trained fused in this process counts as cold."""
+    global _compile_marks
+    _compile_marks = None if folder is None else Path(folder) / "polyfit-fused"
+
+
+def _mark_name(config: tuple) -> str:
+    # The compile is torch's: another torch version compiles anew.
+    return "-".join(str(part) for part in (*config, "torch", torch.__version__)).replace("/", "_")
+
+
+def _compiled_here(config: tuple) -> bool:
+    return _compile_marks is not None and (_compile_marks / _mark_name(config)).exists()
+
+
+def _note_compiled(config: tuple) -> None:
+    if _compile_marks is None:
+        return
+    try:
+        _compile_marks.mkdir(parents=True, exist_ok=True)
+        (_compile_marks / _mark_name(config)).touch()
+    except OSError:  # a read-only cache folder: the next process compiles as if cold
+        pass
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -143,8 +184,12 @@ def _fuses(fuse: bool | None, spec: JobSpec, jobs: int, dev: torch.device) -> bo
         return False
     if fuse is True:
         return True
-    return jobs >= AUTO_FUSE_MIN_JOBS and (
-        config in _fused_ready or jobs * spec.epochs * spec.x_points >= AUTO_FUSE_WORK)
+    if jobs < AUTO_FUSE_MIN_JOBS:
+        return False
+    if config in _fused_ready:
+        return True
+    pays = AUTO_FUSE_WORK if _compiled_here(config) else AUTO_FUSE_WORK_COLD
+    return jobs * spec.epochs * spec.x_points >= pays
 
 
 def _fuse_config(spec: JobSpec, dev: torch.device) -> tuple:
@@ -205,7 +250,9 @@ def _train(batch: list[JobSpec], dev: torch.device, fused: bool,
         if stop is not None:
             options["stop"] = stop
         return variant.train(batch, dev, **options)
-    _fused_ready.add(config)
+    if config not in _fused_ready:
+        _fused_ready.add(config)
+        _note_compiled(config)
     return raw.rows(slice(0, len(batch)))
 
 

@@ -20,7 +20,14 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from polyfit_models import JobSpec, SpecError, batch_bytes, batch_key, fit_many
+from polyfit_models import (
+    JobSpec,
+    SpecError,
+    batch_bytes,
+    batch_key,
+    fit_many,
+    remember_compiles,
+)
 from polyfit_models.result import CURVE_EVERY
 from store import StoreError, StoreUnavailable
 from store import jobs as store_jobs
@@ -260,6 +267,9 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
 
     live = _LiveCurves(todo, settings.progress_s) if settings.progress_s > 0 else None
     if trainer is None:
+        # Which configurations this machine compiled before, noted beside inductor's cache:
+        # a cold compile is fused only where it pays (``runner.AUTO_FUSE_WORK_COLD``).
+        remember_compiles(settings.compile_cache)
         trainer = partial(fit_many, fuse=settings.fuse, progress=live)
 
     def flush() -> None:

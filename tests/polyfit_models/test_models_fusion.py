@@ -149,12 +149,23 @@ def test_diverged_fused_job_does_not_stop_its_batch():
     assert together[1].loss_curve[-1][0] == EPOCHS - 1
 
 
-def test_default_fuses_only_where_it_pays(monkeypatch):
+def test_default_fuses_only_where_it_pays(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "_fused_ready", set())
+    monkeypatch.setattr(runner, "_compile_marks", None)
     small = spec("autograd", epochs=100)
     assert not runner._fuses(None, small, 1000, torch.device("cpu"))
+    # 1,000 lesson fits: fused where this machine has the compile on disk, not where it would
+    # be compiled cold (18 to 23 s, more than fusing saves)
     big = spec("autograd", epochs=2000, x_points=2000)
+    assert not runner._fuses(None, big, 1000, torch.device("cpu"))
+    runner.remember_compiles(tmp_path)
+    assert not runner._fuses(None, big, 1000, torch.device("cpu"))
+    runner._note_compiled(runner._fuse_config(big, torch.device("cpu")))
     assert runner._fuses(None, big, 1000, torch.device("cpu"))
+    assert not runner._fuses(None, spec("autograd", epochs=2000, x_points=2000, degree=4), 1000,
+                             torch.device("cpu"))  # another configuration: still cold
+    huge = spec("autograd", epochs=8000, x_points=2000, degree=4)  # 4x the work: pays cold
+    assert runner._fuses(None, huge, 1000, torch.device("cpu"))
     assert not runner._fuses(None, big, runner.AUTO_FUSE_MIN_JOBS - 1, torch.device("cpu"))
     assert not runner._fuses(False, big, 1000, torch.device("cpu"))
     assert runner._fuses(True, small, 1, torch.device("cpu"))
@@ -162,6 +173,22 @@ def test_default_fuses_only_where_it_pays(monkeypatch):
     # a configuration compiled in this process already is fused from the smallest batch on
     runner._fused_ready.add(runner._fuse_config(small, "cpu"))
     assert runner._fuses(None, small, runner.AUTO_FUSE_MIN_JOBS, torch.device("cpu"))
+
+
+@COMPILES
+def test_a_fused_training_notes_its_compile_for_the_next_process(monkeypatch, tmp_path):
+    monkeypatch.setattr(runner, "_fused_ready", set())
+    monkeypatch.setattr(runner, "_compile_marks", None)
+    runner.remember_compiles(tmp_path / "cache")
+    jobs = [spec("autograd", lr=1e-6, seed=s, epochs=EPOCHS) for s in range(2)]
+    config = runner._fuse_config(jobs[0], torch.device("cpu"))
+    assert not runner._compiled_here(config)
+    fit_many(jobs, fuse=False)
+    assert not runner._compiled_here(config)  # unfused: nothing compiled
+    fit_many(jobs, fuse=True)
+    assert runner._compiled_here(config)
+    assert [p.name for p in (tmp_path / "cache" / "polyfit-fused").iterdir()] == [
+        f"autograd-3-float32-cpu-torch-{torch.__version__}"]
 
 
 def same_fit(a, b) -> bool:
