@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import os
 from pathlib import Path
 
 import click
@@ -17,7 +18,7 @@ from scheduler.cli.group import InputError
 from scheduler.sweep import AXES, RANGE_AXES, Plan, build_plan, load_spec_file, parse_flag
 from store import jobs as store_jobs
 from store import make_engine
-from store.db import ENV_DB
+from store.db import ENV_DB, StoreError, sqlite_path
 from store.reader import open_results
 from worker.settings import ENV_BROKER, Settings
 
@@ -88,6 +89,35 @@ def changing(settings: Settings) -> Engine:
     must already be a polyfit database; nothing is created in a foreign file."""
     reading(settings).dispose()
     return make_engine(settings.db_url)
+
+
+def not_over_the_database(output: str | None, settings: Settings) -> None:
+    """Refuse (exit 2) an output file that is the results database, one of its side files
+    (-wal, -shm, -journal) or the embedded broker's file: the output is written whole and then
+    renamed over the target, which would replace every result (``results -o polyfit.sqlite``).
+    Compared by name and, for a file that exists, by identity (a link, another path to it);
+    the files are never opened here (see ``store.reader._tidy_uri`` for why)."""
+    if output is None:
+        return
+    kept = []
+    for url in (settings.db_url, settings.broker_url):
+        try:
+            path = sqlite_path(url.replace("sqla+sqlite", "sqlite", 1))
+        except StoreError:  # not a database URL (a broker's): nothing to keep
+            continue
+        if path is not None:
+            kept += [path, *(path.with_name(path.name + side)
+                             for side in ("-wal", "-shm", "-journal"))]
+    target = Path(output).expanduser()
+    for path in kept:
+        same = Path(os.path.realpath(target)) == Path(os.path.realpath(path))
+        try:
+            same = same or os.path.samefile(target, path)
+        except OSError:  # one of them does not exist
+            pass
+        if same:
+            raise InputError(f"{output} is the results database's own file ({path}): writing "
+                             "it would replace every result; give another file")
 
 
 def find_sweep(engine: Engine, ref: str | None) -> store_jobs.SweepRow:

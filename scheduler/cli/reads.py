@@ -21,6 +21,7 @@ from scheduler.cli.helpers import (
     TABLE_COLUMNS,
     FiniteFloat,
     find_sweep,
+    not_over_the_database,
     pass_settings,
     reading,
 )
@@ -208,6 +209,7 @@ SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_ms
 def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min, lr_max, sort,
             desc, limit, fmt, output) -> None:
     """The jobs of a sweep (the latest when omitted)."""
+    not_over_the_database(output, settings)
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
     query = store_jobs.JobQuery(variants=variants_, statuses=statuses, degrees=degrees,
@@ -421,6 +423,7 @@ def plot(settings: Settings, sweep_ref, output) -> None:
     """Fitted curves against the target, loss curves, and a lr x degree map of the mse."""
     from polyfit_results.plot import PlotError, save_plot
 
+    not_over_the_database(output, settings)
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
     try:

@@ -181,6 +181,31 @@ def test_a_reader_never_drops_the_locks_of_its_own_process_writer(tmp_path):
         kept.dispose()
 
 
+@pytest.mark.parametrize("args", [
+    ["results", "-o", "{db}"], ["results", "--format", "csv", "-o", "{db}"],
+    ["results", "--format", "json", "-o", "{link}"], ["results", "-o", "{db}-wal"],
+    ["results", "-o", "{broker}"], ["plot", "-o", "{png}"]],
+    ids=["table", "csv", "a link to it", "its -wal", "the embedded broker", "plot"])
+def test_an_export_never_replaces_the_results_database(tmp_path, args):
+    """``-o`` is written whole, then renamed over its target: aimed at the database (or its
+    side files, or the embedded broker's file), it would have replaced every result."""
+    url = _results_db(tmp_path)
+    png = tmp_path / "results.png"  # a database whose name looks like a figure's
+    shutil.copy(tmp_path / "results.sqlite", png)
+    (tmp_path / "link.csv").symlink_to(tmp_path / "results.sqlite")
+    (tmp_path / "results-broker.sqlite").write_bytes(b"")
+    db = f"sqlite:///{png}" if "{png}" in args else url
+    before = _fingerprint(tmp_path)
+    given = [a.format(db=tmp_path / "results.sqlite", link=tmp_path / "link.csv", png=png,
+                      broker=tmp_path / "results-broker.sqlite") for a in args]
+    r = invoke(*given, "--db", db)
+    assert r.exit_code == 2, r.output
+    assert "the results database's own file" in r.output and len(r.output.splitlines()) == 1
+    assert _fingerprint(tmp_path) == before
+    assert invoke("results", "--db", url, "-o", str(tmp_path / "out.csv"), "--format",
+                  "csv").exit_code == 0  # another file is written as before
+
+
 def _can_bind_mount_read_only() -> bool:
     if shutil.which("unshare") is None:
         return False
