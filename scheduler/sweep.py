@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from polyfit_models import OPTIMIZERS, TARGETS, VARIANTS, JobSpec, SpecError, batch_bytes
+from polyfit_models.registry import BROKEN
 from polyfit_models.spec import MAX_EPOCHS, MAX_LR, MAX_POINTS, SEED_LIMIT
 from worker.queues import is_device
 
@@ -396,6 +397,8 @@ def parse_axis(axis: str, values: object, max_values: int = 1_000_000) -> list:
                              "(POLYFIT_MAX_JOBS)")
     for raw, piece in zip(items, pieces):
         if axis == "variant":
+            if isinstance(raw, str) and raw in BROKEN:
+                raise SweepSpecError(f"variant: the plugin {BROKEN[raw].describe()}")
             out.append(_choice(axis, raw, list(VARIANTS)))
         elif axis == "lr":
             out.append(_lr(raw))
