@@ -7,8 +7,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from polyfit_models.program import (RawFits, RowwiseOptimizer, grid, initial_rows, lr_column,
-                                    run, target_values, torch_dtype)
+from polyfit_models.program import (
+    RawFits,
+    RowwiseOptimizer,
+    grid,
+    initial_rows,
+    lr_column,
+    run,
+    target_values,
+    torch_dtype,
+)
 
 from . import SCALE
 
