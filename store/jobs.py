@@ -562,6 +562,32 @@ def last_finish(engine: Engine, sweep_id: str) -> datetime | None:
     return None if t is None else as_utc(t)
 
 
+@dataclass(frozen=True)
+class VariantActivity:
+    """Whether a sweep's jobs of one variant are being served: how many wait, how many run,
+    and when the last one finished (None before any)."""
+
+    variant: str
+    queued: int
+    running: int
+    last_finish: datetime | None
+
+
+def variant_activity(engine: Engine, sweep_id: str, variant: str) -> VariantActivity:
+    """The sweep's queued and running jobs of ``variant`` and its last finish (rows found
+    through the sweep's status index, not a scan of the table)."""
+    j = JobRecord.__table__.c
+    with transaction(engine) as s:
+        counts = dict(s.execute(
+            select(j.status, func.count())
+            .where(j.sweep_id == sweep_id, j.status.in_((QUEUED, RUNNING)), j.variant == variant)
+            .group_by(j.status)).all())
+        t = s.execute(select(func.max(j.finished_at))
+                      .where(j.sweep_id == sweep_id, j.variant == variant)).scalar()
+    return VariantActivity(variant, counts.get(QUEUED, 0), counts.get(RUNNING, 0),
+                           None if t is None else as_utc(t))
+
+
 def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:
     with transaction(engine) as s:
         rows = s.execute(
