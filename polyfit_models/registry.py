@@ -95,7 +95,8 @@ def _load_one(d: Declared) -> Variant:
         obj = importlib.import_module(module.strip())
         for part in attr.strip().split(".") if attr.strip() else []:
             obj = getattr(obj, part)
-    except Exception as e:  # noqa: BLE001 - whatever a plugin raises, it is only its problem
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever a plugin raises is its own
+        # problem (a sys.exit at import included): it must not stop the process loading it
         raise ValueError(f"cannot load {d.value}: {e.__class__.__name__}: {e}") from None
     if not isinstance(obj, Variant):
         raise ValueError(f"{d.value} is a {type(obj).__name__}, not a polyfit_models.Variant")

@@ -45,12 +45,22 @@ def test_an_installed_plugin_is_listed_swept_and_stored_and_its_bug_fails_only_i
     raiser = fake_plugin(tmp_path / "raiser", "pf-raiser",
                          {"raiser": "pf_raiser_mod:VARIANT"},
                          {"pf_raiser_mod": RAISING.format(name="raiser")})
+    # Beside them, a package that tries to take a built-in's name, and one that cannot load.
+    misfits = fake_plugin(tmp_path / "misfits", "pf-misfits",
+                          {"autograd": "pf_misfits_mod:VARIANT", "flaky": "pf_gone:VARIANT"},
+                          {"pf_misfits_mod": RAISING.format(name="autograd")})
     db = f"sqlite:///{tmp_path / 'results.sqlite'}"
-    env = with_path(polyfit_env(POLYFIT_DB_URL=db), chebyshev, raiser)
+    env = with_path(polyfit_env(POLYFIT_DB_URL=db), chebyshev, raiser, misfits)
     listed = polyfit("variants", env=env)
     assert listed.returncode == 0, listed.stderr
-    line = next(x for x in listed.stdout.splitlines() if x.startswith("chebyshev "))
-    assert "package: polyfit-chebyshev 0.1.0" in line and "axes: lr, degree" in line
+    lines = {x.split()[0]: x for x in listed.stdout.splitlines() if not x.startswith(" ")}
+    assert "package: polyfit-chebyshev 0.1.0" in lines["chebyshev"]
+    assert "axes: lr, degree" in lines["chebyshev"]
+    assert "package: polyfit " in lines["autograd"]
+    assert "variant autograd of pf-misfits 1.0: refused" in listed.stderr
+    assert "not loaded: cannot load pf_gone:VARIANT" in lines["flaky"]
+    refused = polyfit("sweep", "submit", "--variant", "flaky", env=env, cwd=tmp_path)
+    assert refused.returncode == 2 and "pf_gone" in refused.stderr, refused.stderr
 
     run = polyfit("sweep", "run", "--variant", "chebyshev,raiser,numpy", "--seed", "0-1",
                   "--epochs", "300", "--workers", "1", env=env, cwd=tmp_path)
