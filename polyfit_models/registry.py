@@ -157,10 +157,11 @@ def load(found: Iterable[Declared]) -> tuple[dict[str, Variant], dict[str, Probl
             continue
         try:
             variants[d.name] = _load_one(d)
-        except ValueError as e:
+        except Exception as e:  # a plugin's odd object is only its problem
             if d.package == BUILTIN_PACKAGE:
                 raise  # polyfit's own variants are not optional
-            broken[d.name] = Problem(d.name, d.package, d.version, str(e))
+            reason = str(e) if isinstance(e, ValueError) else f"{e.__class__.__name__}: {e}"
+            broken[d.name] = Problem(d.name, d.package, d.version, reason)
     return variants, broken, refused
 
 

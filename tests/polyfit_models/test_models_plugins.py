@@ -63,6 +63,9 @@ def test_a_plugin_cannot_shadow_a_builtin(tmp_path, monkeypatch):
     ("pf_bad_mod:VARIANT", WORKING.format(name="other"), "its Variant is 'other'"),
     ("pf_bad_mod:VARIANT",
      WORKING.format(name="flaky") + "VARIANT = replace(VARIANT, loss='l1')", "loss must be"),
+    ("pf_bad_mod:VARIANT",
+     WORKING.format(name="flaky") + "VARIANT = replace(VARIANT, defaults=None)", "TypeError"),
+    ("pf_bad_mod:VARIANT", "import sys; sys.exit(3)", "SystemExit"),
 ])
 def test_a_plugin_that_cannot_be_loaded_is_kept_out_with_its_reason(tmp_path, monkeypatch,
                                                                     entry, source, reason):
