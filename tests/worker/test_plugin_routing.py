@@ -91,3 +91,15 @@ def test_status_says_when_no_worker_serves_a_plugins_jobs(db_url):
     shown = CliRunner().invoke(cli, ["status", "mixed"], env={"POLYFIT_DB_URL": db_url})
     assert "no worker for ghost" in shown.stdout
     assert "variant ghost" in shown.stderr and "plugin installed" in shown.stderr
+
+
+def test_a_grid_that_names_no_variant_sweeps_the_builtins_only(monkeypatch):
+    # The same spec gives the same jobs on every host, whatever plugins it has installed.
+    import scheduler.sweep as S
+    from polyfit_models.variants.builtin import AUTOGRAD
+
+    ghost = replace(AUTOGRAD, name="ghost", package="pf-ghost", version="1")
+    monkeypatch.setattr(S, "VARIANTS", {**S.VARIANTS, "ghost": ghost})
+    plan = S.build_plan({"grid": {"seed": [0], "epochs": [10], "degree": [4]}})
+    assert {job.spec.variant for job in plan.jobs} == {
+        "numpy", "tensor", "autograd", "legendre", "module", "dynamic"}
