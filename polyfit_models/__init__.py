@@ -3,7 +3,8 @@ with a polynomial) as fit variants behind one interface.
 
 Describe a fit with a :class:`JobSpec` (``JobSpec.create("autograd", lr=1e-6, seed=3)``), run it
 with :func:`fit` or many at once, vectorized, with :func:`fit_many`, and read the
-:class:`FitResult`. ``VARIANTS`` is the registry of the six variants. This package imports only
+:class:`FitResult`. ``VARIANTS`` is the registry of the variants: the six built-ins and those
+of installed plugins (``registry.py``; docs/plugins.md). This package imports only
 NumPy, torch and the standard library; it never reads the environment or sets torch's threads:
 the caller decides the device and the threads. torch itself is imported only when a fit runs
 (``fit``, ``fit_many``): specs, the registry and batching load without it, so a scheduler that
@@ -14,11 +15,15 @@ only plans and enqueues jobs starts in a fraction of a second.
 ``POLYFIT_COMPILE_CACHE`` from an environment mapping the caller hands in.
 """
 
+# First: the registry imports installed plugins, whose modules may `from polyfit_models import
+# Variant` while this package is still being initialised.
+from .variant import Variant, make_defaults  # isort: skip
+
 from .batching import batch_bytes, batch_key, bytes_per_job, jobs_within, shared_bytes
 from .errors import DeviceError, PolyfitModelError, ResultError, SettingError, SpecError
 from .fuse_settings import FuseSettings, fuse_settings
 from .problem import DTYPES, OPTIMIZERS, TARGETS
-from .registry import VARIANTS, Variant
+from .registry import VARIANTS
 from .result import FitResult
 from .spec import JobSpec
 
@@ -44,6 +49,7 @@ __all__ = [
     "remember_compiles",
     "fuse_settings",
     "jobs_within",
+    "make_defaults",
     "shared_bytes",
 ]
 

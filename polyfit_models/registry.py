@@ -1,150 +1,186 @@
-"""The registry of model variants: one :class:`Variant` per program of the lesson.
+"""The registry of model variants: the six built-ins and those of installed plugins, loaded
+through one function.
 
 ``VARIANTS`` is the single place where a variant's name, defaults, limits and implementation
 meet; validation, ``fit_many`` and the CLI all read it, so nothing elsewhere branches on a
-variant's name. Defaults are the lesson's settings.
+variant's name. It is filled once, at import, by :func:`load`: first the built-ins
+(``variants.builtin.ENTRY_POINTS``), then every entry point of the group ``polyfit.variants``
+that an installed distribution declares (name = the variant's name, value = ``module:object``,
+the object a :class:`Variant`). Both kinds go through the same loader; the built-ins are named
+in code, not in polyfit's own package metadata, so that a checkout run with ``PYTHONPATH`` only
+(no install, no metadata) has all six.
 
-Degree cap (``max_degree`` = 14 for every variant): the sum-of-squares loss and the gradient
-of the top coefficient scale like ``x_points * max|x|^(2 degree)``, which for x up to pi and 2000
-points stays finite in float32 up to degree ~29; but gradient descent on monomials stops meaning
-anything long before that. On [-pi, pi] the condition number of ``V^T V`` is ~3e2 at degree 3,
-~1e7 (float32's 1/eps) at degree 7, ~1e13 at degree 12, and at degree 15 it passes float64's
-1/eps (~5e16): the Gram matrix is singular to working precision and no learning rate can move
-the top coefficients. 14 is the last degree where the problem is still well posed in float64.
-``JobSpec`` also checks the degree against the job's own x range and dtype (see
-``problem.power_sum_is_safe``), which is what protects wide x ranges.
+A plugin can never take a worker or the registry down: one that fails to import, is not a
+``Variant``, names another variant or has a bad field is kept out of ``VARIANTS`` and kept in
+``BROKEN`` with the reason (its jobs fail with that reason on a worker that has it installed);
+one whose name is a built-in's is refused (``REFUSED``) and never shadows it.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from importlib import metadata
 from types import MappingProxyType
 
-import numpy as np
+from .problem import DTYPES, OPTIMIZERS
+from .variant import ALL_AXES, DEFAULT_KEYS, DEVICES, MAX_DEGREE, Variant
+from .variants import builtin
 
-from .problem import OPTIMIZERS
-from .variants import bases
-from .variants.bases import monomial_identity, monomial_predict
+__all__ = ["ALL_AXES", "BROKEN", "BUILTIN_PACKAGE", "GROUP", "MAX_DEGREE", "REFUSED", "VARIANTS",
+           "Declared", "Problem", "Variant", "declared", "is_plugin", "load", "plugin_names"]
 
-ALL_AXES = ("lr", "degree", "seed", "epochs", "optimizer", "dtype", "device")
-MAX_DEGREE = 14
+GROUP = "polyfit.variants"
+BUILTIN_PACKAGE = "polyfit"
+#: A variant's name is also part of a queue's name (``polyfit.cpu.v.NAME``): a short word.
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
-@dataclass(frozen=True, eq=False)
-class Variant:
-    """One model variant: what it is, what it accepts, and how it trains a batch."""
+@dataclass(frozen=True)
+class Declared:
+    """One variant as a distribution declares it: its name, ``module:object``, and the
+    distribution's name and version."""
 
     name: str
-    summary: str  # one line, for ``polyfit variants``
-    loss: str  # "sse" (sum of squared errors) or "mse" (mean squared error)
-    axes: tuple[str, ...]  # the JobSpec/sweep axes this variant uses
-    devices: tuple[str, ...]  # device types it runs on
-    optimizers: tuple[str, ...]
-    min_degree: int
-    max_degree: int
-    defaults: Mapping[str, object]  # lr, degree, epochs, optimizer, dtype
-    #: Trains one batch (specs equal except lr and seed) on a torch.device -> loop.RawFits;
-    #: ``train(specs, device, fused=True)`` with its epoch compiled (see ``fusion.py``).
-    train: Callable
-    #: Float64 values (B, N) of the fitted models, from (B, P) coefficients, x and the degree.
-    predict: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-    #: The ordinary-basis (ascending power) coefficients of one fit, or None.
-    monomial: Callable[[np.ndarray, int], list[float] | None]
-    #: Number of trainable parameters when it does not follow the degree (legendre, dynamic).
-    fixed_coefficients: int | None = None
-    #: Approximate number of (B, x_points) arrays alive at the peak of one epoch (buffers,
-    #: tensors saved for backward, temporaries), counted from the variant's graph with a
-    #: little margin; ``bytes_per_job`` builds on it.
-    live_rows: Callable[[int], int] = lambda degree: 6
-    #: What a user should know of the variant's defaults (``polyfit variants`` and the plot
-    #: show it), or "".
-    note: str = ""
-    #: Whether ``train`` has a fused path (``fused=True``).
-    fusable: bool = True
-    #: Whether its training loss is that of the model it reports, so that a job can stop once
-    #: that loss is within ``stop_gap`` of the optimum (not ``dynamic``: each forward pass draws
-    #: its own model).
-    can_stop_at_optimum: bool = True
-
-    def n_coefficients(self, degree: int) -> int:
-        """How many trainable coefficients a fit of this degree has."""
-        return self.fixed_coefficients if self.fixed_coefficients is not None else degree + 1
+    value: str
+    package: str
+    version: str
 
 
-def _trainer(module: str) -> Callable:
-    """The ``train`` function of ``variants.<module>``, imported on first use: the registry (and
-    so job specs, validation and the whole scheduler) loads without importing torch."""
+@dataclass(frozen=True)
+class Problem:
+    """A declared variant that is not in ``VARIANTS``, and why."""
 
-    def train(specs, device, **options):
-        return importlib.import_module(f"{__package__}.variants.{module}").train(specs, device,
-                                                                                   **options)
+    name: str
+    package: str
+    version: str
+    reason: str
 
-    train.__qualname__ = f"{module}.train"
-    return train
-
-
-def _defaults(lr: float, degree: int, epochs: int, optimizer: str, dtype: str):
-    return MappingProxyType(dict(lr=lr, degree=degree, epochs=epochs, optimizer=optimizer,
-                                 dtype=dtype))
+    def describe(self) -> str:
+        return f"variant {self.name} of {self.package} {self.version}: {self.reason}"
 
 
-_TORCH_DEVICES = ("cpu", "cuda")
+def _polyfit_version() -> str:
+    try:
+        return metadata.version(BUILTIN_PACKAGE)
+    except metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        return "unknown"
 
-VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
-    Variant(
-        name="numpy",
-        summary="NumPy, hand-written forward and backward, plain gradient descent (CPU only)",
-        loss="sse", axes=("lr", "degree", "seed", "epochs", "dtype"), devices=("cpu",),
-        optimizers=("sgd",), min_degree=1, max_degree=MAX_DEGREE,
-        defaults=_defaults(1e-6, 3, 2000, "sgd", "float64"),
-        train=_trainer("numpy_gd"), predict=monomial_predict, monomial=monomial_identity,
-        live_rows=lambda degree: 2, fusable=False),
-    Variant(
-        name="tensor",
-        summary="torch tensors with hand-written gradients, no autograd (CPU or GPU)",
-        loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
-        min_degree=1, max_degree=MAX_DEGREE,
-        defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
-        train=_trainer("tensor"), predict=monomial_predict, monomial=monomial_identity,
-        live_rows=lambda degree: 2),
-    Variant(
-        name="autograd",
-        summary="torch tensors with requires_grad, loss.backward(), manual update",
-        loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
-        min_degree=1, max_degree=MAX_DEGREE,
-        defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
-        train=_trainer("autograd"), predict=monomial_predict, monomial=monomial_identity,
-        live_rows=lambda degree: 4),
-    Variant(
-        name="legendre",
-        summary="y = a + b * P_n(c + d x) through a custom autograd Function (degree is n)",
-        loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
-        min_degree=1, max_degree=MAX_DEGREE,
-        defaults=_defaults(5e-6, 3, 2000, "sgd", "float32"),
-        train=_trainer("legendre"), predict=bases.legendre_predict,
-        monomial=bases.legendre_monomial,
-        fixed_coefficients=4, live_rows=lambda degree: 10),
-    Variant(
-        name="module",
-        summary="an nn.Module polynomial trained with torch.optim (Adam) and MSELoss",
-        loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
-        min_degree=1, max_degree=MAX_DEGREE,
-        defaults=_defaults(1e-3, 3, 2000, "adam", "float32"),
-        train=_trainer("module"), predict=monomial_predict, monomial=monomial_identity,
-        live_rows=lambda degree: 5),
-    Variant(
-        name="dynamic",
-        summary="a cubic plus a shared weight e on x^4..x^k, k drawn from [4, degree] each pass",
-        loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
-        min_degree=4, max_degree=MAX_DEGREE,
-        defaults=_defaults(1e-8, 5, 30000, "momentum", "float32"),
-        train=_trainer("dynamic"), predict=bases.dynamic_predict,
-        monomial=bases.dynamic_monomial,
-        fixed_coefficients=5, live_rows=lambda degree: 5, can_stop_at_optimum=False,
-        # Measured on the default grid (2000 points), 30,000 epochs, seed 0.
-        note=("the lesson's lr 1e-8 was for a summed loss; with the mean loss it barely "
-              "moves (mse about 5 after 30,000 epochs): lr 1e-5 to 2e-5 learns (mse about "
-              "0.005), 5e-5 diverges")),
-)})
+
+def declared(entry_points: Iterable | None = None) -> list[Declared]:
+    """The built-ins, then what installed distributions declare in the group (``entry_points``:
+    ``importlib.metadata`` entry points, by default those of ``sys.path``). polyfit's own
+    distribution is skipped: its built-ins are declared here already."""
+    version = _polyfit_version()
+    out = [Declared(name, value, BUILTIN_PACKAGE, version)
+           for name, value in builtin.ENTRY_POINTS.items()]
+    if entry_points is None:
+        entry_points = metadata.entry_points(group=GROUP)
+    for ep in entry_points:
+        dist = getattr(ep, "dist", None)
+        package = dist.name if dist is not None else "unknown"
+        if package == BUILTIN_PACKAGE:
+            continue
+        out.append(Declared(ep.name, ep.value, package,
+                            dist.version if dist is not None else "unknown"))
+    return out
+
+
+def _load_one(d: Declared) -> Variant:
+    """Import ``d``'s object and check it; raises ``ValueError`` with the reason."""
+    module, _, attr = d.value.partition(":")
+    try:
+        obj = importlib.import_module(module.strip())
+        for part in attr.strip().split(".") if attr.strip() else []:
+            obj = getattr(obj, part)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever a plugin raises is its own
+        # problem (a sys.exit at import included): it must not stop the process loading it
+        raise ValueError(f"cannot load {d.value}: {e.__class__.__name__}: {e}") from None
+    if not isinstance(obj, Variant):
+        raise ValueError(f"{d.value} is a {type(obj).__name__}, not a polyfit_models.Variant")
+    _check(obj, d.name)
+    return replace(obj, package=d.package, version=d.version)
+
+
+def _check(v: Variant, name: str) -> None:
+    """The fields the rest of polyfit relies on without looking again."""
+    if v.name != name:
+        raise ValueError(f"the entry point is named {name} but its Variant is {v.name!r}")
+    if v.loss not in ("sse", "mse"):
+        raise ValueError(f"loss must be 'sse' or 'mse', got {v.loss!r}")
+    if not callable(v.train) or not callable(v.predict) or not callable(v.monomial):
+        raise ValueError("train, predict and monomial must be callables")
+    for what, values, allowed in (("axes", v.axes, ALL_AXES), ("devices", v.devices, DEVICES),
+                                  ("optimizers", v.optimizers, OPTIMIZERS)):
+        if not isinstance(values, tuple) or not values or not set(values) <= set(allowed):
+            raise ValueError(f"{what} must be a non-empty tuple of {', '.join(allowed)}")
+    if not (isinstance(v.min_degree, int) and isinstance(v.max_degree, int)
+            and 1 <= v.min_degree <= v.max_degree <= MAX_DEGREE):
+        raise ValueError(f"degrees must satisfy 1 <= min_degree <= max_degree <= {MAX_DEGREE}")
+    missing = [k for k in DEFAULT_KEYS if k not in v.defaults]
+    if missing:
+        raise ValueError(f"defaults miss {', '.join(missing)}")
+    if v.defaults["optimizer"] not in v.optimizers or v.defaults["dtype"] not in DTYPES:
+        raise ValueError("the default optimizer and dtype must be among those it takes")
+
+
+def load(found: Iterable[Declared]) -> tuple[dict[str, Variant], dict[str, Problem],
+                                               list[Problem]]:
+    """The one way in: ``found`` (built-ins first) -> (variants, broken, refused).
+
+    Built-ins are loaded first, so a plugin can neither replace nor shadow one (``refused``);
+    a name two distributions declare is broken (neither is used: which one a worker would
+    train would depend on its ``sys.path``)."""
+    variants: dict[str, Variant] = {}
+    broken: dict[str, Problem] = {}
+    refused: list[Problem] = []
+    builtins = {d.name for d in found if d.package == BUILTIN_PACKAGE}
+    seen: dict[str, Declared] = {}
+    for d in found:
+        if d.package != BUILTIN_PACKAGE and d.name in builtins:
+            refused.append(Problem(d.name, d.package, d.version,
+                                   "refused: a built-in variant has that name"))
+            continue
+        if d.name in seen:
+            first = seen[d.name]
+            variants.pop(d.name, None)
+            broken[d.name] = Problem(d.name, d.package, d.version,
+                                     f"declared by both {first.package} and {d.package}")
+            continue
+        seen[d.name] = d
+        if not NAME.match(d.name):
+            broken[d.name] = Problem(d.name, d.package, d.version,
+                                     "a variant's name must be a lowercase word of at most "
+                                     "32 letters, digits or _")
+            continue
+        try:
+            variants[d.name] = _load_one(d)
+        except Exception as e:  # a plugin's odd object is only its problem
+            if d.package == BUILTIN_PACKAGE:
+                raise  # polyfit's own variants are not optional
+            reason = str(e) if isinstance(e, ValueError) else f"{e.__class__.__name__}: {e}"
+            broken[d.name] = Problem(d.name, d.package, d.version, reason)
+    return variants, broken, refused
+
+
+_variants, _broken, _refused = load(declared())
+
+VARIANTS: Mapping[str, Variant] = MappingProxyType(_variants)
+#: Variants an installed plugin declares that could not be loaded here: name -> why.
+BROKEN: Mapping[str, Problem] = MappingProxyType(_broken)
+#: Entry points refused (a built-in's name).
+REFUSED: tuple[Problem, ...] = tuple(_refused)
+
+
+def is_plugin(name: str) -> bool:
+    """Whether ``name`` is not one of polyfit's built-in variants (its jobs go to the queues
+    of the workers that have its plugin)."""
+    return name not in builtin.ENTRY_POINTS
+
+
+def plugin_names() -> tuple[str, ...]:
+    """The plugin variants installed here, loaded or broken: the ones this process's worker
+    serves (a broken one to fail its jobs with the reason)."""
+    return tuple(sorted({n for n in VARIANTS if is_plugin(n)} | set(BROKEN)))

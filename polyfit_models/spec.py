@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import SpecError
 from .problem import DTYPES, TARGETS, power_sum_is_safe
-from .registry import VARIANTS
+from .registry import BROKEN, VARIANTS
 
 MAX_LR = 10.0
 SEED_LIMIT = 2 ** 32
@@ -62,6 +62,14 @@ def _as_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def _unknown_variant(name: Any) -> SpecError:
+    """The error for a variant that is not in the registry: the reason where an installed
+    plugin declares it but could not be loaded here."""
+    if isinstance(name, str) and name in BROKEN:
+        return SpecError(f"the plugin {BROKEN[name].describe()}")
+    return SpecError(f"variant must be one of {', '.join(VARIANTS)}, got {_show(name)}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobSpec:
     """One polynomial fit: the variant and every setting that determines its result."""
@@ -87,8 +95,7 @@ class JobSpec:
             if not isinstance(value, str):
                 raise SpecError(f"{name} must be a string, got {_show(value)}")
         if self.variant not in VARIANTS:
-            raise SpecError(f"variant must be one of {', '.join(VARIANTS)}, "
-                            f"got {_show(self.variant)}")
+            raise _unknown_variant(self.variant)
         variant = VARIANTS[self.variant]
         # Normalise numbers (an integral 3.0 for an int field, an int for a float field), so
         # that equal specs compare, hash and serialise equal.
@@ -141,7 +148,7 @@ class JobSpec:
         """A spec for ``variant`` with the variant's defaults (seed 0) for every field not
         given in ``overrides``."""
         if not isinstance(variant, str) or variant not in VARIANTS:
-            raise SpecError(f"variant must be one of {', '.join(VARIANTS)}, got {_show(variant)}")
+            raise _unknown_variant(variant)
         fields: dict[str, Any] = {"seed": 0, **VARIANTS[variant].defaults, **overrides}
         return cls.from_dict({"variant": variant, **fields})
 

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import Engine
 
 from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
+from polyfit_models.registry import is_plugin
 from store import jobs as store_jobs
 from store.clock import db_now
 from store.jobs import as_utc
@@ -41,6 +42,9 @@ class Progress:
     idle_s: float | None = None  # queued jobs, nothing running, nothing taken for this long
     # The share of the running jobs' work (epochs x points) their workers have reported done.
     running_done: float | None = None
+    # Plugin variants whose queued jobs no worker has taken for IDLE_AFTER_S: no worker with
+    # their package installed serves the sweep (name -> seconds).
+    unserved: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -110,8 +114,34 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
         last = finished if finished and finished > began else began
         idle_for = (now - last).total_seconds()
         idle = idle_for if idle_for >= IDLE_AFTER_S else None
+    unserved = {} if done else _unserved(engine, sweep, now, began)
     return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done, idle,
-                    running_done)
+                    running_done, unserved)
+
+
+def plugin_variants(spec: dict) -> list[str]:
+    """The plugin variants (not polyfit's built-ins) a recorded sweep's grid names."""
+    grids = spec.get("grid") if isinstance(spec, dict) else None
+    grids = [grids] if isinstance(grids, dict) else grids if isinstance(grids, list) else []
+    names = [v for g in grids if isinstance(g, dict)
+             for v in (g.get("variant") or []) if isinstance(v, str)]
+    return [v for v in dict.fromkeys(names) if is_plugin(v)]
+
+
+def _unserved(engine: Engine, sweep: store_jobs.SweepRow, now, began) -> dict[str, float]:
+    """Plugin variants of the sweep with jobs queued and none running or finished for at
+    least IDLE_AFTER_S since this run began: only a worker with the plugin takes them (see
+    ``worker.queues``), and none has."""
+    out = {}
+    for variant in plugin_variants(sweep.spec):
+        a = store_jobs.variant_activity(engine, sweep.id, variant)
+        if not a.queued or a.running:
+            continue
+        last = a.last_finish if a.last_finish and a.last_finish > began else began
+        waited = (now - last).total_seconds()
+        if waited >= IDLE_AFTER_S:
+            out[variant] = waited
+    return out
 
 
 def _slowest_running(engine: Engine, sweep_id: str, now) -> float | None:

@@ -162,6 +162,15 @@ def idle_hint(sweep: str, idle_s: float) -> str:
             f"`polyfit sweep run {sweep}`")
 
 
+def unserved_hint(variants: Mapping[str, float]) -> str:
+    """What to do when no worker serves a sweep's jobs of plugin variants."""
+    names = ", ".join(variants)
+    return (f"no worker has taken a job of {'variant' if len(variants) == 1 else 'variants'} "
+            f"{names} for {format_seconds(max(variants.values()))}: only a worker with the "
+            f"plugin installed trains them; start `polyfit worker` where its package is "
+            f"installed (`polyfit variants` lists it there)")
+
+
 def plural(n: int, one: str, many: str | None = None) -> str:
     """'1 job', '2 jobs', '1 batch', '3 batches'."""
     return f"{n:,} {one if n == 1 else (many or one + 's')}"

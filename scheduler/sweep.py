@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from polyfit_models import OPTIMIZERS, TARGETS, VARIANTS, JobSpec, SpecError, batch_bytes
+from polyfit_models.registry import BROKEN, is_plugin
 from polyfit_models.spec import MAX_EPOCHS, MAX_LR, MAX_POINTS, SEED_LIMIT
 from worker.queues import is_device
 
@@ -33,6 +34,9 @@ TOP_KEYS = ("name", "target", "x", "grid", "sample", "stop_at_gap")
 RANGE_AXES = ("lr", "degree", "seed", "epochs")
 X_KEYS = ("start", "stop", "points")
 MAX_DEGREE = max(v.max_degree for v in VARIANTS.values())
+#: What a grid that names no variant sweeps: polyfit's own six, never the plugins installed
+#: where it is submitted (the same spec gives the same jobs on every host).
+BUILTIN_VARIANTS = [name for name in VARIANTS if not is_plugin(name)]
 
 
 def axes_used(variant) -> list[str]:
@@ -396,6 +400,8 @@ def parse_axis(axis: str, values: object, max_values: int = 1_000_000) -> list:
                              "(POLYFIT_MAX_JOBS)")
     for raw, piece in zip(items, pieces):
         if axis == "variant":
+            if isinstance(raw, str) and raw in BROKEN:
+                raise SweepSpecError(f"variant: the plugin {BROKEN[raw].describe()}")
             out.append(_choice(axis, raw, list(VARIANTS)))
         elif axis == "lr":
             out.append(_lr(raw))
@@ -503,7 +509,7 @@ def build_plan(
     # Refuse a huge grid before expanding it.
     upper = sum(
         math.prod(len(g.get(a, [None])) for a in AXES if a != "variant")
-        * len(g.get("variant", list(VARIANTS)))
+        * len(g.get("variant", BUILTIN_VARIANTS))
         for g in grids
     )
     if upper > max_jobs:
@@ -515,7 +521,7 @@ def build_plan(
     skipped: dict[str, None] = {}
     notes: dict[str, None] = {}
     for g in grids:
-        for variant_name in g.get("variant", list(VARIANTS)):
+        for variant_name in g.get("variant", BUILTIN_VARIANTS):
             variant = VARIANTS[variant_name]
             settings = dict(x)
             if stop_gap is not None and variant.can_stop_at_optimum:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -303,6 +304,7 @@ def _spec_columns(table) -> list:
 def claim_jobs(
     engine: Engine, sweep_id: str, job_ids: Sequence[str], worker: str, stale_after_s: float,
     *, devices: Sequence[str] | None = None, max_attempts: int | None = None,
+    variants: Sequence[str] | None = None,
 ) -> list[JobRow]:
     """Mark the given jobs ``running`` by ``worker`` and return the jobs it now owns, with the
     settings stored for them: a worker trains what the store says, never what a message says.
@@ -310,8 +312,10 @@ def claim_jobs(
     A job is claimable while ``queued``, or while ``running`` with a heartbeat older than
     ``stale_after_s`` (its worker died) and fewer than ``max_attempts`` claims (the reaper
     fails it otherwise). ``devices``: only jobs whose ``device`` is one of these (the ones this
-    worker serves). Ended and cancelled jobs are never claimed again, which is what makes a
-    redelivered message harmless. One guarded UPDATE ... RETURNING: of two workers racing for a
+    worker serves); ``variants``: only jobs of these variants (the ones installed where it
+    runs: a job of a plugin it lacks stays queued for a worker that has it). Ended and
+    cancelled jobs are never claimed again, which is what makes a redelivered message
+    harmless. One guarded UPDATE ... RETURNING: of two workers racing for a
     job, exactly one gets it, on SQLite (one writer at a time) and on PostgreSQL (the row lock
     makes the second UPDATE re-check the guard against the committed row). Staleness and the
     times written are the database's clock (``store.clock``), not this process's."""
@@ -323,6 +327,8 @@ def claim_jobs(
     guard = or_(JobRecord.status == QUEUED, lost)
     if devices is not None:
         guard = guard & JobRecord.device.in_(list(devices))
+    if variants is not None:
+        guard = guard & JobRecord.variant.in_(list(variants))
     table = JobRecord.__table__
     claimed: list[JobRow] = []
     with transaction(engine) as s:
@@ -554,6 +560,32 @@ def last_finish(engine: Engine, sweep_id: str) -> datetime | None:
     with transaction(engine) as s:
         t = s.execute(select(func.max(j.finished_at)).where(j.sweep_id == sweep_id)).scalar()
     return None if t is None else as_utc(t)
+
+
+@dataclass(frozen=True)
+class VariantActivity:
+    """Whether a sweep's jobs of one variant are being served: how many wait, how many run,
+    and when the last one finished (None before any)."""
+
+    variant: str
+    queued: int
+    running: int
+    last_finish: datetime | None
+
+
+def variant_activity(engine: Engine, sweep_id: str, variant: str) -> VariantActivity:
+    """The sweep's queued and running jobs of ``variant`` and its last finish (rows found
+    through the sweep's status index, not a scan of the table)."""
+    j = JobRecord.__table__.c
+    with transaction(engine) as s:
+        counts = dict(s.execute(
+            select(j.status, func.count())
+            .where(j.sweep_id == sweep_id, j.status.in_((QUEUED, RUNNING)), j.variant == variant)
+            .group_by(j.status)).all())
+        t = s.execute(select(func.max(j.finished_at))
+                      .where(j.sweep_id == sweep_id, j.variant == variant)).scalar()
+    return VariantActivity(variant, counts.get(QUEUED, 0), counts.get(RUNNING, 0),
+                           None if t is None else as_utc(t))
 
 
 def status_counts(engine: Engine, sweep_id: str) -> dict[str, int]:
@@ -915,15 +947,32 @@ def lost_queued_devices(engine: Engine, stale_after_s: float) -> list[str]:
         ).all())
 
 
-def take_lost_queued(engine: Engine, stale_after_s: float, devices: Sequence[str]) -> list[JobRow]:
+def lost_queued_groups(engine: Engine, stale_after_s: float) -> list[tuple[str, str]]:
+    """The (device, variant) pairs of jobs ``queued`` longer than ``stale_after_s`` ago: a
+    plugin variant's jobs wait on a queue of their own (see ``worker.queues``)."""
+    stale = ago_sql(engine, stale_after_s)
+    with transaction(engine) as s:
+        return [(d, v) for d, v in s.execute(
+            select(JobRecord.device, JobRecord.variant).where(_queued_before(stale)).distinct()
+        ).all()]
+
+
+def take_lost_queued(engine: Engine, stale_after_s: float, devices: Sequence[str],
+                     groups: Sequence[tuple[str, str]] | None = None) -> list[JobRow]:
     """Jobs of these devices ``queued`` longer than ``stale_after_s`` ago, whose queue the
     caller found empty: their message was lost (fetched by a worker killed before it claimed
     them, dropped by a broker, never published by a scheduler that died). Marks them as queued
     now, so that each is taken once per ``stale_after_s`` however many reapers race, and
-    returns them, to be enqueued again."""
+    returns them, to be enqueued again. ``groups``: (device, variant) pairs instead of whole
+    devices."""
+    t, stale = now_sql(engine), ago_sql(engine, stale_after_s)
+    if groups is not None:
+        if not groups:
+            return []
+        return _requeue_returning(engine, t, _queued_before(stale) & tuple_(
+            JobRecord.device, JobRecord.variant).in_([tuple(g) for g in groups]))
     if not devices:
         return []
-    t, stale = now_sql(engine), ago_sql(engine, stale_after_s)
     return _requeue_returning(engine, t, _queued_before(stale) &
                               JobRecord.device.in_(list(devices)))
 

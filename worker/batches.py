@@ -38,26 +38,30 @@ def auto_batch_size(spec: JobSpec, device: str, settings: Settings,
 
 
 def plan_batches(
-    sweep_id: str, jobs: Sequence[tuple[str, JobSpec, str]], settings: Settings, *,
+    sweep_id: str, jobs: Sequence[tuple], settings: Settings, *,
     batch_size: int | None = None, spread: int = 1,
 ) -> list[Batch]:
-    """Group compatible jobs, given as (id, spec, device), into batches (a spec of None: a row
-    that is not a valid job, batched on its own).
+    """Group compatible jobs, given as (id, spec, device) or (id, spec, device, variant), into
+    batches (a spec of None: a row that is not a valid job, batched on its own, with the others
+    of its variant: the variant, not the spec, picks the queue, so a plugin's job whose plugin
+    is not installed here still goes to the workers that have it).
 
     ``spread``: how many workers should find work; a group is cut into at least that many
     batches when it is big enough, so that one big batch does not leave workers idle."""
     groups: dict[tuple, list[tuple[str, JobSpec | None]]] = defaultdict(list)
-    for job_id, spec, device in jobs:
-        groups[(device, None if spec is None else batch_key(spec))].append((job_id, spec))
+    for job_id, spec, device, *named in jobs:
+        variant = named[0] if named else spec.variant if spec is not None else ""
+        groups[(device, variant, None if spec is None else batch_key(spec))].append(
+            (job_id, spec))
     batches = []
-    for (device, key), members in groups.items():
+    for (device, variant, key), members in groups.items():
         fits = (len(members) if key is None
                 else auto_batch_size(members[0][1], device, settings))
         size = batch_size or min(fits, max(1, math.ceil(len(members) / max(1, spread))))
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
             batches.append(Batch(sweep_id, device, tuple(job_id for job_id, _ in chunk),
-                                 about=_about([spec for _, spec in chunk])))
+                                 about=_about([spec for _, spec in chunk]), variant=variant))
     return batches
 
 
@@ -104,8 +108,9 @@ class BatchStream:
         return self._sizes[key]
 
     def _batch(self, device: str, members: list[tuple[str, JobSpec | None]]) -> Batch:
+        variant = next((spec.variant for _, spec in members if spec is not None), "")
         return Batch(self.sweep_id, device, tuple(job_id for job_id, _ in members),
-                     about=_about([spec for _, spec in members]))
+                     about=_about([spec for _, spec in members]), variant=variant)
 
 
 def publish_stream(app: Celery, batches: Iterable[Batch], every: int = 200, *,
@@ -149,13 +154,13 @@ def batches_for_views(views: Sequence[JobRow], settings: Settings, *,
                       batch_size: int | None = None, spread: int = 1) -> list[Batch]:
     """Batches for stored jobs, which may belong to several sweeps (a row whose settings are
     not a valid job still gets a message: the worker that claims it records why it fails)."""
-    by_sweep: dict[str, list[tuple[str, JobSpec | None, str]]] = defaultdict(list)
+    by_sweep: dict[str, list[tuple[str, JobSpec | None, str, str]]] = defaultdict(list)
     for v in views:
         try:
             spec = spec_of(v)
         except SpecError:
             spec = None
-        by_sweep[v.sweep_id].append((v.id, spec, v.device))
+        by_sweep[v.sweep_id].append((v.id, spec, v.device, v.variant))
     return [b for sweep_id, jobs in by_sweep.items()
             for b in plan_batches(sweep_id, jobs, settings, batch_size=batch_size,
                                   spread=spread)]
@@ -175,7 +180,8 @@ def publish(app: Celery, batches: Sequence[Batch], *,
                 for batch in batches:
                     app.send_task(TASK_NAME, args=[batch.to_dict()],
                                   argsrepr=batch.describe(), kwargsrepr="{}",
-                                  queue=route(batch.device, batch.sweep_id, private),
+                                  queue=route(batch.device, batch.sweep_id, private,
+                                                batch.variant),
                                   producer=producer)
     except (OperationalError, KombuError, OSError) as e:
         raise BrokerError(f"cannot reach the broker at {where}: {e}") from e

@@ -13,6 +13,7 @@ is back, instead of failing the task and training the whole batch again."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from polyfit_models import (
+    VARIANTS,
     JobSpec,
     SpecError,
     batch_bytes,
@@ -28,6 +30,7 @@ from polyfit_models import (
     fit_many,
     remember_compiles,
 )
+from polyfit_models.registry import BROKEN, is_plugin
 from polyfit_models.result import CURVE_EVERY
 from store import StoreError, StoreUnavailable
 from store import jobs as store_jobs
@@ -240,6 +243,23 @@ def _trainable(jobs: Sequence[JobRow], runtime: Runtime
     return todo, refused
 
 
+def installed_variants() -> tuple[str, ...]:
+    """The variants whose jobs this process may claim: the registry's, and the plugins
+    installed here that could not be loaded (to fail their jobs with the reason). A job of a
+    plugin that is not installed here is left queued for a worker that has it."""
+    return (*VARIANTS, *BROKEN)
+
+
+def with_plugin(versions: str, variant: str) -> str:
+    """``versions`` (the JSON a result row keeps) with the package and version of the plugin
+    that provides ``variant``; the same for a built-in (polyfit's version is in it already)."""
+    found = VARIANTS.get(variant) or BROKEN.get(variant)
+    if found is None or not is_plugin(variant):
+        return versions
+    return json.dumps({**json.loads(versions), "plugin": found.package,
+                       "plugin_version": found.version}, separators=(",", ":"))
+
+
 def _failed(error: str) -> dict:
     return {"status": JobStatus.FAILED.value, "error": error[:2000]}
 
@@ -254,7 +274,8 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
     claimed = _with_retries(
         lambda: store_jobs.claim_jobs(engine, batch.sweep_id, batch.job_ids, worker,
                                       settings.stale_after_s, devices=runtime.serves(),
-                                      max_attempts=settings.max_attempts),
+                                      max_attempts=settings.max_attempts,
+                                      variants=installed_variants()),
         "claim", patience,
     )
     if not claimed:
@@ -287,11 +308,18 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
         results = list(zip([job_id for job_id, _ in todo], outcomes)) + refused
         # Still beating while the results wait for the write lock (or for the database to come
         # back): a slow save must not make the jobs look abandoned and send them elsewhere.
-        written = _with_retries(
-            lambda: store_jobs.save_results(engine, batch.sweep_id, results, worker,
-                                            runtime.ran_on(), runtime.versions()),
-            "save results", patience,
-        )
+        variant_of = {job.id: job.variant for job in claimed}
+        by_variant: dict[str, list[tuple[str, dict]]] = {}
+        for job_id, outcome in results:
+            by_variant.setdefault(variant_of[job_id], []).append((job_id, outcome))
+        written = 0
+        for variant, outcomes in by_variant.items():
+            written += _with_retries(
+                lambda: store_jobs.save_results(engine, batch.sweep_id, outcomes, worker,
+                                                runtime.ran_on(),
+                                                with_plugin(runtime.versions(), variant)),
+                "save results", patience,
+            )
     statuses: dict[str, int] = {}
     for _, outcome in results:
         statuses[outcome["status"]] = statuses.get(outcome["status"], 0) + 1

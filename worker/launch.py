@@ -15,6 +15,7 @@ import sys
 from celery import signals
 
 from polyfit_models.fuse_settings import INDUCTOR_CACHE
+from polyfit_models.registry import plugin_names
 from worker import runtime
 from worker.processes import WorkerProcess, forwarding
 from worker.queues import queues_served, run_queue
@@ -96,7 +97,7 @@ def run_cpu_worker(settings: Settings, concurrency: int | None, loglevel: str = 
     concurrency = concurrency or cpu_count()
     threads = max(1, cpu_count() // concurrency)
     private = (only_sweep, run_queue(only_sweep, token)) if only_sweep and token else None
-    queues = [private[1]] if private else queues_served("cpu")
+    queues = [private[1]] if private else queues_served("cpu", plugins=plugin_names())
     _serve(settings, Runtime(settings, "cpu", None, threads, private=private), worker_argv(
         "cpu", queues, concurrency, loglevel, token))
 
@@ -113,7 +114,7 @@ def run_gpu_worker(settings: Settings, gpu: int, loglevel: str = "WARNING",
     os.environ["CUDA_VISIBLE_DEVICES"] = physical
     pinned = Runtime(settings, "cuda", physical, None, emulated=emulated_gpus() > 0)
     _serve(settings, pinned, worker_argv(
-        f"cuda:{physical}", queues_served("cuda", physical), 1, loglevel, token))
+        f"cuda:{physical}", queues_served("cuda", physical, plugin_names()), 1, loglevel, token))
 
 
 def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:

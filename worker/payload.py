@@ -48,6 +48,9 @@ class Batch:
     # What the jobs are, for people (Flower, ``celery inspect``): not part of the message, which
     # names the jobs only; the publisher knows their settings and writes it as the argsrepr.
     about: str = field(default="", compare=False)
+    # The jobs' variant, which picks the queue (a plugin's jobs go to its own, see
+    # ``worker.queues``): not part of the message either; the worker reads the store's rows.
+    variant: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "sweep_id": self.sweep_id, "device": self.device,

@@ -80,16 +80,18 @@ def _check_clock(engine) -> None:
 
 
 def _take_lost(app, engine, stale_after_s: float) -> list:
-    """Queued jobs that have waited longer than ``stale_after_s`` while their queue is empty."""
-    devices = store_jobs.lost_queued_devices(engine, stale_after_s)
-    if not devices:
+    """Queued jobs that have waited longer than ``stale_after_s`` while their queue is empty
+    (a plugin variant's jobs: the queue of that variant's own, where they wait for a worker
+    that has the plugin, however long)."""
+    groups = store_jobs.lost_queued_groups(engine, stale_after_s)
+    if not groups:
         return []
     private = runtime.current().private  # a `sweep run`'s worker: its jobs wait there too
     extra = [private[1]] if private else []
-    sizes = queue_sizes(app, sorted({queue_for(d) for d in devices} | set(extra)))
-    empty = [d for d in devices
-             if sizes[queue_for(d)] == 0 and not any(sizes[q] for q in extra)]
-    return store_jobs.take_lost_queued(engine, stale_after_s, empty)
+    sizes = queue_sizes(app, sorted({queue_for(*g) for g in groups} | set(extra)))
+    empty = [g for g in groups
+             if sizes[queue_for(*g)] == 0 and not any(sizes[q] for q in extra)]
+    return store_jobs.take_lost_queued(engine, stale_after_s, (), groups=empty)
 
 
 class Reaper(bootsteps.StartStopStep):

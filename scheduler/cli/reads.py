@@ -88,13 +88,16 @@ def status(settings: Settings, sweep_ref, wait, watch, as_json, fmt, interval) -
     as_json = as_json or fmt == "json"
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
-    hinted = False
+    hinted = unserved_hinted = False
 
     def hint(p: queries.Progress) -> None:
-        nonlocal hinted
+        nonlocal hinted, unserved_hinted
         if p.idle_s is not None and not hinted:
             click.echo("note: " + report.idle_hint(target.name, p.idle_s), err=True)
             hinted = True
+        if p.unserved and not unserved_hinted:
+            click.echo("note: " + report.unserved_hint(p.unserved), err=True)
+            unserved_hinted = True
 
     if watch:
         p = _watch(engine, target, as_json, interval, hint)
@@ -129,8 +132,11 @@ def _width() -> int | None:
 
 
 def _status_line(p: queries.Progress) -> str:
-    return f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
+    line = f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
         p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s, p.running_done)
+    if p.unserved:
+        line += f" | no worker for {', '.join(p.unserved)}"
+    return line
 
 
 def _watch(engine, target, as_json: bool, interval: float | None, hint) -> queries.Progress:

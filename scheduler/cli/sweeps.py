@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from polyfit_models import VARIANTS
+from polyfit_models.registry import BROKEN, REFUSED
 from polyfit_results.report import plural
 from scheduler.cli.group import InputError, WorkFailed, cli
 from scheduler.cli.helpers import (
@@ -30,15 +31,21 @@ from worker.settings import Settings
 
 @cli.command()
 def variants() -> None:
-    """List the model variants, one line each, with the axes each one uses."""
-    width = max(len(n) for n in VARIANTS)
+    """List the model variants, one line each, with the axes each one uses and the package
+    (and version) that provides it; plugins that could not be loaded here are listed with why."""
+    width = max(len(n) for n in [*VARIANTS, *BROKEN])
     for name, v in VARIANTS.items():
         d = v.defaults
         click.echo(f"{name.ljust(width)}  {v.summary}  axes: {', '.join(axes_used(v))}  "
                    f"defaults: lr={d['lr']:g} degree={d['degree']} epochs={d['epochs']} "
-                   f"optimizer={d['optimizer']}")
+                   f"optimizer={d['optimizer']}  package: {v.package} {v.version}")
         if v.note:
             click.echo(f"{' ' * width}  note: {v.note}")
+    for name, problem in BROKEN.items():
+        click.echo(f"{name.ljust(width)}  (not loaded: {problem.reason})  "
+                   f"package: {problem.package} {problem.version}")
+    for problem in REFUSED:
+        click.echo(f"warning: {problem.describe()}", err=True)
 
 
 @cli.group()
