@@ -67,6 +67,10 @@ class Variant:
     #: that loss is within ``stop_gap`` of the optimum (not ``dynamic``: each forward pass draws
     #: its own model).
     can_stop_at_optimum: bool = True
+    #: Whether ``train`` takes ``halt`` and ``resume`` (``loop.run``'s): a batch of it can stop
+    #: at an epoch boundary and continue later. Built-in variants do; a plugin's trains to the
+    #: end unless it says so.
+    resumable: bool = False
 
     def n_coefficients(self, degree: int) -> int:
         """How many trainable coefficients a fit of this degree has."""
@@ -99,6 +103,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="sse", axes=("lr", "degree", "seed", "epochs", "dtype"), devices=("cpu",),
         optimizers=("sgd",), min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float64"),
+        resumable=True,
         train=_trainer("numpy_gd"), predict=monomial_predict, monomial=monomial_identity,
         live_rows=lambda degree: 2, fusable=False),
     Variant(
@@ -107,6 +112,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
+        resumable=True,
         train=_trainer("tensor"), predict=monomial_predict, monomial=monomial_identity,
         live_rows=lambda degree: 2),
     Variant(
@@ -115,6 +121,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-6, 3, 2000, "sgd", "float32"),
+        resumable=True,
         train=_trainer("autograd"), predict=monomial_predict, monomial=monomial_identity,
         live_rows=lambda degree: 4),
     Variant(
@@ -123,6 +130,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(5e-6, 3, 2000, "sgd", "float32"),
+        resumable=True,
         train=_trainer("legendre"), predict=bases.legendre_predict,
         monomial=bases.legendre_monomial,
         fixed_coefficients=4, live_rows=lambda degree: 10),
@@ -132,6 +140,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=1, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-3, 3, 2000, "adam", "float32"),
+        resumable=True,
         train=_trainer("module"), predict=monomial_predict, monomial=monomial_identity,
         live_rows=lambda degree: 5),
     Variant(
@@ -140,6 +149,7 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in (
         loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
         min_degree=4, max_degree=MAX_DEGREE,
         defaults=_defaults(1e-8, 5, 30000, "momentum", "float32"),
+        resumable=True,
         train=_trainer("dynamic"), predict=bases.dynamic_predict,
         monomial=bases.dynamic_monomial,
         fixed_coefficients=5, live_rows=lambda degree: 5, can_stop_at_optimum=False,
