@@ -97,3 +97,16 @@ def test_the_stored_form_is_exact():
     assert (back.epoch, back.fused) == (300, True)
     for k, v in state.arrays.items():
         assert back.arrays[k].tobytes() == v.tobytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_a_fused_batch_continues_fused_to_the_same_bits(jobs):
+    """A fused batch's states say so, and it continues fused (the unfused path rounds
+    differently); a lone job is trained padded to two rows both times."""
+    specs = _batch("autograd", "adam")[:jobs]
+    whole = fit_many(specs, fuse=True)
+    states = fit_many(specs, fuse=True, halt=_halt_after(2))
+    assert all(s.fused and s.epoch == 200 for s in states)
+    for got, want in zip(fit_many(specs, fuse=False, states=states), whole):
+        _same(got, want)
