@@ -30,14 +30,14 @@ window (one Python call per 100 epochs); ``snapshot()``, only if the watcher wan
 the loss curve so far and which jobs are still training to the host (see ``runner.fit_many``'s
 ``progress``: how a worker shows running jobs' curves).
 
-Stopping and continuing: ``run(..., halt=...)`` calls ``halt()`` at the end of every window
-too (after ``watch``); once it returns True, the batch stops right after that window's last
-update and ``RawFits.suspended`` holds every job's state (``state.py``): parameters, optimizer
-state and this tracker's per-job bookkeeping. ``run(..., resume=suspended)`` loads them into a
-freshly built program and goes on from that epoch: the same operations on the same values as
-a run that never stopped, so the same bits. Stopping only at a window's end is what keeps the
-state small: the rings are refilled before they are read again, so only the last slot
-(``carry``) is kept.
+Stopping and continuing: ``run(..., halt=...)`` calls ``halt(epochs_done)`` at the end of
+every window too (after ``watch``); once it returns True, the batch stops right after that
+window's last update and ``RawFits.suspended`` holds every job's state (``state.py``):
+parameters, optimizer state and this tracker's per-job bookkeeping. ``run(...,
+resume=suspended)`` loads them into a freshly built program and goes on from that epoch: the
+same operations on the same values as a run that never stopped, so the same bits. Stopping
+only at a window's end is what keeps the state small: the rings are refilled before they are
+read again, so only the last slot (``carry``) is kept.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class _Tracker:
             self.curve[:, last_epoch // CURVE_EVERY] = self.loss_slots[WINDOW - 1]
             if self.watch is not None:
                 self.watch(last_epoch + 1, functools.partial(self._snapshot, last_epoch))
-            if self.halt is not None and self.halt():
+            if self.halt is not None and self.halt(last_epoch + 1):
                 self.halted = True
         self.carry_loss = self.loss_slots[filled - 1].clone()
         self.carry = [slots[filled - 1].clone() for slots in self.param_slots]

@@ -140,7 +140,7 @@ def fit(spec: JobSpec, device: str | torch.device = "cpu",
 def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
              fuse: bool | None = None, progress: Progress | None = None,
              states: Sequence[JobState | None] | None = None,
-             halt: Callable[[], bool] | None = None) -> list[FitResult | JobState]:
+             halt: Callable[[int], bool] | None = None) -> list[FitResult | JobState]:
     """Train many jobs on ``device``, batching compatible ones; results in input order.
 
     ``fuse``: None fuses the chunks where it pays, True every chunk that can be, False none
@@ -151,9 +151,11 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
     training (a diverged or stopped row is not: its curve has ended). It runs in the training
     thread: it should return at once when it has nothing to do.
 
-    ``halt()``, if given, is asked after ``progress`` every 100 epochs: once it says True,
-    each batch in training stops there and the batches not started do not start; their jobs
-    get a :class:`JobState` instead of a result (epoch 0 and no arrays: not started).
+    ``halt(epochs_done)``, if given, is asked after ``progress`` every 100 epochs, and before
+    a batch starts (with the epochs its jobs have done): once it says True, each batch in
+    training stops there (right after that epoch's update) and batches not started do not;
+    their jobs get a :class:`JobState` instead of a result (epoch 0 and no arrays: not
+    started).
     ``states`` (one per spec, None for a fresh start) continues jobs from such states: jobs
     continue as a batch with the others stopped at the same epoch, on the path (fused or not)
     they trained on, and end with the result an uninterrupted run would have given."""
@@ -185,7 +187,7 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
             fused = state.fused and _fuses(True, first, len(indices), dev)
         for chunk in _chunks(indices, first, dev, fused):
             batch = [specs[i] for i in chunk]
-            if halt is not None and halt():
+            if halt is not None and halt(0 if state is None else state.epoch):
                 for i in chunk:
                     results[i] = states[i] or JobState(0, False)
                 continue

@@ -285,7 +285,7 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
         # a cold compile is fused only where it pays (``runner.AUTO_FUSE_WORK_COLD``).
         remember_compiles(settings.compile_cache)
         trainer = _continuing(partial(fit_many, fuse=settings.fuse, progress=live,
-                                      halt=stopping.requested),
+                                      halt=stopping.halt),
                               _states(engine, batch.sweep_id, todo, patience))
 
     def flush() -> None:

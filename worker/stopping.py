@@ -31,3 +31,8 @@ def request(**_kwargs) -> None:
 def requested() -> bool:
     """Whether this worker has been asked to stop."""
     return _event is not None and _event.is_set()
+
+
+def halt(_epochs_done: int) -> bool:
+    """``fit_many``'s ``halt``: stop wherever the batch is, once asked."""
+    return requested()

@@ -89,7 +89,7 @@ def train(specs, device, stop=None, watch=None, halt=None,
                 if watch is not None:
                     k = epoch // CURVE_EVERY + 1
                     watch(epoch + 1, lambda k=k: (curve[:, :k].astype(np.float64), active.copy()))
-                halted = halt is not None and halt()
+                halted = halt is not None and halt(epoch + 1)
             if epoch == epochs or not active.any():
                 break
             # grad_y = 2 (y_pred - y); grad_k = sum(grad_y * x^k) for every k and job at once
