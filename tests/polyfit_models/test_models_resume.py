@@ -64,6 +64,17 @@ def test_retired_rows_stay_retired_and_stopped_rows_keep_their_epoch():
         _same(got, want)
 
 
+def test_dynamic_continues_its_draws_past_a_block_of_them():
+    """``dynamic`` draws its k's 1024 epochs at a time from each job's seed: a batch continued
+    at epoch 1100 replays the first block and draws the second as if it had never stopped."""
+    specs = [dataclasses.replace(s, epochs=1300) for s in _batch("dynamic", "momentum")[:2]]
+    whole = fit_many(specs, fuse=False)
+    states = fit_many(specs, fuse=False, halt=_halt_after(11))
+    assert states[0].epoch == 1100
+    for got, want in zip(fit_many(specs, fuse=False, states=_through_store(states)), whole):
+        _same(got, want)
+
+
 def test_batches_not_started_when_asked_to_stop_give_empty_states():
     specs = _batch("tensor", "sgd")
     out = fit_many(specs, fuse=False, halt=lambda epochs_done: True)
