@@ -20,12 +20,20 @@ only plans and enqueues jobs starts in a fraction of a second.
 from .variant import Variant, make_defaults  # isort: skip
 
 from .batching import batch_bytes, batch_key, bytes_per_job, jobs_within, shared_bytes
-from .errors import DeviceError, PolyfitModelError, ResultError, SettingError, SpecError
+from .errors import (
+    DeviceError,
+    PolyfitModelError,
+    ResultError,
+    SettingError,
+    SpecError,
+    StateError,
+)
 from .fuse_settings import FuseSettings, fuse_settings
 from .problem import DTYPES, OPTIMIZERS, TARGETS
 from .registry import VARIANTS
 from .result import FitResult
 from .spec import JobSpec
+from .state import JobState
 
 __all__ = [
     "DTYPES",
@@ -36,10 +44,12 @@ __all__ = [
     "FitResult",
     "FuseSettings",
     "JobSpec",
+    "JobState",
     "PolyfitModelError",
     "ResultError",
     "SettingError",
     "SpecError",
+    "StateError",
     "Variant",
     "batch_bytes",
     "batch_key",

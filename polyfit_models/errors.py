@@ -28,3 +28,7 @@ class DeviceError(PolyfitModelError, RuntimeError):
 
 class SettingError(PolyfitModelError, ValueError):
     """Raised when a setting handed in by a process edge (such as ``POLYFIT_FUSE``) is invalid."""
+
+
+class StateError(PolyfitModelError, ValueError):
+    """Raised when a stored training state is malformed or does not belong to its job."""

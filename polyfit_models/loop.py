@@ -29,6 +29,15 @@ Watching: ``run(..., watch=...)`` calls ``watch(epochs_done, snapshot)`` at the 
 window (one Python call per 100 epochs); ``snapshot()``, only if the watcher wants it, copies
 the loss curve so far and which jobs are still training to the host (see ``runner.fit_many``'s
 ``progress``: how a worker shows running jobs' curves).
+
+Stopping and continuing: ``run(..., halt=...)`` calls ``halt(epochs_done)`` at the end of
+every window too (after ``watch``); once it returns True, the batch stops right after that
+window's last update and ``RawFits.suspended`` holds every job's state (``state.py``):
+parameters, optimizer state and this tracker's per-job bookkeeping. ``run(...,
+resume=suspended)`` loads them into a freshly built program and goes on from that epoch: the
+same operations on the same values as a run that never stopped, so the same bits. Stopping
+only at a window's end is what keeps the state small: the rings are refilled before they are
+read again, so only the last slot (``carry``) is kept.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import numpy as np
 import torch
 
 from .result import CURVE_EVERY
+from .state import Suspended
 
 #: A loss this many times above the job's initial loss (or above EXPLOSION_FACTOR * LOSS_FLOOR
 #: for a tiny initial loss) counts as divergence. Below the stability limit gradient descent on
@@ -62,11 +72,15 @@ class RawFits:
     diverged_at: np.ndarray  # (B,); -1 where the job never diverged
     curve: np.ndarray  # (B, epochs // CURVE_EVERY); loss at epochs 99, 199, ... (< epochs)
     stopped_at: np.ndarray  # (B,); the epoch a job reached its stop goal at, -1 where it did not
+    #: Set when the batch stopped before the end (``halt``): every job's state; the fields
+    #: above then describe the batch as it was, not a result.
+    suspended: Suspended | None = None
 
     def rows(self, rows: slice) -> RawFits:
         """The outcome of some of the jobs only."""
         return RawFits(self.coefficients[rows], self.final_loss[rows], self.diverged_at[rows],
-                       self.curve[rows], self.stopped_at[rows])
+                       self.curve[rows], self.stopped_at[rows],
+                       None if self.suspended is None else self.suspended.take(rows))
 
 
 class Program(Protocol):
@@ -95,8 +109,11 @@ def explosion_limit(initial_loss):
 class _Tracker:
     """The per-job bookkeeping of ``run``: rings, divergence, loss curve (see module doc)."""
 
-    def __init__(self, program: Program, epochs: int, stop=None, watch=None) -> None:
+    def __init__(self, program: Program, epochs: int, stop=None, watch=None,
+                 halt=None) -> None:
         self.watch = watch
+        self.halt = halt
+        self.halted = False
         self.params = [p.detach() for p in program.params]  # aliases of the live storage
         self.rows = program.param_rows
         ref = self.params[0]
@@ -182,6 +199,8 @@ class _Tracker:
             self.curve[:, last_epoch // CURVE_EVERY] = self.loss_slots[WINDOW - 1]
             if self.watch is not None:
                 self.watch(last_epoch + 1, functools.partial(self._snapshot, last_epoch))
+            if self.halt is not None and self.halt(last_epoch + 1):
+                self.halted = True
         self.carry_loss = self.loss_slots[filled - 1].clone()
         self.carry = [slots[filled - 1].clone() for slots in self.param_slots]
         return bool(any_active)
@@ -190,6 +209,47 @@ class _Tracker:
         """The loss curve up to ``last_epoch`` (B, k) and which jobs still train (B,)."""
         return (self.curve[:, : last_epoch // CURVE_EVERY + 1].double().cpu().numpy(),
                 self.active.cpu().numpy())
+
+    def suspend(self, program: Program, epoch: int) -> RawFits:
+        """The batch as it stands after ``epoch`` updates, with every job's state."""
+        def host(t: torch.Tensor) -> np.ndarray:
+            return t.detach().double().cpu().numpy()
+
+        rows = {"params": torch.cat(self.params), "carry": torch.cat(self.carry),
+                "frozen": torch.cat(self.frozen), "carry_loss": self.carry_loss,
+                "final_loss": self.final_loss, "active": self.active,
+                "diverged_at": self.diverged_at, "stopped_at": self.stopped_at,
+                "limit": self.limit, "curve": self.curve[:, :epoch // CURVE_EVERY]}
+        rows.update({f"opt.{k}": v for k, v in program.optimizer.rows_state().items()})
+        raw = self.finish(program)
+        raw.suspended = Suspended(epoch, {k: host(v) for k, v in rows.items()})
+        return raw
+
+    def resume(self, program: Program, suspended: Suspended) -> int:
+        """Load a stopped batch's states into this tracker and ``program``; returns the epoch
+        to go on from."""
+        rows, epoch = suspended.rows, suspended.epoch
+        ref = self.params[0]
+
+        def dev(name, dtype=ref.dtype):
+            return torch.from_numpy(rows[name]).to(device=self.device, dtype=dtype)
+
+        def blocks(name):
+            full = dev(name)
+            return [full[r] for r in self.rows]
+
+        for p, part in zip(self.params, blocks("params")):
+            p.copy_(part)
+        self.carry, self.frozen = blocks("carry"), blocks("frozen")
+        self.carry_loss, self.final_loss = dev("carry_loss"), dev("final_loss")
+        self.active = dev("active", torch.bool)
+        self.diverged_at = dev("diverged_at", torch.int64)
+        self.stopped_at = dev("stopped_at", torch.int64)
+        self.limit = dev("limit")
+        self.curve[:, :epoch // CURVE_EVERY] = dev("curve")
+        program.optimizer.load_rows_state(
+            {k[4:]: dev(k) for k in rows if k.startswith("opt.")}, self.rows)
+        return epoch
 
     def finish(self, program: Program) -> RawFits:
         final = [torch.where(_column(self.active[rows]), p, frozen)
@@ -209,18 +269,23 @@ def _column(mask: torch.Tensor) -> torch.Tensor:
     return mask.unsqueeze(1)
 
 
-def run(program: Program, epochs: int, stop=None, watch=None) -> RawFits:
+def run(program: Program, epochs: int, stop=None, watch=None, halt=None,
+        resume: Suspended | None = None) -> RawFits:
     """Train ``program`` for ``epochs`` updates, then score it; see the module docstring.
-    ``stop``: each job's stop goal as a loss (NaN for none), or None; ``watch``: see above.
+    ``stop``: each job's stop goal as a loss (NaN for none), or None; ``watch``, ``halt`` and
+    ``resume``: see above.
 
     Training epochs run in the caller's grad mode (autograd on, by default) without entering
     any context per epoch; the bookkeeping touches detached tensors only."""
-    tracker = _Tracker(program, epochs, stop, watch)
-    for epoch in range(epochs):
+    tracker = _Tracker(program, epochs, stop, watch, halt)
+    start = 0 if resume is None else tracker.resume(program, resume)
+    for epoch in range(start, epochs):
         loss, grads = program.evaluate(epoch, True)
         if not tracker.record(epoch, loss):
             break
         program.optimizer.step(grads)
+        if tracker.halted:
+            return tracker.suspend(program, epoch + 1)
     else:
         with torch.no_grad():
             loss, _ = program.evaluate(epochs, False)

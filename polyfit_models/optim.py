@@ -94,6 +94,22 @@ class RowwiseOptimizer:
         for p, g, state in zip(self.params, grads, self.state):
             self._rule(p, g, state, self.lr, self.steps)
 
+    def rows_state(self) -> dict[str, torch.Tensor]:
+        """The state as (B, ...) tensors by name, rows in batch order, and the step count as a
+        (B,) column (see ``polyfit_models.state``)."""
+        out = {key: torch.cat([state[key] for state in self.state])
+               for key in self.state[0]}
+        out["step"] = torch.full((self.params[0].shape[0],), float(self.steps))
+        return out
+
+    def load_rows_state(self, rows: dict[str, torch.Tensor], blocks: Sequence[slice]) -> None:
+        """Take up ``rows_state``'s output (of this batch's jobs, in its order)."""
+        self.steps = int(rows["step"][0])
+        for state, block, p in zip(self.state, blocks, self.params):
+            state.clear()
+            state.update({key: value[block].to(p).clone() for key, value in rows.items()
+                          if key != "step"})
+
 
 class TorchOptimizer:
     """``torch.optim`` behind the same ``step(grads)`` interface as :class:`RowwiseOptimizer`:
@@ -110,3 +126,28 @@ class TorchOptimizer:
         self.optimizer.step()
         for p in self.params:
             p.grad = None
+
+    def rows_state(self) -> dict[str, torch.Tensor]:
+        """As ``RowwiseOptimizer.rows_state``: torch.optim's per-parameter state, one block
+        per learning rate, joined into (B, ...) rows; its scalar ``step`` as a (B,) column."""
+        states = [self.optimizer.state[p] for p in self.params]
+        rows = sum(p.shape[0] for p in self.params)
+        out = {}
+        for key, value in states[0].items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                out[key] = torch.cat([state[key] for state in states])
+            else:
+                out[key] = torch.full((rows,), float(value))
+        return out
+
+    def load_rows_state(self, rows: dict[str, torch.Tensor], blocks: Sequence[slice]) -> None:
+        """Take up ``rows_state``'s output through ``load_state_dict``, which places each value
+        where torch.optim keeps it (a fused optimizer's step on the parameter's device, as
+        float32; the moments in the parameter's dtype)."""
+        saved = self.optimizer.state_dict()
+        saved["state"] = {
+            i: {key: (value[block] if value.dim() > 1 else
+                      torch.tensor(float(value[0]), dtype=torch.float32))
+                for key, value in rows.items()}
+            for i, block in enumerate(blocks)}
+        self.optimizer.load_state_dict(saved)

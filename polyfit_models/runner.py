@@ -33,12 +33,13 @@ import torch
 
 from . import fusion
 from .batching import batch_key, bytes_per_job, jobs_within
-from .errors import DeviceError, SpecError
+from .errors import DeviceError, SpecError, StateError
 from .loop import RawFits
 from .problem import grid, optimum_mse, target_values
 from .registry import VARIANTS
 from .result import CURVE_EVERY, FitResult, finite_or_none
 from .spec import JobSpec
+from .state import JobState, Suspended, stack, unstack
 
 #: Rough per-chunk working-set budget on the CPU: (B, x_points) temporaries of a chunk this size
 #: stay within the caches of a small machine, which beats streaming one huge batch through
@@ -137,7 +138,9 @@ def fit(spec: JobSpec, device: str | torch.device = "cpu",
 
 
 def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
-             fuse: bool | None = None, progress: Progress | None = None) -> list[FitResult]:
+             fuse: bool | None = None, progress: Progress | None = None,
+             states: Sequence[JobState | None] | None = None,
+             halt: Callable[[int], bool] | None = None) -> list[FitResult | JobState]:
     """Train many jobs on ``device``, batching compatible ones; results in input order.
 
     ``fuse``: None fuses the chunks where it pays, True every chunk that can be, False none
@@ -146,8 +149,20 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
     and how many epochs it has done; ``snapshot()`` returns, if called, each row's loss curve
     so far ((rows, k) float64: the loss at epochs 99, 199, ...) and whether it is still
     training (a diverged or stopped row is not: its curve has ended). It runs in the training
-    thread: it should return at once when it has nothing to do."""
+    thread: it should return at once when it has nothing to do.
+
+    ``halt(epochs_done)``, if given, is asked after ``progress`` every 100 epochs, and before
+    a batch starts (with the epochs its jobs have done): once it says True, each batch in
+    training stops there (right after that epoch's update) and batches not started do not;
+    their jobs get a :class:`JobState` instead of a result (epoch 0 and no arrays: not
+    started).
+    ``states`` (one per spec, None for a fresh start) continues jobs from such states: jobs
+    continue as a batch with the others stopped at the same epoch, on the path (fused or not)
+    they trained on, and end with the result an uninterrupted run would have given."""
     dev = resolve_device(device)
+    states = [None] * len(specs) if states is None else list(states)
+    if len(states) != len(specs):
+        raise SpecError("fit_many needs one state (or None) per spec")
     groups: dict[tuple, list[int]] = {}
     for i, spec in enumerate(specs):
         if not isinstance(spec, JobSpec):
@@ -155,26 +170,63 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
         if dev.type not in VARIANTS[spec.variant].devices:
             raise SpecError(f"variant {spec.variant} runs on "
                             f"{' or '.join(VARIANTS[spec.variant].devices)} only, not {dev}")
-        groups.setdefault(batch_key(spec), []).append(i)
+        state = states[i] = _usable(spec, states[i])
+        groups.setdefault(batch_key(spec) + _continues(state), []).append(i)
     _check_available(dev)
 
-    results: list[FitResult | None] = [None] * len(specs)
+    results: list[FitResult | JobState | None] = [None] * len(specs)
     for indices in groups.values():
         # Sorting by lr gives torch.optim variants one parameter group per distinct lr; sorting
         # by seed too makes a batch's row order a function of its contents, not of the input
         # order, so the same set of jobs gives bit-identical results however it is listed.
         indices.sort(key=lambda i: (specs[i].lr, specs[i].seed))
-        fused = _fuses(fuse, specs[indices[0]], len(indices), dev)
-        for chunk in _chunks(indices, specs[indices[0]], dev, fused):
+        first, state = specs[indices[0]], states[indices[0]]
+        if state is None:
+            fused = _fuses(fuse, first, len(indices), dev)
+        else:  # the path it started on: the other one rounds differently
+            fused = state.fused and _fuses(True, first, len(indices), dev)
+        for chunk in _chunks(indices, first, dev, fused):
             batch = [specs[i] for i in chunk]
+            if halt is not None and halt(0 if state is None else state.epoch):
+                for i in chunk:
+                    results[i] = states[i] or JobState(0, False)
+                continue
             started = time.perf_counter()
             watch = None if progress is None else _watcher(progress, batch)
-            raw = _train(batch, dev, fused, _stop_goals(batch), watch)
+            resume = None if state is None else stack([states[i] for i in chunk])
+            raw, ran_fused = _train(batch, dev, fused, _stop_goals(batch), watch, halt, resume)
+            if raw.suspended is not None:
+                for i, job_state in zip(chunk, unstack(raw.suspended, ran_fused)):
+                    results[i] = job_state
+                continue
             mses = _model_mse(batch[0], raw.coefficients)
             share = (time.perf_counter() - started) / len(batch)
             for row, i in enumerate(chunk):
                 results[i] = _result(specs[i], raw, row, mses[row], share)
     return results  # type: ignore[return-value]
+
+
+def _usable(spec: JobSpec, state: JobState | None) -> JobState | None:
+    """``state`` if a batch of ``spec`` can continue from it (None: start afresh); a state
+    that does not belong to the job raises ``StateError``."""
+    if state is None or state.epoch == 0:
+        return None
+    if not isinstance(state, JobState):
+        raise StateError(f"a training state must be a JobState, got {type(state).__name__}")
+    n = VARIANTS[spec.variant].n_coefficients(spec.degree)
+    params = state.arrays.get("params")
+    curve = state.arrays.get("curve")
+    if (not VARIANTS[spec.variant].resumable or state.epoch % CURVE_EVERY
+            or state.epoch >= spec.epochs or params is None or params.shape != (n,)
+            or curve is None or curve.shape != (state.epoch // CURVE_EVERY,)):
+        raise StateError(f"the training state (epoch {state.epoch}) does not fit this "
+                         f"{spec.variant} job of {spec.epochs} epochs")
+    return state
+
+
+def _continues(state: JobState | None) -> tuple:
+    """What must also be equal for jobs to continue as one batch."""
+    return (0, False) if state is None else (state.epoch, state.fused)
 
 
 def _fuses(fuse: bool | None, spec: JobSpec, jobs: int, dev: torch.device) -> bool:
@@ -225,35 +277,42 @@ def _watcher(progress: Progress, batch: list[JobSpec]) -> Callable:
 
 
 def _train(batch: list[JobSpec], dev: torch.device, fused: bool,
-           stop: np.ndarray | None = None, watch: Callable | None = None) -> RawFits:
+           stop: np.ndarray | None = None, watch: Callable | None = None,
+           halt: Callable | None = None, resume: Suspended | None = None
+           ) -> tuple[RawFits, bool]:
+    """The batch's raw outcome, and whether it trained fused."""
     variant = VARIANTS[batch[0].variant]
-    options = {} if stop is None else {"stop": stop}
+    options: dict = {} if stop is None else {"stop": stop}
     if watch is not None:
         options["watch"] = watch
+    if variant.resumable:
+        options.update({k: v for k, v in (("halt", halt), ("resume", resume)) if v is not None})
     if not fused:
-        return variant.train(batch, dev, **options)
+        return variant.train(batch, dev, **options), False
     config = _fuse_config(batch[0], dev)
     # A batch of one job would be compiled as a case of its own (dynamo specialises sizes 0
     # and 1): it trains next to a copy of itself instead (rows never interact).
     padded = batch * 2 if len(batch) == 1 else batch
-    if stop is not None and len(batch) == 1:
-        options["stop"] = np.concatenate([stop, stop])
+    twice = dict(options)
+    if len(batch) == 1:
+        if stop is not None:
+            twice["stop"] = np.concatenate([stop, stop])
+        if "resume" in twice:
+            twice["resume"] = Suspended(resume.epoch, {k: np.concatenate([v, v])
+                                                       for k, v in resume.rows.items()})
     try:
-        raw = variant.train(padded, dev, fused=True, **options)
+        raw = variant.train(padded, dev, fused=True, **twice)
     except RuntimeError as e:
         if not fusion.is_compile_error(e):
             raise
         _fuse_failed.add(config)
         log.warning("polyfit: cannot compile the fused %s epoch on %s, training it unfused "
                     "(%s)", batch[0].variant, dev, str(e).strip().splitlines()[0][:300])
-        options.pop("stop", None)
-        if stop is not None:
-            options["stop"] = stop
-        return variant.train(batch, dev, **options)
+        return variant.train(batch, dev, **options), False
     if config not in _fused_ready:
         _fused_ready.add(config)
         _note_compiled(config)
-    return raw.rows(slice(0, len(batch)))
+    return raw.rows(slice(0, len(batch))), True
 
 
 def _chunks(indices: list[int], spec: JobSpec, dev: torch.device,

@@ -74,6 +74,10 @@ class Variant:
     #: that loss is within ``stop_gap`` of the optimum (not ``dynamic``: each forward pass draws
     #: its own model).
     can_stop_at_optimum: bool = True
+    #: Whether ``train`` takes ``halt`` and ``resume`` (``loop.run``'s): a batch of it can stop
+    #: at an epoch boundary and continue later. Built-in variants do; a plugin's trains to the
+    #: end unless it says so.
+    resumable: bool = False
     #: The installed distribution that declared it, and its version (the registry fills them
     #: in: "polyfit" for the built-ins).
     package: str = ""

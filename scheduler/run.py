@@ -113,9 +113,10 @@ def _run(settings: Settings, target: Target,
             signum = getattr(e, "signum", signal.SIGINT)
             how = ("interrupted" if signum == signal.SIGINT
                    else f"stopped by {signal.Signals(signum).name}")
-            _say(f"\n{how}: stopping local workers; finished results are stored. "
-                 f"`polyfit sweep run {target.name}` trains the rest here (or `polyfit "
-                 f"sweep resume {target.name}` for workers elsewhere)")
+            _say(f"\n{how}: stopping local workers; finished results are stored, jobs in "
+                 f"training keep the epochs they reached. `polyfit sweep run {target.name}` "
+                 f"trains the rest here (or `polyfit sweep resume {target.name}` for workers "
+                 f"elsewhere)")
             grace = INTERRUPT_STOP_S
             return 128 + signum
         finally:

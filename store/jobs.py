@@ -45,6 +45,7 @@ from store.records import (
     QUEUED,
     RUNNING,
     JobRecord,
+    JobStateRecord,
     JobStatus,
     LossPointRecord,
     SweepRecord,
@@ -418,6 +419,9 @@ def save_results(
                 LossPointRecord.sweep_id == sweep_id, LossPointRecord.job_id.in_(chunk)))
         if points:
             s.execute(insert(LossPointRecord.__table__), points)
+        for chunk in _chunks(owned):  # an ended job never continues from a stopped run
+            s.execute(delete(JobStateRecord).where(
+                JobStateRecord.sweep_id == sweep_id, JobStateRecord.job_id.in_(chunk)))
     return len(owned)
 
 

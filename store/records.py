@@ -7,7 +7,17 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -131,3 +141,18 @@ class LossPointRecord(Base):
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class JobStateRecord(Base):
+    """Where a job's training stopped when its batch was stopped on purpose (a user's Ctrl-C,
+    a worker's warm shutdown): the state its next run continues from (``polyfit_models.state``,
+    a blob of float64 arrays behind a JSON header; never pickled). Written with the job put back
+    in the queue, deleted when its result is stored. A table of its own: the blobs stay out of
+    ``SELECT * FROM jobs`` and out of every query that reads jobs."""
+
+    __tablename__ = "job_state"
+
+    sweep_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)  # epochs done
+    state: Mapped[bytes] = mapped_column(LargeBinary)

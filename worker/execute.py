@@ -24,7 +24,9 @@ from functools import partial
 from polyfit_models import (
     VARIANTS,
     JobSpec,
+    JobState,
     SpecError,
+    StateError,
     batch_bytes,
     batch_key,
     fit_many,
@@ -34,8 +36,10 @@ from polyfit_models.registry import BROKEN, is_plugin
 from polyfit_models.result import CURVE_EVERY
 from store import StoreError, StoreUnavailable
 from store import jobs as store_jobs
+from store import states as store_states
 from store.jobs import JobRow
 from store.records import JobStatus
+from worker import stopping
 from worker.batches import auto_batch_size, spec_of
 from worker.payload import Batch
 from worker.runtime import Runtime, engine_for
@@ -48,6 +52,10 @@ RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 
 Trainer = Callable[[Sequence[JobSpec], str], list]
+
+#: The outcome of a job whose batch stopped because the worker was asked to stop: never
+#: stored as a status, the job goes back to ``queued`` with its state (``store.states``).
+STOPPED = "stopped"
 
 
 class _LiveCurves:
@@ -164,7 +172,7 @@ def train_resilient(specs: Sequence[JobSpec], device: str, trainer: Trainer = fi
     (and through its traceback every tensor the failed attempt allocated) is alive, and on a
     GPU the retry would compete with that memory."""
     try:
-        return [r.to_dict() for r in trainer(specs, device)]
+        return [_outcome(r) for r in trainer(specs, device)]
     except Exception as e:  # noqa: BLE001 - any error in the numerics becomes a job outcome
         error = f"{e.__class__.__name__}: {e}"[:2000]
         oom = _is_oom(e)
@@ -177,6 +185,12 @@ def train_resilient(specs: Sequence[JobSpec], device: str, trainer: Trainer = fi
     log.info("batch of %d raised %s; retrying in halves", len(specs), error.split(":")[0])
     return (train_resilient(specs[:half], device, trainer)
             + train_resilient(specs[half:], device, trainer))
+
+
+def _outcome(result) -> dict:
+    if isinstance(result, JobState):
+        return {"status": STOPPED, "state": result}
+    return result.to_dict()
 
 
 def _free_cuda() -> None:
@@ -291,7 +305,9 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
         # Which configurations this machine compiled before, noted beside inductor's cache:
         # a cold compile is fused only where it pays (``runner.AUTO_FUSE_WORK_COLD``).
         remember_compiles(settings.compile_cache)
-        trainer = partial(fit_many, fuse=settings.fuse, progress=live)
+        trainer = _continuing(partial(fit_many, fuse=settings.fuse, progress=live,
+                                      halt=stopping.halt),
+                              _states(engine, batch.sweep_id, todo, patience))
 
     def flush() -> None:
         store_jobs.record_progress(engine, batch.sweep_id, worker, live.take())
@@ -306,6 +322,15 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
             if runtime.device == "cuda":
                 _free_cuda()
         results = list(zip([job_id for job_id, _ in todo], outcomes)) + refused
+        stopped = [(job_id, o["state"]) for job_id, o in results if o["status"] == STOPPED]
+        results = [(job_id, o) for job_id, o in results if o["status"] != STOPPED]
+        if stopped:
+            back = _with_retries(lambda: store_states.suspend_jobs(
+                engine, batch.sweep_id,
+                [(job_id, st.epoch, st.to_bytes() if st.epoch else None)
+                 for job_id, st in stopped], worker), "hand back stopped jobs", patience)
+            log.warning("asked to stop: %d jobs handed back to the queue with their state",
+                        back)
         # Still beating while the results wait for the write lock (or for the database to come
         # back): a slow save must not make the jobs look abandoned and send them elsewhere.
         variant_of = {job.id: job.variant for job in claimed}
@@ -320,7 +345,40 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
                                                 with_plugin(runtime.versions(), variant)),
                 "save results", patience,
             )
-    statuses: dict[str, int] = {}
+    statuses: dict[str, int] = {STOPPED: len(stopped)} if stopped else {}
     for _, outcome in results:
         statuses[outcome["status"]] = statuses.get(outcome["status"], 0) + 1
     return {"sweep_id": batch.sweep_id, "ran": len(todo), "stored": written, **statuses}
+
+
+def _states(engine, sweep_id: str, todo: Sequence[tuple[str, JobSpec]],
+            patience: float) -> dict[int, JobState]:
+    """The stored states of the jobs to train (keyed by their spec's ``id()``, as
+    ``_LiveCurves`` keys them): where a stopped run of them left off. A state that cannot be
+    read is dropped (that job starts from epoch 0) with a warning."""
+    blobs = _with_retries(lambda: store_states.load_states(
+        engine, sweep_id, [job_id for job_id, _ in todo]), "load states", patience)
+    states = {}
+    for job_id, spec in todo:
+        if job_id in blobs:
+            try:
+                states[id(spec)] = JobState.from_bytes(blobs[job_id])
+            except StateError as e:
+                log.warning("job %s starts afresh: %s", job_id, e)
+    return states
+
+
+def _continuing(train: Callable, states: dict[int, JobState]) -> Trainer:
+    """``train`` (``fit_many`` with its options) continuing each job from its state, if any;
+    states that do not fit their jobs are dropped, and the batch starts afresh."""
+    def trainer(specs: Sequence[JobSpec], device: str) -> list:
+        mine = [states.get(id(spec)) for spec in specs]
+        if not any(mine):
+            return train(specs, device)
+        try:
+            return train(specs, device, states=mine)
+        except StateError as e:
+            log.warning("a batch of %d starts afresh: %s", len(specs), e)
+            return train(specs, device)
+
+    return trainer

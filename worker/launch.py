@@ -16,7 +16,7 @@ from celery import signals
 
 from polyfit_models.fuse_settings import INDUCTOR_CACHE
 from polyfit_models.registry import plugin_names
-from worker import runtime
+from worker import runtime, stopping
 from worker.processes import WorkerProcess, forwarding
 from worker.queues import queues_served, run_queue
 from worker.runtime import Runtime
@@ -137,6 +137,10 @@ def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
     # so a supervisor (systemd, docker, `sweep run`) sees it.
     signals.worker_init.connect(_keep, weak=False)
     signals.worker_ready.connect(_stop_on_hangup, weak=False)
+    # A warm shutdown stops the batches in training at their next epoch boundary, their jobs
+    # queued again with their states (worker.stopping).
+    stopping.arm()
+    signals.worker_shutting_down.connect(stopping.request, weak=False)
     try:
         app.worker_main(argv)
         code = next((c.exitcode for c in controllers if c is not None and c.exitcode), 0)

@@ -60,5 +60,6 @@ class AutogradProgram:
         return params[0]
 
 
-def train(specs, device, fused: bool = False, stop=None, watch=None) -> loop.RawFits:
-    return loop.run(AutogradProgram(specs, device, fused), specs[0].epochs, stop, watch)
+def train(specs, device, fused: bool = False, **options) -> loop.RawFits:
+    """``options``: ``loop.run``'s stop, watch, halt and resume."""
+    return loop.run(AutogradProgram(specs, device, fused), specs[0].epochs, **options)

@@ -44,7 +44,7 @@ NUMPY = Variant(
     optimizers=("sgd",), min_degree=1, max_degree=MAX_DEGREE,
     defaults=make_defaults(1e-6, 3, 2000, "sgd", "float64"),
     train=_trainer("numpy_gd"), predict=monomial_predict, monomial=monomial_identity,
-    live_rows=lambda degree: 2, fusable=False)
+    live_rows=lambda degree: 2, fusable=False, resumable=True)
 
 TENSOR = Variant(
     name="tensor",
@@ -53,7 +53,7 @@ TENSOR = Variant(
     min_degree=1, max_degree=MAX_DEGREE,
     defaults=make_defaults(1e-6, 3, 2000, "sgd", "float32"),
     train=_trainer("tensor"), predict=monomial_predict, monomial=monomial_identity,
-    live_rows=lambda degree: 2, fusable=True)
+    live_rows=lambda degree: 2, fusable=True, resumable=True)
 
 AUTOGRAD = Variant(
     name="autograd",
@@ -62,7 +62,7 @@ AUTOGRAD = Variant(
     min_degree=1, max_degree=MAX_DEGREE,
     defaults=make_defaults(1e-6, 3, 2000, "sgd", "float32"),
     train=_trainer("autograd"), predict=monomial_predict, monomial=monomial_identity,
-    live_rows=lambda degree: 4, fusable=True)
+    live_rows=lambda degree: 4, fusable=True, resumable=True)
 
 LEGENDRE = Variant(
     name="legendre",
@@ -72,7 +72,7 @@ LEGENDRE = Variant(
     defaults=make_defaults(5e-6, 3, 2000, "sgd", "float32"),
     train=_trainer("legendre"), predict=bases.legendre_predict,
     monomial=bases.legendre_monomial,
-    fixed_coefficients=4, live_rows=lambda degree: 10, fusable=True)
+    fixed_coefficients=4, live_rows=lambda degree: 10, fusable=True, resumable=True)
 
 MODULE = Variant(
     name="module",
@@ -81,7 +81,7 @@ MODULE = Variant(
     min_degree=1, max_degree=MAX_DEGREE,
     defaults=make_defaults(1e-3, 3, 2000, "adam", "float32"),
     train=_trainer("module"), predict=monomial_predict, monomial=monomial_identity,
-    live_rows=lambda degree: 5, fusable=True)
+    live_rows=lambda degree: 5, fusable=True, resumable=True)
 
 DYNAMIC = Variant(
     name="dynamic",
@@ -92,6 +92,7 @@ DYNAMIC = Variant(
     train=_trainer("dynamic"), predict=bases.dynamic_predict,
     monomial=bases.dynamic_monomial,
     fixed_coefficients=5, live_rows=lambda degree: 5, can_stop_at_optimum=False, fusable=True,
+    resumable=True,
     # Measured on the default grid (2000 points), 30,000 epochs, seed 0.
     note=("the lesson's lr 1e-8 was for a summed loss; with the mean loss it barely "
           "moves (mse about 5 after 30,000 epochs): lr 1e-5 to 2e-5 learns (mse about "

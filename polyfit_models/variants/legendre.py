@@ -142,5 +142,6 @@ class LegendreProgram:
         return params[0]
 
 
-def train(specs, device, fused: bool = False, stop=None, watch=None) -> loop.RawFits:
-    return loop.run(LegendreProgram(specs, device, fused), specs[0].epochs, stop, watch)
+def train(specs, device, fused: bool = False, **options) -> loop.RawFits:
+    """``options``: ``loop.run``'s stop, watch, halt and resume."""
+    return loop.run(LegendreProgram(specs, device, fused), specs[0].epochs, **options)

@@ -107,5 +107,6 @@ class ModuleProgram:
         return params[0] if len(params) == 1 else torch.cat(list(params), dim=0)
 
 
-def train(specs, device, fused: bool = False, stop=None, watch=None) -> loop.RawFits:
-    return loop.run(ModuleProgram(specs, device, fused), specs[0].epochs, stop, watch)
+def train(specs, device, fused: bool = False, **options) -> loop.RawFits:
+    """``options``: ``loop.run``'s stop, watch, halt and resume."""
+    return loop.run(ModuleProgram(specs, device, fused), specs[0].epochs, **options)

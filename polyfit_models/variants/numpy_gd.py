@@ -22,11 +22,15 @@ from ..problem import (
     standard_normal_rows,
     target_values,
 )
+from ..state import Suspended
 
 
-def train(specs, device, stop=None, watch=None) -> RawFits:
+def train(specs, device, stop=None, watch=None, halt=None,
+          resume: Suspended | None = None) -> RawFits:
     """Train ``specs`` (one batch: equal except lr and seed) on the CPU with NumPy; ``stop``:
-    each job's stop goal as a loss (NaN for none), or None; ``watch`` as ``loop.run``'s."""
+    each job's stop goal as a loss (NaN for none), or None; ``watch``, ``halt`` and ``resume``
+    as ``loop.run``'s (plain gradient descent has no optimizer state, and this loop checks
+    every epoch, so it keeps no fallback window either)."""
     spec = specs[0]
     dtype = numpy_dtype(spec.dtype)
     x = grid(spec.x_start, spec.x_stop, spec.x_points)
@@ -54,8 +58,16 @@ def train(specs, device, stop=None, watch=None) -> RawFits:
     curve = np.full((batch, epochs // CURVE_EVERY), np.nan, dtype=dtype)
     good = coef.copy()
     limit = None
+    start, halted = 0, False
+    if resume is not None:
+        start, rows = resume.epoch, resume.rows
+        coef[...], good[...] = rows["params"], rows["frozen"]
+        final_loss[...], limit = rows["final_loss"], rows["limit"].astype(dtype)
+        active[...] = rows["active"].astype(bool)
+        diverged_at[...], stopped_at[...] = rows["diverged_at"], rows["stopped_at"]
+        curve[:, :start // CURVE_EVERY] = rows["curve"]
     with np.errstate(all="ignore"):  # a diverging job overflows; that is detected, not an error
-        for epoch in range(epochs + 1):
+        for epoch in range(start, epochs + 1):
             np.matmul(coef_and_minus_one, powers_and_y, out=err)  # y_pred - y
             np.einsum("ij,ij->i", err, err, out=loss)  # sum of squared errors
             if limit is None:
@@ -77,6 +89,7 @@ def train(specs, device, stop=None, watch=None) -> RawFits:
                 if watch is not None:
                     k = epoch // CURVE_EVERY + 1
                     watch(epoch + 1, lambda k=k: (curve[:, :k].astype(np.float64), active.copy()))
+                halted = halt is not None and halt(epoch + 1)
             if epoch == epochs or not active.any():
                 break
             # grad_y = 2 (y_pred - y); grad_k = sum(grad_y * x^k) for every k and job at once
@@ -85,5 +98,21 @@ def train(specs, device, stop=None, watch=None) -> RawFits:
             grad *= 2.0
             coef -= lr * grad
             np.copyto(coef, good, where=~active[:, None])
+            if halted:
+                return _suspend(epoch + 1, coef, good, final_loss, active, diverged_at,
+                                stopped_at, limit, curve)
     return RawFits(coefficients=good.astype(np.float64), final_loss=final_loss.astype(np.float64),
                    diverged_at=diverged_at, curve=curve.astype(np.float64), stopped_at=stopped_at)
+
+
+def _suspend(epoch, coef, good, final_loss, active, diverged_at, stopped_at, limit,
+             curve) -> RawFits:
+    """The batch stopped after ``epoch`` updates, with every job's state (``state.py``)."""
+    rows = {"params": coef, "frozen": good, "final_loss": final_loss, "active": active,
+            "diverged_at": diverged_at, "stopped_at": stopped_at, "limit": limit,
+            "curve": curve[:, :epoch // CURVE_EVERY]}
+    return RawFits(coefficients=good.astype(np.float64),
+                   final_loss=final_loss.astype(np.float64), diverged_at=diverged_at.copy(),
+                   curve=curve.astype(np.float64), stopped_at=stopped_at.copy(),
+                   suspended=Suspended(epoch, {k: np.asarray(v, dtype=np.float64)
+                                               for k, v in rows.items()}))
