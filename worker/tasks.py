@@ -8,6 +8,7 @@ import logging
 import os
 
 from celery import signals
+from celery.exceptions import Reject
 
 from store import StoreUnavailable
 from worker import execute
@@ -67,4 +68,13 @@ def run_batch(self, payload: dict) -> dict:
     # must never be claimed by a second process while the first one still trains it.
     worker = f"{self.request.hostname or 'worker'}/{os.getpid()}"
     share_cores(_runtime())  # workers of the host may have come or gone since the last batch
-    return execute.run_batch(batch, _runtime(), worker=worker)
+    out = execute.run_batch(batch, _runtime(), worker=worker)
+    if out.get(execute.STOPPED):
+        # This worker is stopping and handed the batch's jobs back (queued, with their
+        # states): the message goes back to the broker for the next worker at once, instead
+        # of the jobs waiting for a reaper's lost-message pass (``stale_after_s``). A copy
+        # that finds them taken already claims nothing.
+        log.warning("batch %s handed back on stopping: %d jobs queued again with their state",
+                    self.request.id, out[execute.STOPPED])
+        raise Reject(f"{out[execute.STOPPED]} jobs handed back on stopping", requeue=True)
+    return out

@@ -75,3 +75,34 @@ def test_a_user_stopped_sweep_continues_to_the_bits_of_an_uninterrupted_run(tmp_
     curve = "SELECT job_id, epoch, loss FROM loss_curve ORDER BY job_id, epoch"
     assert _rows(db_url, curve) == _rows(whole_db, curve)
     assert _rows(db_url, "SELECT * FROM job_state") == []
+
+
+def test_a_fleet_worker_stopped_warm_hands_its_batch_to_the_next_worker_at_once(
+        tmp_path, redis_url, start_worker):
+    """A process manager stops a `polyfit worker` (SIGTERM) mid-batch: the jobs go back to the
+    queue with their states and the message back to the broker, so the next worker continues
+    them without waiting for the reaper (which, with an hour's ``stale_after_s``, never runs
+    in this test)."""
+    spec = tmp_path / "stopped.yaml"
+    spec.write_text(SPEC)
+    db_url = f"sqlite:///{tmp_path / 'fleet.sqlite'}"
+    settings = {"POLYFIT_DB_URL": db_url, "POLYFIT_BROKER_URL": redis_url,
+                "POLYFIT_PROGRESS_S": "1", "POLYFIT_STALE_AFTER_S": "3600"}
+    first = start_worker("--concurrency", "1", **settings)
+    sub = polyfit("sweep", "submit", str(spec), "--batch-size", "4", env=polyfit_env(**settings),
+                  timeout=120)
+    assert sub.returncode == 0, sub.stderr
+    wait_for(lambda: any((r["epochs_done"] or 0) > 0 for r in _rows(db_url, RESULT)), 120,
+             "the batch to report epochs done")
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(120)
+    stopped = _rows(db_url, RESULT)
+    assert [(r["status"], r["attempts"]) for r in stopped] == [("queued", 0)] * 4, stopped
+    epoch = _rows(db_url, "SELECT DISTINCT epoch FROM job_state")
+    assert len(epoch) == 1 and 0 < epoch[0]["epoch"] < 100000
+
+    start_worker("--concurrency", "1", **settings)
+    wait_for(lambda: [r["status"] for r in _rows(db_url, RESULT)] == ["succeeded"] * 4, 240,
+             "the next worker to finish the handed-back jobs")
+    assert [r["attempts"] for r in _rows(db_url, RESULT)] == [1] * 4
+    assert _rows(db_url, "SELECT * FROM job_state") == []
