@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
 from store import jobs as store_jobs
+from store import search as store_search
 from store.clock import db_now
 from store.jobs import as_utc
 from store.records import ENDED, QUEUED, RUNNING
@@ -41,9 +42,17 @@ class Progress:
     idle_s: float | None = None  # queued jobs, nothing running, nothing taken for this long
     # The share of the running jobs' work (epochs x points) their workers have reported done.
     running_done: float | None = None
+    #: A search's state (``store.search.SearchState``), None for a grid.
+    search: object = None
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if self.search is not None:
+            s = self.search
+            out["search"] = {"sampler": s.sampler, "round": s.round,
+                             "rounds": -(-s.trials // s.round_size), "asked": s.asked,
+                             "trials": s.trials, "state": s.state, "error": s.error}
+        return out
 
 
 def device_class(device: str) -> str:
@@ -77,7 +86,9 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
         running_done = sum(r.work for r in reported) / running_work
     total = sum(counts.values())
     ended = sum(n for s, n in counts.items() if s in ENDED)
-    done = store_jobs.all_ended(counts)
+    # A search is done when its sampler has nothing more to ask, not when a round has ended.
+    search = store_search.search_state(engine, sweep.id)
+    done = store_jobs.all_ended(counts) and (search is None or not search.running)
     finished = store_jobs.last_finish(engine, sweep.id)
     # This run of the sweep began when it was last submitted to, grown, continued or resumed:
     # its rate, ETA and idle time are this run's own, not counted from an earlier run's work.
@@ -111,7 +122,7 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
         idle_for = (now - last).total_seconds()
         idle = idle_for if idle_for >= IDLE_AFTER_S else None
     return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done, idle,
-                    running_done)
+                    running_done, search)
 
 
 def _slowest_running(engine: Engine, sweep_id: str, now) -> float | None:
