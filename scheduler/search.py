@@ -170,15 +170,3 @@ def continue_search(settings: Settings, sweep_id: str, *,
         return advance(engine, settings, make_app(settings), sweep_id, private=private)
     finally:
         engine.dispose()
-
-
-def search_line(engine, sweep_id: str) -> str | None:
-    """'search tpe: round 2 of 4, 128 of 256 trials asked' (None for a grid sweep)."""
-    state = store_search.search_state(engine, sweep_id)
-    if state is None:
-        return None
-    rounds = -(-state.trials // state.round_size)
-    line = (f"search {state.sampler}: round {state.round} of {rounds}, {state.asked} of "
-            f"{state.trials} trials asked, {state.state}")
-    return line + (f" ({state.error})" if state.error else "")
-

@@ -128,8 +128,10 @@ def _width() -> int | None:
 
 
 def _status_line(p: queries.Progress) -> str:
-    return f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
+    line = f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
         p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s, p.running_done)
+    search = p.to_dict()["search"]
+    return line if search is None else f"{line} | {report.search_detail(search)}"
 
 
 def _watch(engine, target, as_json: bool, interval: float | None, hint) -> queries.Progress:
