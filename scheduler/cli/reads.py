@@ -418,15 +418,21 @@ def job(settings: Settings, job_ref, sweep_ref, fmt) -> None:
 @click.option("-o", "--output", "output", required=True, metavar="FILE.png",
               type=click.Path(dir_okay=False, writable=True),
               help="Where to write the figure (.png, .svg or .pdf).")
+@click.option("--kind", type=click.Choice(("fits", "importance", "history", "parallel")),
+              default="fits", show_default=True,
+              help="fits: curves, losses and a lr x degree map; importance: each axis's "
+                   "importance for mse (Optuna); history: best mse over trials; parallel: "
+                   "parallel coordinates coloured by mse.")
 @pass_settings()
-def plot(settings: Settings, sweep_ref, output) -> None:
-    """Fitted curves against the target, loss curves, and a lr x degree map of the mse."""
+def plot(settings: Settings, sweep_ref, output, kind) -> None:
+    """Fitted curves against the target, loss curves, and a lr x degree map of the mse (or,
+    with --kind, a search's figures)."""
     from polyfit_results.plot import PlotError, save_plot
 
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
     try:
-        path = save_plot(engine, target, output)
+        path = save_plot(engine, target, output, kind)
     except PlotError as e:
         raise InputError(str(e)) from e
     click.echo(f"sweep {target.name}: plot written to {path}")
