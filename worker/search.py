@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -73,13 +74,17 @@ def optuna():
 
 
 def _sampler(name: str, seed: int):
-    samplers = optuna().samplers
+    mod = optuna()
+    samplers = mod.samplers
+    # QMC and GP are marked experimental: the note would go to every worker's log each round.
+    warnings.simplefilter("ignore", mod.exceptions.ExperimentalWarning)
     factories: dict[str, Callable] = {
         "random": lambda s: samplers.RandomSampler(seed=s),
         "tpe": lambda s: samplers.TPESampler(seed=s, constant_liar=True, multivariate=True),
         "cmaes": lambda s: samplers.CmaEsSampler(seed=s, warn_independent_sampling=False),
         "gp": lambda s: samplers.GPSampler(seed=s),
-        "qmc": lambda s: samplers.QMCSampler(seed=s, warn_independent_sampling=False),
+        "qmc": lambda s: samplers.QMCSampler(seed=s, scramble=True,
+                                                  warn_independent_sampling=False),
     }
     return factories[name](seed)
 
