@@ -61,3 +61,24 @@ def test_plot_kinds_of_a_search(db, tmp_path, kind):
     r = CliRunner().invoke(cli, ["plot", plan.name, "--kind", kind, "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_dashboard_shows_a_search_its_round_and_figures(db):
+    pytest.importorskip("flask")
+    from polyfit_results.dashboard import create_app
+
+    url, plan = db
+    client = create_app(url).test_client()
+    page = client.get(f"/sweeps/{plan.sweep_id}")
+    assert page.status_code == 200
+    for chart in ("importance", "history", "parallel"):
+        assert f'id="chart-{chart}"' in page.text
+    progress = client.get(f"/api/sweeps/{plan.sweep_id}/progress").json
+    assert progress["search"]["round"] == 1 and "tpe round 1/3" in progress["detail"]
+    bars = client.get(f"/api/sweeps/{plan.sweep_id}/charts/importance").json
+    assert bars["data"][0]["type"] == "bar" and set(bars["data"][0]["y"]) == {"lr", "degree"}
+    lines = client.get(f"/api/sweeps/{plan.sweep_id}/charts/parallel").json
+    assert [d["label"] for d in lines["data"][0]["dimensions"]] == [
+        "log10 lr", "degree", "log10 mse"]
+    history = client.get(f"/api/sweeps/{plan.sweep_id}/charts/history").json
+    assert history["data"][0]["y"] == sorted(history["data"][0]["y"], reverse=True)
