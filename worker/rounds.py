@@ -25,6 +25,11 @@ from worker.settings import Settings
 
 log = logging.getLogger("polyfit.worker")
 
+#: Batches a round's group of compatible jobs is cut into, at least: a round is small, and a
+#: batch of one job wastes the vectorised training a search is for (the asking worker does
+#: not know the fleet's size; rounds are sized to it with ``round``).
+ROUND_SPREAD = 2
+
 
 def advance(engine: Engine, settings: Settings, app, sweep_id: str, *,
             private: tuple[str, str] | None = None) -> int:
@@ -66,7 +71,7 @@ def advance(engine: Engine, settings: Settings, app, sweep_id: str, *,
 
 
 def publish_round(settings: Settings, app, sweep_id: str, asked, *,
-                  private: tuple[str, str] | None = None, spread: int = 8,
+                  private: tuple[str, str] | None = None, spread: int = ROUND_SPREAD,
                   batch_size: int | None = None) -> tuple[int, int]:
     """Publish a round's jobs (``worker.search.Asked``) in batches; returns (jobs, batches)."""
     batches = plan_batches(sweep_id, [(a.job_id, a.spec, a.device) for a in asked], settings,
