@@ -33,13 +33,17 @@ from store.search import TrialRow  # noqa: E402
 from worker.search import ask_round  # noqa: E402
 
 EPOCHS = 2000
-SPACE = {"variant": ["autograd"], "lr": {"log": [1e-7, 1e-5]}, "degree": [3, 4, 5],
-         "epochs": [EPOCHS]}
+LOW, HIGH = 1e-7, 1e-5
 
 
-def run_search(sampler: str, seed: int, trials: int, size: int) -> list[float]:
+def space(low: float) -> dict:
+    return {"variant": ["autograd"], "lr": {"log": [low, HIGH]}, "degree": [3, 4, 5],
+            "epochs": [EPOCHS]}
+
+
+def run_search(sampler: str, seed: int, trials: int, size: int, low: float) -> list[float]:
     """The mse of each trial, in the order asked."""
-    spec = {"target": "sin", "x": {}, "grid": [SPACE],
+    spec = {"target": "sin", "x": {}, "grid": [space(low)],
             "search": {"sampler": sampler, "trials": trials, "round": size, "seed": seed}}
     past: list[TrialRow] = []
     attrs: dict = {}
@@ -51,8 +55,8 @@ def run_search(sampler: str, seed: int, trials: int, size: int) -> list[float]:
     return [t.mse if t.mse is not None else float("inf") for t in past]
 
 
-def grid_best(num: int) -> float:
-    lrs = [1e-7 * (100 ** (i / (num - 1))) for i in range(num)]
+def grid_best(num: int, low: float) -> float:
+    lrs = [low * ((HIGH / low) ** (i / (num - 1))) for i in range(num)]
     specs = [JobSpec.create("autograd", lr=lr, degree=d, epochs=EPOCHS)
              for lr in lrs for d in (3, 4, 5)]
     return min(r.mse for r in fit_many(specs, "cpu") if r.mse is not None)
@@ -84,14 +88,19 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=96)
     ap.add_argument("--round", type=int, default=16)
     ap.add_argument("--tol", type=float, default=1e-3)
-    ap.add_argument("--jobs", type=int, default=96, help="jobs of the throughput comparison")
+    ap.add_argument("--low", type=float, default=LOW,
+                    help="the lr range's low end (the high end is 1e-5, where fits diverge)")
+    ap.add_argument("--jobs", type=int, default=96,
+                    help="jobs of the throughput comparison (0: leave it out)")
     a = ap.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
 
-    runs = {s: [run_search(s, seed, a.trials, a.round) for seed in range(a.seeds)]
+    print(f"space: lr log-uniform in [{a.low:g}, {HIGH:g}], degree in {{3, 4, 5}}; "
+          f"{a.trials} trials in rounds of {a.round}, {a.seeds} seeds")
+    runs = {s: [run_search(s, seed, a.trials, a.round, a.low) for seed in range(a.seeds)]
             for s in ("random", "tpe")}
-    optimum = min(grid_best(64), *(min(m) for ms in runs.values() for m in ms))
+    optimum = min(grid_best(64, a.low), *(min(m) for ms in runs.values() for m in ms))
     print(f"optimum mse {optimum:.6g} (the lowest of every fit of this run)")
     for label, goal in ((f"within {a.tol:g} of it", optimum + a.tol),
                         (f"within {a.tol:g} x it", optimum * (1 + a.tol))):
@@ -111,6 +120,14 @@ def main() -> None:
         print(f"  {label}: random needs {medians['random'] / medians['tpe']:.2f}x the fits "
               "TPE needs (median over seeds)")
 
+    # How close each gets as the trials go: the median over seeds of best mse - optimum.
+    for k in sorted({a.round * 2, a.trials // 4, a.trials // 2, a.trials} - {0}):
+        gaps = {sampler: statistics.median(min(m[:k]) - optimum for m in ms)
+                for sampler, ms in runs.items()}
+        print(f"  after {k:>3} fits: median best mse - optimum: random {gaps['random']:.3g}, "
+              f"tpe {gaps['tpe']:.3g}")
+    if a.jobs <= 0:
+        return
     per_degree = max(1, a.jobs // 3)
     common = ["--variant", "autograd", "--degree", "3,4,5", "--epochs", str(EPOCHS)]
     grid_s = sweep_run_seconds([*common, "--lr", f"log:1e-7:1e-5:{per_degree}",
