@@ -15,7 +15,7 @@ from store import jobs as store_jobs
 from store import search as store_search
 from store.clock import db_now
 from store.jobs import as_utc
-from store.records import ENDED, QUEUED, RUNNING
+from store.records import CANCELLED, ENDED, QUEUED, RUNNING
 
 
 class GroupError(ValueError):
@@ -86,9 +86,11 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
         running_done = sum(r.work for r in reported) / running_work
     total = sum(counts.values())
     ended = sum(n for s, n in counts.items() if s in ENDED)
-    # A search is done when its sampler has nothing more to ask, not when a round has ended.
+    # A search is done when its sampler has nothing more to ask, not when a round has ended
+    # (or when it was cancelled: no round follows one with a cancelled job until a resume).
     search = store_search.search_state(engine, sweep.id)
-    done = store_jobs.all_ended(counts) and (search is None or not search.running)
+    done = store_jobs.all_ended(counts) and (
+        search is None or not search.running or bool(counts.get(CANCELLED)))
     finished = store_jobs.last_finish(engine, sweep.id)
     # This run of the sweep began when it was last submitted to, grown, continued or resumed:
     # its rate, ETA and idle time are this run's own, not counted from an earlier run's work.

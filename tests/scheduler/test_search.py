@@ -160,6 +160,22 @@ def test_a_search_is_not_done_between_rounds(engine):
     assert p.to_dict()["search"]["round"] == 1
 
 
+def test_a_cancelled_search_is_done_until_resumed(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    create_schema(engine)
+    plan = _plan()
+    asked, attrs = ask_round(plan.spec, [], 0, {})
+    store_search.start_search(engine, plan.sweep_id, plan.name, plan.spec, sampler="tpe",
+                              trials=12, round_size=4, first=[a.row for a in asked],
+                              first_trials=[a.trial() for a in asked], study_attrs=attrs)
+    sweep = store_jobs.find_sweep(engine, plan.sweep_id)
+    assert not queries.progress(engine, sweep).done
+    store_jobs.cancel_sweep(engine, plan.sweep_id)
+    assert queries.progress(engine, sweep).done  # `status --wait` returns
+    assert store_search.round_ready(engine, plan.sweep_id) is None  # and no round follows
+    engine.dispose()
+
+
 def test_a_sampler_that_fails_mid_search_ends_it_failed_keeping_every_result(
         engine, monkeypatch):
     plan = _started(engine)
