@@ -13,6 +13,7 @@ truth: the sampler is rebuilt from them each round (see ``worker.search``)."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,13 +57,23 @@ class TrialRow:
     mse: float | None
 
 
+_HAS_TABLES: weakref.WeakSet = weakref.WeakSet()
+
+
 def _has_tables(engine: Engine) -> bool:
-    # A database made before searches existed (read, never upgraded, by the read commands).
+    """Whether the database has the search tables: not one made before searches existed
+    (read, never upgraded, by the read commands). Remembered per engine once true: a worker
+    asks after every batch."""
+    if engine in _HAS_TABLES:
+        return True
     try:
         with engine.connect() as conn:
-            return inspect(conn).has_table("searches")
+            found = inspect(conn).has_table("searches")
     except SQLAlchemyError as e:
         raise store_error(engine, e) from e
+    if found:
+        _HAS_TABLES.add(engine)
+    return found
 
 
 def search_state(engine: Engine, sweep_id: str) -> SearchState | None:

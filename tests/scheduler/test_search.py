@@ -87,6 +87,18 @@ def test_bad_search_input_is_one_line_and_exit_2_with_nothing_recorded(
     assert not (tmp_path / "polyfit.sqlite").exists()
 
 
+def test_without_optuna_a_search_is_refused_with_the_install_hint(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("POLYFIT_DB_URL", raising=False)
+    r = CliRunner().invoke(cli, ["sweep", "submit", "--variant", "autograd", "--lr",
+                                 "log:1e-7:1e-5", "--sampler", "tpe", "--trials", "8"])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        "Error: searching needs Optuna: pip install 'polyfit[search]'"]
+
+
 def test_a_spec_names_an_unknown_sampler_or_a_sample_in_one_line():
     with pytest.raises(SweepSpecError, match="unknown sampler 'nope'"):
         _plan(sampler="nope")
