@@ -172,6 +172,16 @@ def test_a_search_is_not_done_between_rounds(engine):
     assert p.to_dict()["search"]["round"] == 1
 
 
+def test_a_renamed_search_keeps_its_round_and_trials(engine):
+    from store.manage import rename_sweep
+
+    plan = _started(engine)
+    rename_sweep(engine, plan.sweep_id, "new-id", "renamed")
+    state = store_search.round_ready(engine, "new-id")
+    assert state is not None and state.round == 1 and state.asked == 4
+    assert len(store_search.history(engine, "new-id")) == 4
+
+
 def test_a_cancelled_search_is_done_until_resumed(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
     create_schema(engine)
