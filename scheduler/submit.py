@@ -189,7 +189,7 @@ def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_
     from scheduler.search import continue_search
 
     # A search whose round ended with nobody left to ask the next one: ask it now.
-    sent += continue_search(settings, sweep_id, private=private)
+    sent += continue_search(settings, sweep_id, private=private, reopen=bool(retry))
     return Submitted(sweep_id, 0, sent, batches)
 
 
