@@ -6,10 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, inspect, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from store.db import StoreError, transaction
-from store.records import QUEUED, RUNNING, JobRecord, LossPointRecord, SweepRecord
+from store.db import StoreError, store_error, transaction
+from store.records import (
+    QUEUED,
+    RUNNING,
+    JobRecord,
+    JobStateRecord,
+    LossPointRecord,
+    SearchRecord,
+    SweepRecord,
+    TrialRecord,
+)
+from store.search import _has_tables
 
 #: Limits of a label: tags are short words, a note a paragraph.
 MAX_TAG = 64
@@ -29,6 +40,11 @@ def rename_sweep(engine: Engine, sweep_id: str, new_id: str, new_name: str) -> N
     another sweep has the name, and while a job of the sweep is queued or running (their
     messages on the broker name the old id)."""
     new_name = _checked_name(new_name)
+    # A search's round counter and trials go with it (deleting the old sweep row would cascade
+    # to them).
+    searched = (SearchRecord, TrialRecord) if _has_tables(engine) else ()
+    # ... and the training states of its stopped jobs (a cancelled sweep's, for a resume).
+    states = (JobStateRecord,) if _has_states(engine) else ()
     with transaction(engine) as s:
         rec = s.get(SweepRecord, sweep_id)
         if rec is None:
@@ -51,7 +67,7 @@ def rename_sweep(engine: Engine, sweep_id: str, new_id: str, new_name: str) -> N
         s.execute(insert(SweepRecord).values(
             id=new_id, name=new_name, spec=rec.spec, created_at=rec.created_at,
             used_at=rec.used_at, tags=rec.tags, note=rec.note))
-        for table in (JobRecord, LossPointRecord):
+        for table in (JobRecord, LossPointRecord, *searched, *states):
             s.execute(update(table).where(table.sweep_id == sweep_id).values(sweep_id=new_id)
                       .execution_options(synchronize_session=False))
         s.execute(delete(SweepRecord).where(SweepRecord.id == sweep_id)
@@ -63,6 +79,7 @@ def delete_sweep(engine: Engine, sweep_id: str) -> int:
     while a job of it is running. Its queued jobs are taken out of the workers' reach first,
     in the same transaction, so that no worker claims one between the check and the delete
     (a message still on the broker then names rows that are gone, and is dropped)."""
+    states = (JobStateRecord,) if _has_states(engine) else ()
     with transaction(engine) as s:
         s.execute(update(JobRecord).where(JobRecord.sweep_id == sweep_id,
                                           JobRecord.status == QUEUED)
@@ -73,8 +90,9 @@ def delete_sweep(engine: Engine, sweep_id: str) -> int:
             raise SweepChangeRefused(
                 f"the sweep is running ({running:,} job{'s' if running != 1 else ''} in "
                 "workers' hands): `polyfit cancel` it and wait for them, then delete it")
-        s.execute(delete(LossPointRecord).where(LossPointRecord.sweep_id == sweep_id)
-                  .execution_options(synchronize_session=False))
+        for table in (LossPointRecord, *states):
+            s.execute(delete(table).where(table.sweep_id == sweep_id)
+                      .execution_options(synchronize_session=False))
         gone = s.execute(delete(JobRecord).where(JobRecord.sweep_id == sweep_id)
                          .execution_options(synchronize_session=False)).rowcount
         s.execute(delete(SweepRecord).where(SweepRecord.id == sweep_id)
@@ -135,6 +153,15 @@ def labels_of(engine: Engine, sweep_ids: Sequence[str] | None = None
         q = q.where(SweepRecord.id.in_(list(sweep_ids)))
     with transaction(engine) as s:
         return {i: (list(t or []), n or "") for i, t, n in s.execute(q).all()}
+
+
+def _has_states(engine: Engine) -> bool:
+    """Whether the database has the ``job_state`` table (not one made before it existed)."""
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).has_table(JobStateRecord.__tablename__)
+    except SQLAlchemyError as e:
+        raise store_error(engine, e) from e
 
 
 def _checked_name(name: str) -> str:

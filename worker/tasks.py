@@ -11,10 +11,10 @@ from celery import signals
 from celery.exceptions import Reject
 
 from store import StoreUnavailable
-from worker import execute
+from worker import execute, rounds
 from worker.app import app
 from worker.payload import RETRY_DELAY_MAX_S, TASK_NAME, BadMessage, Batch
-from worker.runtime import Runtime, current, share_cores
+from worker.runtime import Runtime, current, engine_for, share_cores
 
 log = logging.getLogger("polyfit.worker")
 
@@ -77,4 +77,7 @@ def run_batch(self, payload: dict) -> dict:
         log.warning("batch %s handed back on stopping: %d jobs queued again with their state",
                     self.request.id, out[execute.STOPPED])
         raise Reject(f"{out[execute.STOPPED]} jobs handed back on stopping", requeue=True)
+    # A search's round may have ended with these results: ask and enqueue the next (once).
+    rounds.advance(engine_for(settings), settings, self.app, batch.sweep_id,
+                   private=_runtime().private)
     return out

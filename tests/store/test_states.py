@@ -55,3 +55,20 @@ def test_a_database_made_before_states_gets_the_table(engine):
     create_schema(engine)  # what every command and worker does on start
     assert {"sweep_id", "job_id", "epoch", "state"} <= {
         c["name"] for c in inspect(engine).get_columns("job_state")}
+
+
+def test_a_renamed_sweep_keeps_its_states_and_a_deleted_one_leaves_none(engine):
+    """A cancelled sweep's stopped jobs keep their states for a resume: they go with a rename
+    (under the new id) and with a delete."""
+    from store import manage as M
+
+    J.save_sweep(engine, "s1", "demo", {}, [job_row(0), job_row(1)])
+    J.claim_jobs(engine, "s1", ["job0000", "job0001"], "w1", 60)
+    S.suspend_jobs(engine, "s1", [("job0000", 100, b"a"), ("job0001", 100, b"b")], "w1")
+    J.cancel_sweep(engine, "s1")
+    M.rename_sweep(engine, "s1", "s2", "renamed")
+    assert S.load_states(engine, "s2", ["job0000", "job0001"]) == {"job0000": b"a",
+                                                                   "job0001": b"b"}
+    M.delete_sweep(engine, "s2")
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM job_state")).scalar_one() == 0
