@@ -31,14 +31,16 @@ from store.db import (
     sqlite_path,
     store_error,
 )
+from store.records import Base
 
 #: The role ``polyfit sql`` logs in as on PostgreSQL unless told otherwise.
 READER_ROLE = "polyfit_reader"
 #: Tables (and their columns) that make a database a polyfit results database.
 REQUIRED = {"sweeps": {"id", "name", "spec", "created_at"},
             "jobs": {"id", "sweep_id", "variant", "status", "mse", "worker", "attempts"}}
-#: polyfit's tables, which the account behind ``polyfit sql`` must not be able to change.
-TABLES = ("sweeps", "jobs", "loss_curve")
+#: polyfit's tables, which the account behind ``polyfit sql`` must not be able to change: every
+#: table the records declare (a hand-kept list missed the ones added later).
+TABLES = tuple(t.name for t in Base.metadata.sorted_tables)
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -243,6 +245,9 @@ def create_reader_role(url: str, role: str = READER_ROLE, password: str | None =
                     r, sql.Literal(password)))
             # Whatever it was given before: it must be able to write nothing of polyfit's.
             for table in TABLES:
+                if conn.execute("SELECT to_regclass(%s)",
+                                (f'"{schema}"."{table}"',)).fetchone()[0] is None:
+                    continue  # a database made before the table existed
                 conn.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(
                     sql.Identifier(schema, table), r))
             for granted in conn.execute(
