@@ -131,13 +131,14 @@ def submit_search(settings: Settings, plan, *, batch_size: int | None = None,
                   spread: int = 8, private: tuple[str, str] | None = None):
     """Record a search with its first round and enqueue it (a search recorded already is
     continued: what is queued is enqueued, and a round that ended is followed by the next)."""
-    from scheduler.submit import Submitted, carry_on
+    from scheduler.submit import Submitted, carry_on, check_growth
 
     search = plan.search
     asked, attrs = [], {}
     engine = make_engine(settings.db_url)
     try:
         create_schema(engine)
+        check_growth(engine, plan)
         if store_search.search_state(engine, plan.sweep_id) is None:
             try:
                 asked, attrs = ask_round(plan.spec, [], 0, {})

@@ -106,7 +106,9 @@ def _shared(spec: dict) -> dict:
 def check_growth(engine, plan: Plan) -> None:
     """Refuse (``SweepSpecError``, exit 2) to grow a recorded sweep with a spec of another
     target, x grid or stop_at_gap: its jobs would mix two problems under one name (and one
-    figure), and the sweep's spec would describe only the latest."""
+    figure), and the sweep's spec would describe only the latest. A search grows only by its
+    ``trials`` (and ``round``): another sampler, seed or space is another search, and a grid
+    never becomes a search nor a search a grid."""
     recorded = store_jobs.find_sweep(engine, plan.sweep_id)
     if recorded is None or recorded.id != plan.sweep_id:
         return
@@ -119,6 +121,21 @@ def check_growth(engine, plan: Plan) -> None:
             f"sweep {plan.name!r} is recorded with {', '.join(differ)}: a sweep has one "
             "target, x grid and stop_at_gap and grows only with more of its grid; give "
             "another --name for a new sweep")
+    searched, searching = (recorded.spec or {}).get("search"), plan.spec.get("search")
+    if (searched is None) != (searching is None):
+        raise SweepSpecError(
+            f"sweep {plan.name!r} is recorded as a {'grid' if searched is None else 'search'}"
+            f": it cannot go on as a {'search' if searched is None else 'grid'}; give another "
+            "--name for a new sweep")
+    if searched is not None:
+        fixed = [key for key in sorted((set(searched) | set(searching)) - {"trials", "round"})
+                 if searched.get(key) != searching.get(key)]
+        fixed += [key for key in ("grid", "x") if (recorded.spec or {}).get(key) !=
+                  plan.spec.get(key)]
+        if fixed:
+            raise SweepSpecError(
+                f"sweep {plan.name!r} is a search recorded with another {', '.join(fixed)}: a "
+                "search grows only by its trials; give another --name for a new search")
 
 
 def _group_sizes(plan: Plan) -> dict[tuple, int]:

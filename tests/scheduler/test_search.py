@@ -245,3 +245,39 @@ def test_every_sampler_asks_rounds_reproducibly(sampler, needs):
     first = _history(spec, 3)
     assert [t.job_id for t in first] == [t.job_id for t in _history(spec, 3)]
     assert len({t.params["lr"] for t in first}) == 12  # no point asked twice
+
+
+def test_a_search_grows_only_by_its_trials(tmp_path):
+    """The same name with another sampler, seed or space is another search: refused (exit 2)
+    with nothing changed, instead of showing the first search's results as the second's; more
+    trials continue it; a grid never turns into a search, nor a search into a grid."""
+    import json
+
+    import yaml
+
+    db = f"sqlite:///{tmp_path / 'r.sqlite'}"
+
+    def submit(spec: dict, name: str = "s"):
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump({**spec, "name": name}))
+        return CliRunner().invoke(cli, ["sweep", "submit", str(path), "--db", db])
+
+    assert submit(SPEC).exit_code == 0
+    recorded = store_jobs.find_sweep(make_engine(db), "s")
+    for change in ({"search": {**SPEC["search"], "sampler": "random"}},
+                   {"search": {**SPEC["search"], "seed": 1}},
+                   {"grid": {**SPEC["grid"], "epochs": [40]}},
+                   {"grid": {**SPEC["grid"], "lr": {"log": [1e-8, 1e-5]}}}):
+        r = submit({**SPEC, **change})
+        assert r.exit_code == 2 and "a search grows only by its trials" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    after = store_jobs.find_sweep(make_engine(db), "s")
+    assert json.dumps(after.spec, sort_keys=True) == json.dumps(recorded.spec, sort_keys=True)
+    assert submit({**SPEC, "search": {**SPEC["search"], "trials": 16}}).exit_code == 0
+    assert store_search.search_state(make_engine(db), recorded.id).trials == 16
+    grid = {"x": SPEC["x"], "grid": {"variant": ["autograd"], "lr": [1e-6], "epochs": [20]}}
+    assert submit(grid, name="g").exit_code == 0
+    r = submit(SPEC, name="g")
+    assert r.exit_code == 2 and "recorded as a grid" in r.output, r.output
+    r = submit(grid, name="s")
+    assert r.exit_code == 2 and "recorded as a search" in r.output, r.output
