@@ -55,6 +55,11 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
     if plan.search is not None:
         from scheduler.search import submit_search
 
+        if fresh:
+            raise SweepSpecError(
+                "--fresh: a search trains every job it asks (none is reused from other "
+                "sweeps) and asks each trial once; give another --name to search again")
+
         return submit_search(settings, plan, batch_size=batch_size, spread=spread,
                              private=private)
     engine = make_engine(settings.db_url)

@@ -138,14 +138,22 @@ def _left_to_gpus(settings: Settings, plan) -> None:
     forever; with a fleet's broker, it says that they are left to the fleet's GPU workers."""
     from worker.queues import LOCAL_DEVICES
 
-    if all(t.device in LOCAL_DEVICES for t in plan.templates):
+    if plan.search is not None:  # its jobs are asked round by round: the device axis says
+        devices = plan.spec["grid"][0].get("device", "cpu")
+        devices = devices if isinstance(devices, list) else [devices]
+        if all(d in LOCAL_DEVICES for d in devices):
+            return
+        gpu = plan.search["trials"] if all(d not in LOCAL_DEVICES for d in devices) else 0
+        jobs = plural(gpu, "job") if gpu else "the jobs on a GPU"
+    elif all(t.device in LOCAL_DEVICES for t in plan.templates):
         return
-    gpu = sum(1 for job in plan.iter_jobs() if job.device not in LOCAL_DEVICES)
-    if not gpu:
-        return
+    else:
+        gpu = sum(1 for job in plan.iter_jobs() if job.device not in LOCAL_DEVICES)
+        if not gpu:
+            return
+        jobs = plural(gpu, "job")
     from worker.launch import cuda_device_count
 
-    jobs = plural(gpu, "job")
     if settings.broker is None and cuda_device_count() == 0:
         raise InputError(
             f"{jobs} of sweep {plan.name} need a GPU, this machine has none, and the embedded "

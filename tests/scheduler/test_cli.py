@@ -317,6 +317,14 @@ def test_sweep_run_of_gpu_jobs_on_a_machine_without_one_is_refused_up_front(run,
     assert "2 jobs of sweep sweep need a GPU, this machine has none" in r.stderr
     assert "polyfit worker --device cuda --gpus all" in r.stderr
     assert not (tmp_path / "polyfit.sqlite").exists()  # nothing recorded
+    # A search too: its jobs are asked round by round, its device axis says where they run.
+    pytest.importorskip("optuna")
+    for devices, said in (("cuda", "4 jobs of sweep"), ("cpu,cuda", "the jobs on a GPU")):
+        r = run("sweep", "run", "--variant", "autograd", "--device", devices, "--lr",
+                "log:1e-7:1e-5", "--sampler", "tpe", "--trials", "4", "--epochs", "5")
+        _one_line_error(r)
+        assert said in r.stderr and "this machine has none" in r.stderr, r.stderr
+        assert not (tmp_path / "polyfit.sqlite").exists()
 
 
 def test_a_401_digit_number_in_a_spec_is_one_line_exit_2_and_writes_nothing(run, tmp_path):

@@ -281,3 +281,7 @@ def test_a_search_grows_only_by_its_trials(tmp_path):
     assert r.exit_code == 2 and "recorded as a grid" in r.output, r.output
     r = submit(grid, name="s")
     assert r.exit_code == 2 and "recorded as a search" in r.output, r.output
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "name": "s"}))
+    r = CliRunner().invoke(cli, ["sweep", "submit", str(tmp_path / "spec.yaml"), "--fresh",
+                                 "--db", db])
+    assert r.exit_code == 2 and "--fresh: a search trains every job" in r.output, r.output
