@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from polyfit_models import TARGETS, VARIANTS
 from polyfit_results import queries
 from polyfit_results.export import ExportError, output_path
-from polyfit_results.fits import fitted_values
+from polyfit_results.fits import fitted_values, per_point, variant_rank
 from store import jobs as store_jobs
 from store.records import DIVERGED, OK, RUNNING, SUCCEEDED
 
@@ -55,8 +55,8 @@ def load(engine: Engine, sweep: store_jobs.SweepRow) -> PlotData:
     jobs = store_jobs.list_jobs(engine, sweep.id, sort="mse")
     best_rows = queries.best_per_group(engine, sweep.id, ["variant"])
     by_id = {j.id: j for j in jobs}
-    order = list(VARIANTS)
-    best = sorted((by_id[r["id"]] for r in best_rows), key=lambda j: order.index(j.variant))
+    best = sorted((by_id[r["id"]] for r in best_rows),
+                  key=lambda j: (variant_rank(j.variant), j.variant))
     running = [j.id for j in jobs if j.status == RUNNING]
     if not best and not running:
         raise PlotError(f"sweep {sweep.name} has no finished or running job to plot yet")
@@ -78,7 +78,7 @@ def x_grid(job: store_jobs.JobRow) -> np.ndarray:
 
 def _color(variant: str) -> tuple:
     # Fixed by the registry's order, so a variant has the same color in every plot.
-    return colormaps["tab10"](list(VARIANTS).index(variant) % 10)
+    return colormaps["tab10"](variant_rank(variant) % 10)
 
 
 # Variants that train the same model the same way (numpy, tensor, autograd) draw the very same
@@ -87,14 +87,7 @@ _DASHES = ["solid", (0, (6, 3)), (0, (2, 2)), (0, (8, 2, 2, 2)), (0, (4, 1.5)), 
 
 
 def _dash(variant: str):
-    return _DASHES[list(VARIANTS).index(variant) % len(_DASHES)]
-
-
-def _per_point(job: store_jobs.JobRow, loss: float | None) -> float | None:
-    # Put every variant's loss on one scale: sum-of-squares variants divided by the points.
-    if loss is None:
-        return None
-    return loss / job.x_points if VARIANTS[job.variant].loss == "sse" else loss
+    return _DASHES[variant_rank(variant) % len(_DASHES)]
 
 
 def _label_lr(lr: float) -> str:
@@ -153,14 +146,13 @@ def _draw_losses(fig: Figure, spec, data: PlotData) -> None:
     by_id = {j.id: j for j in data.jobs}
     best_ids = {j.id for j in data.best}
     last_epochs: list[int] = []
-    order = list(VARIANTS)
     # Faint curves first, then the bold ones in registry order (that is the legend's order).
     drawn = sorted((by_id[job_id] for job_id, curve in data.curves.items() if curve),
-                   key=lambda j: (j.id in best_ids, order.index(j.variant), j.id))
+                   key=lambda j: (j.id in best_ids, variant_rank(j.variant), j.variant, j.id))
     for job in drawn:
         curve = data.curves[job.id]
         epochs = [e for e, _ in curve]
-        losses = [_per_point(job, v) for _, v in curve]
+        losses = [per_point(job, v) for _, v in curve]
         bold = job.id in best_ids
         ax.plot(epochs, [np.nan if v is None else v for v in losses], color=_color(job.variant),
                 ls=_dash(job.variant) if bold else "solid", lw=1.8 if bold else 0.7,
@@ -175,7 +167,7 @@ def _draw_losses(fig: Figure, spec, data: PlotData) -> None:
     for job in data.best:
         if job.status != DIVERGED or data.curves.get(job.id) or job.diverged_at_epoch is None:
             continue
-        loss = _per_point(job, job.final_loss)
+        loss = per_point(job, job.final_loss)
         if loss is not None and math.isfinite(loss) and loss > 0:
             epoch = max(job.diverged_at_epoch, 1)
             ax.plot([epoch], [loss], marker="x", ls="none", ms=8, mew=2,
@@ -258,7 +250,7 @@ class _Maps:
 
 
 def _plan_maps(jobs: Sequence[store_jobs.JobRow], width_in: float) -> _Maps:
-    variants = [v for v in VARIANTS if any(j.variant == v for j in jobs)]
+    variants = sorted({j.variant for j in jobs}, key=lambda v: (variant_rank(v), v))
     per_variant = {v: _cells([j for j in jobs if j.variant == v]) for v in variants}
     columns = sum(len(degrees) for _, degrees, _ in per_variant.values())
     rows = max(len(lrs) for lrs, _, _ in per_variant.values())

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
 from polyfit_models.registry import is_plugin
+from polyfit_results.fits import variant_rank
 from store import jobs as store_jobs
 from store import search as store_search
 from store.clock import db_now
@@ -169,7 +169,6 @@ def _slowest_running(engine: Engine, sweep_id: str, now) -> float | None:
 GROUP_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device", "dtype",
                  "target")
 
-_VARIANT_ORDER = {name: i for i, name in enumerate(VARIANTS)}
 
 
 def best_per_group(engine: Engine, sweep_id: str, by: Sequence[str]) -> list[dict]:
@@ -193,5 +192,5 @@ def described(job: store_jobs.JobRow) -> dict:
 def _group_order(by: Sequence[str], key: tuple) -> tuple:
     # Variants in the registry's order, other values as themselves (each position holds one
     # column's values, all of one type, so the tuples compare).
-    return tuple(_VARIANT_ORDER.get(v, len(_VARIANT_ORDER)) if b == "variant" else v
+    return tuple((variant_rank(v), v) if b == "variant" else v
                  for b, v in zip(by, key))

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from polyfit_models import TARGETS, VARIANTS
+from polyfit_models import TARGETS
 from polyfit_results.dashboard.data import Cell, variant_order
-from polyfit_results.fits import fitted_values
+from polyfit_results.fits import fitted_values, loss_kind, per_point
 from store.jobs import JobRow
 from store.records import DIVERGED
 
@@ -75,14 +75,6 @@ def _curve(values: np.ndarray) -> list[float | None]:
     """A drawn curve's values to 7 significant digits (what a screen can show; half the
     bytes of full floats), gaps where not finite."""
     return [float(f"{v:.7g}") if math.isfinite(v) else None for v in values.tolist()]
-
-
-def per_point(job: JobRow, loss: float | None) -> float | None:
-    """Every variant's training loss on one scale: sum-of-squares losses divided by the
-    number of points."""
-    if loss is None or not math.isfinite(loss):
-        return None
-    return loss / job.x_points if VARIANTS[job.variant].loss == "sse" else loss
 
 
 def _label(job: JobRow) -> str:
@@ -218,8 +210,8 @@ def curve_figure(job: JobRow, curve: list) -> dict:
         data.append({"type": "scatter", "mode": "markers", "x": epochs[-1:], "y": losses[-1:],
                      "name": f"diverged at epoch {job.diverged_at_epoch}",
                      "marker": {"symbol": "x", "size": 12, "color": DIVERGED_MARK}})
-    kind = "sum of squared errors" if VARIANTS[job.variant].loss == "sse" else \
-        "mean squared error"
+    kind = {"sse": "sum of squared errors", "mse": "mean squared error"}.get(
+        loss_kind(job.variant), "as its variant trains it")
     return {"data": data, "layout": _layout(
         height=380, showlegend=len(data) > 1,
         xaxis=_axis("epoch"), yaxis=_axis(f"loss ({kind})", type="log",

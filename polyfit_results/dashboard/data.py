@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import Engine, and_, case, func, inspect, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from polyfit_models import VARIANTS
+from polyfit_results.fits import variant_rank
 from store.db import store_error, transaction
 from store.jobs import JOB_COLUMNS, JobRow, as_utc
 from store.manage import labels_of
@@ -46,12 +46,9 @@ PER_PAGE = (25, 50, 100, 200, 500)
 FAINT_CURVES = 12
 DIVERGED_CURVES = 4
 
-_VARIANT_ORDER = {name: i for i, name in enumerate(VARIANTS)}
-
-
-def variant_order(variant: str) -> int:
-    """Variants in the registry's order (unknown ones last), as every table and chart shows."""
-    return _VARIANT_ORDER.get(variant, len(_VARIANT_ORDER))
+#: Variants in the registry's order (one not installed here after them), as every table and
+#: chart shows.
+variant_order = variant_rank
 
 
 # -- the sweeps ----------------------------------------------------------------------------------

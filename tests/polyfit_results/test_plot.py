@@ -224,3 +224,32 @@ def test_a_real_sweep_stores_loss_curves_that_sql_reads_and_plot_draws(run, tmp_
     p = run("plot", "curves", "-o", "fit.png")
     assert p.exit_code == 0, p.output
     _assert_real_png(tmp_path / "fit.png")
+
+
+def test_a_plugin_variant_not_installed_here_reads_as_stored(tmp_path):
+    """A sweep with jobs of a plugin's variant, read where the plugin is not installed (the
+    dashboard's host, a laptop): the figure, the tables and the dashboard show them as stored,
+    leaving out what needs the variant's code (its fitted curve), instead of an internal
+    error."""
+    from polyfit_results.dashboard import create_app
+    from tests.helpers import query
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    sweep = finished_sweep(url, [{"variant": ["numpy"], "lr": [1e-6], "degree": [3],
+                                  "seed": [0, 1], "epochs": [200]}], name="pv")
+    engine = make_engine(url)
+    with engine.begin() as c:
+        c.exec_driver_sql("UPDATE jobs SET variant = 'elsewhere' WHERE seed = 1")
+    engine.dispose()
+    job = query(url, "SELECT id FROM jobs WHERE variant = 'elsewhere'")[0]["id"]
+    for args in (["plot", "-o", str(tmp_path / "p.png")], ["best"], ["results"],
+                 ["job", job], ["compare", "pv", "pv"]):
+        r = CliRunner().invoke(cli, [*args, "--db", url])
+        assert r.exit_code == 0, (args, r.output)
+    assert "elsewhere" in CliRunner().invoke(cli, ["best", "--db", url]).output
+    client = create_app(url).test_client()
+    for path in ("/", f"/sweeps/{sweep}", *(f"/api/sweeps/{sweep}/charts/{c}"
+                                           for c in ("fits", "losses", "maps")),
+                 f"/sweeps/{sweep}/jobs/{job}", f"/api/sweeps/{sweep}/jobs/{job}/charts/curve",
+                 f"/api/sweeps/{sweep}/jobs/{job}/charts/fit"):
+        assert client.get(path).status_code == 200, path
