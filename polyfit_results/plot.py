@@ -384,15 +384,26 @@ def _plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def save_plot(engine: Engine, sweep: store_jobs.SweepRow, path: str | Path) -> Path:
-    """Draw the sweep's figure into ``path`` (format from its suffix: png, svg, pdf)."""
+def save_plot(engine: Engine, sweep: store_jobs.SweepRow, path: str | Path,
+              kind: str = "fits") -> Path:
+    """Draw the sweep's figure of ``kind`` (``polyfit_results.search_plots.KINDS``) into
+    ``path`` (format from its suffix: png, svg, pdf)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
     if fmt not in ("png", "svg", "pdf"):
         raise PlotError(f"{path}: the file name must end in .png, .svg or .pdf")
     if not path.parent.is_dir():
         raise PlotError(f"{path}: no folder {path.parent}")
-    fig = draw(load(engine, sweep))
+    if kind == "fits":
+        fig = draw(load(engine, sweep))
+    else:
+        from polyfit_results.search_plots import DRAW
+        from polyfit_results.studies import StudyError
+
+        try:
+            fig = DRAW[kind](engine, sweep)
+        except StudyError as e:
+            raise PlotError(f"sweep {sweep.name}: {e}") from e
     try:
         with output_path(path) as where:  # written whole, or not at all
             fig.savefig(where, format=fmt, dpi=130)

@@ -46,15 +46,18 @@ class LiveProgress:
             self._bar.stop()
 
     def show(self, p: SweepProgress, last: bool = False) -> None:
+        search = p.to_dict()["search"]
+        rounds = "" if search is None else f" | {report.search_detail(search)}"
         if self._bar is not None:
             self._bar.update(self._task, completed=p.ended, total=p.total,
                              detail=report.progress_detail(p.counts, p.total, p.fits_per_s,
-                                                           p.eta_s, p.idle_s, p.running_done))
+                                                           p.eta_s, p.idle_s, p.running_done)
+                             + rounds)
             return
         now = time.monotonic()
         if last or now - self._last >= self.every_s:
             prefix = f"{self.label}: " if self.label else ""
             print(prefix + report.progress_line(p.counts, p.total, p.fits_per_s, p.eta_s,
-                                                p.idle_s, p.running_done),
+                                                p.idle_s, p.running_done) + rounds,
                   file=self.stream, flush=True)
             self._last = now

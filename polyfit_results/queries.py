@@ -13,9 +13,10 @@ from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
 from polyfit_models.registry import is_plugin
 from store import jobs as store_jobs
+from store import search as store_search
 from store.clock import db_now
 from store.jobs import as_utc
-from store.records import ENDED, QUEUED, RUNNING
+from store.records import CANCELLED, ENDED, QUEUED, RUNNING
 
 
 class GroupError(ValueError):
@@ -45,9 +46,17 @@ class Progress:
     # Plugin variants whose queued jobs no worker has taken for IDLE_AFTER_S: no worker with
     # their package installed serves the sweep (name -> seconds).
     unserved: dict[str, float] = field(default_factory=dict)
+    #: A search's state (``store.search.SearchState``), None for a grid.
+    search: object = None
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if self.search is not None:
+            s = self.search
+            out["search"] = {"sampler": s.sampler, "round": s.round,
+                             "rounds": -(-s.trials // s.round_size), "asked": s.asked,
+                             "trials": s.trials, "state": s.state, "error": s.error}
+        return out
 
 
 def device_class(device: str) -> str:
@@ -81,7 +90,11 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
         running_done = sum(r.work for r in reported) / running_work
     total = sum(counts.values())
     ended = sum(n for s, n in counts.items() if s in ENDED)
-    done = store_jobs.all_ended(counts)
+    # A search is done when its sampler has nothing more to ask, not when a round has ended
+    # (or when it was cancelled: no round follows one with a cancelled job until a resume).
+    search = store_search.search_state(engine, sweep.id)
+    done = store_jobs.all_ended(counts) and (
+        search is None or not search.running or bool(counts.get(CANCELLED)))
     finished = store_jobs.last_finish(engine, sweep.id)
     # This run of the sweep began when it was last submitted to, grown, continued or resumed:
     # its rate, ETA and idle time are this run's own, not counted from an earlier run's work.
@@ -116,7 +129,7 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
         idle = idle_for if idle_for >= IDLE_AFTER_S else None
     unserved = {} if done else _unserved(engine, sweep, now, began)
     return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done, idle,
-                    running_done, unserved)
+                    running_done, unserved, search)
 
 
 def plugin_variants(spec: dict) -> list[str]:

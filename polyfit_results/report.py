@@ -183,3 +183,13 @@ def format_seconds(s: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def search_detail(search: dict) -> str:
+    """'tpe round 2/3, 16/24 trials' (and 'done', or 'failed: why'), from ``Progress.to_dict``'s
+    ``search``."""
+    text = (f"{search['sampler']} round {search['round']}/{search['rounds']}, "
+            f"{search['asked']}/{search['trials']} trials")
+    if search["state"] == "failed":
+        return f"{text}, search failed: {search['error']}"
+    return f"{text}, search done" if search["state"] == "done" else text

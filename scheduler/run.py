@@ -160,6 +160,10 @@ def _wait(settings: Settings, target: Target, local: LocalWorkers) -> int:
                 p = queries.progress(engine, sweep)
                 if p.done:
                     live.show(p, last=True)
+                    if p.search is not None and p.search.state == "failed":
+                        click.echo(f"Error: the search failed: {p.search.error} (every result "
+                                   "is kept)", err=True)
+                        return 1
                     if p.counts.get(CANCELLED):
                         click.echo(f"note: {report.plural(p.counts[CANCELLED], 'job')} of the "
                                    "sweep cancelled (`polyfit sweep resume` trains them)",

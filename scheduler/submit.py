@@ -50,7 +50,13 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
     (succeeded, diverged, failed or cancelled) is left as it is: submitting again never undoes
     a cancel nor retrains a result (``resume`` retries failed and cancelled jobs); ``fresh``
     trains every job of the plan again. ``private``: a ``sweep run``'s (sweep, own queue), see
-    ``worker.queues.route``."""
+    ``worker.queues.route``. A search (``plan.search``) records and enqueues its first round
+    (``scheduler.search``)."""
+    if plan.search is not None:
+        from scheduler.search import submit_search
+
+        return submit_search(settings, plan, batch_size=batch_size, spread=spread,
+                             private=private)
     engine = make_engine(settings.db_url)
     try:
         create_schema(engine)
@@ -180,6 +186,10 @@ def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_
         sent, batches = _publish_rows(settings, sweep_id, chunks, batch_size, spread, private)
     finally:
         engine.dispose()
+    from scheduler.search import continue_search
+
+    # A search whose round ended with nobody left to ask the next one: ask it now.
+    sent += continue_search(settings, sweep_id, private=private)
     return Submitted(sweep_id, 0, sent, batches)
 
 

@@ -29,7 +29,7 @@ from polyfit_models.spec import MAX_EPOCHS, MAX_LR, MAX_POINTS, SEED_LIMIT
 from worker.queues import is_device
 
 AXES = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device")
-TOP_KEYS = ("name", "target", "x", "grid", "sample", "stop_at_gap")
+TOP_KEYS = ("name", "target", "x", "grid", "sample", "stop_at_gap", "search")
 #: The axes a range (``{log: [a, b], num: n}``, ``{linear: [a, b], num: n}``) may define.
 RANGE_AXES = ("lr", "degree", "seed", "epochs")
 X_KEYS = ("start", "stop", "points")
@@ -105,6 +105,9 @@ class Plan:
     skipped: tuple[str, ...]
     sample: tuple[int, int] | None = None
     notes: tuple[str, ...] = ()
+    #: A search's settings ({sampler, trials, round, seed}); its jobs are asked round by
+    #: round (``scheduler.search``), not made by ``templates``.
+    search: dict | None = None
 
     def iter_jobs(self) -> Iterator[Job]:
         """Every job once (a job that two grids or an ignored axis make twice, once)."""
@@ -479,6 +482,7 @@ def build_plan(
     memory_budget: Callable[[str], int] | None = None,
     sample: object = None,
     stop_at_gap: object = None,
+    search: Mapping | None = None,
 ) -> Plan:
     """Validate a spec (from YAML) plus axis overrides (from flags) and expand it into jobs.
 
@@ -503,6 +507,21 @@ def build_plan(
     if sweep_name is None:
         sweep_name = default_name
     check_name(sweep_name)
+    stop_gap = _stop_gap(stop_at_gap if stop_at_gap is not None else spec.get("stop_at_gap"))
+    flags = {k: v for k, v in (search or {}).items() if v is not None}
+    if "search" in spec or flags:
+        from scheduler.search import search_plan
+
+        if sample is not None or spec.get("sample") is not None:
+            raise SweepSpecError("sample: a search asks for its jobs; leave sample out")
+        settings = {"target": target, "x": {k.removeprefix("x_"): v for k, v in x.items()}}
+        if stop_gap is not None:
+            settings["stop_at_gap"] = stop_gap
+        sid = sweep_id_of(sweep_name)
+        return search_plan(spec.get("search"), flags, _grids(spec, overrides), settings,
+                           lambda search, normalized: Plan(
+                               sid, sweep_name, {"name": sweep_name, **normalized}, (), (),
+                               search=search))
 
     grids = [{axis: parse_axis(axis, values, max_jobs) for axis, values in g.items()}
              for g in _grids(spec, overrides)]
@@ -516,7 +535,6 @@ def build_plan(
         raise SweepSpecError(f"the grid has up to {upper:,} jobs, over the limit of {max_jobs:,} "
                              "(POLYFIT_MAX_JOBS)")
 
-    stop_gap = _stop_gap(stop_at_gap if stop_at_gap is not None else spec.get("stop_at_gap"))
     templates: list[Template] = []
     skipped: dict[str, None] = {}
     notes: dict[str, None] = {}

@@ -9,7 +9,16 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from store.db import StoreError, transaction
-from store.records import QUEUED, RUNNING, JobRecord, LossPointRecord, SweepRecord
+from store.records import (
+    QUEUED,
+    RUNNING,
+    JobRecord,
+    LossPointRecord,
+    SearchRecord,
+    SweepRecord,
+    TrialRecord,
+)
+from store.search import _has_tables
 
 #: Limits of a label: tags are short words, a note a paragraph.
 MAX_TAG = 64
@@ -29,6 +38,9 @@ def rename_sweep(engine: Engine, sweep_id: str, new_id: str, new_name: str) -> N
     another sweep has the name, and while a job of the sweep is queued or running (their
     messages on the broker name the old id)."""
     new_name = _checked_name(new_name)
+    # A search's round counter and trials go with it (deleting the old sweep row would cascade
+    # to them).
+    searched = (SearchRecord, TrialRecord) if _has_tables(engine) else ()
     with transaction(engine) as s:
         rec = s.get(SweepRecord, sweep_id)
         if rec is None:
@@ -51,7 +63,7 @@ def rename_sweep(engine: Engine, sweep_id: str, new_id: str, new_name: str) -> N
         s.execute(insert(SweepRecord).values(
             id=new_id, name=new_name, spec=rec.spec, created_at=rec.created_at,
             used_at=rec.used_at, tags=rec.tags, note=rec.note))
-        for table in (JobRecord, LossPointRecord):
+        for table in (JobRecord, LossPointRecord, *searched):
             s.execute(update(table).where(table.sweep_id == sweep_id).values(sweep_id=new_id)
                       .execution_options(synchronize_session=False))
         s.execute(delete(SweepRecord).where(SweepRecord.id == sweep_id)

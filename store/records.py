@@ -156,3 +156,41 @@ class JobStateRecord(Base):
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer)  # epochs done
     state: Mapped[bytes] = mapped_column(LargeBinary)
+
+class SearchRecord(Base):
+    """A sweep whose jobs a sampler asks for, round after round (``search:`` in its spec).
+
+    ``round`` counts the rounds asked so far; the worker that stores a round's last result
+    advances it with a compare-and-set (``store.search.advance_round``) in the transaction
+    that records the next round's jobs, so each round is asked and enqueued once."""
+
+    __tablename__ = "searches"
+
+    sweep_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    sampler: Mapped[str] = mapped_column(String(16))
+    trials: Mapped[int] = mapped_column(Integer)
+    round_size: Mapped[int] = mapped_column(Integer)
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    # running, done or failed (a sampler that raised: ``error`` says why).
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The study's system attributes after the last round asked (QMC's place in its sequence).
+    study_attrs: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class TrialRecord(Base):
+    """One trial of a search: the job it made and what the sampler asked (its parameters and
+    the sampler's own notes on it, e.g. CMA-ES's state), in the order asked."""
+
+    __tablename__ = "trials"
+
+    sweep_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict] = mapped_column(JSON)
+    system_attrs: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+    __table_args__ = (Index("ix_trials_sweep_round", "sweep_id", "round"),)

@@ -10,10 +10,10 @@ import os
 from celery import signals
 
 from store import StoreUnavailable
-from worker import execute
+from worker import execute, rounds
 from worker.app import app
 from worker.payload import RETRY_DELAY_MAX_S, TASK_NAME, BadMessage, Batch
-from worker.runtime import Runtime, current, share_cores
+from worker.runtime import Runtime, current, engine_for, share_cores
 
 log = logging.getLogger("polyfit.worker")
 
@@ -67,4 +67,8 @@ def run_batch(self, payload: dict) -> dict:
     # must never be claimed by a second process while the first one still trains it.
     worker = f"{self.request.hostname or 'worker'}/{os.getpid()}"
     share_cores(_runtime())  # workers of the host may have come or gone since the last batch
-    return execute.run_batch(batch, _runtime(), worker=worker)
+    done = execute.run_batch(batch, _runtime(), worker=worker)
+    # A search's round may have ended with these results: ask and enqueue the next (once).
+    rounds.advance(engine_for(settings), settings, self.app, batch.sweep_id,
+                   private=_runtime().private)
+    return done

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
 from polyfit_results import queries, report
-from polyfit_results.dashboard import charts, data, params
+from polyfit_results.dashboard import charts, data, params, search_charts
 from store import jobs as store_jobs
 from store.clock import db_now
 from store.manage import labels_of
@@ -135,11 +135,14 @@ def _state(p: queries.Progress) -> str:
 
 def _progress(sweep: store_jobs.SweepRow) -> dict:
     p = queries.progress(_engine(), sweep)
+    search = p.to_dict()["search"]
+    rounds = "" if search is None else f" | {report.search_detail(search)}"
     return {"total": p.total, "ended": p.ended, "done": p.done, "counts": p.counts,
             "percent": round(100 * p.ended / p.total, 1) if p.total else 0.0,
             "progress": f"{p.ended:,}/{p.total:,}", "state": _state(p),
             "detail": report.progress_detail(p.counts, p.total, p.fits_per_s, p.eta_s,
-                                             p.idle_s, p.running_done)}
+                                             p.idle_s, p.running_done) + rounds,
+            "search": search}
 
 
 def _job_filter() -> data.JobFilter:
@@ -185,6 +188,7 @@ def sweep(ref: str):
         rows=[r.to_dict(gap=True) for r in rows], total=total, page=page, pages=pages,
         per_page=per_page, per_page_choices=data.PER_PAGE, columns=TABLE_COLUMNS,
         sort_columns=data.SORT_COLUMNS, link=_link,
+        searched="search" in (target.spec or {}),
         spec_text=json.dumps(target.spec, indent=1, sort_keys=True))
 
 
@@ -220,6 +224,8 @@ def api_chart(ref: str, name: str):
         return jsonify(charts.losses_figure(jobs, data.best_of(jobs), curves))
     if name == "maps":
         return jsonify(charts.maps_figure(data.map_cells(engine, target.id)))
+    if name in search_charts.FIGURES:
+        return jsonify(search_charts.FIGURES[name](engine, target))
     abort(404, f"no chart {params.shown(name)}")
 
 

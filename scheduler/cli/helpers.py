@@ -20,6 +20,7 @@ from store import jobs as store_jobs
 from store import make_engine
 from store.db import ENV_DB, StoreError, sqlite_path
 from store.reader import open_results
+from worker.search import SAMPLERS
 from worker.settings import ENV_BROKER, Settings
 
 #: The columns of ``polyfit results`` as a table (the other formats carry every column).
@@ -153,6 +154,14 @@ def sweep_inputs(f):
                      help="Stop a job early once its mse is within GAP of the least-squares "
                           "optimum (mse - optimum_mse <= GAP); it records the epoch and counts "
                           "as succeeded.")(f)
+    f = click.option("--round", "search_round", type=click.IntRange(1, 100_000), default=None,
+                     help="A search asks its sampler for this many jobs at once.")(f)
+    f = click.option("--trials", "search_trials", type=click.IntRange(1, 100_000),
+                     default=None, help="A search asks for this many jobs in all.")(f)
+    f = click.option("--sampler", "search_sampler",
+                     type=click.Choice(SAMPLERS), default=None,
+                     help="Search instead of enumerating: Optuna's sampler asks for the jobs, "
+                          "round by round (a range without num is continuous).")(f)
     f = click.option("--sample", default=None, metavar="N[:SEED]",
                      help="Train N jobs drawn at random (without repeats; seed 0 unless "
                           "given) from the grid instead of all of it.")(f)
@@ -216,7 +225,10 @@ def make_plan(spec_path: str | None, axes: dict, name: str | None, settings: Set
     plan = build_plan(raw, overrides, name=name, default_name=default_name,
                       max_jobs=settings.max_jobs, max_job_work=settings.max_job_work,
                       memory_budget=settings.budget_bytes, sample=sample,
-                      stop_at_gap=stop_at_gap)
+                      stop_at_gap=stop_at_gap,
+                      search={"sampler": axes.get("search_sampler"),
+                              "trials": axes.get("search_trials"),
+                              "round": axes.get("search_round")})
     for reason in plan.skipped:
         click.echo(f"left out: {reason}", err=True)
     for note in plan.notes:

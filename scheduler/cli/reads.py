@@ -136,7 +136,8 @@ def _status_line(p: queries.Progress) -> str:
         p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s, p.running_done)
     if p.unserved:
         line += f" | no worker for {', '.join(p.unserved)}"
-    return line
+    search = p.to_dict()["search"]
+    return line if search is None else f"{line} | {report.search_detail(search)}"
 
 
 def _watch(engine, target, as_json: bool, interval: float | None, hint) -> queries.Progress:
@@ -424,16 +425,22 @@ def job(settings: Settings, job_ref, sweep_ref, fmt) -> None:
 @click.option("-o", "--output", "output", required=True, metavar="FILE.png",
               type=click.Path(dir_okay=False, writable=True),
               help="Where to write the figure (.png, .svg or .pdf).")
+@click.option("--kind", type=click.Choice(("fits", "importance", "history", "parallel")),
+              default="fits", show_default=True,
+              help="fits: curves, losses and a lr x degree map; importance: each axis's "
+                   "importance for mse (Optuna); history: best mse over trials; parallel: "
+                   "parallel coordinates coloured by mse.")
 @pass_settings()
-def plot(settings: Settings, sweep_ref, output) -> None:
-    """Fitted curves against the target, loss curves, and a lr x degree map of the mse."""
+def plot(settings: Settings, sweep_ref, output, kind) -> None:
+    """Fitted curves against the target, loss curves, and a lr x degree map of the mse (or,
+    with --kind, a search's figures)."""
     from polyfit_results.plot import PlotError, save_plot
 
     not_over_the_database(output, settings)
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
     try:
-        path = save_plot(engine, target, output)
+        path = save_plot(engine, target, output, kind)
     except PlotError as e:
         raise InputError(str(e)) from e
     click.echo(f"sweep {target.name}: plot written to {path}")
