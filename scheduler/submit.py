@@ -188,9 +188,23 @@ def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_
         engine.dispose()
     from scheduler.search import continue_search
 
-    # A search whose round ended with nobody left to ask the next one: ask it now.
+    # A halving rung, or a search's round, that ended with nobody left to rank it or ask the
+    # next one: do it now.
+    sent += continue_halving(settings, sweep_id, private=private)
     sent += continue_search(settings, sweep_id, private=private)
     return Submitted(sweep_id, 0, sent, batches)
+
+
+def continue_halving(settings: Settings, sweep_id: str, *,
+                     private: tuple[str, str] | None = None) -> int:
+    """Rank a halving sweep's complete rung and enqueue the next (``worker.halving``)."""
+    from worker.halving import advance
+
+    engine = make_engine(settings.db_url)
+    try:
+        return advance(engine, settings, make_app(settings), sweep_id, private=private)
+    finally:
+        engine.dispose()
 
 
 def drop_queue(settings: Settings, name: str) -> None:

@@ -10,7 +10,7 @@ import os
 from celery import signals
 
 from store import StoreUnavailable
-from worker import execute, rounds
+from worker import execute, halving, rounds
 from worker.app import app
 from worker.payload import RETRY_DELAY_MAX_S, TASK_NAME, BadMessage, Batch
 from worker.runtime import Runtime, current, engine_for, share_cores
@@ -68,7 +68,9 @@ def run_batch(self, payload: dict) -> dict:
     worker = f"{self.request.hostname or 'worker'}/{os.getpid()}"
     share_cores(_runtime())  # workers of the host may have come or gone since the last batch
     done = execute.run_batch(batch, _runtime(), worker=worker)
-    # A search's round may have ended with these results: ask and enqueue the next (once).
-    rounds.advance(engine_for(settings), settings, self.app, batch.sweep_id,
-                   private=_runtime().private)
+    # A halving rung may have ended with these results: rank it and enqueue the next (once);
+    # and a search's round: ask and enqueue the next (once).
+    engine = engine_for(settings)
+    halving.advance(engine, settings, self.app, batch.sweep_id, private=_runtime().private)
+    rounds.advance(engine, settings, self.app, batch.sweep_id, private=_runtime().private)
     return done
