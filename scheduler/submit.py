@@ -63,7 +63,9 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
         check_growth(engine, plan)
         recorded = store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
                                          (job.row() for job in plan.iter_jobs()),
-                                         reuse=not fresh)
+                                         # A halving's rungs rank every job on its own
+                                         # training: no result is taken from elsewhere.
+                                         reuse=not fresh and "halving" not in plan.spec)
         if recorded.new < recorded.given or fresh:
             # A re-run: some jobs are recorded already; the store says which need to run.
             if fresh:
