@@ -83,3 +83,23 @@ def test_the_fleet_finishes_a_submitted_halving_sweep_with_no_client(tmp_path, r
         assert status.returncode == 0, status.stderr
         assert "rung 4/4" in status.stdout
         _check_rungs(_jobs(url, sweep_id))
+
+
+def test_sweep_run_runs_a_search_whose_rounds_are_halved(tmp_path):
+    pytest.importorskip("optuna")
+    spec = SPEC.replace("lr: [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 0.1, 0.3]",
+                        "lr: {log: [1.0e-4, 0.3]}")
+    (tmp_path / "s.yaml").write_text(spec + "search: {sampler: random, trials: 16, round: 8}\n")
+    env = polyfit_env(POLYFIT_DB_URL=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    r = polyfit("sweep", "run", "s.yaml", "--workers", "2", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "round 2/2, 16/16 trials, search done | rung 4/4" in r.stderr, r.stderr
+    eng = create_engine(env["POLYFIT_DB_URL"])
+    with eng.connect() as c:
+        rounds = c.execute(text(
+            "SELECT t.round, j.status, j.rung FROM trials t JOIN jobs j ON j.id = t.job_id"
+        )).all()
+    eng.dispose()
+    for n in (0, 1):  # each round's rungs: 8 -> 4 -> 2 -> 1
+        assert sorted((s, g) for k, s, g in rounds if k == n) == sorted(
+            [("pruned", 0)] * 4 + [("pruned", 1)] * 2 + [("pruned", 2)] + [("succeeded", 3)])

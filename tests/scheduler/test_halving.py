@@ -83,3 +83,14 @@ def test_resume_ranks_the_rung_nobody_ranked(tmp_path):
     assert sorted(i for i, s in jobs.items() if s == "queued") == ["job0006", "job0007"]
     assert list(jobs.values()).count("pruned") == 6
     engine.dispose()
+
+
+def test_a_pruned_trial_is_told_to_the_sampler_as_pruned_at_the_epoch_it_reached():
+    optuna = pytest.importorskip("optuna")
+    from store.search import TrialRow
+    from worker.search import _frozen, distributions
+
+    _, space = distributions({"lr": {"log": [1e-4, 1e-2]}, "variant": ["autograd"]})
+    told = _frozen(optuna, TrialRow(0, 0, "j", {"lr": 1e-3}, {}, "pruned", 0.5, 125), space)
+    assert told.state == optuna.trial.TrialState.PRUNED
+    assert told.intermediate_values == {125: 0.5}
