@@ -162,11 +162,14 @@ def submit_search(settings: Settings, plan, *, batch_size: int | None = None,
 
 
 def continue_search(settings: Settings, sweep_id: str, *,
-                    private: tuple[str, str] | None = None) -> int:
+                    private: tuple[str, str] | None = None, reopen: bool = False) -> int:
     """Ask and enqueue the next round of a search whose last round ended with nobody to ask
-    it (a worker stopped between storing the last result and asking); returns the jobs sent."""
+    it (a worker stopped between storing the last result and asking, or had no Optuna);
+    ``reopen`` (``sweep resume``): a search that failed asks again. Returns the jobs sent."""
     engine = make_engine(settings.db_url)
     try:
+        if reopen:
+            store_search.reopen(engine, sweep_id)
         return advance(engine, settings, make_app(settings), sweep_id, private=private)
     finally:
         engine.dispose()

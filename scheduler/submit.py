@@ -193,7 +193,7 @@ def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_
     # A halving rung, or a search's round, that ended with nobody left to rank it or ask the
     # next one: do it now.
     sent += continue_halving(settings, sweep_id, private=private)
-    sent += continue_search(settings, sweep_id, private=private)
+    sent += continue_search(settings, sweep_id, private=private, reopen=bool(retry))
     return Submitted(sweep_id, 0, sent, batches)
 
 

@@ -211,3 +211,17 @@ def finish(engine: Engine, sweep_id: str, seen_round: int, state: str,
                    SearchRecord.state == RUNNING)
             .values(state=state, error=None if error is None else error[:2000])
             .execution_options(synchronize_session=False)).rowcount == 1
+
+
+@retry_conflicts
+def reopen(engine: Engine, sweep_id: str) -> bool:
+    """Let a failed search ask again (``sweep resume``: the sampler's failure may have been
+    passing); returns whether it had failed."""
+    if not _has_tables(engine):
+        return False
+    with transaction(engine) as s:
+        return s.execute(
+            update(SearchRecord)
+            .where(SearchRecord.sweep_id == sweep_id, SearchRecord.state == FAILED)
+            .values(state=RUNNING, error=None)
+            .execution_options(synchronize_session=False)).rowcount == 1

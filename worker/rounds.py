@@ -52,7 +52,12 @@ def advance(engine: Engine, settings: Settings, app, sweep_id: str, *,
                                    "round": state.round_size}}
         try:
             asked, attrs = ask_round(spec, past, state.round, state.study_attrs)
-        except (SamplerFailed, SearchError) as e:
+        except SearchError as e:
+            # This host cannot ask (no Optuna): not the sampler's failure. The round waits for
+            # `sweep resume` from a host that can.
+            log.error("search %s: round %d not asked here: %s", sweep_id, state.round + 1, e)
+            return sent
+        except SamplerFailed as e:
             if store_search.finish(engine, sweep_id, state.round, store_search.FAILED, str(e)):
                 log.error("search %s failed: %s", sweep_id, e)
             return sent

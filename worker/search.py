@@ -187,7 +187,10 @@ def ask_round(spec: Mapping, past: Sequence[TrialRow], round_no: int,
     out = []
     for trial in asked:
         params = {k: _plain(v) for k, v in trial.params.items()}
-        job, device = job_of(spec, {**fixed, **params})
+        try:
+            job, device = job_of(spec, {**fixed, **params})
+        except SpecError as e:
+            raise SamplerFailed(f"{search['sampler']} sampler asked {params}: {e}") from e
         job_id = trial_job_id(job, device, trial.number)
         out.append(Asked(trial.number, job_id, {"id": job_id, "device": device,
                                                 **job.to_dict()},

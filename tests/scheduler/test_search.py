@@ -212,6 +212,13 @@ def test_a_sampler_that_fails_mid_search_ends_it_failed_keeping_every_result(
     jobs = store_jobs.list_jobs(engine, plan.sweep_id)
     assert len(jobs) == 4 and {j.status for j in jobs} == {"succeeded"}
     assert queries.progress(engine, store_jobs.find_sweep(engine, plan.sweep_id)).done
+    # `sweep resume` lets it ask again, once the sampler works.
+    monkeypatch.undo()
+    if engine.dialect.name == "sqlite":
+        from scheduler.submit import resume
+
+        assert resume(Settings(db_url=str(engine.url)), plan.sweep_id).enqueued_jobs == 4
+        assert store_search.search_state(engine, plan.sweep_id).state == "running"
 
 
 def test_resume_asks_the_round_nobody_asked(tmp_path):
