@@ -315,11 +315,11 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
         remember_compiles(settings.compile_cache)
         states = _states(engine, batch.sweep_id, todo, patience)
         train = partial(fit_many, fuse=settings.fuse, progress=live)
-        budgets = _rung_budgets(engine, batch.sweep_id, todo, patience)
-        if budgets is None:
-            trainer = _continuing(partial(train, halt=stopping.halt), states)
-        else:
-            trainer = halving.rung_trainer(train, states, budgets, stopping.halt)
+        # Each job continues from its stored state, if any, to its end (or, in a sweep with
+        # successive halving, to its rung's end).
+        trainer = halving.rung_trainer(train, states,
+                                       _rung_budgets(engine, batch.sweep_id, todo, patience),
+                                       stopping.halt)
 
     def flush() -> None:
         store_jobs.record_progress(engine, batch.sweep_id, worker, live.take())
@@ -383,24 +383,15 @@ def _states(engine, sweep_id: str, todo: Sequence[tuple[str, JobSpec]],
     return states
 
 
-def _continuing(train: Callable, states: dict[int, JobState]) -> Trainer:
-    """``train`` (``fit_many`` with its options) continuing each job from its state, if any;
-    states that do not fit their jobs are dropped, and the batch starts afresh."""
-    def trainer(specs: Sequence[JobSpec], device: str) -> list:
-        return halving.call_from(train, specs, device, [states.get(id(s)) for s in specs])
-
-    return trainer
-
-
 def _rung_budgets(engine, sweep_id: str, todo: Sequence[tuple[str, JobSpec]],
-                  patience: float) -> dict[int, int] | None:
+                  patience: float) -> dict[int, int]:
     """For a sweep with successive halving, the epochs each job to train goes to in its
-    rung (keyed by its spec's ``id()``); None for any other sweep."""
+    rung (keyed by its spec's ``id()``); none for any other sweep."""
     sweep = _with_retries(lambda: store_jobs.find_sweep(engine, sweep_id), "read the sweep",
                           patience)
     plan = store_halving.Halving.of(sweep.spec if sweep else None)
     if plan is None or not todo:
-        return None
+        return {}
     rungs = _with_retries(lambda: store_halving.rungs_of(
         engine, sweep_id, [job_id for job_id, _ in todo]), "read rungs", patience)
     return {id(spec): plan.rung_epochs(rungs.get(job_id, 0), spec.epochs)

@@ -62,10 +62,11 @@ def call_from(train: Callable, specs: Sequence[JobSpec], device: str,
 
 def rung_trainer(train: Callable, states: dict[int, JobState], budgets: dict[int, int],
                  halt: Halt) -> Callable:
-    """A trainer (``execute.Trainer``) for jobs of a halving sweep: each spec (keyed by its
-    ``id()``) trains from its stored state to its budget, its rung's epochs. A job whose budget
-    is its own ``epochs`` gets its result; the others a ``Held`` or, when it ended inside the
-    rung, its result; a job stopped by ``halt`` (a worker asked to stop) its ``JobState``."""
+    """The worker's trainer (``execute.Trainer``): each spec (keyed by its ``id()``) trains
+    from its stored state, if any, to its budget: its rung's epochs in a halving sweep, its own
+    ``epochs`` where ``budgets`` has none. A job whose budget is its own ``epochs`` gets its
+    result; the others a ``Held`` or, when they ended inside the rung, their result; a job
+    stopped by ``halt`` (a worker asked to stop) its ``JobState``."""
     def trainer(specs: Sequence[JobSpec], device: str) -> list:
         out: list = [None] * len(specs)
         groups: dict[int, list[int]] = {}
