@@ -61,3 +61,14 @@ def test_a_job_that_diverges_inside_a_rung_ends_there():
 def test_a_worker_asked_to_stop_hands_back_states_inside_a_rung():
     out = _rung(_specs(), 350, halt=lambda done: done >= 100)
     assert all(isinstance(s, JobState) and s.epoch == 100 for s in out)
+
+
+def test_a_rung_stopped_midway_continues_to_the_rungs_own_result():
+    specs = _specs()
+    whole = _rung(specs, 350)  # to 300, kept there, on to 350
+    stopped = _rung(specs, 350, halt=lambda done: done >= 200)
+    assert [s.epoch for s in stopped] == [200] * 4
+    again = _rung(specs, 350, stopped)
+    assert [h.result.coefficients for h in again] == [h.result.coefficients for h in whole]
+    assert [h.state.arrays["params"].tolist() for h in again] == [
+        h.state.arrays["params"].tolist() for h in whole]
