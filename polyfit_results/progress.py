@@ -46,8 +46,7 @@ class LiveProgress:
             self._bar.stop()
 
     def show(self, p: SweepProgress, last: bool = False) -> None:
-        search = p.to_dict()["search"]
-        rounds = "" if search is None else f" | {report.search_detail(search)}"
+        rounds = report.phase_detail(p.to_dict())
         if self._bar is not None:
             self._bar.update(self._task, completed=p.ended, total=p.total,
                              detail=report.progress_detail(p.counts, p.total, p.fits_per_s,

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from polyfit_models.describe import formula
 from polyfit_models.registry import is_plugin
 from polyfit_results.fits import variant_rank
+from store import halving as store_halving
 from store import jobs as store_jobs
 from store import search as store_search
 from store.clock import db_now
@@ -48,6 +49,9 @@ class Progress:
     unserved: dict[str, float] = field(default_factory=dict)
     #: A search's state (``store.search.SearchState``), None for a grid.
     search: object = None
+    #: Successive halving's rung: {rung (0-based), rungs, epochs (the rung's), eta,
+    #: min_epochs}; None for a sweep without halving.
+    halving: dict | None = None
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -129,7 +133,26 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
         idle = idle_for if idle_for >= IDLE_AFTER_S else None
     unserved = {} if done else _unserved(engine, sweep, now, began)
     return Progress(sweep.id, sweep.name, total, counts, ended, rate, eta, done, idle,
-                    running_done, unserved, search)
+                    running_done, unserved, search, _rung(engine, sweep))
+
+
+def _rung(engine: Engine, sweep: store_jobs.SweepRow) -> dict | None:
+    """Where a halving sweep is (see ``Progress.halving``)."""
+    plan = store_halving.Halving.of(sweep.spec)
+    if plan is None:
+        return None
+    epochs = max((e for g in sweep.spec.get("grid") or [] for e in _epoch_values(g)),
+                 default=plan.min_epochs)
+    rung = store_halving.current_rung(engine, sweep.id)
+    return {"rung": rung, "rungs": plan.rungs(epochs), "epochs": plan.rung_epochs(rung, epochs),
+            "eta": plan.eta, "min_epochs": plan.min_epochs}
+
+
+def _epoch_values(grid: dict) -> list[int]:
+    values = grid.get("epochs") if isinstance(grid, dict) else None
+    if isinstance(values, dict):  # a search's range
+        return [int(v) for ends in values.values() for v in ends]
+    return [int(v) for v in values] if isinstance(values, list) else []
 
 
 def plugin_variants(spec: dict) -> list[str]:

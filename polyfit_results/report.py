@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from store.records import CANCELLED, ENDED, RUNNING
+from store.records import CANCELLED, ENDED, PAUSED, PRUNED, RUNNING
 
 FORMATS = ("table", "csv", "json")
 # No frame, a line of dashes under the header, nothing between columns but spaces.
@@ -146,6 +146,9 @@ def progress_detail(counts: Mapping[str, int], total: int, rate: float | None,
         parts.append(f"{counts['running']} running{through}")
     if counts.get(CANCELLED):
         parts.append(f"{counts['cancelled']} cancelled")
+    for status in (PAUSED, PRUNED):  # successive halving: waiting at a rung's end, pruned
+        if counts.get(status):
+            parts.append(f"{counts[status]} {status}")
     if rate:
         parts.append(f"{rate:.1f} fits/s")
     if eta_s is not None and done < total:
@@ -183,6 +186,18 @@ def format_seconds(s: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def phase_detail(progress: dict) -> str:
+    """' | tpe round 2/3, ...' and ' | rung 2/3 (500 epochs)' for a search and a halving, from
+    ``Progress.to_dict()``; '' for a plain grid."""
+    out = ""
+    if progress.get("search") is not None:
+        out += f" | {search_detail(progress['search'])}"
+    if progress.get("halving") is not None:
+        h = progress["halving"]
+        out += f" | rung {h['rung'] + 1}/{h['rungs']} ({h['epochs']} epochs)"
+    return out
 
 
 def search_detail(search: dict) -> str:

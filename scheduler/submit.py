@@ -68,7 +68,9 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
         check_growth(engine, plan)
         recorded = store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
                                          (job.row() for job in plan.iter_jobs()),
-                                         reuse=not fresh)
+                                         # A halving's rungs rank every job on its own
+                                         # training: no result is taken from elsewhere.
+                                         reuse=not fresh and "halving" not in plan.spec)
         if recorded.new < recorded.given or fresh:
             # A re-run: some jobs are recorded already; the store says which need to run.
             if fresh:
@@ -210,9 +212,23 @@ def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_
         engine.dispose()
     from scheduler.search import continue_search
 
-    # A search whose round ended with nobody left to ask the next one: ask it now.
+    # A halving rung, or a search's round, that ended with nobody left to rank it or ask the
+    # next one: do it now.
+    sent += continue_halving(settings, sweep_id, private=private)
     sent += continue_search(settings, sweep_id, private=private, reopen=bool(retry))
     return Submitted(sweep_id, 0, sent, batches)
+
+
+def continue_halving(settings: Settings, sweep_id: str, *,
+                     private: tuple[str, str] | None = None) -> int:
+    """Rank a halving sweep's complete rung and enqueue the next (``worker.halving``)."""
+    from worker.halving import advance
+
+    engine = make_engine(settings.db_url)
+    try:
+        return advance(engine, settings, make_app(settings), sweep_id, private=private)
+    finally:
+        engine.dispose()
 
 
 def drop_queue(settings: Settings, name: str) -> None:

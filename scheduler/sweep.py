@@ -29,7 +29,7 @@ from polyfit_models.spec import MAX_EPOCHS, MAX_LR, MAX_POINTS, SEED_LIMIT
 from worker.queues import is_device
 
 AXES = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device")
-TOP_KEYS = ("name", "target", "x", "grid", "sample", "stop_at_gap", "search")
+TOP_KEYS = ("name", "target", "x", "grid", "sample", "stop_at_gap", "search", "halving")
 #: The axes a range (``{log: [a, b], num: n}``, ``{linear: [a, b], num: n}``) may define.
 RANGE_AXES = ("lr", "degree", "seed", "epochs")
 X_KEYS = ("start", "stop", "points")
@@ -483,13 +483,15 @@ def build_plan(
     sample: object = None,
     stop_at_gap: object = None,
     search: Mapping | None = None,
+    halving: str | None = None,
 ) -> Plan:
     """Validate a spec (from YAML) plus axis overrides (from flags) and expand it into jobs.
 
     ``memory_budget(device)``: the bytes one batch may use on a job's device (see
     ``Settings.budget_bytes``); a job that alone needs more is refused. ``sample`` (the flag's
     ``N`` or ``N:SEED``) wins over the spec's ``sample: {n: N, seed: SEED}``, and
-    ``stop_at_gap`` (the flag) over the spec's ``stop_at_gap``."""
+    ``stop_at_gap`` (the flag) over the spec's ``stop_at_gap``, and ``halving`` (the flag's
+    ``ETA:MIN_EPOCHS``) over the spec's ``halving``."""
     spec = dict(spec or {})
     overrides = dict(overrides or {})
     unknown = set(spec) - set(TOP_KEYS)
@@ -518,10 +520,14 @@ def build_plan(
         if stop_gap is not None:
             settings["stop_at_gap"] = stop_gap
         sid = sweep_id_of(sweep_name)
-        return search_plan(spec.get("search"), flags, _grids(spec, overrides), settings,
+        plan = search_plan(spec.get("search"), flags, _grids(spec, overrides), settings,
                            lambda search, normalized: Plan(
                                sid, sweep_name, {"name": sweep_name, **normalized}, (), (),
                                search=search))
+        rungs = _halving(spec, halving, plan.spec["grid"])
+        if rungs is not None:
+            plan.spec["halving"] = rungs
+        return plan
 
     grids = [{axis: parse_axis(axis, values, max_jobs) for axis, values in g.items()}
              for g in _grids(spec, overrides)]
@@ -564,9 +570,18 @@ def build_plan(
         normalized["sample"] = {"n": sample[0], "seed": sample[1]}
     if stop_gap is not None:
         normalized["stop_at_gap"] = stop_gap
+    rungs = _halving(spec, halving, grids)
+    if rungs is not None:
+        normalized["halving"] = rungs
     return Plan(sweep_id=sweep_id_of(sweep_name), name=sweep_name, spec=normalized,
                 templates=tuple(templates), skipped=tuple(skipped), sample=sample,
                 notes=tuple(notes))
+
+
+def _halving(spec: Mapping, flag: str | None, grids: Sequence[Mapping]) -> dict | None:
+    from scheduler.halving import halving_setting
+
+    return halving_setting(spec.get("halving"), flag, grids, BUILTIN_VARIANTS, SweepSpecError)
 
 
 def _stop_gap(raw: object) -> float | None:

@@ -8,11 +8,12 @@ import dataclasses
 import itertools
 import sqlite3
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
+    Boolean,
     Engine,
     Integer,
     String,
@@ -42,6 +43,7 @@ from store.records import (
     ENDED,
     FAILED,
     OK,
+    PAUSED,
     QUEUED,
     RUNNING,
     JobRecord,
@@ -375,13 +377,20 @@ def _savable(worker: str):
 def save_results(
     engine: Engine, sweep_id: str, outcomes: Sequence[tuple[str, dict]], worker: str, ran_on: str,
     versions: str | None = None,
+    held: Mapping[str, tuple[int, int, bytes | None]] | None = None,
 ) -> int:
     """Store each job's result once (see ``_savable``): a second delivery of the same job, or
     a late writer whose job another worker took over, changes nothing. ``versions``: what
     trained them (see ``JobRecord.versions``).
 
     ``outcomes`` holds (job id, FitResult.to_dict()) or (job id, {"status": "failed",
-    "error": text}). Returns how many rows were written."""
+    "error": text}). ``held``: the jobs among them that reached the end of a successive-halving
+    rung, job id -> (epochs reached, the state's epochs, training state to continue from or
+    None): their result
+    is the rung's, stored ``paused`` with that state until the rung is ranked
+    (``store.halving``), and the attempt their claim counted is given back. Returns how many
+    rows were written."""
+    held = held or {}
     t = now_sql(engine)
     table = JobRecord.__table__
     by_id = dict(outcomes)
@@ -398,14 +407,25 @@ def save_results(
             ).all()
         if not owned:
             return 0
-        params = [{"b_id": job_id, **_result_values(by_id[job_id])} for job_id in owned]
+        params = [{"b_id": job_id, **_result_values(by_id[job_id]),
+                   "b_reached": held[job_id][0] if job_id in held else None,
+                   "b_held": job_id in held} for job_id in owned]
+        if held:
+            for p in params:
+                if p["b_held"]:
+                    p["b_status"] = PAUSED.value
+        paused = bindparam("b_held", type_=Boolean)
         # One executemany instead of a statement per job: 1,250 results went from ~2 s to
         # a few tens of milliseconds.
         s.execute(
             update(table)
             .where(table.c.sweep_id == sweep_id, table.c.id == bindparam("b_id"))
-            .values(finished_at=t, heartbeat_at=t, ran_on=ran_on, worker=worker,
-                    versions=versions, epochs_done=_epochs_done(table),
+            .values(finished_at=case((paused, None), else_=t), heartbeat_at=t, ran_on=ran_on,
+                    worker=worker, versions=versions,
+                    epochs_done=case((paused, bindparam("b_reached", type_=Integer)),
+                                     else_=_epochs_done(table)),
+                    attempts=case((paused, table.c.attempts - 1), else_=table.c.attempts),
+                    rung=case((paused, func.coalesce(table.c.rung, 0)), else_=table.c.rung),
                     **{k: bindparam(f"b_{k}") for k in _RESULT_KEYS}),
             params,
         )
@@ -422,6 +442,11 @@ def save_results(
         for chunk in _chunks(owned):  # an ended job never continues from a stopped run
             s.execute(delete(JobStateRecord).where(
                 JobStateRecord.sweep_id == sweep_id, JobStateRecord.job_id.in_(chunk)))
+        kept = [{"sweep_id": sweep_id, "job_id": job_id, "epoch": held[job_id][1],
+                 "state": held[job_id][2]}
+                for job_id in owned if job_id in held and held[job_id][2] is not None]
+        if kept:  # a rung's end: the next rung continues from here
+            s.execute(insert(JobStateRecord.__table__), kept)
     return len(owned)
 
 
@@ -839,12 +864,13 @@ def loss_curves(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> dict[s
 
 @retry_conflicts
 def cancel_sweep(engine: Engine, sweep_id: str) -> int:
-    """Jobs that have not started become ``cancelled``; running ones finish. Returns the count."""
+    """Jobs that have not started, or wait at a halving rung's end (``paused``), become
+    ``cancelled``; running ones finish. Returns the count."""
     with transaction(engine) as s:
         return s.execute(
             update(JobRecord)
             .where(_in_lock_order(engine, (JobRecord.sweep_id == sweep_id)
-                                  & (JobRecord.status == QUEUED)))
+                                  & JobRecord.status.in_([QUEUED, PAUSED])))
             .values(status=CANCELLED, finished_at=now_sql(engine))
             .execution_options(**_NO_SYNC)
         ).rowcount
@@ -882,6 +908,10 @@ def requeue_chunks(engine: Engine, sweep_id: str, stale_after_s: float, *,
     values = {"status": QUEUED, "worker": None, "finished_at": None,
               **{c: case((retried, None), else_=getattr(JobRecord, c))
                  for c in (*_RESULT_KEYS[1:], "reused_from", "epochs_done")}}
+    if JobStatus.SUCCEEDED in retry:
+        # Trained again from nothing (--fresh): from the first rung of a halving too. (A
+        # resume keeps a cancelled or failed job's rung: it continues from its state.)
+        values["rung"] = case((retried, None), else_=JobRecord.rung)
     where = (JobRecord.sweep_id == sweep_id) & guard
     if job_ids is not None:
         for ids in _batched(job_ids, _CHUNK):

@@ -23,7 +23,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 class JobStatus(StrEnum):
     """The states of a job row: ``queued -> running -> succeeded | diverged | failed``, or
-    ``cancelled`` before it ran. The values are what the ``status`` column holds."""
+    ``cancelled`` before it ran. With successive halving (``halving:`` in the spec) a job that
+    reaches its rung's end is ``paused`` (its rung's result and training state kept) until the
+    rung is ranked; then it is ``queued`` again for the next rung, or ends ``pruned`` with the
+    result of the epoch it reached. The values are what the ``status`` column holds."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -31,15 +34,19 @@ class JobStatus(StrEnum):
     DIVERGED = "diverged"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
+    PRUNED = "pruned"
 
 
 QUEUED, RUNNING = JobStatus.QUEUED, JobStatus.RUNNING
 SUCCEEDED, DIVERGED = JobStatus.SUCCEEDED, JobStatus.DIVERGED
 FAILED, CANCELLED = JobStatus.FAILED, JobStatus.CANCELLED
+PAUSED, PRUNED = JobStatus.PAUSED, JobStatus.PRUNED
 STATUSES = tuple(s.value for s in JobStatus)
 # A job in one of these states will not change again unless someone resumes it.
-ENDED = (SUCCEEDED, DIVERGED, FAILED, CANCELLED)
-# The states a sweep counts as a success.
+ENDED = (SUCCEEDED, DIVERGED, FAILED, CANCELLED, PRUNED)
+# The states a sweep counts as a success, whose results are a job's full training (a pruned
+# job's result is of fewer epochs: never reused, nor a sweep's best).
 OK = (SUCCEEDED, DIVERGED)
 
 
@@ -113,6 +120,8 @@ class JobRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The sweep whose result for the same settings this row holds (not trained here), or None.
     reused_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Successive halving: the rung the job trains in or reached (0 first; None: no halving).
+    rung: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (
         # A sweep's jobs of a status, and its best mse among them read from the index's end

@@ -55,6 +55,8 @@ class TrialRow:
     system_attrs: dict
     status: str
     mse: float | None
+    #: Epochs trained (a job pruned by successive halving: the epoch its mse is of).
+    epochs_done: int | None = None
 
 
 _HAS_TABLES: weakref.WeakSet = weakref.WeakSet()
@@ -169,12 +171,13 @@ def history(engine: Engine, sweep_id: str) -> list[TrialRow]:
     with transaction(engine) as s:
         rows = s.execute(
             select(trials.c.number, trials.c.round, trials.c.job_id, trials.c.params,
-                   trials.c.system_attrs, jobs.c.status, jobs.c.mse)
+                   trials.c.system_attrs, jobs.c.status, jobs.c.mse, jobs.c.epochs_done)
             .select_from(trials.outerjoin(
                 jobs, (jobs.c.sweep_id == trials.c.sweep_id) & (jobs.c.id == trials.c.job_id)))
             .where(trials.c.sweep_id == sweep_id).order_by(trials.c.number)).all()
     return [TrialRow(r.number, r.round, r.job_id, dict(r.params or {}),
-                     dict(r.system_attrs or {}), r.status, r.mse) for r in rows]
+                     dict(r.system_attrs or {}), r.status, r.mse, r.epochs_done)
+            for r in rows]
 
 
 @retry_conflicts

@@ -35,11 +35,12 @@ from polyfit_models import (
 from polyfit_models.registry import BROKEN, is_plugin
 from polyfit_models.result import CURVE_EVERY
 from store import StoreError, StoreUnavailable
+from store import halving as store_halving
 from store import jobs as store_jobs
 from store import states as store_states
 from store.jobs import JobRow
 from store.records import JobStatus
-from worker import stopping
+from worker import halving, stopping
 from worker.batches import auto_batch_size, spec_of
 from worker.payload import Batch
 from worker.runtime import Runtime, engine_for
@@ -56,6 +57,9 @@ Trainer = Callable[[Sequence[JobSpec], str], list]
 #: The outcome of a job whose batch stopped because the worker was asked to stop: never
 #: stored as a status, the job goes back to ``queued`` with its state (``store.states``).
 STOPPED = "stopped"
+#: An outcome's key for a job that reached its halving rung's end (``worker.halving.Held``):
+#: (epochs reached, its state's epoch, the state or None), stored with it ``paused``.
+HELD = "held"
 
 
 class _LiveCurves:
@@ -190,6 +194,10 @@ def train_resilient(specs: Sequence[JobSpec], device: str, trainer: Trainer = fi
 def _outcome(result) -> dict:
     if isinstance(result, JobState):
         return {"status": STOPPED, "state": result}
+    if isinstance(result, halving.Held):
+        st = result.state
+        return {**result.result.to_dict(), HELD: (
+            result.reached, *((st.epoch, st.to_bytes()) if st and st.epoch else (0, None)))}
     return result.to_dict()
 
 
@@ -305,9 +313,13 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
         # Which configurations this machine compiled before, noted beside inductor's cache:
         # a cold compile is fused only where it pays (``runner.AUTO_FUSE_WORK_COLD``).
         remember_compiles(settings.compile_cache)
-        trainer = _continuing(partial(fit_many, fuse=settings.fuse, progress=live,
-                                      halt=stopping.halt),
-                              _states(engine, batch.sweep_id, todo, patience))
+        states = _states(engine, batch.sweep_id, todo, patience)
+        train = partial(fit_many, fuse=settings.fuse, progress=live)
+        # Each job continues from its stored state, if any, to its end (or, in a sweep with
+        # successive halving, to its rung's end).
+        trainer = halving.rung_trainer(train, states,
+                                       _rung_budgets(engine, batch.sweep_id, todo, patience),
+                                       stopping.halt)
 
     def flush() -> None:
         store_jobs.record_progress(engine, batch.sweep_id, worker, live.take())
@@ -324,6 +336,7 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
         results = list(zip([job_id for job_id, _ in todo], outcomes)) + refused
         stopped = [(job_id, o["state"]) for job_id, o in results if o["status"] == STOPPED]
         results = [(job_id, o) for job_id, o in results if o["status"] != STOPPED]
+        held = {job_id: o.pop(HELD) for job_id, o in results if HELD in o}
         if stopped:
             back = _with_retries(lambda: store_states.suspend_jobs(
                 engine, batch.sweep_id,
@@ -342,12 +355,14 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
             written += _with_retries(
                 lambda: store_jobs.save_results(engine, batch.sweep_id, outcomes, worker,
                                                 runtime.ran_on(),
-                                                with_plugin(runtime.versions(), variant)),
+                                                with_plugin(runtime.versions(), variant),
+                                                held),
                 "save results", patience,
             )
     statuses: dict[str, int] = {STOPPED: len(stopped)} if stopped else {}
-    for _, outcome in results:
-        statuses[outcome["status"]] = statuses.get(outcome["status"], 0) + 1
+    for job_id, outcome in results:
+        status = JobStatus.PAUSED.value if job_id in held else outcome["status"]
+        statuses[status] = statuses.get(status, 0) + 1
     return {"sweep_id": batch.sweep_id, "ran": len(todo), "stored": written, **statuses}
 
 
@@ -368,17 +383,16 @@ def _states(engine, sweep_id: str, todo: Sequence[tuple[str, JobSpec]],
     return states
 
 
-def _continuing(train: Callable, states: dict[int, JobState]) -> Trainer:
-    """``train`` (``fit_many`` with its options) continuing each job from its state, if any;
-    states that do not fit their jobs are dropped, and the batch starts afresh."""
-    def trainer(specs: Sequence[JobSpec], device: str) -> list:
-        mine = [states.get(id(spec)) for spec in specs]
-        if not any(mine):
-            return train(specs, device)
-        try:
-            return train(specs, device, states=mine)
-        except StateError as e:
-            log.warning("a batch of %d starts afresh: %s", len(specs), e)
-            return train(specs, device)
-
-    return trainer
+def _rung_budgets(engine, sweep_id: str, todo: Sequence[tuple[str, JobSpec]],
+                  patience: float) -> dict[int, int]:
+    """For a sweep with successive halving, the epochs each job to train goes to in its
+    rung (keyed by its spec's ``id()``); none for any other sweep."""
+    sweep = _with_retries(lambda: store_jobs.find_sweep(engine, sweep_id), "read the sweep",
+                          patience)
+    plan = store_halving.Halving.of(sweep.spec if sweep else None)
+    if plan is None or not todo:
+        return {}
+    rungs = _with_retries(lambda: store_halving.rungs_of(
+        engine, sweep_id, [job_id for job_id, _ in todo]), "read rungs", patience)
+    return {id(spec): plan.rung_epochs(rungs.get(job_id, 0), spec.epochs)
+            for job_id, spec in todo}

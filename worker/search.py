@@ -199,15 +199,19 @@ def ask_round(spec: Mapping, past: Sequence[TrialRow], round_no: int,
 
 
 def _frozen(mod, t: TrialRow, space: dict):
-    """An earlier trial as Optuna's: complete with its mse, or failed (a failed job, or a
-    diverged one with no finite mse)."""
+    """An earlier trial as Optuna's: complete with its mse, pruned (successive halving) with
+    its mse at the epoch it reached, or failed (a failed job, or a diverged one with no
+    finite mse)."""
     states = mod.trial.TrialState
-    ok = t.mse is not None and math.isfinite(t.mse) and t.status in ("succeeded", "diverged")
+    finite = t.mse is not None and math.isfinite(t.mse)
+    ok = finite and t.status in ("succeeded", "diverged")
+    pruned = finite and t.status == "pruned"
     params = {k: v for k, v in t.params.items() if k in space}
     return mod.trial.create_trial(
-        state=states.COMPLETE if ok else states.FAIL, value=t.mse if ok else None,
-        params=params, distributions={k: space[k] for k in params},
-        system_attrs=t.system_attrs)
+        state=states.COMPLETE if ok else states.PRUNED if pruned else states.FAIL,
+        value=t.mse if ok else None, params=params,
+        distributions={k: space[k] for k in params}, system_attrs=t.system_attrs,
+        intermediate_values={int(t.epochs_done or 0): t.mse} if pruned else None)
 
 
 def _plain(value):

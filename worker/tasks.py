@@ -11,7 +11,7 @@ from celery import signals
 from celery.exceptions import Reject
 
 from store import StoreUnavailable
-from worker import execute, rounds
+from worker import execute, halving, rounds
 from worker.app import app
 from worker.payload import RETRY_DELAY_MAX_S, TASK_NAME, BadMessage, Batch
 from worker.runtime import Runtime, current, engine_for, share_cores
@@ -77,7 +77,9 @@ def run_batch(self, payload: dict) -> dict:
         log.warning("batch %s handed back on stopping: %d jobs queued again with their state",
                     self.request.id, out[execute.STOPPED])
         raise Reject(f"{out[execute.STOPPED]} jobs handed back on stopping", requeue=True)
-    # A search's round may have ended with these results: ask and enqueue the next (once).
-    rounds.advance(engine_for(settings), settings, self.app, batch.sweep_id,
-                   private=_runtime().private)
+    # A halving rung may have ended with these results: rank it and enqueue the next (once);
+    # and a search's round: ask and enqueue the next (once).
+    engine = engine_for(settings)
+    halving.advance(engine, settings, self.app, batch.sweep_id, private=_runtime().private)
+    rounds.advance(engine, settings, self.app, batch.sweep_id, private=_runtime().private)
     return out

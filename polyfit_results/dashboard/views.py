@@ -135,8 +135,9 @@ def _state(p: queries.Progress) -> str:
 
 def _progress(sweep: store_jobs.SweepRow) -> dict:
     p = queries.progress(_engine(), sweep)
-    search = p.to_dict()["search"]
-    rounds = "" if search is None else f" | {report.search_detail(search)}"
+    shown = p.to_dict()
+    search = shown["search"]
+    rounds = report.phase_detail(shown)
     return {"total": p.total, "ended": p.ended, "done": p.done, "counts": p.counts,
             "percent": round(100 * p.ended / p.total, 1) if p.total else 0.0,
             "progress": f"{p.ended:,}/{p.total:,}", "state": _state(p),

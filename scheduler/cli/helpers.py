@@ -154,6 +154,10 @@ def sweep_inputs(f):
                      help="Stop a job early once its mse is within GAP of the least-squares "
                           "optimum (mse - optimum_mse <= GAP); it records the epoch and counts "
                           "as succeeded.")(f)
+    f = click.option("--halving", "halving", default=None, metavar="ETA:MIN_EPOCHS",
+                     help="Successive halving over epochs: every job trains MIN_EPOCHS, the "
+                          "best 1/ETA of each rung continue to ETA times as many epochs (up "
+                          "to their own), the others end pruned.")(f)
     f = click.option("--round", "search_round", type=click.IntRange(1, 100_000), default=None,
                      help="A search asks its sampler for this many jobs at once.")(f)
     f = click.option("--trials", "search_trials", type=click.IntRange(1, 100_000),
@@ -228,7 +232,8 @@ def make_plan(spec_path: str | None, axes: dict, name: str | None, settings: Set
                       stop_at_gap=stop_at_gap,
                       search={"sampler": axes.get("search_sampler"),
                               "trials": axes.get("search_trials"),
-                              "round": axes.get("search_round")})
+                              "round": axes.get("search_round")},
+                      halving=axes.get("halving"))
     for reason in plan.skipped:
         click.echo(f"left out: {reason}", err=True)
     for note in plan.notes:

@@ -136,8 +136,7 @@ def _status_line(p: queries.Progress) -> str:
         p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s, p.running_done)
     if p.unserved:
         line += f" | no worker for {', '.join(p.unserved)}"
-    search = p.to_dict()["search"]
-    return line if search is None else f"{line} | {report.search_detail(search)}"
+    return line + report.phase_detail(p.to_dict())
 
 
 def _watch(engine, target, as_json: bool, interval: float | None, hint) -> queries.Progress:
