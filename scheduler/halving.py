@@ -31,6 +31,12 @@ def halving_setting(raw: object, flag: str | None, grids: Sequence[Mapping],
                     f"got {raw!r}"[:300])
     eta = _whole("halving.eta", raw["eta"], MIN_ETA, 1000, error)
     min_epochs = _whole("halving.min_epochs", raw["min_epochs"], 1, MAX_EPOCHS, error)
+    for grid in grids:  # a rung stops its jobs and continues them later: each variant must
+        variants = grid.get("variant") or default_variants
+        for name in variants if isinstance(variants, (list, tuple)) else [variants]:
+            if name in VARIANTS and not VARIANTS[name].resumable:
+                raise error(f"halving: variant {name} cannot stop its training and continue it "
+                            "(its plugin does not declare resumable=True)")
     least = min(_epochs(g, default_variants) for g in grids)
     if min_epochs > least:
         raise error(f"halving.min_epochs: {min_epochs} is more than the {least} epochs of "

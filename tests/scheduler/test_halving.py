@@ -94,3 +94,22 @@ def test_a_pruned_trial_is_told_to_the_sampler_as_pruned_at_the_epoch_it_reached
     told = _frozen(optuna, TrialRow(0, 0, "j", {"lr": 1e-3}, {}, "pruned", 0.5, 125), space)
     assert told.state == optuna.trial.TrialState.PRUNED
     assert told.intermediate_values == {125: 0.5}
+
+
+def test_halving_refuses_a_variant_that_cannot_continue(monkeypatch):
+    """A plugin's variant trains to the end unless it declares ``resumable``: its rungs could
+    not stop and continue, so halving it is refused up front (exit 2)."""
+    import dataclasses
+
+    from polyfit_models import VARIANTS
+    from scheduler import halving
+
+    plugin = dataclasses.replace(VARIANTS["autograd"], name="mine", resumable=False)
+    monkeypatch.setattr(halving, "VARIANTS", {**VARIANTS, "mine": plugin})
+    with pytest.raises(SweepSpecError, match="variant mine cannot stop its training"):
+        halving.halving_setting({"eta": 4, "min_epochs": 100},
+                                None, [{"variant": ["autograd", "mine"], "epochs": [800]}],
+                                ["autograd"], SweepSpecError)
+    assert halving.halving_setting({"eta": 4, "min_epochs": 100}, None,
+                                   [{"variant": ["autograd"], "epochs": [800]}], ["autograd"],
+                                   SweepSpecError) == {"eta": 4, "min_epochs": 100}
