@@ -11,7 +11,6 @@ import subprocess
 import pytest
 import redis
 
-from store.records import ENDED
 from tests.conftest import free_port, wait_port
 from tests.helpers import rows, submit, wait_for
 
@@ -78,7 +77,9 @@ def test_a_worker_with_a_wrong_password_stops_at_once(tmp_path, locked_redis, st
 def test_a_busy_worker_whose_password_was_changed_stops_warm_after_its_batch(
         tmp_path, locked_redis, start_worker):
     """While it trains, only the worker's heartbeat uses the broker: it retried its login for
-    ever, in the event loop, and SIGTERM's warm shutdown never ended."""
+    ever, in the event loop, and SIGTERM's warm shutdown never ended. Now it ends, and the
+    batch in hand is handed back (its jobs queued again with their training state and their
+    attempt), as any warm stop does."""
     env = _env(tmp_path, locked_redis)
     sweep_id = submit(env, "--variant", "numpy", "--epochs", "500000", "--seed", "0-1")
     w = start_worker("--concurrency", "1", **env)
@@ -91,6 +92,6 @@ def test_a_busy_worker_whose_password_was_changed_stops_warm_after_its_batch(
     w.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: w.proc.poll() is not None, 240,
              "the warm shutdown to end (the batch in hand, then the worker)")
-    done = [r for r in rows(env["POLYFIT_DB_URL"], sweep_id) if r["status"] in ENDED]
-    assert len(done) == 1  # the batch in hand was finished and stored
+    left = rows(env["POLYFIT_DB_URL"], sweep_id)
+    assert [(r["status"], r["attempts"]) for r in left] == [("queued", 0)] * 2, left
     assert "pw1" not in w.output()
