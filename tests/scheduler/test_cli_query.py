@@ -360,6 +360,33 @@ def _read_until(fd: int, want: bytes, timeout_s: float) -> bytes:
     return out
 
 
+@pytest.mark.parametrize("counts", [
+    {"queued": 4}, {"succeeded": 0, "queued": 4}, {"running": 4},
+    {"succeeded": 2, "running": 1, "queued": 1}, {"succeeded": 3, "diverged": 1}])
+def test_every_drawing_of_the_bar_fits_the_terminal(counts):
+    """Whatever the reading, the bar's line fits a 72-column terminal: rich's table kept a
+    short detail whole and squeezed the bar, so one drawing in a run was 82 columns wide."""
+    from polyfit_results.progress import LiveProgress
+    from polyfit_results.queries import Progress
+
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 72, 0, 0))
+    ended = sum(n for s, n in counts.items() if s in ("succeeded", "diverged"))
+    with open(follower, "w", closefd=True) as screen:
+        with LiveProgress(screen, terminal=True, every_s=0,
+                          label="sweep demo (15db83584a00)") as live:
+            for rate, eta in ((None, None), (6.04, 12.5), (0.3, 3600.0)):
+                live.show(Progress("15db83584a00", "demo", 4, counts, ended, rate, eta,
+                                   ended == 4, running_done=0.25 if "running" in counts
+                                   else None))
+                time.sleep(0.15)  # rich redraws from its own thread too
+    out = _read_available(leader)
+    os.close(leader)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode().replace("\r\n", "\n"))
+    assert "0/4" in plain or f"{ended}/4" in plain
+    assert all(len(line) <= 72 for line in re.split(r"[\r\n]", plain)), repr(plain)
+
+
 def test_watch_redraws_one_line_in_place_on_a_terminal(db_url):
     grid = [{"variant": ["numpy"], "seed": [0, 1, 2, 3], "epochs": [100]}]
     sweep_id, jobs = record_sweep(db_url, grid)
