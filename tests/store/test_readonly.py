@@ -26,6 +26,12 @@ from store import jobs as J
 from tests.conftest import PG_URL, pg_schema
 
 
+# The reader roles are the server's, and `GRANT CONNECT ON DATABASE` changes one catalog row:
+# two of these tests at once (pytest -n 2) failed with "tuple concurrently updated". They run
+# one after another, on one of the test processes.
+pytestmark = pytest.mark.xdist_group("pg_roles")
+
+
 def _job(i: int) -> dict:
     return {"id": f"job{i}", "variant": "numpy", "lr": 1e-6, "degree": 3, "seed": i,
             "epochs": 10, "optimizer": "sgd", "device": "cpu", "target": "sin",
