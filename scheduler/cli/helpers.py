@@ -121,6 +121,41 @@ def not_over_the_database(output: str | None, settings: Settings) -> None:
                              "it would replace every result; give another file")
 
 
+def not_the_database(url: str, settings: Settings, what: str) -> None:
+    """Refuse (exit 2) a database URL that another program writes its own tables into (an
+    Optuna storage) when it is the results database or the embedded broker's: a SQLite file
+    compared as ``not_over_the_database`` does, a server by host, port, database and options.
+    Optuna's tables there mixed with polyfit's (both have a ``trials`` table)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        given = make_url(url)
+    except (ArgumentError, ValueError):  # not a URL: the one who opens it says so
+        return
+    if given.get_backend_name() == "sqlite":
+        path = sqlite_path(url)
+        if path is not None:
+            try:
+                not_over_the_database(str(path), settings)
+            except InputError:
+                raise InputError(f"{what}: {url} is the results database (or its broker's): "
+                                 "its tables would mix with polyfit's; give another "
+                                 "database") from None
+        return
+    try:
+        ours = make_url(settings.db_url)
+    except (ArgumentError, ValueError):
+        return
+
+    def where(u) -> tuple:
+        return u.get_backend_name(), u.host, u.port or 5432, u.database, dict(u.query)
+
+    if where(given) == where(ours):
+        raise InputError(f"{what}: it is the results database: its tables would mix with "
+                         "polyfit's; give another database (or another schema in options)")
+
+
 def find_sweep(engine: Engine, ref: str | None) -> store_jobs.SweepRow:
     """The sweep SWEEP names (an id or a name; the latest when None), or exit 2 with the
     names that come close ("did you mean")."""

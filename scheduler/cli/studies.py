@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from scheduler.cli.group import InputError, cli
-from scheduler.cli.helpers import find_sweep, pass_settings, reading
+from scheduler.cli.helpers import find_sweep, not_the_database, pass_settings, reading
 from worker.settings import Settings
 
 
@@ -22,6 +22,7 @@ def export_optuna(settings: Settings, sweep_ref, storage, study_name) -> None:
     intermediate values."""
     from polyfit_results.studies import StudyError, export_study
 
+    not_the_database(storage, settings, "--storage")
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
     try:

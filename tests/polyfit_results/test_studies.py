@@ -54,6 +54,28 @@ def test_export_optuna_writes_a_study_that_load_study_opens(db, tmp_path):
     assert again.exit_code == 2 and "already" in again.stderr
 
 
+def test_export_optuna_never_writes_into_the_results_database(db, tmp_path):
+    """Optuna's tables in the results database mixed with polyfit's (both have ``trials``):
+    the export failed half-way with an internal error and left them there."""
+    url, plan = db
+    before = sorted(p.name for p in tmp_path.iterdir())
+    import sqlite3
+
+    def names() -> list[str]:
+        c = sqlite3.connect(tmp_path / "r.sqlite")
+        try:
+            return sorted(r[0] for r in c.execute("SELECT name FROM sqlite_master"))
+        finally:
+            c.close()
+
+    kept = names()
+    for storage in (url, f"sqlite:///{tmp_path / 'r-broker.sqlite'}",
+                    f"sqlite:///{tmp_path}/../{tmp_path.name}/r.sqlite"):
+        r = CliRunner().invoke(cli, ["export-optuna", plan.name, "--storage", storage])
+        assert r.exit_code == 2 and "is the results database" in r.stderr, r.output
+    assert names() == kept and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 @pytest.mark.parametrize("kind", ["importance", "history", "parallel"])
 def test_plot_kinds_of_a_search(db, tmp_path, kind):
     _, plan = db
