@@ -25,7 +25,6 @@ from store import create_schema, make_engine
 from store import jobs as J
 from tests.conftest import PG_URL, pg_schema
 
-
 # The reader roles are the server's, and `GRANT CONNECT ON DATABASE` changes one catalog row:
 # two of these tests at once (pytest -n 2) failed with "tuple concurrently updated". They run
 # one after another, on one of the test processes.
@@ -97,7 +96,11 @@ def snapshot(url: str) -> tuple:
         tables = c.execute(text(
             "SELECT name FROM sqlite_master ORDER BY name" if url.startswith("sqlite") else
             "SELECT table_schema || '.' || table_name FROM information_schema.tables "
-            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")).all()
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') "
+            # Other tests' schemas (pf_...) come and go meanwhile (pytest -n 2): every schema
+            # but theirs.
+            "AND (table_schema = current_schema() OR table_schema NOT LIKE 'pf\\_%') "
+            "ORDER BY 1")).all()
         extra = () if url.startswith("sqlite") else c.execute(text(
             "SELECT (SELECT count(*) FROM pg_largeobject_metadata), "
             "current_setting('default_transaction_read_only'), "
