@@ -32,7 +32,7 @@ from tests.fleet import (
 from tests.hosts import Net, unavailable
 
 _why_not = unavailable() or services_unavailable()
-pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.xdist_group("netns"),
+pytestmark = [pytest.mark.slow, pytest.mark.netns,
               pytest.mark.skipif(_why_not is not None, reason=str(_why_not))]
 
 # Seconds of training per job, alone on a core; faults are sized against it.

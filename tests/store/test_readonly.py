@@ -26,9 +26,8 @@ from store import jobs as J
 from tests.conftest import PG_URL, pg_schema
 
 # The reader roles are the server's, and `GRANT CONNECT ON DATABASE` changes one catalog row:
-# two of these tests at once (pytest -n 2) failed with "tuple concurrently updated". They run
-# one after another, on one of the test processes.
-pytestmark = pytest.mark.xdist_group("pg_roles")
+# two of these tests at once failed with "tuple concurrently updated". Under `pytest -n 2` a
+# module's tests run in one process, one after another (`--dist loadfile`, pyproject.toml).
 
 
 def _job(i: int) -> dict:
