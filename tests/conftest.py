@@ -173,3 +173,21 @@ def start_worker(tmp_path):
             w.proc.wait(30)
         except subprocess.TimeoutExpired:
             w.kill()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request, tmp_path):
+    """A fresh results database with its schema, on each backend (SQLite, PostgreSQL)."""
+    from store import create_schema, make_engine
+
+    if request.param == "sqlite":
+        eng = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
+        create_schema(eng)
+        yield eng
+        eng.dispose()
+        return
+    with pg_schema() as url:
+        eng = make_engine(url)
+        create_schema(eng)
+        yield eng
+        eng.dispose()

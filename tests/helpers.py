@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -186,3 +187,24 @@ def fit_result(status="succeeded", **kw) -> dict:
            "duration_s": 0.1, "loss_curve": [[99, 3.0], [199, 2.0]]}
     out.update(kw)
     return out
+
+
+def race(step, n: int = 4) -> list:
+    """``step()`` in ``n`` threads let go at once (as workers storing their last results
+    together); what each returned. An exception in any of them fails the race."""
+    barrier, got, errors = threading.Barrier(n), [], []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            got.append(step())
+        except Exception as e:  # noqa: BLE001 - reported below, a lost race must not raise
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return got

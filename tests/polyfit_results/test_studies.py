@@ -11,9 +11,7 @@ from click.testing import CliRunner
 from scheduler.cli import cli
 from store import create_schema, make_engine
 from store import jobs as store_jobs
-from store import search as store_search
-from tests.scheduler.test_search import _mse, _plan
-from worker.search import ask_round
+from tests.scheduler.test_search import _mse, started_search
 
 optuna = pytest.importorskip("optuna")
 
@@ -25,11 +23,7 @@ def db(tmp_path, monkeypatch):
     monkeypatch.setenv("POLYFIT_DB_URL", url)
     engine = make_engine(url)
     create_schema(engine)
-    plan = _plan()
-    asked, attrs = ask_round(plan.spec, [], 0, {})
-    store_search.start_search(engine, plan.sweep_id, plan.name, plan.spec, sampler="tpe",
-                              trials=12, round_size=4, first=[a.row for a in asked],
-                              first_trials=[a.trial() for a in asked], study_attrs=attrs)
+    plan, asked = started_search(engine)
     store_jobs.claim_jobs(engine, plan.sweep_id, [a.job_id for a in asked], "w", 60)
     store_jobs.save_results(engine, plan.sweep_id, [
         (a.job_id, {"status": "succeeded", "mse": _mse(a.params), "final_loss": 1.0,

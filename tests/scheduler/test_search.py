@@ -4,8 +4,6 @@ round, the store's guarded round step under a race, a failing sampler, and a sea
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from click.testing import CliRunner
 
@@ -15,7 +13,7 @@ from scheduler.sweep import SweepSpecError, build_plan
 from store import create_schema, make_engine
 from store import jobs as store_jobs
 from store import search as store_search
-from tests.conftest import pg_schema
+from tests.helpers import race
 from worker import rounds
 from worker import search as worker_search
 from worker.search import ask_round
@@ -108,28 +106,19 @@ def test_a_spec_names_an_unknown_sampler_or_a_sample_in_one_line():
         build_plan({**SPEC, "grid": {**SPEC["grid"], "variant": ["dynamic"]}})
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        eng = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
-        create_schema(eng)
-        yield eng
-        eng.dispose()
-    else:
-        with pg_schema() as url:
-            eng = make_engine(url)
-            create_schema(eng)
-            yield eng
-            eng.dispose()
-
-
-def _started(engine):
-    """A recorded search whose first round has ended (results stored)."""
+def started_search(engine):
+    """A search (``SPEC``) recorded with its first round asked, untrained: (plan, asked)."""
     plan = _plan()
     asked, attrs = ask_round(plan.spec, [], 0, {})
     store_search.start_search(engine, plan.sweep_id, plan.name, plan.spec, sampler="tpe",
                               trials=12, round_size=4, first=[a.row for a in asked],
                               first_trials=[a.trial() for a in asked], study_attrs=attrs)
+    return plan, asked
+
+
+def _started(engine):
+    """A recorded search whose first round has ended (results stored)."""
+    plan, asked = started_search(engine)
     ids = [a.job_id for a in asked]
     store_jobs.claim_jobs(engine, plan.sweep_id, ids, "w", 60)
     store_jobs.save_results(engine, plan.sweep_id, [
@@ -143,23 +132,10 @@ def test_two_processes_racing_on_a_round_record_it_once(engine):
     state = store_search.round_ready(engine, plan.sweep_id)
     assert state is not None and state.round == 1
     asked, attrs = ask_round(plan.spec, store_search.history(engine, plan.sweep_id), 1, {})
-    barrier, won, errors = threading.Barrier(4), [], []
-
-    def step():
-        barrier.wait()
-        try:
-            won.append(store_search.advance_round(
-                engine, plan.sweep_id, state.round, [a.row for a in asked],
-                [a.trial() for a in asked], attrs))
-        except Exception as e:  # noqa: BLE001 - a lost race must not raise either
-            errors.append(e)
-
-    threads = [threading.Thread(target=step) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and sorted(won) == [False, False, False, True]
+    won = race(lambda: store_search.advance_round(
+        engine, plan.sweep_id, state.round, [a.row for a in asked], [a.trial() for a in asked],
+        attrs))
+    assert sorted(won) == [False, False, False, True]
     assert len(store_search.history(engine, plan.sweep_id)) == 8
     assert store_search.search_state(engine, plan.sweep_id).round == 2
 
@@ -185,11 +161,7 @@ def test_a_renamed_search_keeps_its_round_and_trials(engine):
 def test_a_cancelled_search_is_done_until_resumed(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
     create_schema(engine)
-    plan = _plan()
-    asked, attrs = ask_round(plan.spec, [], 0, {})
-    store_search.start_search(engine, plan.sweep_id, plan.name, plan.spec, sampler="tpe",
-                              trials=12, round_size=4, first=[a.row for a in asked],
-                              first_trials=[a.trial() for a in asked], study_attrs=attrs)
+    plan, _ = started_search(engine)
     sweep = store_jobs.find_sweep(engine, plan.sweep_id)
     assert not queries.progress(engine, sweep).done
     store_jobs.cancel_sweep(engine, plan.sweep_id)

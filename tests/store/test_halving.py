@@ -4,13 +4,11 @@ ties by job id; the others end ``pruned`` with their result), whoever races to r
 
 from __future__ import annotations
 
-import threading
-
 from store import halving as H
 from store import jobs as J
 from store import states as S
 from store.records import ENDED
-from tests.helpers import fit_result, job_row
+from tests.helpers import fit_result, job_row, race
 
 IDS = [f"job{i:04d}" for i in range(8)]
 
@@ -70,21 +68,7 @@ def test_a_rung_is_not_ranked_while_one_of_its_jobs_trains(engine):
 
 def test_two_processes_racing_on_a_rung_rank_it_once(engine):
     _at_rung_end(engine, [0.1 * (i + 1) for i in range(8)])
-    barrier, won, errors = threading.Barrier(4), [], []
-
-    def step():
-        barrier.wait()
-        try:
-            won.append(H.advance_rung(engine, "s1", 0, 4))
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=step) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    won = race(lambda: H.advance_rung(engine, "s1", 0, 4))
     assert sorted(len(w) for w in won) == [0, 0, 0, 2]
     counts = J.status_counts(engine, "s1")
     assert counts == {"queued": 2, "pruned": 6}
