@@ -12,6 +12,7 @@ import random
 import re
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -326,6 +327,27 @@ def retry_conflicts(fn: F) -> F:
         raise AssertionError("unreachable")  # pragma: no cover
 
     return run  # type: ignore[return-value]
+
+
+#: The tables each engine's database is known to have (a table once there stays there).
+_TABLES: weakref.WeakKeyDictionary[Engine, set[str]] = weakref.WeakKeyDictionary()
+
+
+def has_table(engine: Engine, name: str) -> bool:
+    """Whether the database has the table ``name``: a database made before it existed (read,
+    never upgraded, by the read commands) has not. Remembered per engine once true: a worker
+    asks after every batch."""
+    known = _TABLES.setdefault(engine, set())
+    if name in known:
+        return True
+    try:
+        with engine.connect() as conn:
+            found = inspect(conn).has_table(name)
+    except SQLAlchemyError as e:
+        raise store_error(engine, e) from e
+    if found:
+        known.add(name)
+    return found
 
 
 @contextmanager

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Engine, delete, func, insert, inspect, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, delete, func, insert, select, update
 
-from store.db import StoreError, store_error, transaction
+from store.db import StoreError, has_table, transaction
 from store.records import (
     QUEUED,
     RUNNING,
@@ -44,7 +43,7 @@ def rename_sweep(engine: Engine, sweep_id: str, new_id: str, new_name: str) -> N
     # to them).
     searched = (SearchRecord, TrialRecord) if _has_tables(engine) else ()
     # ... and the training states of its stopped jobs (a cancelled sweep's, for a resume).
-    states = (JobStateRecord,) if _has_states(engine) else ()
+    states = (JobStateRecord,) if has_table(engine, JobStateRecord.__tablename__) else ()
     with transaction(engine) as s:
         rec = s.get(SweepRecord, sweep_id)
         if rec is None:
@@ -79,7 +78,7 @@ def delete_sweep(engine: Engine, sweep_id: str) -> int:
     while a job of it is running. Its queued jobs are taken out of the workers' reach first,
     in the same transaction, so that no worker claims one between the check and the delete
     (a message still on the broker then names rows that are gone, and is dropped)."""
-    states = (JobStateRecord,) if _has_states(engine) else ()
+    states = (JobStateRecord,) if has_table(engine, JobStateRecord.__tablename__) else ()
     with transaction(engine) as s:
         s.execute(update(JobRecord).where(JobRecord.sweep_id == sweep_id,
                                           JobRecord.status == QUEUED)
@@ -153,15 +152,6 @@ def labels_of(engine: Engine, sweep_ids: Sequence[str] | None = None
         q = q.where(SweepRecord.id.in_(list(sweep_ids)))
     with transaction(engine) as s:
         return {i: (list(t or []), n or "") for i, t, n in s.execute(q).all()}
-
-
-def _has_states(engine: Engine) -> bool:
-    """Whether the database has the ``job_state`` table (not one made before it existed)."""
-    try:
-        with engine.connect() as conn:
-            return inspect(conn).has_table(JobStateRecord.__tablename__)
-    except SQLAlchemyError as e:
-        raise store_error(engine, e) from e
 
 
 def _checked_name(name: str) -> str:

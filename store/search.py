@@ -13,14 +13,12 @@ truth: the sampler is rebuilt from them each round (see ``worker.search``)."""
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, insert, inspect, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, func, insert, select, update
 
-from store.db import retry_conflicts, store_error, transaction
+from store.db import has_table, retry_conflicts, transaction
 from store.jobs import _insert_ignoring_existing, save_sweep
 from store.records import CANCELLED, ENDED, JobRecord, SearchRecord, TrialRecord
 
@@ -59,23 +57,9 @@ class TrialRow:
     epochs_done: int | None = None
 
 
-_HAS_TABLES: weakref.WeakSet = weakref.WeakSet()
-
-
 def _has_tables(engine: Engine) -> bool:
-    """Whether the database has the search tables: not one made before searches existed
-    (read, never upgraded, by the read commands). Remembered per engine once true: a worker
-    asks after every batch."""
-    if engine in _HAS_TABLES:
-        return True
-    try:
-        with engine.connect() as conn:
-            found = inspect(conn).has_table("searches")
-    except SQLAlchemyError as e:
-        raise store_error(engine, e) from e
-    if found:
-        _HAS_TABLES.add(engine)
-    return found
+    """Whether the database has the search tables (``store.db.has_table``)."""
+    return has_table(engine, SearchRecord.__tablename__)
 
 
 def search_state(engine: Engine, sweep_id: str) -> SearchState | None:
