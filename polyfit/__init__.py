@@ -18,17 +18,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polyfit_models.errors import BadInput, PolyfitError
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
 
-__all__ = ["SweepError", "SweepFailed", "run"]
+__all__ = ["BadInput", "PolyfitError", "SweepError", "SweepFailed", "run"]
 
 
-class SweepError(ValueError):
+class SweepError(BadInput, ValueError):
     """Raised when a spec, a setting or an axis value is unusable (the command line's exit 2)."""
 
 
-class SweepFailed(RuntimeError):
+class SweepFailed(PolyfitError, RuntimeError):
     """Raised when the sweep ran but could not finish (a server unreachable, the local workers
     gone); ``frame`` holds what was stored (the command line's exit 1)."""
 
@@ -47,9 +49,9 @@ def run(spec: Mapping[str, Any] | str | os.PathLike | None = None, *, name: str 
     any other (``status``). ``quiet=False`` shows the progress on stderr."""
     from polyfit_results.api import jobs_frame
     from scheduler.run import run_sweep
-    from scheduler.sweep import AXES, SweepSpecError, build_plan, load_spec_file, parse_flag
+    from scheduler.sweep import AXES, build_plan, load_spec_file, parse_flag
     from store import StoreError
-    from worker.settings import Settings, SettingsError
+    from worker.settings import Settings
 
     try:
         settings = Settings.from_env(db_url=db, broker=broker)
@@ -66,7 +68,9 @@ def run(spec: Mapping[str, Any] | str | os.PathLike | None = None, *, name: str 
         plan = build_plan(raw, overrides, name=name, default_name=default_name,
                           max_jobs=settings.max_jobs, max_job_work=settings.max_job_work,
                           memory_budget=settings.budget_bytes, sample=sample)
-    except (SweepSpecError, SettingsError) as e:
+    except SweepError:
+        raise
+    except BadInput as e:
         raise SweepError(str(e)) from None
     out = io.StringIO() if quiet else None
     try:

@@ -21,7 +21,9 @@ from .variant import Variant, make_defaults  # isort: skip
 
 from .batching import batch_bytes, batch_key, bytes_per_job, jobs_within, shared_bytes
 from .errors import (
+    BadInput,
     DeviceError,
+    PolyfitError,
     PolyfitModelError,
     ResultError,
     SettingError,
@@ -36,6 +38,7 @@ from .spec import JobSpec
 from .state import JobState
 
 __all__ = [
+    "BadInput",
     "DTYPES",
     "OPTIMIZERS",
     "TARGETS",
@@ -45,6 +48,7 @@ __all__ = [
     "FuseSettings",
     "JobSpec",
     "JobState",
+    "PolyfitError",
     "PolyfitModelError",
     "ResultError",
     "SettingError",

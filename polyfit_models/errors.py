@@ -1,16 +1,28 @@
-"""The one exception tree of ``polyfit_models``.
+"""The one exception tree of polyfit, rooted here because every package may import this one.
 
-Every error the numerics raise on purpose derives from :class:`PolyfitModelError`, so a caller
-(the worker, the CLI) can catch the package's own failures with one ``except`` and turn them into
-one line for the user. Errors about bad input also derive from :class:`ValueError`, so code that
-only knows the standard library still reads them as what they are. Divergence of a fit is a
-result (``status == "diverged"``), never an exception.
+Every error polyfit raises on purpose derives from :class:`PolyfitError`; those that mean "your
+input is unusable" (a spec, a flag, a name, a file) also from :class:`BadInput`. The command line
+catches these two: one line on stderr, exit 2 for ``BadInput``, exit 1 for the rest (a server
+unreachable, work that ran and failed). Errors about bad input also derive from
+:class:`ValueError` where they are one, so code that only knows the standard library still reads
+them as what they are. Divergence of a fit is a result (``status == "diverged"``), never an
+exception.
+
+Every error the numerics raise derives from :class:`PolyfitModelError`, which is bad input.
 """
 
 from __future__ import annotations
 
 
-class PolyfitModelError(Exception):
+class PolyfitError(Exception):
+    """The root of every error polyfit raises on purpose: one line for the user."""
+
+
+class BadInput(PolyfitError):
+    """The marker of an error in the user's input (a spec, a flag, a name, a file): exit 2."""
+
+
+class PolyfitModelError(BadInput):
     """Raised when the numerics package cannot do what it was asked (base of all its errors)."""
 
 
@@ -27,7 +39,8 @@ class DeviceError(PolyfitModelError, RuntimeError):
 
 
 class SettingError(PolyfitModelError, ValueError):
-    """Raised when a setting handed in by a process edge (such as ``POLYFIT_FUSE``) is invalid."""
+    """Raised when a setting handed in at a process edge (a ``POLYFIT_*`` variable, a worker's
+    flag, a broker or database URL) is invalid."""
 
 
 class StateError(PolyfitModelError, ValueError):

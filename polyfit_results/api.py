@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from polyfit_models.errors import BadInput
 from polyfit_results import queries
 from store import jobs as store_jobs
 from store.db import DEFAULT_DB_URL, ENV_DB, remember_secrets
@@ -32,7 +33,7 @@ __all__ = ["SweepNotFound", "best_frame", "jobs_frame", "loss_curve_frame"]
 _TIMES = ("started_at", "heartbeat_at", "finished_at")
 
 
-class SweepNotFound(LookupError):
+class SweepNotFound(BadInput, LookupError):
     """Raised when no sweep in the database has the given id or name."""
 
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO
 
+from polyfit_models.errors import BadInput
 from store.jobs import JOB_COLUMNS
 from store.records import JobRecord
 
@@ -27,7 +28,7 @@ _JSON_TEXT = ("coefficients", "monomial")
 _TIMES = ("started_at", "heartbeat_at", "finished_at")
 
 
-class ExportError(ValueError):
+class ExportError(BadInput, ValueError):
     """Raised when an export cannot be written as asked (a missing library, no folder, a full
     disk), with one line that names the file."""
 

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from sqlalchemy import Engine
 
 from polyfit_models import TARGETS, VARIANTS
+from polyfit_models.errors import BadInput
 from polyfit_results import queries
 from polyfit_results.export import ExportError, output_path
 from polyfit_results.fits import fitted_values, per_point, variant_rank
@@ -37,7 +38,7 @@ DIVERGED_COLOR = "#d9d9d9"
 DIVERGED_MARK = "#8c2d04"
 
 
-class PlotError(ValueError):
+class PlotError(BadInput, ValueError):
     """Raised when a sweep has nothing to plot yet, or the output file cannot be written."""
 
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from polyfit_models.describe import formula
+from polyfit_models.errors import BadInput
 from polyfit_models.registry import is_plugin
 from polyfit_results.fits import variant_rank
 from store import halving as store_halving
@@ -20,7 +21,7 @@ from store.jobs import as_utc
 from store.records import CANCELLED, ENDED, QUEUED, RUNNING
 
 
-class GroupError(ValueError):
+class GroupError(BadInput, ValueError):
     """Raised when asked to group jobs by something that is not a job setting."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
+from polyfit_models.errors import BadInput
 from store import jobs as store_jobs
 from store.jobs import JobRow
 
@@ -21,7 +22,7 @@ INT_AXES = ("degree", "seed", "epochs")
 INSTALL_HINT = "needs Optuna: pip install 'polyfit[search]'"
 
 
-class StudyError(ValueError):
+class StudyError(BadInput, ValueError):
     """Raised when a sweep cannot be written as a study (no Optuna, a study of that name)."""
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from polyfit_models import OPTIMIZERS, TARGETS, VARIANTS, JobSpec, SpecError, batch_bytes
+from polyfit_models import OPTIMIZERS, TARGETS, VARIANTS, BadInput, JobSpec, SpecError, batch_bytes
 from polyfit_models.registry import BROKEN, is_plugin
 from polyfit_models.spec import MAX_EPOCHS, MAX_LR, MAX_POINTS, SEED_LIMIT
 from worker.queues import is_device
@@ -46,7 +46,7 @@ def axes_used(variant) -> list[str]:
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
 
 
-class SweepSpecError(ValueError):
+class SweepSpecError(BadInput, ValueError):
     """Raised when a sweep spec or an axis flag is malformed or out of range (one line)."""
 
 

@@ -30,6 +30,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session
 
+from polyfit_models.errors import BadInput, PolyfitError
 from store.records import Base
 
 F = TypeVar("F", bound=Callable)
@@ -40,11 +41,11 @@ DEFAULT_DB_URL = "sqlite:///polyfit.sqlite"
 ENV_DB = "POLYFIT_DB_URL"
 
 
-class StoreError(Exception):
+class StoreError(PolyfitError):
     """Raised when the results database cannot be opened, read or written."""
 
 
-class MissingDriver(StoreError):
+class MissingDriver(StoreError, BadInput):
     """Raised when a database URL names a driver that is not installed (a setup to fix, not a
     server that failed)."""
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 
+from polyfit_models.errors import BadInput
 from store.db import StoreError, has_table, transaction
 from store.records import (
     QUEUED,
@@ -27,7 +28,7 @@ MAX_TAGS = 32
 MAX_NOTE = 2000
 
 
-class SweepChangeRefused(StoreError):
+class SweepChangeRefused(StoreError, BadInput):
     """Raised when a change of a sweep is refused for what the user asked (a name another sweep
     has, a sweep that is running, a tag that is no tag): an input error, nothing changed."""
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from polyfit_models.errors import BadInput
 from store.db import (
     BUSY_TIMEOUT_MS,
     StoreError,
@@ -44,15 +45,15 @@ TABLES = tuple(t.name for t in Base.metadata.sorted_tables)
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-class NotResultsDatabase(StoreError):
+class NotResultsDatabase(StoreError, BadInput):
     """Raised when a database holds no polyfit results (a foreign file, or nothing yet)."""
 
 
-class QueryError(ValueError):
+class QueryError(BadInput, ValueError):
     """Raised when a user's SQL statement is refused, fails, or runs past its limits."""
 
 
-class UnsafeAccount(StoreError):
+class UnsafeAccount(StoreError, BadInput):
     """Raised when ``polyfit sql`` would run on a PostgreSQL account that can write or escalate."""
 
 

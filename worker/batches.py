@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from celery import Celery
 from kombu.exceptions import ChannelError, KombuError, OperationalError
 
-from polyfit_models import JobSpec, SpecError, batch_key, jobs_within
+from polyfit_models import JobSpec, PolyfitError, SpecError, batch_key, jobs_within
 from store.db import redact_url
 from store.jobs import JobRow
 from worker.payload import TASK_NAME, Batch
@@ -24,7 +24,7 @@ from worker.settings import Settings
 MAX_BATCH = {"cpu": 4096, "cuda": 65536}
 
 
-class BrokerError(Exception):
+class BrokerError(PolyfitError):
     """Raised when the broker cannot be reached or refuses a message."""
 
 

@@ -14,6 +14,7 @@ import sys
 
 from celery import signals
 
+from polyfit_models.errors import BadInput
 from polyfit_models.fuse_settings import INDUCTOR_CACHE
 from polyfit_models.registry import plugin_names
 from worker import runtime, stopping
@@ -23,7 +24,7 @@ from worker.runtime import Runtime
 from worker.settings import Settings
 
 
-class LaunchError(Exception):
+class LaunchError(BadInput):
     """Raised when a worker cannot be started as asked (e.g. no CUDA device)."""
 
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from polyfit_models.errors import PolyfitError
 from worker.queues import is_device
 
 # The task's registered name: part of the message contract between scheduler and workers.
@@ -36,7 +37,7 @@ _MAX_RETRIES_SEEN = 1000
 _NO_WORKFLOW = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-class BadMessage(ValueError):
+class BadMessage(PolyfitError, ValueError):
     """Raised when a task message does not name a valid batch of stored jobs."""
 
 

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from polyfit_models import VARIANTS, JobSpec, SpecError
+from polyfit_models import VARIANTS, BadInput, JobSpec, PolyfitError, SpecError
 from store.search import TrialRow
 
 #: Axes whose values are whole numbers (a continuous range over them asks integers).
@@ -38,11 +38,11 @@ SAMPLERS = ("random", "tpe", "cmaes", "gp", "qmc")
 INSTALL_HINT = "searching needs Optuna: pip install 'polyfit[search]'"
 
 
-class SearchError(ValueError):
+class SearchError(BadInput, ValueError):
     """Raised when a search's settings or space are not valid (one line)."""
 
 
-class SamplerFailed(RuntimeError):
+class SamplerFailed(PolyfitError, RuntimeError):
     """Raised when the sampler raised while asked for a round (the search ends ``failed``)."""
 
 

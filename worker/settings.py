@@ -35,10 +35,6 @@ ENV_PROGRESS = "POLYFIT_PROGRESS_S"
 ENV_COMPILE_CACHE = "POLYFIT_COMPILE_CACHE"
 
 
-class SettingsError(ValueError):
-    """Raised when a setting (flag or environment variable) has an unusable value."""
-
-
 def embedded_broker_url(db_url: str) -> str:
     """The no-server broker that lives next to the results database.
 
@@ -48,11 +44,11 @@ def embedded_broker_url(db_url: str) -> str:
     try:
         url = make_url(db_url)
     except (ArgumentError, ValueError) as e:
-        raise SettingsError(f"not a database URL: {redact_url(repr(db_url))}") from e
+        raise SettingError(f"not a database URL: {redact_url(repr(db_url))}") from e
     if url.get_backend_name() == "sqlite":
         db = url.database or "polyfit.sqlite"
         if db == ":memory:":
-            raise SettingsError("an in-memory database cannot be shared with workers")
+            raise SettingError("an in-memory database cannot be shared with workers")
         path = Path(db).expanduser().resolve()
         return f"sqla+sqlite:///{path.with_name(path.stem + '-broker.sqlite')}"
     return "sqla+" + url.render_as_string(hide_password=False)
@@ -63,13 +59,13 @@ _EXAMPLE = "e.g. redis://HOST:6379/0, or leave it out for the embedded broker"
 
 
 def check_broker_url(url: str) -> str:
-    """``url`` if it is a broker URL a worker can use, else ``SettingsError`` (one line, its
+    """``url`` if it is a broker URL a worker can use, else ``SettingError`` (one line, its
     password hidden): caught here, before a sweep is recorded, instead of as a ValueError deep
     in kombu or redis-py when the first message is sent (a port or a database that is not a
     number, an IPv6 host without its ``]``, a scheme no transport has), and a broker that lives
     inside one process (``memory://``, an in-memory SQLite) where no worker can reach it."""
     if not url.strip():
-        raise SettingsError(f"the broker URL is empty ({_EXAMPLE})")
+        raise SettingError(f"the broker URL is empty ({_EXAMPLE})")
     for one in url.split(";"):  # kombu's failover list
         _check_one_broker(one, redact_url(repr(one)))
     return url
@@ -78,7 +74,7 @@ def check_broker_url(url: str) -> str:
 def _check_one_broker(url: str, shown: str) -> None:
     m = _SCHEME.match(url)
     if m is None:
-        raise SettingsError(f"not a broker URL: {shown} ({_EXAMPLE})")
+        raise SettingError(f"not a broker URL: {shown} ({_EXAMPLE})")
     scheme = m.group(1).lower()
     transport = scheme.split("+", 1)[0]
     if transport in ("sqla", "sqlalchemy"):
@@ -86,41 +82,41 @@ def _check_one_broker(url: str, shown: str) -> None:
             database = make_url(url.split("+", 1)[1] if "+" in scheme else "")
             database.get_dialect()
         except (ArgumentError, ValueError, ImportError) as e:
-            raise SettingsError(f"not a broker URL: {shown}: after {transport}+ comes a "
+            raise SettingError(f"not a broker URL: {shown}: after {transport}+ comes a "
                                 f"database URL ({redact_url(str(e))})") from None
         if database.get_backend_name() == "sqlite" and database.database in (
                 None, "", ":memory:"):
-            raise SettingsError(f"an in-memory broker ({shown}) cannot be shared with workers: "
+            raise SettingError(f"an in-memory broker ({shown}) cannot be shared with workers: "
                                 f"give a file, or leave --broker out for the embedded broker")
         return
     if transport == "memory":
-        raise SettingsError(f"a memory:// broker lives inside one process and cannot be shared "
+        raise SettingError(f"a memory:// broker lives inside one process and cannot be shared "
                             f"with workers ({_EXAMPLE})")
     if transport in ("redis", "rediss"):
         if scheme.endswith("+socket"):
             if not urlsplit(url).path:
-                raise SettingsError(f"not a broker URL: {shown}: redis+socket:// takes the "
+                raise SettingError(f"not a broker URL: {shown}: redis+socket:// takes the "
                                     "path of a socket, e.g. redis+socket:///run/redis.sock")
             return
         try:
             parts = urlsplit(url)
             _ = parts.port, parts.hostname  # both raise ValueError when malformed
         except ValueError as e:
-            raise SettingsError(f"not a broker URL: {shown}: {e}") from None
+            raise SettingError(f"not a broker URL: {shown}: {e}") from None
         db = parts.path.strip("/")
         if db and not (db.isdigit() and int(db) < 2**31):
-            raise SettingsError(f"not a broker URL: {shown}: a Redis URL ends in the number of "
+            raise SettingError(f"not a broker URL: {shown}: a Redis URL ends in the number of "
                                 "its database (redis://HOST:6379/0)")
         return
     try:
         kombu_transport.get_transport_cls(transport)
     except (KeyError, ImportError, ValueError, AttributeError):
-        raise SettingsError(f"not a broker URL: {shown}: no transport for {scheme}:// "
+        raise SettingError(f"not a broker URL: {shown}: no transport for {scheme}:// "
                             f"({_EXAMPLE})") from None
 
 
 def check_db_url(url: str, what: str = "results database") -> str:
-    """``url`` if it is a database URL SQLAlchemy can read, else ``SettingsError`` (one line,
+    """``url`` if it is a database URL SQLAlchemy can read, else ``SettingError`` (one line,
     its password hidden): a port that is not a number, an IPv6 host without its ``]``, an
     unknown dialect. An in-memory SQLite is refused too: it ends with the command."""
     shown = redact_url(repr(url))
@@ -128,9 +124,9 @@ def check_db_url(url: str, what: str = "results database") -> str:
         parsed = make_url(url)
         parsed.get_dialect()  # make_url raised ValueError for a port that is not a number
     except (ArgumentError, ValueError, ImportError) as e:
-        raise SettingsError(f"not a {what} URL: {shown} ({redact_url(str(e))})") from None
+        raise SettingError(f"not a {what} URL: {shown} ({redact_url(str(e))})") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise SettingsError(f"an in-memory {what} ({shown}) is gone when the command ends: "
+        raise SettingError(f"an in-memory {what} ({shown}) is gone when the command ends: "
                             "give a file, e.g. sqlite:///polyfit.sqlite")
     return url
 
@@ -143,9 +139,9 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
     try:
         number = float(raw)
     except ValueError as e:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from e
+        raise SettingError(f"{name} must be a number, got {raw!r}") from e
     if not (low <= number <= high) or number != int(number):
-        raise SettingsError(f"{name} must be a whole number in {low}..{high:,}, got {raw!r}")
+        raise SettingError(f"{name} must be a whole number in {low}..{high:,}, got {raw!r}")
     return int(number)
 
 
@@ -227,7 +223,7 @@ class Settings:
         try:
             fusing = fuse_settings(env, Path.home())
         except SettingError as e:
-            raise SettingsError(str(e)) from e
+            raise SettingError(str(e)) from e
         base = cls(
             db_url=env.get(ENV_DB) or DEFAULT_DB_URL,
             broker=env.get(ENV_BROKER) or None,

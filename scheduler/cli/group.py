@@ -11,12 +11,8 @@ import traceback
 
 import click
 
-from polyfit_models import PolyfitModelError
-from scheduler.sweep import SweepSpecError
-from store import StoreError
-from store.db import MissingDriver, redact_url
-from store.reader import NotResultsDatabase, QueryError, UnsafeAccount
-from worker.settings import SettingsError
+from polyfit_models.errors import BadInput, PolyfitError
+from store.db import redact_url
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -33,12 +29,6 @@ class WorkFailed(click.ClickException):
     """Raised when the work ran but failed, or a server was unreachable: exit 1."""
 
     exit_code = EXIT_FAILED
-
-
-#: Domain errors that mean "your input is unusable" (exit 2); every other StoreError is a
-#: server or database that failed (exit 1).
-_INPUT_ERRORS = (SweepSpecError, SettingsError, PolyfitModelError, NotResultsDatabase,
-                 QueryError, UnsafeAccount, MissingDriver)
 
 
 def one_line(text: str) -> str:
@@ -70,9 +60,9 @@ class PolyfitGroup(click.Group):
         except click.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
-        except _INPUT_ERRORS as e:
+        except BadInput as e:  # the user's input is unusable
             _fail(str(e), EXIT_USAGE, debug)
-        except StoreError as e:
+        except PolyfitError as e:  # a server unreachable, work that ran and failed
             _fail(str(e), EXIT_FAILED, debug)
         except Exception as e:  # noqa: BLE001 - the promise is: no traceback, unless asked
             _fail(f"internal error: {e.__class__.__name__}: {e}", EXIT_FAILED, debug,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from scheduler.cli.group import InputError, cli
+from scheduler.cli.group import cli
 from scheduler.cli.helpers import find_sweep, not_the_database, pass_settings, reading
 from worker.settings import Settings
 
@@ -20,15 +20,13 @@ from worker.settings import Settings
 def export_optuna(settings: Settings, sweep_ref, storage, study_name) -> None:
     """Write a sweep as an Optuna study: distributions, params, mse values, loss curves as
     intermediate values."""
-    from polyfit_results.studies import StudyError, export_study
+    from polyfit_results.studies import export_study
 
     not_the_database(storage, settings, "--storage")
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
     try:
-        n = export_study(engine, target, storage, study_name)
-    except StudyError as e:
-        raise InputError(str(e)) from e
+        n = export_study(engine, target, storage, study_name)  # a StudyError is bad input
     finally:
         engine.dispose()
     click.echo(f"sweep {target.name}: {n} trials written to the study "

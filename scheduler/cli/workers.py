@@ -50,23 +50,21 @@ def worker(settings: Settings, device, gpus, concurrency, loglevel, token, only_
         raise InputError("--only-sweep needs --device cpu and --token")
 
     level = loglevel.upper()
-    try:
-        if device == "cpu":
-            if gpus:
-                raise InputError("--gpus needs --device cuda")
-            launch.run_cpu_worker(settings, concurrency, level, token, only_sweep)
+    # A LaunchError (a bad --gpus, no CUDA) is bad input: exit 2.
+    if device == "cpu":
+        if gpus:
+            raise InputError("--gpus needs --device cuda")
+        launch.run_cpu_worker(settings, concurrency, level, token, only_sweep)
+        return
+    if device == "cuda":
+        chosen = launch.parse_gpus(gpus or "all", launch.cuda_device_count())
+        if len(chosen) == 1:
+            launch.run_gpu_worker(settings, chosen[0], level, token)
             return
-        if device == "cuda":
-            chosen = launch.parse_gpus(gpus or "all", launch.cuda_device_count())
-            if len(chosen) == 1:
-                launch.run_gpu_worker(settings, chosen[0], level, token)
-                return
-            raise click.exceptions.Exit(launch.run_gpu_fleet(settings, chosen, level))
-        if device.startswith("cuda:") and device[5:].isdigit():
-            if gpus:
-                raise InputError("--gpus and --device cuda:N exclude each other")
-            launch.run_gpu_worker(settings, int(device[5:]), level, token)
-            return
-    except launch.LaunchError as e:
-        raise InputError(str(e)) from e
+        raise click.exceptions.Exit(launch.run_gpu_fleet(settings, chosen, level))
+    if device.startswith("cuda:") and device[5:].isdigit():
+        if gpus:
+            raise InputError("--gpus and --device cuda:N exclude each other")
+        launch.run_gpu_worker(settings, int(device[5:]), level, token)
+        return
     raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")

@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 
 from polyfit_models import fusion, runner
+from polyfit_models.errors import SettingError
 from tests.conftest import polyfit_env
 from tests.helpers import polyfit, record_sweep, rows
 from worker.execute import run_batch
 from worker.payload import Batch
 from worker.runtime import Runtime
-from worker.settings import Settings, SettingsError
+from worker.settings import Settings
 
 
 @pytest.mark.parametrize("raw,fuse", [("auto", None), ("", None), ("1", True), ("on", True),
@@ -25,7 +26,7 @@ def test_the_setting_is_parsed_and_handed_to_children(raw, fuse, tmp_path):
 
 
 def test_a_bad_value_is_a_settings_error():
-    with pytest.raises(SettingsError, match="POLYFIT_FUSE"):
+    with pytest.raises(SettingError, match="POLYFIT_FUSE"):
         Settings.from_env({"POLYFIT_FUSE": "sometimes"})
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 
 from polyfit_models import JobSpec, fit_many
+from polyfit_models.errors import SettingError
 from store import create_schema, make_engine
 from store import jobs as J
 from worker.execute import run_batch
 from worker.payload import Batch
 from worker.runtime import Runtime
-from worker.settings import Settings, SettingsError
+from worker.settings import Settings
 from worker.tasks import run_batch as task
 
 
@@ -57,7 +58,7 @@ def test_retry_count_heartbeat_and_visibility_are_settings():
     for bad in ({"POLYFIT_MAX_RETRIES": "-1"}, {"POLYFIT_MAX_RETRIES": "many"},
                 {"POLYFIT_MAX_RETRIES": "1000"}, {"POLYFIT_STALE_AFTER_S": "0"},
                 {"POLYFIT_VISIBILITY_TIMEOUT_S": "1.5"}):
-        with pytest.raises(SettingsError):
+        with pytest.raises(SettingError):
             Settings.from_env(bad)
 
 
