@@ -26,11 +26,12 @@ from importlib import metadata
 from types import MappingProxyType
 
 from .problem import DTYPES, OPTIMIZERS
-from .variant import ALL_AXES, DEFAULT_KEYS, DEVICES, MAX_DEGREE, Variant
+from .variant import DEFAULT_KEYS, DEVICES, MAX_DEGREE, VARIANT_AXES, Variant
 from .variants import builtin
 
-__all__ = ["ALL_AXES", "BROKEN", "BUILTIN_PACKAGE", "GROUP", "MAX_DEGREE", "REFUSED", "VARIANTS",
-           "Declared", "Problem", "Variant", "declared", "is_plugin", "load", "plugin_names"]
+__all__ = ["BROKEN", "BUILTIN_PACKAGE", "GROUP", "MAX_DEGREE", "REFUSED", "VARIANTS",
+           "VARIANT_AXES", "Declared", "Problem", "Variant", "declared", "is_plugin", "load",
+           "plugin_names"]
 
 GROUP = "polyfit.variants"
 BUILTIN_PACKAGE = "polyfit"
@@ -112,7 +113,7 @@ def _check(v: Variant, name: str) -> None:
         raise ValueError(f"loss must be 'sse' or 'mse', got {v.loss!r}")
     if not callable(v.train) or not callable(v.predict) or not callable(v.monomial):
         raise ValueError("train, predict and monomial must be callables")
-    for what, values, allowed in (("axes", v.axes, ALL_AXES), ("devices", v.devices, DEVICES),
+    for what, values, allowed in (("axes", v.axes, VARIANT_AXES), ("devices", v.devices, DEVICES),
                                   ("optimizers", v.optimizers, OPTIMIZERS)):
         if not isinstance(values, tuple) or not values or not set(values) <= set(allowed):
             raise ValueError(f"{what} must be a non-empty tuple of {', '.join(allowed)}")

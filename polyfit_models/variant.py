@@ -16,9 +16,9 @@ from types import MappingProxyType
 
 import numpy as np
 
+from .fields import VARIANT_AXES
 from .problem import OPTIMIZERS
 
-ALL_AXES = ("lr", "degree", "seed", "epochs", "optimizer", "dtype", "device")
 DEVICES = ("cpu", "cuda")
 MAX_DEGREE = 14
 #: The settings every variant gives a default for.
@@ -50,7 +50,7 @@ class Variant:
     train: Callable
     #: Float64 values (B, N) of the fitted models, from (B, P) coefficients, x and the degree.
     predict: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-    axes: tuple[str, ...] = ALL_AXES  # the JobSpec/sweep axes this variant uses
+    axes: tuple[str, ...] = VARIANT_AXES  # the JobSpec/sweep axes this variant uses
     devices: tuple[str, ...] = DEVICES  # device types it runs on
     optimizers: tuple[str, ...] = OPTIMIZERS
     min_degree: int = 1

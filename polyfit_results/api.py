@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from polyfit_models.errors import BadInput
+from polyfit_models.fields import names
 from polyfit_results import queries
 from store import jobs as store_jobs
 from store.db import DEFAULT_DB_URL, ENV_DB, remember_secrets
@@ -111,8 +112,9 @@ def best_frame(sweep: str | None = None, by: Sequence[str] = ("variant",), *,
     return _frame(rows, [*store_jobs.JOB_COLUMNS, "gap"])
 
 
-LOSS_COLUMNS = ("job_id", "variant", "lr", "degree", "seed", "optimizer", "status", "epoch",
-                "loss")
+#: The settings shown beside each point of a loss curve (those of the best-job tables).
+_CURVE_SETTINGS = names(shown="best", role="setting")
+LOSS_COLUMNS = ("job_id", *_CURVE_SETTINGS, "status", "epoch", "loss")
 
 
 def loss_curve_frame(sweep: str | None = None, *,
@@ -130,9 +132,8 @@ def loss_curve_frame(sweep: str | None = None, *,
     finally:
         engine.dispose()
     rows = [
-        {"job_id": job.id, "variant": job.variant, "lr": job.lr, "degree": job.degree,
-         "seed": job.seed, "optimizer": job.optimizer, "status": job.status, "epoch": epoch,
-         "loss": loss}
+        {"job_id": job.id, **{c: getattr(job, c) for c in _CURVE_SETTINGS},
+         "status": job.status, "epoch": epoch, "loss": loss}
         for job in jobs
         for epoch, loss in curves[job.id]
     ]

@@ -19,13 +19,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO
 
+from polyfit_models import fields
 from polyfit_models.errors import BadInput
 from store.jobs import JOB_COLUMNS
 from store.records import JobRecord
 
-#: Columns the database hands over as JSON text (written as it is).
-_JSON_TEXT = ("coefficients", "monomial")
-_TIMES = ("started_at", "heartbeat_at", "finished_at")
+#: Columns the database hands over as JSON text (written as it is), and times.
+_JSON_TEXT = fields.LISTS
+_TIMES = fields.TIMES
 
 
 class ExportError(BadInput, ValueError):

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from polyfit_models.describe import formula
 from polyfit_models.errors import BadInput
+from polyfit_models.fields import names
 from polyfit_models.registry import is_plugin
 from polyfit_results.fits import variant_rank
 from store import halving as store_halving
@@ -190,8 +191,7 @@ def _slowest_running(engine: Engine, sweep_id: str, now) -> float | None:
 
 
 # The job settings ``best_per_group`` (and ``polyfit best --by``) can group by.
-GROUP_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device", "dtype",
-                 "target")
+GROUP_COLUMNS = names(shown="group")
 
 
 

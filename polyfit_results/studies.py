@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from sqlalchemy import Engine
 
 from polyfit_models.errors import BadInput
+from polyfit_models.fields import AXES, names
 from store import jobs as store_jobs
 from store.jobs import JobRow
 
-AXES = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device")
-INT_AXES = ("degree", "seed", "epochs")
+INT_AXES = names(ranged=True, type=int)
 INSTALL_HINT = "needs Optuna: pip install 'polyfit[search]'"
 
 

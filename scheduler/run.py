@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import click
 
+from polyfit_models.fields import names
 from polyfit_results import queries, report
 from polyfit_results.progress import LiveProgress
 from scheduler.local import LocalWorkers, stopping_signals
@@ -46,8 +47,7 @@ LINE_EVERY_S = 5.0
 IDLE_STOP_S = 0.0
 #: After Ctrl-C the workers may be writing results: they get this long to stop warm.
 INTERRUPT_STOP_S = 5.0
-BEST_COLUMNS = ("variant", "lr", "degree", "seed", "optimizer", "status", "final_loss", "mse",
-                "optimum_mse", "gap")
+BEST_COLUMNS = names(shown="best")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import importlib
 from collections.abc import Callable
 
 from ..problem import OPTIMIZERS
-from ..variant import ALL_AXES, MAX_DEGREE, Variant, make_defaults
+from ..variant import MAX_DEGREE, VARIANT_AXES, Variant, make_defaults
 from . import bases
 from .bases import monomial_identity, monomial_predict
 
@@ -49,7 +49,7 @@ NUMPY = Variant(
 TENSOR = Variant(
     name="tensor",
     summary="torch tensors with hand-written gradients, no autograd (CPU or GPU)",
-    loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+    loss="sse", axes=VARIANT_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
     min_degree=1, max_degree=MAX_DEGREE,
     defaults=make_defaults(1e-6, 3, 2000, "sgd", "float32"),
     train=_trainer("tensor"), predict=monomial_predict, monomial=monomial_identity,
@@ -58,7 +58,7 @@ TENSOR = Variant(
 AUTOGRAD = Variant(
     name="autograd",
     summary="torch tensors with requires_grad, loss.backward(), manual update",
-    loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+    loss="sse", axes=VARIANT_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
     min_degree=1, max_degree=MAX_DEGREE,
     defaults=make_defaults(1e-6, 3, 2000, "sgd", "float32"),
     train=_trainer("autograd"), predict=monomial_predict, monomial=monomial_identity,
@@ -67,7 +67,7 @@ AUTOGRAD = Variant(
 LEGENDRE = Variant(
     name="legendre",
     summary="y = a + b * P_n(c + d x) through a custom autograd Function (degree is n)",
-    loss="sse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+    loss="sse", axes=VARIANT_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
     min_degree=1, max_degree=MAX_DEGREE,
     defaults=make_defaults(5e-6, 3, 2000, "sgd", "float32"),
     train=_trainer("legendre"), predict=bases.legendre_predict,
@@ -77,7 +77,7 @@ LEGENDRE = Variant(
 MODULE = Variant(
     name="module",
     summary="an nn.Module polynomial trained with torch.optim (Adam) and MSELoss",
-    loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+    loss="mse", axes=VARIANT_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
     min_degree=1, max_degree=MAX_DEGREE,
     defaults=make_defaults(1e-3, 3, 2000, "adam", "float32"),
     train=_trainer("module"), predict=monomial_predict, monomial=monomial_identity,
@@ -86,7 +86,7 @@ MODULE = Variant(
 DYNAMIC = Variant(
     name="dynamic",
     summary="a cubic plus a shared weight e on x^4..x^k, k drawn from [4, degree] each pass",
-    loss="mse", axes=ALL_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
+    loss="mse", axes=VARIANT_AXES, devices=_TORCH_DEVICES, optimizers=OPTIMIZERS,
     min_degree=4, max_degree=MAX_DEGREE,
     defaults=make_defaults(1e-8, 5, 30000, "momentum", "float32"),
     train=_trainer("dynamic"), predict=bases.dynamic_predict,
