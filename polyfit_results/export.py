@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import IO
 
-from store.jobs import JOB_COLUMNS
 from store.records import JobRecord
+from store.rows import JOB_COLUMNS
 
 #: Columns the database hands over as JSON text (written as it is).
 _JSON_TEXT = ("coefficients", "monomial")

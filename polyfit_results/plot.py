@@ -27,8 +27,9 @@ from polyfit_models import TARGETS, VARIANTS
 from polyfit_results import queries
 from polyfit_results.export import ExportError, output_path
 from polyfit_results.fits import fitted_values, per_point, variant_rank
-from store import jobs as store_jobs
+from store.reads import list_jobs, loss_curves
 from store.records import DIVERGED, OK, RUNNING, SUCCEEDED
+from store.rows import JobRow, SweepRow
 
 # Faint loss curves drawn per variant besides its best (the lowest-mse ones): enough to show the
 # spread over seeds and learning rates, few enough to keep the file small and the panel legible.
@@ -45,14 +46,14 @@ class PlotError(ValueError):
 class PlotData:
     """What the figure shows, read from the store once."""
 
-    sweep: store_jobs.SweepRow
-    jobs: tuple[store_jobs.JobRow, ...]
-    best: tuple[store_jobs.JobRow, ...]  # one per variant, in registry order
+    sweep: SweepRow
+    jobs: tuple[JobRow, ...]
+    best: tuple[JobRow, ...]  # one per variant, in registry order
     curves: dict[str, list]  # job id -> [(epoch, loss)]
 
 
-def load(engine: Engine, sweep: store_jobs.SweepRow) -> PlotData:
-    jobs = store_jobs.list_jobs(engine, sweep.id, sort="mse")
+def load(engine: Engine, sweep: SweepRow) -> PlotData:
+    jobs = list_jobs(engine, sweep.id, sort="mse")
     best_rows = queries.best_per_group(engine, sweep.id, ["variant"])
     by_id = {j.id: j for j in jobs}
     best = sorted((by_id[r["id"]] for r in best_rows),
@@ -67,11 +68,11 @@ def load(engine: Engine, sweep: store_jobs.SweepRow) -> PlotData:
     # Running jobs' curves so far (their workers write them every few seconds).
     drawn += running[:MAX_FAINT_CURVES]
     drawn += [j.id for j in best]
-    curves = store_jobs.loss_curves(engine, sweep.id, sorted(set(drawn)))
+    curves = loss_curves(engine, sweep.id, sorted(set(drawn)))
     return PlotData(sweep, tuple(jobs), tuple(best), curves)
 
 
-def x_grid(job: store_jobs.JobRow) -> np.ndarray:
+def x_grid(job: JobRow) -> np.ndarray:
     """The job's float64 x grid, as the fit saw it."""
     return np.linspace(job.x_start, job.x_stop, job.x_points)
 
@@ -222,7 +223,7 @@ class _Cell:
     total: int
 
 
-def _cells(jobs: Sequence[store_jobs.JobRow]) -> tuple[list, list, dict]:
+def _cells(jobs: Sequence[JobRow]) -> tuple[list, list, dict]:
     lrs = sorted({j.lr for j in jobs})
     degrees = sorted({j.degree for j in jobs})
     grouped: dict[tuple, list] = {}
@@ -249,7 +250,7 @@ class _Maps:
         return self.cell_in * rows + 1.1  # + title, tick labels, axis label
 
 
-def _plan_maps(jobs: Sequence[store_jobs.JobRow], width_in: float) -> _Maps:
+def _plan_maps(jobs: Sequence[JobRow], width_in: float) -> _Maps:
     variants = sorted({j.variant for j in jobs}, key=lambda v: (variant_rank(v), v))
     per_variant = {v: _cells([j for j in jobs if j.variant == v]) for v in variants}
     columns = sum(len(degrees) for _, degrees, _ in per_variant.values())
@@ -376,7 +377,7 @@ def _plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def save_plot(engine: Engine, sweep: store_jobs.SweepRow, path: str | Path,
+def save_plot(engine: Engine, sweep: SweepRow, path: str | Path,
               kind: str = "fits") -> Path:
     """Draw the sweep's figure of ``kind`` (``polyfit_results.search_plots.KINDS``) into
     ``path`` (format from its suffix: png, svg, pdf)."""

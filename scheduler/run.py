@@ -28,9 +28,12 @@ from scheduler.local import LocalWorkers, stopping_signals
 from scheduler.submit import BrokerError, Submitted, carry_on, drop_queue, submit
 from scheduler.sweep import Plan
 from store import StoreError
-from store import jobs as store_jobs
 from store.db import make_engine
+from store.reads import list_jobs
 from store.records import CANCELLED, FAILED
+from store.requeue import release_worker
+from store.rows import SweepRow
+from store.sweeps import find_sweep
 from worker.launch import cpu_count
 from worker.settings import Settings
 
@@ -76,7 +79,7 @@ def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size
     return _run(settings, target, enqueue, workers=workers, top=top, out=out)
 
 
-def continue_sweep(settings: Settings, sweep: store_jobs.SweepRow, *, workers: int | None,
+def continue_sweep(settings: Settings, sweep: SweepRow, *, workers: int | None,
                    batch_size: int | None, top: int = 1, out=None) -> int:
     """Train what an existing sweep still needs (queued jobs, and those of a worker that
     stopped beating) here, as ``sweep run`` does: how a sweep interrupted with Ctrl-C, or
@@ -152,7 +155,7 @@ def _say(line: str) -> None:
 
 def _wait(settings: Settings, target: Target, local: LocalWorkers) -> int:
     engine = make_engine(settings.db_url)
-    sweep = store_jobs.find_sweep(engine, target.sweep_id)
+    sweep = find_sweep(engine, target.sweep_id)
     try:
         with LiveProgress(sys.stderr, terminal=sys.stderr.isatty(), every_s=LINE_EVERY_S,
                           label=f"sweep {target.name}") as live:
@@ -187,7 +190,7 @@ def _release(settings: Settings, local: LocalWorkers) -> None:
         return
     engine = make_engine(settings.db_url)
     try:
-        store_jobs.release_worker(engine, local.identity)
+        release_worker(engine, local.identity)
     except StoreError as e:
         click.echo(f"warning: could not release the local workers' jobs ({e}); the workers' "
                    "reaper puts them back in the queue once their heartbeat is stale", err=True)
@@ -200,7 +203,7 @@ def _print_best(settings: Settings, target: Target, top: int, out) -> None:
         return
     engine = make_engine(settings.db_url)
     try:
-        jobs = store_jobs.list_jobs(engine, target.sweep_id, sort="mse")
+        jobs = list_jobs(engine, target.sweep_id, sort="mse")
     finally:
         engine.dispose()
     rows: list[dict] = []

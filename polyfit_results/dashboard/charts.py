@@ -21,8 +21,8 @@ import numpy as np
 from polyfit_models import TARGETS
 from polyfit_results.dashboard.data import Cell, variant_order
 from polyfit_results.fits import fitted_values, loss_kind, per_point
-from store.jobs import JobRow
 from store.records import DIVERGED
+from store.rows import JobRow
 
 # The colours of matplotlib's tab10 (and plotly's default colorway), one per variant in the
 # registry's order, as in ``polyfit plot``: a variant has the same colour everywhere.

@@ -17,7 +17,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from polyfit_results.fits import variant_rank
 from store.db import store_error, transaction
-from store.jobs import JOB_COLUMNS, JobRow, as_utc
 from store.manage import labels_of
 from store.records import (
     CANCELLED,
@@ -31,6 +30,7 @@ from store.records import (
     JobRecord,
     SweepRecord,
 )
+from store.rows import JOB_COLUMNS, JobRow, as_utc
 
 JOBS = JobRecord.__table__
 SWEEPS = SweepRecord.__table__

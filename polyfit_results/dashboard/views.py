@@ -20,10 +20,12 @@ from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
 from polyfit_results import queries, report
 from polyfit_results.dashboard import charts, data, params, search_charts
-from store import jobs as store_jobs
 from store.clock import db_now
 from store.manage import labels_of
+from store.reads import loss_curves
 from store.records import STATUSES
+from store.rows import JobRow, SweepRow, as_utc
+from store.sweeps import find_sweep, sweep_names
 
 bp = Blueprint("dashboard", __name__)
 
@@ -64,7 +66,7 @@ def age(when: datetime | None) -> str:
     not this host's."""
     if when is None:
         return "-"
-    s = max(0.0, (db_now(_engine()) - store_jobs.as_utc(when)).total_seconds())
+    s = max(0.0, (db_now(_engine()) - as_utc(when)).total_seconds())
     for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
         if s >= size:
             return f"{int(s // size)}{unit} ago"
@@ -73,7 +75,7 @@ def age(when: datetime | None) -> str:
 
 @bp.app_template_filter("utc")
 def _utc(when: datetime | None) -> str:
-    return "-" if when is None else store_jobs.as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "-" if when is None else as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @bp.app_context_processor
@@ -83,12 +85,12 @@ def _globals() -> dict:
             "variant_color": charts.color}
 
 
-def _sweep(ref: str) -> store_jobs.SweepRow:
+def _sweep(ref: str) -> SweepRow:
     """The sweep ``ref`` names (id or name), or 404 with the names that come close."""
-    found = store_jobs.find_sweep(_engine(), params.ref(ref))
+    found = find_sweep(_engine(), params.ref(ref))
     if found is not None:
         return found
-    close = difflib.get_close_matches(ref, store_jobs.sweep_names(_engine()), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(ref, sweep_names(_engine()), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     abort(404, f"no sweep {params.shown(ref)}{hint}")
 
@@ -133,7 +135,7 @@ def _state(p: queries.Progress) -> str:
     return "running" if p.counts.get("running") else "waiting"
 
 
-def _progress(sweep: store_jobs.SweepRow) -> dict:
+def _progress(sweep: SweepRow) -> dict:
     p = queries.progress(_engine(), sweep)
     shown = p.to_dict()
     search = shown["search"]
@@ -203,7 +205,7 @@ def api_progress(ref: str):
 _JOB_IDS = re.compile(r"[0-9a-f]{1,32}(,[0-9a-f]{1,32}){0,63}")
 
 
-def _best_by_variant(engine: Engine, target: store_jobs.SweepRow) -> list[store_jobs.JobRow]:
+def _best_by_variant(engine: Engine, target: SweepRow) -> list[JobRow]:
     given = params.text("jobs", "") or None
     if given is None:
         return data.best_jobs(engine, target.id).by_variant
@@ -221,7 +223,7 @@ def api_chart(ref: str, name: str):
         return jsonify(charts.fits_figure(_best_by_variant(engine, target)))
     if name == "losses":
         jobs = data.curve_jobs(engine, target.id)
-        curves = store_jobs.loss_curves(engine, target.id, [j.id for j in jobs])
+        curves = loss_curves(engine, target.id, [j.id for j in jobs])
         return jsonify(charts.losses_figure(jobs, data.best_of(jobs), curves))
     if name == "maps":
         return jsonify(charts.maps_figure(data.map_cells(engine, target.id)))
@@ -232,7 +234,7 @@ def api_chart(ref: str, name: str):
 
 # -- a job ---------------------------------------------------------------------------------------
 
-def _job(ref: str, job_id: str) -> tuple[store_jobs.SweepRow, store_jobs.JobRow]:
+def _job(ref: str, job_id: str) -> tuple[SweepRow, JobRow]:
     target = _sweep(ref)
     found = data.job(_engine(), target.id, params.ref(job_id, "job"))
     if found is None:
@@ -244,7 +246,7 @@ def _job(ref: str, job_id: str) -> tuple[store_jobs.SweepRow, store_jobs.JobRow]
 def job(ref: str, job_id: str):
     target, found = _job(ref, job_id)
     values = found.to_dict(gap=True)
-    curve = store_jobs.loss_curves(_engine(), target.id, [found.id])[found.id]
+    curve = loss_curves(_engine(), target.id, [found.id])[found.id]
     return render_template(
         "job.html", sweep=target, job=found, values=values, formula=formula(found.monomial),
         settings=JOB_SETTINGS, outcome=JOB_OUTCOME, run=JOB_RUN, points=len(curve),
@@ -255,7 +257,7 @@ def job(ref: str, job_id: str):
 def api_job_chart(ref: str, job_id: str, name: str):
     target, found = _job(ref, job_id)
     if name == "curve":
-        curve = store_jobs.loss_curves(_engine(), target.id, [found.id])[found.id]
+        curve = loss_curves(_engine(), target.id, [found.id])[found.id]
         return jsonify(charts.curve_figure(found, curve))
     if name == "fit":
         return jsonify(charts.fits_figure([found]))
