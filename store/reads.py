@@ -8,17 +8,26 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, Text, cast, func, literal, select
+from sqlalchemy import Engine, Text, case, cast, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from store.db import StoreError, columns_of, store_error, transaction
-from store.records import OK, JobRecord, LossPointRecord
+from store.records import DIVERGED, FAILED, OK, SUCCEEDED, JobRecord, LossPointRecord
 from store.rows import JOB_COLUMNS, JobRow, chunks
+
+JOBS = JobRecord.__table__
+
+
+#: What the job table and ``polyfit results`` may sort by: every column but the JSON lists
+#: (which have no order), and ``gap`` (mse minus the least-squares optimum).
+SORT_COLUMNS = tuple(c for c in JOB_COLUMNS if c not in ("coefficients", "monomial")) + ("gap",)
 
 
 @dataclass(frozen=True)
 class JobQuery:
-    """Which jobs of a sweep, in which order (what ``polyfit results`` filters and sorts by)."""
+    """Which jobs of a sweep, in which order (what ``polyfit results`` and the dashboard's job
+    table filter and sort by): the jobs of these variants, states and degrees (all when
+    empty), lr within bounds, sorted by a column or ``gap`` (missing values last, ties by id)."""
 
     variants: Sequence[str] = ()
     statuses: Sequence[str] = ()
@@ -29,41 +38,54 @@ class JobQuery:
     descending: bool = False
     limit: int | None = None
 
+    def where(self, sweep_id: str) -> list:
+        """The conditions a job of ``sweep_id`` meets to pass."""
+        j = JOBS.c
+        out = [j.sweep_id == sweep_id]
+        if self.variants:
+            out.append(j.variant.in_(list(self.variants)))
+        if self.statuses:
+            out.append(j.status.in_(list(self.statuses)))
+        if self.degrees:
+            out.append(j.degree.in_(list(self.degrees)))
+        if self.lr_min is not None:
+            out.append(j.lr >= self.lr_min)
+        if self.lr_max is not None:
+            out.append(j.lr <= self.lr_max)
+        return out
+
+    def order_by(self) -> list:
+        """The sort: missing values last, ties by id."""
+        if self.sort not in JOB_COLUMNS and self.sort != "gap":
+            raise StoreError(f"unknown column {self.sort!r}")
+        key = JOBS.c.mse - JOBS.c.optimum_mse if self.sort == "gap" else JOBS.c[self.sort]
+        return [key.is_(None), key.desc() if self.descending else key.asc(), JOBS.c.id]
+
     def select(self, engine: Engine, sweep_id: str, *, raw_json: bool = False):
         """The SELECT of ``JOB_COLUMNS``; ``raw_json``: the JSON columns as their stored text
         and the times as text (an export writes them nearly as they are, without decoding and
         encoding each: see ``iso_time``)."""
-        if self.sort not in JOB_COLUMNS:
-            raise StoreError(f"unknown column {self.sort!r}")
-        col = getattr(JobRecord, self.sort)
-        table = JobRecord.__table__
-        have = columns_of(engine)
-
-        def column(name: str):
-            # A database made by an older polyfit lacks the newest columns: read what is
-            # there (a read command never upgrades a database).
-            if name not in have:
-                return literal(None).label(name)
-            if raw_json and name in ("coefficients", "monomial"):
-                return cast(table.c[name], Text).label(name)
-            if raw_json and name in ("started_at", "heartbeat_at", "finished_at"):
-                return _iso_text(engine, table.c[name]).label(name)
-            return table.c[name]
-
-        q = select(*(column(c) for c in JOB_COLUMNS)).where(JobRecord.sweep_id == sweep_id)
-        if self.variants:
-            q = q.where(JobRecord.variant.in_(self.variants))
-        if self.statuses:
-            q = q.where(JobRecord.status.in_(self.statuses))
-        if self.degrees:
-            q = q.where(JobRecord.degree.in_(self.degrees))
-        if self.lr_min is not None:
-            q = q.where(JobRecord.lr >= self.lr_min)
-        if self.lr_max is not None:
-            q = q.where(JobRecord.lr <= self.lr_max)
-        q = q.order_by(col.is_(None), col.desc() if self.descending else col.asc(),
-                       JobRecord.id)
+        order = self.order_by()
+        q = (select(*_job_columns(engine, raw_json=raw_json)).where(*self.where(sweep_id))
+             .order_by(*order))
         return q if self.limit is None else q.limit(self.limit)
+
+
+def _job_columns(engine: Engine, *, raw_json: bool = False) -> list:
+    """``JOB_COLUMNS`` as this database has them: a database made by an older polyfit lacks
+    the newest columns, which read as missing (a read never upgrades a database)."""
+    have = columns_of(engine)
+
+    def column(name: str):
+        if name not in have:
+            return literal(None).label(name)
+        if raw_json and name in ("coefficients", "monomial"):
+            return cast(JOBS.c[name], Text).label(name)
+        if raw_json and name in ("started_at", "heartbeat_at", "finished_at"):
+            return _iso_text(engine, JOBS.c[name]).label(name)
+        return JOBS.c[name]
+
+    return [column(c) for c in JOB_COLUMNS]
 
 
 def list_jobs(engine: Engine, sweep_id: str, **query) -> list[JobRow]:
@@ -73,24 +95,107 @@ def list_jobs(engine: Engine, sweep_id: str, **query) -> list[JobRow]:
         return [JobRow(**r) for r in s.execute(q).mappings()]
 
 
-def best_jobs(engine: Engine, sweep_id: str, by: Sequence[str]) -> list[JobRow]:
-    """The lowest-mse job (ties: the lower id) of each group of jobs with equal ``by``
-    columns, among the sweep's succeeded and diverged jobs: ranked by the database (a window
-    function), so a million-job sweep never comes into Python whole."""
-    table = JobRecord.__table__
+def jobs_page(engine: Engine, sweep_id: str, query: JobQuery, *, page: int,
+              per_page: int) -> tuple[list[JobRow], int]:
+    """One page (from 1) of the sweep's jobs that pass ``query``, and how many pass it. The
+    database sorts and skips narrow rows (the key and the id), then hands over the page's
+    rows only: a late page of a big sweep costs what the first does."""
+    where = query.where(sweep_id)
+    q = (select(JOBS.c.id).where(*where).order_by(*query.order_by())
+         .limit(per_page).offset((page - 1) * per_page))
+    with transaction(engine) as s:
+        total = s.execute(select(func.count()).select_from(JOBS).where(*where)).scalar_one()
+        ids = list(s.scalars(q))
+    return rows_of(engine, sweep_id, ids), total
+
+
+def rows_of(engine: Engine, sweep_id: str, ids: Sequence[str]) -> list[JobRow]:
+    """The full rows of these jobs, in the order of ``ids`` (those the sweep has)."""
+    found: dict[str, JobRow] = {}
+    with transaction(engine) as s:
+        for chunk in chunks(list(ids)):
+            q = select(*_job_columns(engine)).where(JOBS.c.sweep_id == sweep_id,
+                                                    JOBS.c.id.in_(list(chunk)))
+            found.update((r["id"], JobRow(**r)) for r in s.execute(q).mappings())
+    return [found[i] for i in ids if i in found]
+
+
+def find_job(engine: Engine, sweep_id: str, job_id: str) -> JobRow | None:
+    """The job ``job_id`` of the sweep, or None."""
+    found = rows_of(engine, sweep_id, [job_id])
+    return found[0] if found else None
+
+
+def best_jobs(engine: Engine, sweep_id: str, by: Sequence[str], *,
+              top: int = 1) -> list[JobRow]:
+    """The ``top`` lowest-mse jobs (ties: the lower id) of each group of jobs with equal
+    ``by`` columns, among the sweep's succeeded and diverged jobs: ranked by the database (a
+    window function), so a million-job sweep never comes into Python whole. Each group's jobs
+    come together, its best first."""
+    ok = JOBS.c.status.in_(OK) & JOBS.c.mse.is_not(None)
+    return _ranked(engine, sweep_id, by, (JOBS.c.mse, JOBS.c.id), ok, top)
+
+
+def latest_diverged(engine: Engine, sweep_id: str, by: Sequence[str], *,
+                    top: int = 1) -> list[JobRow]:
+    """The ``top`` jobs of each group of equal ``by`` columns that diverged latest (the
+    longest loss curves; ties: the lower id)."""
+    return _ranked(engine, sweep_id, by, (JOBS.c.diverged_at_epoch.desc(), JOBS.c.id),
+                   JOBS.c.status == DIVERGED, top)
+
+
+def _ranked(engine: Engine, sweep_id: str, by: Sequence[str], order: Sequence, where,
+            top: int) -> list[JobRow]:
     unknown = [b for b in by if b not in JOB_COLUMNS]
     if unknown:
         raise StoreError(f"unknown column {unknown[0]!r}")
-    have = columns_of(engine)
-    columns = [table.c[c] if c in have else literal(None).label(c) for c in JOB_COLUMNS]
-    rank = func.row_number().over(partition_by=[table.c[b] for b in by],
-                                  order_by=(table.c.mse, table.c.id)).label("pick")
-    ranked = (select(*columns, rank)
-              .where(table.c.sweep_id == sweep_id, table.c.status.in_(OK),
-                     table.c.mse.is_not(None)).subquery())
-    q = select(*(ranked.c[c] for c in JOB_COLUMNS)).where(ranked.c.pick == 1)
+    rank = func.row_number().over(partition_by=[JOBS.c[b] for b in by],
+                                  order_by=list(order)).label("pick")
+    ranked = (select(*_job_columns(engine), rank)
+              .where(JOBS.c.sweep_id == sweep_id, where).subquery())
+    q = (select(*(ranked.c[c] for c in JOB_COLUMNS)).where(ranked.c.pick <= top)
+         .order_by(*(ranked.c[b] for b in by), ranked.c.pick))
     with transaction(engine) as s:
         return [JobRow(**r) for r in s.execute(q).mappings()]
+
+
+@dataclass(frozen=True)
+class MapCell:
+    """The jobs of one variant, learning rate and degree: a cell of the lr x degree maps (the
+    dashboard's and the plot's), coloured by ``best_mse``."""
+
+    variant: str
+    lr: float
+    degree: int
+    jobs: int
+    succeeded: int
+    diverged: int
+    failed: int
+    best_mse: float | None  # the lowest mse of those that succeeded
+    mean_mse: float | None  # their mean
+
+
+def map_cells(engine: Engine, sweep_id: str) -> list[MapCell]:
+    """One aggregate per (variant, lr, degree): a grid's worth of rows, whatever the seeds."""
+    j = JOBS.c
+    good = case((j.status == SUCCEEDED, j.mse), else_=None)
+
+    def count(status):
+        return func.coalesce(func.sum(case((j.status == status, 1), else_=0)), 0)
+
+    q = (select(j.variant, j.lr, j.degree, func.count(), count(SUCCEEDED), count(DIVERGED),
+                count(FAILED), func.min(good), func.avg(good))
+         .where(j.sweep_id == sweep_id).group_by(j.variant, j.lr, j.degree))
+    with transaction(engine) as s:
+        return [MapCell(v, lr, d, int(n), int(ok), int(dv), int(f), b, m)
+                for v, lr, d, n, ok, dv, f, b, m in s.execute(q).all()]
+
+
+def setting_values(engine: Engine, sweep_id: str, *columns: str) -> list[tuple]:
+    """The distinct values the sweep's jobs take of these settings (for a page's filters)."""
+    q = select(*(JOBS.c[c] for c in columns)).where(JOBS.c.sweep_id == sweep_id).distinct()
+    with transaction(engine) as s:
+        return [tuple(r) for r in s.execute(q).all()]
 
 
 def _iso_text(engine: Engine, column):
