@@ -31,6 +31,8 @@ def as_utc(t: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class SweepRow:
+    """A recorded sweep: its id, name, spec and when it was made and last used."""
+
     id: str
     name: str
     spec: dict
@@ -42,6 +44,8 @@ class SweepRow:
 
 @dataclass(frozen=True)
 class JobRow:
+    """A job as the store holds it: its settings, status and result."""
+
     id: str
     sweep_id: str
     variant: str
