@@ -1,5 +1,5 @@
 """Concurrent writers on one SQLite file: N real processes race to claim, beat and save the
-results of the same jobs through ``store.jobs``, as N workers of a fleet do. Prints the figures:
+results of the same jobs through ``store.claims``, as N workers of a fleet do. Prints the figures:
 wall time, jobs per second, transaction latencies, and how many "database is locked" (or any
 other store) errors there were, which must be zero.
 
@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from store import StoreError, create_schema, make_engine  # noqa: E402
-from store import jobs as J  # noqa: E402
+from store.claims import beat, claim_jobs, save_results  # noqa: E402
+from store.recording import save_sweep  # noqa: E402
 
 SWEEP = "bench"
 
@@ -54,16 +55,16 @@ def _writer(db_url: str, n_jobs: int, batch: int, seed: int, start: mp.Event, ou
     for chunk in chunks:
         try:
             t = time.perf_counter()
-            mine = [job.id for job in J.claim_jobs(engine, SWEEP, chunk, name,
+            mine = [job.id for job in claim_jobs(engine, SWEEP, chunk, name,
                                                    stale_after_s=3600)]
             stats["claim_ms"].append((time.perf_counter() - t) * 1000)
             if not mine:
                 continue
             t = time.perf_counter()
-            J.beat(engine, SWEEP, mine, name)
+            beat(engine, SWEEP, mine, name)
             stats["beat_ms"].append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
-            written = J.save_results(engine, SWEEP, [(j, _result(int(j[1:]))) for j in mine],
+            written = save_results(engine, SWEEP, [(j, _result(int(j[1:]))) for j in mine],
                                      name, "cpu")
             stats["save_ms"].append((time.perf_counter() - t) * 1000)
             if written != len(mine):
@@ -103,7 +104,7 @@ def run(db_url: str, processes: int = 8, jobs: int = 10_000, batch: int = 25) ->
     """Race ``processes`` writers over ``jobs`` jobs; returns the figures (see module doc)."""
     engine = make_engine(db_url)
     create_schema(engine)
-    J.save_sweep(engine, SWEEP, SWEEP, {}, [_job(i) for i in range(jobs)])
+    save_sweep(engine, SWEEP, SWEEP, {}, [_job(i) for i in range(jobs)])
     engine.dispose()
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()

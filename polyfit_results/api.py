@@ -22,9 +22,11 @@ from sqlalchemy import Engine
 from polyfit_models.errors import BadInput
 from polyfit_models.fields import names
 from polyfit_results import queries
-from store import jobs as store_jobs
 from store.db import DEFAULT_DB_URL, ENV_DB, remember_secrets
 from store.reader import open_results
+from store.reads import list_jobs, loss_curves, stream_jobs
+from store.rows import JOB_COLUMNS, SweepRow
+from store.sweeps import find_sweep
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -52,8 +54,8 @@ def _open(db_url: str | None) -> Engine:
     return open_results(url)
 
 
-def _sweep(engine: Engine, sweep: str | None) -> store_jobs.SweepRow:
-    found = store_jobs.find_sweep(engine, sweep)
+def _sweep(engine: Engine, sweep: str | None) -> SweepRow:
+    found = find_sweep(engine, sweep)
     if found is None:
         raise SweepNotFound(f"no sweep {sweep!r}" if sweep else "no sweep recorded yet")
     return found
@@ -77,13 +79,13 @@ def jobs_frame(sweep: str | None = None, *, db_url: str | None = None) -> pandas
     ``coefficients`` and ``monomial`` hold lists."""
     pd = _pandas()
     engine = _open(db_url)
-    columns = list(store_jobs.JOB_COLUMNS)
+    columns = list(JOB_COLUMNS)
     try:
         # Read a chunk of plain tuples at a time from the database's cursor (no object per
         # row): a frame of a million jobs costs the frame, not ten times it.
         target = _sweep(engine, sweep).id
         chunks = [pd.DataFrame.from_records(chunk, columns=columns) for chunk in
-                  _chunked(store_jobs.stream_jobs(engine, target), 100_000)]
+                  _chunked(stream_jobs(engine, target), 100_000)]
     finally:
         engine.dispose()
     frame = (pd.concat(chunks, ignore_index=True) if chunks
@@ -109,7 +111,7 @@ def best_frame(sweep: str | None = None, by: Sequence[str] = ("variant",), *,
         rows = queries.best_per_group(engine, _sweep(engine, sweep).id, list(by))
     finally:
         engine.dispose()
-    return _frame(rows, [*store_jobs.JOB_COLUMNS, "gap"])
+    return _frame(rows, [*JOB_COLUMNS, "gap"])
 
 
 #: The settings shown beside each point of a loss curve (those of the best-job tables).
@@ -127,8 +129,8 @@ def loss_curve_frame(sweep: str | None = None, *,
     engine = _open(db_url)
     try:
         target = _sweep(engine, sweep)
-        jobs = store_jobs.list_jobs(engine, target.id, sort="id")
-        curves = store_jobs.loss_curves(engine, target.id, [j.id for j in jobs])
+        jobs = list_jobs(engine, target.id, sort="id")
+        curves = loss_curves(engine, target.id, [j.id for j in jobs])
     finally:
         engine.dispose()
     rows = [

@@ -21,8 +21,8 @@ from typing import IO
 
 from polyfit_models import fields
 from polyfit_models.errors import BadInput
-from store.jobs import JOB_COLUMNS
 from store.records import JobRecord
+from store.rows import JOB_COLUMNS
 
 #: Columns the database hands over as JSON text (written as it is), and times.
 _JSON_TEXT = fields.LISTS

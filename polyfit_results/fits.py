@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 
 from polyfit_models import VARIANTS
-from store.jobs import JobRow
+from store.rows import JobRow
 
 _ORDER = {name: i for i, name in enumerate(VARIANTS)}
 

@@ -1,16 +1,15 @@
 """``polyfit plot``: one figure that sums a sweep up for a report. Top left, the best fit of each
 variant against the target, with the residuals underneath; top right, the training loss curves
 on a log scale (the best job of each variant bold, its other jobs faint); bottom, one
-learning-rate x degree map per variant of the final mse (median over the cell's jobs; diverged
-cells marked). Fitted curves come from each job's own stored coefficients through the variant's
-``predict`` in the registry, the very model its ``mse`` was computed from (the ``monomial``
-column when those are missing). Drawn with matplotlib's object API on the Agg canvas: no pyplot,
-no display, nothing global changed."""
+learning-rate x degree map per variant of the final mse (the best of the cell's jobs, as the
+dashboard's maps; diverged cells marked). Fitted curves come from each job's own stored
+coefficients through the variant's ``predict`` in the registry, the very model its ``mse`` was
+computed from (the ``monomial`` column when those are missing). Drawn with matplotlib's object
+API on the Agg canvas: no pyplot, no display, nothing global changed."""
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ from polyfit_models.errors import BadInput
 from polyfit_results import queries
 from polyfit_results.export import ExportError, output_path
 from polyfit_results.fits import fitted_values, per_point, variant_rank
-from store import jobs as store_jobs
-from store.records import DIVERGED, OK, RUNNING, SUCCEEDED
+from store.reads import MapCell, list_jobs, loss_curves, map_cells
+from store.records import DIVERGED, OK, RUNNING
+from store.rows import JobRow, SweepRow
 
 # Faint loss curves drawn per variant besides its best (the lowest-mse ones): enough to show the
 # spread over seeds and learning rates, few enough to keep the file small and the panel legible.
@@ -46,14 +46,15 @@ class PlotError(BadInput, ValueError):
 class PlotData:
     """What the figure shows, read from the store once."""
 
-    sweep: store_jobs.SweepRow
-    jobs: tuple[store_jobs.JobRow, ...]
-    best: tuple[store_jobs.JobRow, ...]  # one per variant, in registry order
+    sweep: SweepRow
+    jobs: tuple[JobRow, ...]
+    best: tuple[JobRow, ...]  # one per variant, in registry order
     curves: dict[str, list]  # job id -> [(epoch, loss)]
+    cells: tuple[MapCell, ...] = ()  # the lr x degree maps' (the dashboard's too)
 
 
-def load(engine: Engine, sweep: store_jobs.SweepRow) -> PlotData:
-    jobs = store_jobs.list_jobs(engine, sweep.id, sort="mse")
+def load(engine: Engine, sweep: SweepRow) -> PlotData:
+    jobs = list_jobs(engine, sweep.id, sort="mse")
     best_rows = queries.best_per_group(engine, sweep.id, ["variant"])
     by_id = {j.id: j for j in jobs}
     best = sorted((by_id[r["id"]] for r in best_rows),
@@ -68,11 +69,11 @@ def load(engine: Engine, sweep: store_jobs.SweepRow) -> PlotData:
     # Running jobs' curves so far (their workers write them every few seconds).
     drawn += running[:MAX_FAINT_CURVES]
     drawn += [j.id for j in best]
-    curves = store_jobs.loss_curves(engine, sweep.id, sorted(set(drawn)))
-    return PlotData(sweep, tuple(jobs), tuple(best), curves)
+    curves = loss_curves(engine, sweep.id, sorted(set(drawn)))
+    return PlotData(sweep, tuple(jobs), tuple(best), curves, tuple(map_cells(engine, sweep.id)))
 
 
-def x_grid(job: store_jobs.JobRow) -> np.ndarray:
+def x_grid(job: JobRow) -> np.ndarray:
     """The job's float64 x grid, as the fit saw it."""
     return np.linspace(job.x_start, job.x_stop, job.x_points)
 
@@ -215,26 +216,10 @@ def _no_curve_note(data: PlotData) -> str:
             "(the curve keeps\na point every few epochs)")
 
 
-@dataclass(frozen=True)
-class _Cell:
-    value: float | None  # median mse of the cell's jobs that did not diverge
-    best: float | None
-    diverged: int
-    total: int
-
-
-def _cells(jobs: Sequence[store_jobs.JobRow]) -> tuple[list, list, dict]:
-    lrs = sorted({j.lr for j in jobs})
-    degrees = sorted({j.degree for j in jobs})
-    grouped: dict[tuple, list] = {}
-    for j in jobs:
-        grouped.setdefault((j.lr, j.degree), []).append(j)
-    cells = {}
-    for key, members in grouped.items():
-        good = [j.mse for j in members if j.status == SUCCEEDED and j.mse is not None]
-        cells[key] = _Cell(statistics.median(good) if good else None, min(good, default=None),
-                           sum(j.status == DIVERGED for j in members), len(members))
-    return lrs, degrees, cells
+def _cells(cells: Sequence[MapCell]) -> tuple[list, list, dict]:
+    lrs = sorted({c.lr for c in cells})
+    degrees = sorted({c.degree for c in cells})
+    return lrs, degrees, {(c.lr, c.degree): c for c in cells}
 
 
 @dataclass(frozen=True)
@@ -250,9 +235,9 @@ class _Maps:
         return self.cell_in * rows + 1.1  # + title, tick labels, axis label
 
 
-def _plan_maps(jobs: Sequence[store_jobs.JobRow], width_in: float) -> _Maps:
-    variants = sorted({j.variant for j in jobs}, key=lambda v: (variant_rank(v), v))
-    per_variant = {v: _cells([j for j in jobs if j.variant == v]) for v in variants}
+def _plan_maps(cells: Sequence[MapCell], width_in: float) -> _Maps:
+    variants = sorted({c.variant for c in cells}, key=lambda v: (variant_rank(v), v))
+    per_variant = {v: _cells([c for c in cells if c.variant == v]) for v in variants}
     columns = sum(len(degrees) for _, degrees, _ in per_variant.values())
     rows = max(len(lrs) for lrs, _, _ in per_variant.values())
     # Room left once each panel's lr tick labels and the colorbar have theirs.
@@ -263,8 +248,8 @@ def _plan_maps(jobs: Sequence[store_jobs.JobRow], width_in: float) -> _Maps:
 
 def _draw_maps(fig: Figure, spec, maps: _Maps) -> None:
     variants = list(maps.per_variant)
-    values = [c.value for _, _, cells in maps.per_variant.values() for c in cells.values()
-              if c.value is not None and c.value > 0]
+    values = [c.best_mse for _, _, cells in maps.per_variant.values() for c in cells.values()
+              if c.best_mse is not None and c.best_mse > 0]
     lo, hi = (min(values), max(values)) if values else (1e-3, 1.0)
     if hi <= lo:
         lo, hi = lo / 2, hi * 2
@@ -282,16 +267,16 @@ def _draw_maps(fig: Figure, spec, maps: _Maps) -> None:
         ax = fig.add_subplot(grid[i])
         table = np.full((len(lrs), len(degrees)), np.nan)
         for (lr, degree), cell in cells.items():
-            if cell.value is not None and cell.value > 0:
-                table[lrs.index(lr), degrees.index(degree)] = cell.value
+            if cell.best_mse is not None and cell.best_mse > 0:
+                table[lrs.index(lr), degrees.index(degree)] = cell.best_mse
         ax.imshow(table, cmap=cmap, norm=norm, aspect="equal", origin="lower",
                   interpolation="nearest")
         ax.set_anchor("S")
         for (lr, degree), cell in cells.items():
             r, c = lrs.index(lr), degrees.index(degree)
             any_diverged = any_diverged or bool(cell.diverged)
-            if cell.value is None:
-                # No job of the cell ended well: grey, and crossed out if they diverged.
+            if cell.best_mse is None:
+                # No job of the cell succeeded: grey, and crossed out if they diverged.
                 ax.add_patch(_rect(c, r, DIVERGED_COLOR))
                 if cell.diverged:
                     ax.plot([c - 0.5, c + 0.5], [r - 0.5, r + 0.5], color=DIVERGED_MARK, lw=0.9)
@@ -304,11 +289,11 @@ def _draw_maps(fig: Figure, spec, maps: _Maps) -> None:
                 ax.plot(c + 0.33, r + 0.33, marker="x", color=DIVERGED_MARK,
                         ms=max(3.0, 7 * min(maps.cell_in, 0.8)), mew=1.3)
             if annotate:
-                rgba = cmap(norm(cell.value))
+                rgba = cmap(norm(cell.best_mse))
                 dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
-                text = f"{cell.value:.2g}"
-                if detailed and cell.total > 1:
-                    text += f"\nbest {cell.best:.2g}"
+                text = f"{cell.best_mse:.2g}"
+                if detailed and cell.succeeded > 1:
+                    text += f"\nmean {cell.mean_mse:.2g}"
                 ax.text(c, r, text, ha="center", va="center",
                         fontsize=7.5 if detailed else 6.5, color="white" if dark else "black")
         ax.set_xticks(range(len(degrees)), [str(d) for d in degrees])
@@ -322,8 +307,8 @@ def _draw_maps(fig: Figure, spec, maps: _Maps) -> None:
         ax.tick_params(labelsize=7, length=2)
     cax = fig.add_subplot(grid[-1])
     cax.set_anchor("SW")
-    note = ("maps: final mse by learning rate x degree, the median over each cell's jobs"
-            + (" (and their best)" if detailed else ""))
+    note = ("maps: final mse by learning rate x degree, the best of each cell's jobs"
+            + (" (and their mean)" if detailed else ""))
     if values:
         bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
         bar.set_label("final mse", fontsize=7.5)
@@ -350,7 +335,7 @@ def draw(data: PlotData) -> Figure:
         counts[j.status] = counts.get(j.status, 0) + 1
     first = data.best[0] if data.best else data.jobs[0]
     width = 13.0
-    maps = _plan_maps(data.jobs, width)
+    maps = _plan_maps(data.cells, width)
     top = 6.6
     fig = Figure(figsize=(width, top + maps.height_in + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
@@ -377,7 +362,7 @@ def _plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def save_plot(engine: Engine, sweep: store_jobs.SweepRow, path: str | Path,
+def save_plot(engine: Engine, sweep: SweepRow, path: str | Path,
               kind: str = "fits") -> Path:
     """Draw the sweep's figure of ``kind`` (``polyfit_results.search_plots.KINDS``) into
     ``path`` (format from its suffix: png, svg, pdf)."""

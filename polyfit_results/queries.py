@@ -14,12 +14,13 @@ from polyfit_models.errors import BadInput
 from polyfit_models.fields import names
 from polyfit_models.registry import is_plugin
 from polyfit_results.fits import variant_rank
+from store import activity as store_activity
 from store import halving as store_halving
-from store import jobs as store_jobs
 from store import search as store_search
 from store.clock import db_now
-from store.jobs import as_utc
+from store.reads import best_jobs
 from store.records import CANCELLED, ENDED, QUEUED, RUNNING
+from store.rows import JobRow, SweepRow, as_utc
 
 
 class GroupError(BadInput, ValueError):
@@ -70,7 +71,7 @@ def device_class(device: str) -> str:
     return "cuda" if device.startswith("cuda") else device
 
 
-def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
+def progress(engine: Engine, sweep: SweepRow) -> Progress:
     """Counts, the recent rate and an ETA from the work left: a job's work is its epochs x
     points, so a sweep whose long jobs are still running does not claim to be nearly done
     because most of its (short) jobs are, and the epochs running jobs have reported done are no
@@ -81,7 +82,7 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
     counts: dict[str, int] = {}
     left: dict[str, int] = {}
     running_work = 0
-    for r in store_jobs.work_rows(engine, sweep.id):
+    for r in store_activity.work_rows(engine, sweep.id):
         counts[r.status] = counts.get(r.status, 0) + r.jobs
         running_work += r.work if r.status == RUNNING else 0
         if r.status not in ENDED:
@@ -89,7 +90,7 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
             left[cls] = left.get(cls, 0) + r.work
     running_done = None
     if running_work:
-        reported = store_jobs.running_done(engine, sweep.id)
+        reported = store_activity.running_done(engine, sweep.id)
         for r in reported:  # work the running jobs have done is no longer left
             cls = device_class(r.device)
             left[cls] = max(0, left.get(cls, 0) - r.work)
@@ -99,9 +100,9 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
     # A search is done when its sampler has nothing more to ask, not when a round has ended
     # (or when it was cancelled: no round follows one with a cancelled job until a resume).
     search = store_search.search_state(engine, sweep.id)
-    done = store_jobs.all_ended(counts) and (
+    done = store_activity.all_ended(counts) and (
         search is None or not search.running or bool(counts.get(CANCELLED)))
-    finished = store_jobs.last_finish(engine, sweep.id)
+    finished = store_activity.last_finish(engine, sweep.id)
     # This run of the sweep began when it was last submitted to, grown, continued or resumed:
     # its rate, ETA and idle time are this run's own, not counted from an earlier run's work.
     began = as_utc(sweep.used_at or sweep.created_at)
@@ -110,7 +111,7 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
     until = (finished or now) if done and finished and finished > began else now
     since = max(began, until - timedelta(seconds=RATE_WINDOW_S))
     span = (until - since).total_seconds()
-    recent = store_jobs.recent_work(engine, sweep.id, since, until) if span > 0 else []
+    recent = store_activity.recent_work(engine, sweep.id, since, until) if span > 0 else []
     done_work: dict[str, int] = {}
     for r in recent:
         cls = device_class(r.device)
@@ -138,7 +139,7 @@ def progress(engine: Engine, sweep: store_jobs.SweepRow) -> Progress:
                     running_done, unserved, search, _rung(engine, sweep))
 
 
-def _rung(engine: Engine, sweep: store_jobs.SweepRow) -> dict | None:
+def _rung(engine: Engine, sweep: SweepRow) -> dict | None:
     """Where a halving sweep is (see ``Progress.halving``)."""
     plan = store_halving.Halving.of(sweep.spec)
     if plan is None:
@@ -166,13 +167,13 @@ def plugin_variants(spec: dict) -> list[str]:
     return [v for v in dict.fromkeys(names) if is_plugin(v)]
 
 
-def _unserved(engine: Engine, sweep: store_jobs.SweepRow, now, began) -> dict[str, float]:
+def _unserved(engine: Engine, sweep: SweepRow, now, began) -> dict[str, float]:
     """Plugin variants of the sweep with jobs queued and none running or finished for at
     least IDLE_AFTER_S since this run began: only a worker with the plugin takes them (see
     ``worker.queues``), and none has."""
     out = {}
     for variant in plugin_variants(sweep.spec):
-        a = store_jobs.variant_activity(engine, sweep.id, variant)
+        a = store_activity.variant_activity(engine, sweep.id, variant)
         if not a.queued or a.running:
             continue
         last = a.last_finish if a.last_finish and a.last_finish > began else began
@@ -186,7 +187,7 @@ def _slowest_running(engine: Engine, sweep_id: str, now) -> float | None:
     """Seconds the slowest running batch of the sweep still needs at its own pace so far (its
     epochs left x its seconds per epoch), or None before any running job has reported."""
     left = [(now - p.started_at).total_seconds() * (p.epochs - p.epochs_done) / p.epochs_done
-            for p in store_jobs.running_pace(engine, sweep_id)]
+            for p in store_activity.running_pace(engine, sweep_id)]
     return max((max(0.0, s) for s in left), default=None)
 
 
@@ -203,12 +204,12 @@ def best_per_group(engine: Engine, sweep_id: str, by: Sequence[str]) -> list[dic
     if unknown:
         raise GroupError(f"cannot group by {unknown[0]!r} (choose from "
                          f"{', '.join(GROUP_COLUMNS)})")
-    best = store_jobs.best_jobs(engine, sweep_id, by)
+    best = best_jobs(engine, sweep_id, by)
     best.sort(key=lambda job: _group_order(by, tuple(getattr(job, b) for b in by)))
     return [described(job) for job in best]
 
 
-def described(job: store_jobs.JobRow) -> dict:
+def described(job: JobRow) -> dict:
     """A job's columns with its gap to the optimum and its fitted polynomial as a formula."""
     return {**job.to_dict(gap=True), "formula": formula(job.monomial)}
 

@@ -15,21 +15,22 @@ from matplotlib.figure import Figure
 from sqlalchemy import Engine
 
 from polyfit_results.studies import AXES, StudyError, importances
-from store import jobs as store_jobs
 from store import search as store_search
+from store.reads import list_jobs
+from store.rows import JobRow, SweepRow
 
 KINDS = ("fits", "importance", "history", "parallel")
 
 
-def _ended(engine: Engine, sweep_id: str) -> list[store_jobs.JobRow]:
-    jobs = [j for j in store_jobs.list_jobs(engine, sweep_id)
+def _ended(engine: Engine, sweep_id: str) -> list[JobRow]:
+    jobs = [j for j in list_jobs(engine, sweep_id)
             if j.mse is not None and math.isfinite(j.mse)]
     if len(jobs) < 2:
         raise StudyError("this figure needs two or more jobs with an mse")
     return jobs
 
 
-def draw_importance(engine: Engine, sweep: store_jobs.SweepRow) -> Figure:
+def draw_importance(engine: Engine, sweep: SweepRow) -> Figure:
     """Bars: each varying axis's importance for mse."""
     found = sorted(importances(engine, sweep).items(), key=lambda kv: kv[1])
     fig = Figure(figsize=(6.5, 0.6 * len(found) + 1.4), layout="constrained")
@@ -40,7 +41,7 @@ def draw_importance(engine: Engine, sweep: store_jobs.SweepRow) -> Figure:
     return fig
 
 
-def best_history(engine: Engine, sweep: store_jobs.SweepRow) -> list[float]:
+def best_history(engine: Engine, sweep: SweepRow) -> list[float]:
     """The lowest mse after each trial: in the order asked for a search, else in the order the
     jobs finished."""
     trials = store_search.history(engine, sweep.id)
@@ -54,7 +55,7 @@ def best_history(engine: Engine, sweep: store_jobs.SweepRow) -> list[float]:
     return list(np.minimum.accumulate(values)) if values else []
 
 
-def draw_history(engine: Engine, sweep: store_jobs.SweepRow) -> Figure:
+def draw_history(engine: Engine, sweep: SweepRow) -> Figure:
     """The best mse so far against the number of trials (log scale)."""
     best = best_history(engine, sweep)
     if len(best) < 2:
@@ -69,7 +70,7 @@ def draw_history(engine: Engine, sweep: store_jobs.SweepRow) -> Figure:
     return fig
 
 
-def draw_parallel(engine: Engine, sweep: store_jobs.SweepRow) -> Figure:
+def draw_parallel(engine: Engine, sweep: SweepRow) -> Figure:
     """Parallel coordinates: one line per job across the axes that vary (log scale for lr),
     coloured by its mse."""
     jobs = _ended(engine, sweep.id)

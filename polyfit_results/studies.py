@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 
 from polyfit_models.errors import BadInput
 from polyfit_models.fields import AXES, names
-from store import jobs as store_jobs
-from store.jobs import JobRow
+from store.reads import list_jobs, loss_curves
+from store.rows import JobRow, SweepRow
 
 INT_AXES = names(ranged=True, type=int)
 INSTALL_HINT = "needs Optuna: pip install 'polyfit[search]'"
@@ -58,11 +58,11 @@ def distributions(spec: dict, jobs: Sequence[JobRow]) -> dict:
 def frozen_trials(engine: Engine, sweep_id: str, spec: dict) -> list:
     """The sweep's ended jobs as Optuna's FrozenTrials, in the order they finished."""
     mod = optuna()
-    jobs = [j for j in store_jobs.list_jobs(engine, sweep_id)
+    jobs = [j for j in list_jobs(engine, sweep_id)
             if j.status in ("succeeded", "diverged", "failed")]
     jobs.sort(key=lambda j: (j.finished_at is None, j.finished_at or 0, j.id))
     space = distributions(spec, jobs)
-    curves = store_jobs.loss_curves(engine, sweep_id, [j.id for j in jobs])
+    curves = loss_curves(engine, sweep_id, [j.id for j in jobs])
     out = []
     for job in jobs:
         ok = job.mse is not None and math.isfinite(job.mse) and job.status != "failed"
@@ -76,7 +76,7 @@ def frozen_trials(engine: Engine, sweep_id: str, spec: dict) -> list:
     return out
 
 
-def export_study(engine: Engine, sweep: store_jobs.SweepRow, storage: str,
+def export_study(engine: Engine, sweep: SweepRow, storage: str,
                  study_name: str | None = None) -> int:
     """Write the sweep as a new study ``study_name`` (the sweep's name) in the Optuna
     ``storage`` (an RDB URL such as sqlite:///optuna.db); returns how many trials."""
@@ -96,7 +96,7 @@ def export_study(engine: Engine, sweep: store_jobs.SweepRow, storage: str,
     return len(trials)
 
 
-def importances(engine: Engine, sweep: store_jobs.SweepRow) -> dict[str, float]:
+def importances(engine: Engine, sweep: SweepRow) -> dict[str, float]:
     """Each varying axis's importance for mse over the sweep's completed jobs (Optuna's
     PED-ANOVA evaluator: it needs no scikit-learn)."""
     mod = optuna()

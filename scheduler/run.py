@@ -29,9 +29,13 @@ from scheduler.local import LocalWorkers, stopping_signals
 from scheduler.submit import BrokerError, Submitted, carry_on, drop_queue, submit
 from scheduler.sweep import Plan
 from store import StoreError
-from store import jobs as store_jobs
+from store.activity import status_counts
 from store.db import make_engine
+from store.reads import best_jobs, list_jobs
 from store.records import CANCELLED, FAILED
+from store.requeue import release_worker
+from store.rows import SweepRow
+from store.sweeps import find_sweep
 from worker.launch import cpu_count
 from worker.settings import Settings
 
@@ -76,7 +80,7 @@ def run_sweep(settings: Settings, plan: Plan, *, workers: int | None, batch_size
     return _run(settings, target, enqueue, workers=workers, top=top, out=out)
 
 
-def continue_sweep(settings: Settings, sweep: store_jobs.SweepRow, *, workers: int | None,
+def continue_sweep(settings: Settings, sweep: SweepRow, *, workers: int | None,
                    batch_size: int | None, top: int = 1, out=None) -> int:
     """Train what an existing sweep still needs (queued jobs, and those of a worker that
     stopped beating) here, as ``sweep run`` does: how a sweep interrupted with Ctrl-C, or
@@ -152,7 +156,7 @@ def _say(line: str) -> None:
 
 def _wait(settings: Settings, target: Target, local: LocalWorkers) -> int:
     engine = make_engine(settings.db_url)
-    sweep = store_jobs.find_sweep(engine, target.sweep_id)
+    sweep = find_sweep(engine, target.sweep_id)
     try:
         with LiveProgress(sys.stderr, terminal=sys.stderr.isatty(), every_s=LINE_EVERY_S,
                           label=f"sweep {target.name}") as live:
@@ -187,7 +191,7 @@ def _release(settings: Settings, local: LocalWorkers) -> None:
         return
     engine = make_engine(settings.db_url)
     try:
-        store_jobs.release_worker(engine, local.identity)
+        release_worker(engine, local.identity)
     except StoreError as e:
         click.echo(f"warning: could not release the local workers' jobs ({e}); the workers' "
                    "reaper puts them back in the queue once their heartbeat is stale", err=True)
@@ -200,22 +204,22 @@ def _print_best(settings: Settings, target: Target, top: int, out) -> None:
         return
     engine = make_engine(settings.db_url)
     try:
-        jobs = store_jobs.list_jobs(engine, target.sweep_id, sort="mse")
+        # The store's one "best" (as ``polyfit best``): the ``top`` lowest-mse succeeded or
+        # diverged jobs of each variant, ranked by the database.
+        best = sorted(best_jobs(engine, target.sweep_id, ["variant"], top=top),
+                      key=lambda j: (j.mse, j.id))
+        failed = status_counts(engine, target.sweep_id).get(FAILED, 0)
+        first_failed = list_jobs(engine, target.sweep_id, statuses=[FAILED], sort="id",
+                                 limit=1) if failed else []
     finally:
         engine.dispose()
-    rows: list[dict] = []
-    per_variant: dict[str, int] = {}
-    for job in jobs:
-        if job.mse is None or per_variant.get(job.variant, 0) >= top:
-            continue
-        per_variant[job.variant] = per_variant.get(job.variant, 0) + 1
-        rows.append(job.to_dict(gap=True))
-    rows.sort(key=lambda r: (list(per_variant).index(r["variant"]), r["mse"]))
+    variants = list(dict.fromkeys(j.variant for j in best))  # by their best mse
+    rows = [j.to_dict(gap=True) for j in
+            sorted(best, key=lambda j: (variants.index(j.variant), j.mse, j.id))]
     click.echo(f"best results of sweep {target.name} ({target.sweep_id}), lowest mse per "
                "variant:", file=out)
     styled = getattr(out, "isatty", lambda: False)()
     click.echo(report.render(rows, BEST_COLUMNS, "table", styled), file=out)
-    failed = [j for j in jobs if j.status == FAILED]
-    if failed:
-        click.echo(f"{report.plural(len(failed), 'job')} failed, e.g. {failed[0].id}: "
-                   f"{failed[0].error}", file=out)
+    if first_failed:
+        click.echo(f"{report.plural(failed, 'job')} failed, e.g. {first_failed[0].id}: "
+                   f"{first_failed[0].error}", file=out)

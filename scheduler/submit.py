@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 from polyfit_models import JobSpec, batch_key
 from scheduler.sweep import Plan, SweepSpecError
-from store import jobs as store_jobs
 from store.db import create_schema, make_engine
-from store.jobs import JobRow
+from store.recording import mark_used, save_sweep
 from store.records import ENDED
+from store.requeue import clear_results, requeue_chunks
+from store.rows import JobRow
+from store.sweeps import find_sweep
 from worker.app import make_app
 from worker.batches import (
     BatchStream,
@@ -66,7 +68,7 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
     try:
         create_schema(engine)
         check_growth(engine, plan)
-        recorded = store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
+        recorded = save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
                                          (job.row() for job in plan.iter_jobs()),
                                          # A halving's rungs rank every job on its own
                                          # training: no result is taken from elsewhere.
@@ -75,13 +77,13 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
             # A re-run: some jobs are recorded already; the store says which need to run.
             if fresh:
                 ids = (job.id for job in plan.iter_jobs())
-                store_jobs.clear_results(engine, plan.sweep_id,
+                clear_results(engine, plan.sweep_id,
                                          (job.id for job in plan.iter_jobs()))
-                chunks = store_jobs.requeue_chunks(
+                chunks = requeue_chunks(
                     engine, plan.sweep_id, settings.stale_after_s,
                     retry=tuple(s.value for s in ENDED), job_ids=ids)
             else:
-                chunks = store_jobs.requeue_chunks(engine, plan.sweep_id,
+                chunks = requeue_chunks(engine, plan.sweep_id,
                                                    settings.stale_after_s)
             sent, batches = _publish_rows(settings, plan.sweep_id, chunks, batch_size, spread,
                                           private)
@@ -116,7 +118,7 @@ def check_growth(engine, plan: Plan) -> None:
     figure), and the sweep's spec would describe only the latest. A search grows only by its
     ``trials`` (and ``round``): another sampler, seed or space is another search, and a grid
     never becomes a search nor a search a grid."""
-    recorded = store_jobs.find_sweep(engine, plan.sweep_id)
+    recorded = find_sweep(engine, plan.sweep_id)
     if recorded is None or recorded.id != plan.sweep_id:
         return
     was, now = _shared(recorded.spec or {}), _shared(plan.spec)
@@ -204,8 +206,8 @@ def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_
                          private: tuple[str, str] | None = None) -> Submitted:
     engine = make_engine(settings.db_url)
     try:
-        store_jobs.mark_used(engine, sweep_id)  # the sweep a later command means by default
-        chunks = store_jobs.requeue_chunks(engine, sweep_id, settings.stale_after_s,
+        mark_used(engine, sweep_id)  # the sweep a later command means by default
+        chunks = requeue_chunks(engine, sweep_id, settings.stale_after_s,
                                            retry=retry)
         sent, batches = _publish_rows(settings, sweep_id, chunks, batch_size, spread, private)
     finally:

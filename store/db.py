@@ -351,10 +351,27 @@ def has_table(engine: Engine, name: str) -> bool:
     return found
 
 
+_COLUMNS: weakref.WeakKeyDictionary[Engine, dict[str, frozenset[str]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def columns_of(engine: Engine, table: str = "jobs") -> frozenset[str]:
+    """The columns ``table`` of this database has (asked once per engine): a database made by
+    an older polyfit lacks the newest ones, which a read takes as missing (a read never
+    upgrades a database)."""
+    known = _COLUMNS.setdefault(engine, {})
+    if table not in known:
+        try:
+            known[table] = frozenset(c["name"] for c in inspect(engine).get_columns(table))
+        except SQLAlchemyError as e:
+            raise store_error(engine, e) from e
+    return known[table]
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """``session_scope`` for the store's own operations: database errors come out as
-    ``StoreError`` (the one way into the database; see ``store.jobs``)."""
+    ``StoreError`` (the one way into the database)."""
     try:
         with session_scope(engine) as s:
             yield s

@@ -23,8 +23,8 @@ from sqlalchemy import Engine, delete, func, select, update
 
 from store.clock import now_sql
 from store.db import retry_conflicts, transaction
-from store.jobs import JobRow, _chunks, _in_lock_order, _spec_columns
 from store.records import PAUSED, PRUNED, QUEUED, RUNNING, JobRecord, JobStateRecord
+from store.rows import JobRow, chunks, in_lock_order, spec_columns
 
 #: The smallest ``eta``: keeping 1/1 of a rung would prune nothing.
 MIN_ETA = 2
@@ -63,7 +63,7 @@ def rungs_of(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> dict[str,
     """The rung of each of these jobs (0 for a job never promoted)."""
     out: dict[str, int] = {}
     with transaction(engine) as s:
-        for chunk in _chunks(sorted(set(job_ids))):
+        for chunk in chunks(sorted(set(job_ids))):
             out.update(s.execute(select(JobRecord.id, _rung()).where(
                 JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk))).all())
     return out
@@ -119,15 +119,15 @@ def advance_rung(engine: Engine, sweep_id: str, rung: int, eta: int) -> list[Job
         keep = max(1, len(order) // eta)
         up, out = sorted(order[:keep]), sorted(order[keep:])
         moved = []
-        for chunk in _chunks(up):
+        for chunk in chunks(up):
             moved += s.execute(
-                update(table).where(_in_lock_order(engine, (table.c.sweep_id == sweep_id)
+                update(table).where(in_lock_order(engine, (table.c.sweep_id == sweep_id)
                                                    & table.c.id.in_(chunk)
                                                    & (table.c.status == PAUSED)))
                 .values(status=QUEUED, rung=rung + 1, worker=None, heartbeat_at=t,
                         finished_at=None)
-                .returning(*_spec_columns(table))).mappings().all()
-        for chunk in _chunks(out):
+                .returning(*spec_columns(table))).mappings().all()
+        for chunk in chunks(out):
             s.execute(update(JobRecord).where(
                 JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk),
                 JobRecord.status == PAUSED)
@@ -140,7 +140,7 @@ def advance_rung(engine: Engine, sweep_id: str, rung: int, eta: int) -> list[Job
 
 def _mses(s, sweep_id: str, ids: Sequence[str]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         out.update(s.execute(select(JobRecord.id, JobRecord.mse).where(
             JobRecord.sweep_id == sweep_id, JobRecord.id.in_(chunk))).all())
     return out

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from polyfit_models.errors import BadInput
-from store.db import StoreError, has_table, transaction
+from store.db import StoreError, columns_of, has_table, transaction
 from store.records import (
     QUEUED,
     RUNNING,
@@ -144,9 +144,7 @@ def labels_of(engine: Engine, sweep_ids: Sequence[str] | None = None
               ) -> dict[str, tuple[list[str], str]]:
     """Each sweep's tags and note (every sweep's when ``sweep_ids`` is None); empty for a
     database made before polyfit kept them."""
-    from store.jobs import _columns_of
-
-    if not {"tags", "note"} <= _columns_of(engine, "sweeps"):
+    if not {"tags", "note"} <= columns_of(engine, "sweeps"):
         return {}
     q = select(SweepRecord.id, SweepRecord.tags, SweepRecord.note)
     if sweep_ids is not None:

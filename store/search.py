@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, func, insert, select, update
 
 from store.db import has_table, retry_conflicts, transaction
-from store.jobs import _insert_ignoring_existing, save_sweep
+from store.recording import insert_ignoring_existing, save_sweep
 from store.records import CANCELLED, ENDED, JobRecord, SearchRecord, TrialRecord
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
@@ -94,7 +94,7 @@ def start_search(engine: Engine, sweep_id: str, name: str, spec: dict, *, sample
     save_sweep(engine, sweep_id, name, spec, (), reuse=False)
     with transaction(engine) as s:
         made = s.scalars(
-            _insert_ignoring_existing(engine, SearchRecord.__table__)
+            insert_ignoring_existing(engine, SearchRecord.__table__)
             .returning(SearchRecord.sweep_id),
             [{"sweep_id": sweep_id, "sampler": sampler, "trials": trials,
               "round_size": round_size, "round": 0, "state": RUNNING,

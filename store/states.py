@@ -10,8 +10,8 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from store.clock import now_sql
 from store.db import retry_conflicts, transaction
-from store.jobs import _chunks, _in_lock_order
 from store.records import QUEUED, RUNNING, JobRecord, JobStateRecord
+from store.rows import chunks, in_lock_order
 
 
 @retry_conflicts
@@ -24,17 +24,17 @@ def suspend_jobs(engine: Engine, sweep_id: str, states: Sequence[tuple[str, int,
     by_id = {job_id: (epoch, blob) for job_id, epoch, blob in states}
     back: list[str] = []
     with transaction(engine) as s:
-        for chunk in _chunks(sorted(by_id)):
+        for chunk in chunks(sorted(by_id)):
             back += s.scalars(
                 update(JobRecord)
-                .where(_in_lock_order(engine, (JobRecord.sweep_id == sweep_id)
+                .where(in_lock_order(engine, (JobRecord.sweep_id == sweep_id)
                                       & JobRecord.id.in_(chunk) & (JobRecord.status == RUNNING)
                                       & (JobRecord.worker == worker)))
                 .values(status=QUEUED, worker=None, heartbeat_at=now_sql(engine),
                         attempts=JobRecord.attempts - 1)
                 .returning(JobRecord.id)
             ).all()
-        for chunk in _chunks(back):
+        for chunk in chunks(back):
             s.execute(delete(JobStateRecord).where(JobStateRecord.sweep_id == sweep_id,
                                                    JobStateRecord.job_id.in_(chunk)))
         rows = [{"sweep_id": sweep_id, "job_id": job_id, "epoch": by_id[job_id][0],
@@ -53,7 +53,7 @@ def load_states(engine: Engine, sweep_id: str, job_ids: Sequence[str]) -> dict[s
     """The stored states of these jobs (job id -> blob), for those that have one."""
     out: dict[str, bytes] = {}
     with transaction(engine) as s:
-        for chunk in _chunks(sorted(set(job_ids))):
+        for chunk in chunks(sorted(set(job_ids))):
             out.update(s.execute(
                 select(JobStateRecord.job_id, JobStateRecord.state)
                 .where(JobStateRecord.sweep_id == sweep_id, JobStateRecord.job_id.in_(chunk))

@@ -17,7 +17,7 @@ from polyfit_models import batch_key
 from scheduler.cli import cli as polyfit_cli
 from scheduler.sweep import build_plan
 from store import create_schema, make_engine
-from store import jobs as store_jobs
+from store.recording import save_sweep
 from store.records import ENDED
 from tests.conftest import ROOT
 from worker.execute import run_batch
@@ -151,7 +151,7 @@ def record_sweep(db_url: str, grid=GRID, name: str = "demo", x_points: int = 200
                              "points": x_points}})
     engine = make_engine(db_url)
     create_schema(engine)
-    store_jobs.save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
+    save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
                           [j.row() for j in plan.jobs])
     engine.dispose()
     return plan.sweep_id, sorted(plan.jobs, key=lambda j: (str(batch_key(j.spec)), j.id))

@@ -14,7 +14,7 @@ from kombu.exceptions import ChannelError, KombuError, OperationalError
 
 from polyfit_models import JobSpec, PolyfitError, SpecError, batch_key, jobs_within
 from store.db import redact_url
-from store.jobs import JobRow
+from store.rows import JobRow
 from worker.payload import TASK_NAME, Batch
 from worker.queues import route
 from worker.settings import Settings

@@ -35,11 +35,13 @@ from polyfit_models import (
 from polyfit_models.registry import BROKEN, is_plugin
 from polyfit_models.result import CURVE_EVERY
 from store import StoreError, StoreUnavailable
+from store import claims as store_claims
 from store import halving as store_halving
-from store import jobs as store_jobs
 from store import states as store_states
-from store.jobs import JobRow
+from store.claims import claim_jobs, record_progress, save_results
 from store.records import JobStatus
+from store.rows import JobRow
+from store.sweeps import find_sweep
 from worker import halving, stopping
 from worker.batches import auto_batch_size, spec_of
 from worker.payload import Batch
@@ -294,7 +296,7 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
     engine = engine_for(settings)
     patience = settings.store_patience_s
     claimed = _with_retries(
-        lambda: store_jobs.claim_jobs(engine, batch.sweep_id, batch.job_ids, worker,
+        lambda: claim_jobs(engine, batch.sweep_id, batch.job_ids, worker,
                                       settings.stale_after_s, devices=runtime.serves(),
                                       max_attempts=settings.max_attempts,
                                       variants=installed_variants()),
@@ -306,7 +308,7 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
     ids = [job.id for job in claimed]
 
     def beat() -> None:
-        store_jobs.beat(engine, batch.sweep_id, ids, worker)
+        store_claims.beat(engine, batch.sweep_id, ids, worker)
 
     live = _LiveCurves(todo, settings.progress_s) if settings.progress_s > 0 else None
     if trainer is None:
@@ -322,7 +324,7 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
                                        stopping.halt)
 
     def flush() -> None:
-        store_jobs.record_progress(engine, batch.sweep_id, worker, live.take())
+        record_progress(engine, batch.sweep_id, worker, live.take())
 
     with _Heartbeat(beat, settings.heartbeat_s, flush if live else None, settings.progress_s):
         try:
@@ -353,7 +355,7 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
         written = 0
         for variant, outcomes in by_variant.items():
             written += _with_retries(
-                lambda: store_jobs.save_results(engine, batch.sweep_id, outcomes, worker,
+                lambda: save_results(engine, batch.sweep_id, outcomes, worker,
                                                 runtime.ran_on(),
                                                 with_plugin(runtime.versions(), variant),
                                                 held),
@@ -387,7 +389,7 @@ def _rung_budgets(engine, sweep_id: str, todo: Sequence[tuple[str, JobSpec]],
                   patience: float) -> dict[int, int]:
     """For a sweep with successive halving, the epochs each job to train goes to in its
     rung (keyed by its spec's ``id()``); none for any other sweep."""
-    sweep = _with_retries(lambda: store_jobs.find_sweep(engine, sweep_id), "read the sweep",
+    sweep = _with_retries(lambda: find_sweep(engine, sweep_id), "read the sweep",
                           patience)
     plan = store_halving.Halving.of(sweep.spec if sweep else None)
     if plan is None or not todo:

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from polyfit_models import FitResult, JobSpec, JobState, StateError
 from polyfit_models.result import CURVE_EVERY
 from store import halving as store_halving
-from store import jobs as store_jobs
+from store.sweeps import find_sweep
 from worker.batches import BrokerError, batches_for_views, publish_stream
 from worker.rounds import ROUND_SPREAD
 from worker.settings import Settings
@@ -125,7 +125,7 @@ def advance(engine: Engine, settings: Settings, app, sweep_id: str, *,
         if rung is None:
             return sent
         if halving is None:
-            sweep = store_jobs.find_sweep(engine, sweep_id)
+            sweep = find_sweep(engine, sweep_id)
             halving = store_halving.Halving.of(sweep.spec if sweep else None)
             if halving is None:
                 return sent

@@ -16,8 +16,8 @@ from typing import ClassVar
 from celery import bootsteps
 
 from store import StoreError
-from store import jobs as store_jobs
 from store.clock import skew_s
+from store.requeue import lost_queued_groups, reap_stale, take_lost_queued
 from worker import runtime
 from worker.batches import BrokerError, batches_for_views, publish, queue_sizes
 from worker.queues import queue_for
@@ -35,7 +35,7 @@ def reap_once(app) -> int:
     settings = runtime.current().settings
     engine = engine_for(settings)
     try:
-        stale = store_jobs.reap_stale(engine, settings.stale_after_s, settings.max_attempts)
+        stale = reap_stale(engine, settings.stale_after_s, settings.max_attempts)
     except StoreError as e:
         log.warning("reaper could not use the store: %s", e)
         return 0
@@ -83,7 +83,7 @@ def _take_lost(app, engine, stale_after_s: float) -> list:
     """Queued jobs that have waited longer than ``stale_after_s`` while their queue is empty
     (a plugin variant's jobs: the queue of that variant's own, where they wait for a worker
     that has the plugin, however long)."""
-    groups = store_jobs.lost_queued_groups(engine, stale_after_s)
+    groups = lost_queued_groups(engine, stale_after_s)
     if not groups:
         return []
     private = runtime.current().private  # a `sweep run`'s worker: its jobs wait there too
@@ -91,7 +91,7 @@ def _take_lost(app, engine, stale_after_s: float) -> list:
     sizes = queue_sizes(app, sorted({queue_for(*g) for g in groups} | set(extra)))
     empty = [g for g in groups
              if sizes[queue_for(*g)] == 0 and not any(sizes[q] for q in extra)]
-    return store_jobs.take_lost_queued(engine, stale_after_s, (), groups=empty)
+    return take_lost_queued(engine, stale_after_s, (), groups=empty)
 
 
 class Reaper(bootsteps.StartStopStep):

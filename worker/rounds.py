@@ -17,8 +17,8 @@ import logging
 
 from sqlalchemy import Engine
 
-from store import jobs as store_jobs
 from store import search as store_search
+from store.sweeps import find_sweep
 from worker.batches import BrokerError, plan_batches, publish_stream
 from worker.search import SamplerFailed, SearchError, ask_round
 from worker.settings import Settings
@@ -47,7 +47,7 @@ def advance(engine: Engine, settings: Settings, app, sweep_id: str, *,
                          state.round)
             return sent
         past = store_search.history(engine, sweep_id)
-        spec = store_jobs.find_sweep(engine, sweep_id).spec
+        spec = find_sweep(engine, sweep_id).spec
         spec = {**spec, "search": {**spec["search"], "trials": state.trials,
                                    "round": state.round_size}}
         try:

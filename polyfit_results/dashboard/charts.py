@@ -19,10 +19,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from polyfit_models import TARGETS
-from polyfit_results.dashboard.data import Cell, variant_order
+from polyfit_results.dashboard.data import variant_order
 from polyfit_results.fits import fitted_values, loss_kind, per_point
-from store.jobs import JobRow
+from store.reads import MapCell
 from store.records import DIVERGED
+from store.rows import JobRow
 
 # The colours of matplotlib's tab10 (and plotly's default colorway), one per variant in the
 # registry's order, as in ``polyfit plot``: a variant has the same colour everywhere.
@@ -220,7 +221,7 @@ def curve_figure(job: JobRow, curve: list) -> dict:
 
 # -- lr x degree maps ----------------------------------------------------------------------------
 
-def maps_figure(cells: Sequence[Cell]) -> dict:
+def maps_figure(cells: Sequence[MapCell]) -> dict:
     """One heatmap per variant of the best final mse (over the seeds that succeeded) by
     learning rate and degree, on one log colour scale; hover gives the cell's counts and mean.
     Cells where every job diverged are empty with a cross; a small cross marks a cell where
@@ -300,7 +301,7 @@ def lr_labels(lrs: Sequence[float]) -> dict[float, str]:
     return {lr: repr(lr) for lr in lrs}
 
 
-def _cell_text(c: Cell) -> str:
+def _cell_text(c: MapCell) -> str:
     parts = [f"{c.jobs} job{'s' if c.jobs != 1 else ''}: {c.succeeded} succeeded"]
     if c.diverged:
         parts.append(f"{c.diverged} diverged")

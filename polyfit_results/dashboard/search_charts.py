@@ -11,13 +11,14 @@ from sqlalchemy import Engine
 from polyfit_results.dashboard.charts import _axis, _layout, empty_figure, text
 from polyfit_results.search_plots import best_history
 from polyfit_results.studies import AXES, StudyError, importances
-from store import jobs as store_jobs
+from store.reads import list_jobs
+from store.rows import SweepRow
 
 #: Jobs a parallel-coordinates figure draws at most (the lowest mse first).
 PARALLEL_MAX = 2000
 
 
-def importance_figure(engine: Engine, sweep: store_jobs.SweepRow) -> dict:
+def importance_figure(engine: Engine, sweep: SweepRow) -> dict:
     try:
         found = sorted(importances(engine, sweep).items(), key=lambda kv: kv[1])
     except StudyError as e:
@@ -29,7 +30,7 @@ def importance_figure(engine: Engine, sweep: store_jobs.SweepRow) -> dict:
                               yaxis=_axis(""))}
 
 
-def history_figure(engine: Engine, sweep: store_jobs.SweepRow) -> dict:
+def history_figure(engine: Engine, sweep: SweepRow) -> dict:
     best = best_history(engine, sweep)
     if len(best) < 2:
         return empty_figure("the history needs two or more jobs with an mse")
@@ -40,8 +41,8 @@ def history_figure(engine: Engine, sweep: store_jobs.SweepRow) -> dict:
                               yaxis=_axis("best mse so far", type="log"))}
 
 
-def parallel_figure(engine: Engine, sweep: store_jobs.SweepRow) -> dict:
-    jobs = sorted((j for j in store_jobs.list_jobs(engine, sweep.id)
+def parallel_figure(engine: Engine, sweep: SweepRow) -> dict:
+    jobs = sorted((j for j in list_jobs(engine, sweep.id)
                    if j.mse is not None and math.isfinite(j.mse) and j.mse > 0),
                   key=lambda j: j.mse)[:PARALLEL_MAX]
     axes = [a for a in AXES if len({getattr(j, a) for j in jobs}) > 1]

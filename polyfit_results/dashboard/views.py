@@ -20,10 +20,26 @@ from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
 from polyfit_results import queries, report
 from polyfit_results.dashboard import charts, data, params, search_charts
-from store import jobs as store_jobs
 from store.clock import db_now
 from store.manage import labels_of
+from store.reads import (
+    SORT_COLUMNS,
+    JobQuery,
+    find_job,
+    jobs_page,
+    loss_curves,
+    map_cells,
+    rows_of,
+)
 from store.records import STATUSES
+from store.rows import JobRow, SweepRow, as_utc
+from store.sweeps import (
+    SweepSummary,
+    find_sweep,
+    sweep_names,
+    sweep_summaries,
+    sweep_summary,
+)
 
 bp = Blueprint("dashboard", __name__)
 
@@ -64,7 +80,7 @@ def age(when: datetime | None) -> str:
     not this host's."""
     if when is None:
         return "-"
-    s = max(0.0, (db_now(_engine()) - store_jobs.as_utc(when)).total_seconds())
+    s = max(0.0, (db_now(_engine()) - as_utc(when)).total_seconds())
     for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
         if s >= size:
             return f"{int(s // size)}{unit} ago"
@@ -73,7 +89,7 @@ def age(when: datetime | None) -> str:
 
 @bp.app_template_filter("utc")
 def _utc(when: datetime | None) -> str:
-    return "-" if when is None else store_jobs.as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "-" if when is None else as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @bp.app_context_processor
@@ -83,19 +99,19 @@ def _globals() -> dict:
             "variant_color": charts.color}
 
 
-def _sweep(ref: str) -> store_jobs.SweepRow:
+def _sweep(ref: str) -> SweepRow:
     """The sweep ``ref`` names (id or name), or 404 with the names that come close."""
-    found = store_jobs.find_sweep(_engine(), params.ref(ref))
+    found = find_sweep(_engine(), params.ref(ref))
     if found is not None:
         return found
-    close = difflib.get_close_matches(ref, store_jobs.sweep_names(_engine()), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(ref, sweep_names(_engine()), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     abort(404, f"no sweep {params.shown(ref)}{hint}")
 
 
 # -- the sweep list ------------------------------------------------------------------------------
 
-def _line(s: data.SweepLine) -> dict:
+def _line(s: SweepSummary) -> dict:
     """A sweep list row, its values as the page shows them (the script sets them as text)."""
     return {"id": s.id, "name": s.name, "jobs": s.jobs, "ended": s.ended, "failed": s.failed,
             "diverged": s.diverged, "running": s.running, "done": s.done,
@@ -109,7 +125,7 @@ def _line(s: data.SweepLine) -> dict:
 @bp.get("/")
 def sweeps():
     page, tag = params.page(), params.tag()
-    lines, total = data.sweep_lines(_engine(), limit=SWEEPS_PER_PAGE,
+    lines, total = sweep_summaries(_engine(), limit=SWEEPS_PER_PAGE,
                                     offset=(page - 1) * SWEEPS_PER_PAGE, tag=tag)
     pages = max(1, math.ceil(total / SWEEPS_PER_PAGE))
     return render_template("sweeps.html", lines=[_line(s) for s in lines], total=total,
@@ -119,7 +135,7 @@ def sweeps():
 @bp.get("/api/sweeps")
 def api_sweeps():
     page, tag = params.page(), params.tag()
-    lines, total = data.sweep_lines(_engine(), limit=SWEEPS_PER_PAGE,
+    lines, total = sweep_summaries(_engine(), limit=SWEEPS_PER_PAGE,
                                     offset=(page - 1) * SWEEPS_PER_PAGE, tag=tag)
     return jsonify({"total": total, "sweeps": [_line(s) for s in lines]})
 
@@ -133,7 +149,7 @@ def _state(p: queries.Progress) -> str:
     return "running" if p.counts.get("running") else "waiting"
 
 
-def _progress(sweep: store_jobs.SweepRow) -> dict:
+def _progress(sweep: SweepRow) -> dict:
     p = queries.progress(_engine(), sweep)
     shown = p.to_dict()
     search = shown["search"]
@@ -146,13 +162,13 @@ def _progress(sweep: store_jobs.SweepRow) -> dict:
             "search": search}
 
 
-def _job_filter() -> data.JobFilter:
-    return data.JobFilter(variants=params.choices("variant", tuple(VARIANTS)),
-                          statuses=params.choices("status", STATUSES),
-                          degrees=params.degrees(), lr_min=params.number("lr_min"),
-                          lr_max=params.number("lr_max"),
-                          sort=params.one_of("sort", data.SORT_COLUMNS, "mse"),
-                          descending=params.flag("desc"))
+def _job_filter() -> JobQuery:
+    return JobQuery(variants=params.choices("variant", tuple(VARIANTS)),
+                    statuses=params.choices("status", STATUSES),
+                    degrees=params.degrees(), lr_min=params.number("lr_min"),
+                    lr_max=params.number("lr_max"),
+                    sort=params.one_of("sort", SORT_COLUMNS, "mse"),
+                    descending=params.flag("desc"))
 
 
 def _link(**changes) -> str:
@@ -173,12 +189,12 @@ def sweep(ref: str):
     page = params.page()
     engine = _engine()
     target = _sweep(ref)
-    rows, total = data.jobs_page(engine, target.id, wanted, page=page, per_page=per_page)
+    rows, total = jobs_page(engine, target.id, wanted, page=page, per_page=per_page)
     pages = max(1, math.ceil(total / per_page))
     if page > pages:
         page = pages
-        rows, total = data.jobs_page(engine, target.id, wanted, page=page, per_page=per_page)
-    best = data.best_jobs(engine, target.id)
+        rows, total = jobs_page(engine, target.id, wanted, page=page, per_page=per_page)
+    best = data.best_of_sweep(engine, target.id)
     tags, note = labels_of(engine, [target.id]).get(target.id, ([], ""))
     return render_template(
         "sweep.html", sweep=target, progress=_progress(target), tags=tags, note=note,
@@ -188,7 +204,7 @@ def sweep(ref: str):
         statuses=STATUSES,
         rows=[r.to_dict(gap=True) for r in rows], total=total, page=page, pages=pages,
         per_page=per_page, per_page_choices=data.PER_PAGE, columns=TABLE_COLUMNS,
-        sort_columns=data.SORT_COLUMNS, link=_link,
+        sort_columns=SORT_COLUMNS, link=_link,
         searched="search" in (target.spec or {}),
         spec_text=json.dumps(target.spec, indent=1, sort_keys=True))
 
@@ -203,13 +219,13 @@ def api_progress(ref: str):
 _JOB_IDS = re.compile(r"[0-9a-f]{1,32}(,[0-9a-f]{1,32}){0,63}")
 
 
-def _best_by_variant(engine: Engine, target: store_jobs.SweepRow) -> list[store_jobs.JobRow]:
+def _best_by_variant(engine: Engine, target: SweepRow) -> list[JobRow]:
     given = params.text("jobs", "") or None
     if given is None:
-        return data.best_jobs(engine, target.id).by_variant
+        return data.best_by_variant(engine, target.id)
     if not _JOB_IDS.fullmatch(given):
         abort(400, "jobs must be job ids, comma-separated")
-    return sorted(data.rows_of(engine, target.id, given.split(",")),
+    return sorted(rows_of(engine, target.id, given.split(",")),
                   key=lambda j: data.variant_order(j.variant))
 
 
@@ -220,11 +236,11 @@ def api_chart(ref: str, name: str):
     if name == "fits":
         return jsonify(charts.fits_figure(_best_by_variant(engine, target)))
     if name == "losses":
-        jobs = data.curve_jobs(engine, target.id)
-        curves = store_jobs.loss_curves(engine, target.id, [j.id for j in jobs])
-        return jsonify(charts.losses_figure(jobs, data.best_of(jobs), curves))
+        jobs, bold = data.curve_jobs(engine, target.id)
+        curves = loss_curves(engine, target.id, [j.id for j in jobs])
+        return jsonify(charts.losses_figure(jobs, bold, curves))
     if name == "maps":
-        return jsonify(charts.maps_figure(data.map_cells(engine, target.id)))
+        return jsonify(charts.maps_figure(map_cells(engine, target.id)))
     if name in search_charts.FIGURES:
         return jsonify(search_charts.FIGURES[name](engine, target))
     abort(404, f"no chart {params.shown(name)}")
@@ -232,9 +248,9 @@ def api_chart(ref: str, name: str):
 
 # -- a job ---------------------------------------------------------------------------------------
 
-def _job(ref: str, job_id: str) -> tuple[store_jobs.SweepRow, store_jobs.JobRow]:
+def _job(ref: str, job_id: str) -> tuple[SweepRow, JobRow]:
     target = _sweep(ref)
-    found = data.job(_engine(), target.id, params.ref(job_id, "job"))
+    found = find_job(_engine(), target.id, params.ref(job_id, "job"))
     if found is None:
         abort(404, f"no job {params.shown(job_id)} in sweep {target.name}")
     return target, found
@@ -244,7 +260,7 @@ def _job(ref: str, job_id: str) -> tuple[store_jobs.SweepRow, store_jobs.JobRow]
 def job(ref: str, job_id: str):
     target, found = _job(ref, job_id)
     values = found.to_dict(gap=True)
-    curve = store_jobs.loss_curves(_engine(), target.id, [found.id])[found.id]
+    curve = loss_curves(_engine(), target.id, [found.id])[found.id]
     return render_template(
         "job.html", sweep=target, job=found, values=values, formula=formula(found.monomial),
         settings=JOB_SETTINGS, outcome=JOB_OUTCOME, run=JOB_RUN, points=len(curve),
@@ -255,7 +271,7 @@ def job(ref: str, job_id: str):
 def api_job_chart(ref: str, job_id: str, name: str):
     target, found = _job(ref, job_id)
     if name == "curve":
-        curve = store_jobs.loss_curves(_engine(), target.id, [found.id])[found.id]
+        curve = loss_curves(_engine(), target.id, [found.id])[found.id]
         return jsonify(charts.curve_figure(found, curve))
     if name == "fit":
         return jsonify(charts.fits_figure([found]))
@@ -267,15 +283,15 @@ def api_job_chart(ref: str, job_id: str, name: str):
 @bp.get("/compare")
 def compare():
     engine = _engine()
-    choices, _ = data.sweep_lines(engine, limit=500)
+    choices, _ = sweep_summaries(engine, limit=500)
     refs = [params.text("a").strip(), params.text("b").strip()]
     if not all(refs):
         return render_template("compare.html", choices=choices, refs=refs, sides=None)
     sides = []
     for ref in refs:
         target = _sweep(ref)
-        best = data.best_jobs(engine, target.id).by_variant
-        sides.append({"sweep": target, "line": data.sweep_line(engine, target.id),
+        best = data.best_by_variant(engine, target.id)
+        sides.append({"sweep": target, "line": sweep_summary(engine, target.id),
                       "best": {j.variant: queries.described(j) for j in best}})
     variants = sorted({v for side in sides for v in side["best"]}, key=data.variant_order)
     return render_template("compare.html", choices=choices, refs=refs, sides=sides,
@@ -286,7 +302,7 @@ def compare():
 def api_compare():
     engine = _engine()
     targets = [_sweep(params.text(k)) for k in ("a", "b")]
-    bests = [data.best_jobs(engine, t.id).by_variant for t in targets]
+    bests = [data.best_by_variant(engine, t.id) for t in targets]
     names = [t.name if targets[0].name != targets[1].name else f"{t.name} ({t.id})"
              for t in targets]
     return jsonify(charts.compare_figure(names, bests))

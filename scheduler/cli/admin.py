@@ -10,8 +10,8 @@ import click
 from polyfit_results.report import plural
 from scheduler.cli.group import InputError, cli
 from scheduler.cli.helpers import changing, find_sweep, pass_settings
-from store import jobs as store_jobs
 from store.reader import READER_ROLE, create_reader_role, shareable_url
+from store.requeue import cancel_sweep
 from worker.settings import Settings
 
 
@@ -22,7 +22,7 @@ def cancel(settings: Settings, sweep_ref) -> None:
     """Cancel what has not run yet; running jobs finish."""
     engine = changing(settings)
     target = find_sweep(engine, sweep_ref)
-    n = store_jobs.cancel_sweep(engine, target.id)
+    n = cancel_sweep(engine, target.id)
     click.echo(f"sweep {target.name}: {plural(n, 'job')} cancelled")
 
 

@@ -16,10 +16,12 @@ from sqlalchemy import Engine
 
 from scheduler.cli.group import InputError
 from scheduler.sweep import AXES, RANGE_AXES, Plan, build_plan, load_spec_file, parse_flag
-from store import jobs as store_jobs
 from store import make_engine
+from store import sweeps as store_sweeps
 from store.db import ENV_DB, StoreError, sqlite_path
 from store.reader import open_results
+from store.rows import SweepRow
+from store.sweeps import sweep_names
 from worker.search import SAMPLERS
 from worker.settings import ENV_BROKER, Settings
 
@@ -156,15 +158,15 @@ def not_the_database(url: str, settings: Settings, what: str) -> None:
                          "polyfit's; give another database (or another schema in options)")
 
 
-def find_sweep(engine: Engine, ref: str | None) -> store_jobs.SweepRow:
+def find_sweep(engine: Engine, ref: str | None) -> SweepRow:
     """The sweep SWEEP names (an id or a name; the latest when None), or exit 2 with the
     names that come close ("did you mean")."""
-    sweep = store_jobs.find_sweep(engine, ref)
+    sweep = store_sweeps.find_sweep(engine, ref)
     if sweep is not None:
         return sweep
     if not ref:
         raise InputError("no sweep recorded yet")
-    close = difflib.get_close_matches(ref, store_jobs.sweep_names(engine), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(ref, sweep_names(engine), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else (
         " (`polyfit sweeps` lists them)")
     raise InputError(f"no sweep {ref!r}{hint}")

@@ -26,14 +26,16 @@ from scheduler.cli.helpers import (
     reading,
 )
 from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
-from store import jobs as store_jobs
+from store.reads import JobQuery, list_jobs, loss_curves, stream_jobs
 from store.records import CANCELLED, FAILED, STATUSES
+from store.rows import JOB_COLUMNS
+from store.sweeps import list_sweeps
 from store.user_sql import sql_rows
 from worker.settings import Settings
 
 # Every column of ``results`` but the JSON lists, which have no order (PostgreSQL refuses to
 # sort by them).
-SORT_COLUMNS = tuple(c for c in store_jobs.JOB_COLUMNS if c not in ("coefficients", "monomial"))
+SORT_COLUMNS = tuple(c for c in JOB_COLUMNS if c not in ("coefficients", "monomial"))
 RESULT_FORMATS = (*report.FORMATS, "parquet")
 BEST_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "status",
                 "final_loss", "mse", "optimum_mse", "gap", "id", "formula")
@@ -177,7 +179,7 @@ def sweeps(settings: Settings, tags, fmt) -> None:
     engine = reading(settings)
     labels = labels_of(engine)
     rows = []
-    for summary in store_jobs.list_sweeps(engine):
+    for summary in list_sweeps(engine):
         tagged, note = labels.get(summary.id, ([], ""))
         if wanted <= set(tagged):
             shown = tagged if fmt == "json" else (",".join(tagged) or None)
@@ -218,11 +220,11 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
     not_over_the_database(output, settings)
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
-    query = store_jobs.JobQuery(variants=variants_, statuses=statuses, degrees=degrees,
+    query = JobQuery(variants=variants_, statuses=statuses, degrees=degrees,
                                 lr_min=lr_min, lr_max=lr_max, sort=sort, descending=desc,
                                 limit=limit)
     if fmt == "table":
-        rows = store_jobs.list_jobs(engine, target.id, **query.__dict__)
+        rows = list_jobs(engine, target.id, **query.__dict__)
         to_screen = output is None
         text = report.render([r.to_dict() for r in rows], TABLE_COLUMNS, fmt,
                              _styled() and to_screen, _width() if to_screen else None)
@@ -231,7 +233,7 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
         title = f"jobs of sweep {target.name} ({target.id}), by {sort}:"
         _write_text(f"{title}\n{text}\n", output)
         return
-    rows = store_jobs.stream_jobs(engine, target.id, query)
+    rows = stream_jobs(engine, target.id, query)
     if fmt == "parquet":
         if output is None:
             raise InputError("--format parquet writes a file: give -o FILE.parquet")
@@ -384,7 +386,7 @@ def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
         click.echo(f"best results of sweep {target.name} ({target.id}), lowest mse per "
                    f"{', '.join(by)}:")
     else:
-        columns = [*store_jobs.JOB_COLUMNS, "gap", "formula"]
+        columns = [*JOB_COLUMNS, "gap", "formula"]
     click.echo(report.render(rows, columns, fmt, _styled(), _width()))
 
 
@@ -399,14 +401,14 @@ def job(settings: Settings, job_ref, sweep_ref, fmt) -> None:
     is its id, or the start of it; SWEEP the latest when omitted)."""
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
-    found = [j for j in store_jobs.list_jobs(engine, target.id, sort="id")
+    found = [j for j in list_jobs(engine, target.id, sort="id")
              if j.id.startswith(job_ref)]
     if len(found) != 1:
         raise InputError(f"no job {job_ref!r} in sweep {target.name}" if not found else
                          f"{job_ref!r} names {len(found)} jobs of sweep {target.name}: give "
                          "more of the id")
     row = queries.described(found[0])
-    curve = store_jobs.loss_curves(engine, target.id, [found[0].id])[found[0].id]
+    curve = loss_curves(engine, target.id, [found[0].id])[found[0].id]
     if fmt == "json":
         click.echo(json.dumps({**report.json_ready(row), "loss_curve": curve}, indent=1))
         return

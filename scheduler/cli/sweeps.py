@@ -25,7 +25,8 @@ from scheduler.cli.helpers import (
 )
 from scheduler.sweep import axes_used
 from store import StoreError
-from store import jobs as store_jobs
+from store import sweeps as store_sweeps
+from store.sweeps import sweep_names
 from worker.settings import Settings
 
 
@@ -126,7 +127,7 @@ def _existing_sweep(settings: Settings, ref, name, fresh, sample, axes):
     except StoreError:  # no database yet, or not ours: REF is a missing spec file then
         return None
     try:
-        return store_jobs.find_sweep(engine, ref)
+        return store_sweeps.find_sweep(engine, ref)
     finally:
         engine.dispose()
 
@@ -178,7 +179,7 @@ def _nothing_named(settings: Settings, ref: str) -> str:
         engine = None
     if engine is not None:
         try:
-            names += store_jobs.sweep_names(engine)
+            names += sweep_names(engine)
         except StoreError:
             pass
         finally:

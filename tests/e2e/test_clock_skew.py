@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from store import create_schema, make_engine
-from store import jobs as store_jobs
+from store.requeue import reap_stale
 from tests.clockshift import ClockShiftError, build, offset_of, shifted
 from tests.conftest import ROOT, pg_schema, polyfit_env, wait_port
 from tests.fleet import numpy_epochs_per_second
@@ -105,7 +105,7 @@ def test_workers_whose_clocks_are_minutes_off_keep_their_live_jobs(
     assert all(r["age"] < STALE_S for r in ages), ages
     eng = make_engine(pg_url)
     try:
-        assert store_jobs.reap_stale(eng, STALE_S, 3) == []
+        assert reap_stale(eng, STALE_S, 3) == []
     finally:
         eng.dispose()
 

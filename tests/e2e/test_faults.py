@@ -197,8 +197,9 @@ def test_a_scheduler_killed_mid_submit_loses_nothing_that_resume_cannot_finish(
 
 
 def test_resume_enqueues_exactly_the_jobs_that_have_not_ended(redis_url, db_url):
-    from store import jobs as J
     from store import make_engine
+    from store.claims import beat, claim_jobs, save_results
+    from store.requeue import cancel_sweep
 
     env = polyfit_env(POLYFIT_DB_URL=db_url, POLYFIT_BROKER_URL=redis_url)
     sweep_id = submit(env, "--variant", "numpy", "--seed", "0-7", "--epochs", "5")
@@ -206,16 +207,16 @@ def test_resume_enqueues_exactly_the_jobs_that_have_not_ended(redis_url, db_url)
     ids = [x["id"] for x in rows(db_url, sweep_id)]
     eng = make_engine(db_url)
     specs = {i: JobSpec.create("numpy", seed=n, epochs=5) for n, i in enumerate(ids)}
-    J.claim_jobs(eng, sweep_id, ids[:6], "dead", 60)
+    claim_jobs(eng, sweep_id, ids[:6], "dead", 60)
     ok = fit_many([specs[ids[0]]], "cpu")[0].to_dict()
-    J.save_results(eng, sweep_id, [(ids[0], ok), (ids[1], {**ok, "status": "diverged"}),
+    save_results(eng, sweep_id, [(ids[0], ok), (ids[1], {**ok, "status": "diverged"}),
                                    (ids[2], {"status": "failed", "error": "boom"})], "dead", "cpu")
-    J.beat(eng, sweep_id, [ids[3]], "dead")
+    beat(eng, sweep_id, [ids[3]], "dead")
     with eng.begin() as c:  # ids[4], ids[5]: their worker stopped beating long ago
         c.execute(text("UPDATE jobs SET heartbeat_at = '2000-01-01 00:00:00' WHERE id IN "
                        "(:a, :b)"), {"a": ids[4], "b": ids[5]})
-    assert ids_of(J.claim_jobs(eng, sweep_id, [ids[3]], "alive", 60)) == []  # ids[3] is fresh
-    J.cancel_sweep(eng, sweep_id)  # ids[6], ids[7] were queued: now cancelled
+    assert ids_of(claim_jobs(eng, sweep_id, [ids[3]], "alive", 60)) == []  # ids[3] is fresh
+    cancel_sweep(eng, sweep_id)  # ids[6], ids[7] were queued: now cancelled
     eng.dispose()
     r = cli(env, "sweep", "resume", sweep_id)
     assert r.exit_code == 0 and "5 jobs re-enqueued" in r.stdout

@@ -10,7 +10,7 @@ import pytest
 
 from polyfit_models import JobSpec
 from polyfit_models import fields as F
-from store.jobs import JOB_COLUMNS, JobRow
+from store.rows import JOB_COLUMNS, JobRow
 from store.records import JobRecord
 
 

@@ -34,8 +34,9 @@ from polyfit_results.dashboard import create_app
 from polyfit_results.dashboard.app import COOKIE, CSP, is_loopback_host
 from scheduler.cli import cli
 from scheduler.cli.dashboard import is_loopback
-from store import jobs as store_jobs
 from store import make_engine
+from store.claims import claim_jobs
+from store.reads import list_jobs, loss_curves
 from tests.conftest import ROOT, pg_schema, polyfit_env, wait_port
 from tests.helpers import finished_sweep, query, record_sweep, wait_for
 
@@ -221,9 +222,9 @@ def test_the_best_tables_pick_what_polyfit_best_picks(site):
 
 def test_the_job_page_shows_settings_formula_curve_and_outcome(site):
     engine = make_engine(site.url)
-    diverged = store_jobs.list_jobs(engine, site.demo, statuses=["diverged"], lr_max=1e-5)[0]
-    legendre = store_jobs.list_jobs(engine, site.demo, variants=["legendre"])[0]
-    curves = store_jobs.loss_curves(engine, site.demo, [diverged.id, legendre.id])
+    diverged = list_jobs(engine, site.demo, statuses=["diverged"], lr_max=1e-5)[0]
+    legendre = list_jobs(engine, site.demo, variants=["legendre"])[0]
+    curves = loss_curves(engine, site.demo, [diverged.id, legendre.id])
     engine.dispose()
     assert curves[diverged.id] and curves[diverged.id][-1][0] < diverged.diverged_at_epoch
     for job in (diverged, legendre):
@@ -246,7 +247,7 @@ def test_fits_chart_draws_each_variants_stored_model(site):
     figure = site.get(f"/api/sweeps/{site.demo}/charts/fits").json
     engine = make_engine(site.url)
     best = {j["variant"]: j for j in site.cli_json("best", site.demo)}
-    jobs = {j.id: j for j in store_jobs.list_jobs(engine, site.demo)}
+    jobs = {j.id: j for j in list_jobs(engine, site.demo)}
     engine.dispose()
     target = figure["data"][0]
     assert np.allclose(target["y"], np.sin(target["x"]), rtol=1e-6, atol=1e-6)
@@ -280,7 +281,7 @@ def test_loss_chart_marks_the_best_bold_and_divergence(site):
     # Loss per point: the sum-of-squares variants' curves are divided by the points.
     engine = make_engine(site.url)
     numpy_best = next(t for t in bold if t["name"] == "numpy")
-    curve = store_jobs.loss_curves(engine, site.demo, [numpy_best["meta"]["job"]])
+    curve = loss_curves(engine, site.demo, [numpy_best["meta"]["job"]])
     engine.dispose()
     stored = [v for _, v in curve[numpy_best["meta"]["job"]]]
     assert numpy_best["y"] == pytest.approx([v / 2000 for v in stored])
@@ -723,7 +724,7 @@ def test_a_sweeps_progress_card_has_a_state_badge_and_no_detached_word(site, tmp
     sweep_id, jobs = record_sweep(url, [{"variant": ["numpy"], "seed": ["0-3"],
                                          "epochs": [10]}], name="half")
     engine = make_engine(url)
-    store_jobs.claim_jobs(engine, sweep_id, [jobs[0].id], "w@h/1", 60)
+    claim_jobs(engine, sweep_id, [jobs[0].id], "w@h/1", 60)
     engine.dispose()
     client = create_app(url).test_client()
     card = re.search(r'<section id="progress".*?</section>', client.get(f"/sweeps/{sweep_id}").text,

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import jobs as store_jobs
 from store import make_engine
+from store.reads import list_jobs, loss_curves
 from tests.conftest import ROOT, polyfit_env, wait_port
 from tests.helpers import finished_sweep, record_sweep, train
 
@@ -198,8 +198,8 @@ def test_the_charts_draw_the_sweeps_data(served, browser):
         assert browser.execute_script(
             f"return document.querySelectorAll('#{chart} .main-svg .trace').length") > 0
     engine = make_engine(served.db_url)
-    jobs = {j.id: j for j in store_jobs.list_jobs(engine, served.demo)}
-    curves = store_jobs.loss_curves(engine, served.demo, list(jobs))
+    jobs = {j.id: j for j in list_jobs(engine, served.demo)}
+    curves = loss_curves(engine, served.demo, list(jobs))
     engine.dispose()
     fits = _traces(browser, "chart-fits")
     target = fits[0]
@@ -267,7 +267,7 @@ def test_the_job_table_filters_and_sorts_from_its_form(served, browser):
     browser.find_element("css selector", "#apply-filter").click()
     wait(browser, "location.search.includes('variant=numpy')", "the filtered page")
     engine = make_engine(served.db_url)
-    expected = store_jobs.list_jobs(engine, served.demo, variants=["numpy"],
+    expected = list_jobs(engine, served.demo, variants=["numpy"],
                                     statuses=["succeeded"])
     engine.dispose()
     assert _column(browser, "variant") == ["numpy"] * len(expected)
@@ -293,7 +293,7 @@ def test_screenshots_of_the_main_pages(served, browser, tmp_path):
     folder = Path(keep) if keep else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     engine = make_engine(served.db_url)
-    job = store_jobs.list_jobs(engine, served.demo, variants=["numpy"], statuses=["succeeded"])[0]
+    job = list_jobs(engine, served.demo, variants=["numpy"], statuses=["succeeded"])[0]
     engine.dispose()
     shots = {
         "dashboard-sweeps.png": ("/", 1280, 560),

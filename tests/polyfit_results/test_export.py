@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from scheduler.cli import cli
 from store import create_schema, make_engine
-from store import jobs as J
+from store.reads import list_jobs
+from store.recording import save_sweep
 from tests.conftest import ROOT, polyfit_env
 from tests.helpers import finished_sweep, job_row
 
@@ -35,7 +36,7 @@ def run(*args):
 def test_csv_and_json_hold_what_the_store_holds(trained):
     url, sweep_id = trained
     engine = make_engine(url)
-    expected = [j.to_dict() for j in J.list_jobs(engine, sweep_id)]
+    expected = [j.to_dict() for j in list_jobs(engine, sweep_id)]
     engine.dispose()
     as_json = json.loads(run("results", sweep_id, "--db", url, "--format", "json"))
     assert as_json == expected  # the same rows, the same order (by mse), the same values
@@ -81,7 +82,7 @@ def _database(path, jobs: int) -> str:
     url = f"sqlite:///{path}"
     engine = make_engine(url)
     create_schema(engine)
-    J.save_sweep(engine, "big", "big", {}, (job_row(i, id=f"j{i:09d}") for i in range(jobs)))
+    save_sweep(engine, "big", "big", {}, (job_row(i, id=f"j{i:09d}") for i in range(jobs)))
     engine.dispose()
     return url
 

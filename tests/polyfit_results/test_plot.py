@@ -18,8 +18,10 @@ from matplotlib import image as mpimg
 from polyfit_models import VARIANTS
 from polyfit_results import plot
 from scheduler.cli import cli
-from store import jobs as store_jobs
 from store import make_engine
+from store.reads import list_jobs
+from store.rows import JobRow, SweepRow
+from store.sweeps import find_sweep
 from tests.conftest import polyfit_env
 from tests.helpers import finished_sweep, record_sweep
 
@@ -102,7 +104,7 @@ def test_fitted_curves_are_the_stored_models(sweep_db):
     the coefficients are missing, draws the same curve."""
     url, sweep_id = sweep_db
     engine = make_engine(url)
-    jobs = store_jobs.list_jobs(engine, sweep_id, statuses=["succeeded"])
+    jobs = list_jobs(engine, sweep_id, statuses=["succeeded"])
     engine.dispose()
     assert {j.variant for j in jobs} == set(VARIANTS)
     for job in jobs:
@@ -118,7 +120,7 @@ def test_fitted_curves_are_the_stored_models(sweep_db):
 def test_the_figure_shows_each_variant_and_marks_diverged_cells(sweep_db):
     url, sweep_id = sweep_db
     engine = make_engine(url)
-    data = plot.load(engine, store_jobs.find_sweep(engine, sweep_id))
+    data = plot.load(engine, find_sweep(engine, sweep_id))
     engine.dispose()
     fig = plot.draw(data)
     axes = {ax.get_title(loc="left") or ax.get_title(): ax for ax in fig.axes}
@@ -150,7 +152,7 @@ def test_a_sweep_whose_every_job_diverged_says_so_in_every_panel(tmp_path):
     sweep_id = finished_sweep(url, [{"variant": ["autograd"], "lr": [1.0], "degree": [3],
                                      "seed": [0], "epochs": [200]}], name="all-diverged")
     engine = make_engine(url)
-    data = plot.load(engine, store_jobs.find_sweep(engine, sweep_id))
+    data = plot.load(engine, find_sweep(engine, sweep_id))
     engine.dispose()
     [job] = data.jobs
     assert job.status == "diverged" and not data.curves.get(job.id)
@@ -170,8 +172,8 @@ def test_a_sweep_whose_every_job_diverged_says_so_in_every_panel(tmp_path):
 
 
 def test_an_empty_loss_panel_says_why():
-    sweep = store_jobs.SweepRow("s", "empty", {}, None)
-    job = store_jobs.JobRow(
+    sweep = SweepRow("s", "empty", {}, None)
+    job = JobRow(
         id="j", sweep_id="s", variant="autograd", lr=1e-6, degree=3, seed=0, epochs=10,
         optimizer="sgd", device="cpu", target="sin", dtype="float32", x_start=-3.0, x_stop=3.0,
         x_points=100, status="running", final_loss=None, mse=None, optimum_mse=None,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from scheduler.cli import cli
 from store import create_schema, make_engine
-from store import jobs as store_jobs
+from store.claims import claim_jobs, save_results
 from tests.scheduler.test_search import _mse, started_search
 
 optuna = pytest.importorskip("optuna")
@@ -24,8 +24,8 @@ def db(tmp_path, monkeypatch):
     engine = make_engine(url)
     create_schema(engine)
     plan, asked = started_search(engine)
-    store_jobs.claim_jobs(engine, plan.sweep_id, [a.job_id for a in asked], "w", 60)
-    store_jobs.save_results(engine, plan.sweep_id, [
+    claim_jobs(engine, plan.sweep_id, [a.job_id for a in asked], "w", 60)
+    save_results(engine, plan.sweep_id, [
         (a.job_id, {"status": "succeeded", "mse": _mse(a.params), "final_loss": 1.0,
                     "loss_curve": [[99, 3.0], [199, 2.0]]}) for a in asked], "w", "cpu")
     engine.dispose()

@@ -27,7 +27,9 @@ from sqlalchemy import create_engine, text
 
 from scheduler.cli import cli
 from store import create_schema, make_engine
-from store import jobs as store_jobs
+from store.activity import status_counts
+from store.claims import claim_jobs, save_results
+from store.reads import list_jobs
 from store.sql_views import VIEWS
 from tests.conftest import ROOT, pg_schema, polyfit_env
 from tests.helpers import finished_sweep, record_sweep, train
@@ -251,8 +253,8 @@ def test_views_answer_the_same_on_sqlite_and_postgresql(any_db):
         create_schema(engine)
         assert {name: _view_sql(engine, name) for name in VIEWS} == before
         views = {name: _sql(any_db, f"SELECT * FROM {name}") for name in VIEWS}
-        counts = store_jobs.status_counts(engine, sweep_id)
-        stored = store_jobs.list_jobs(engine, sweep_id)
+        counts = status_counts(engine, sweep_id)
+        stored = list_jobs(engine, sweep_id)
     finally:
         engine.dispose()
     (summary,) = views["sweep_summary"]
@@ -325,8 +327,8 @@ def test_watch_json_is_one_object_a_line_and_exit_1_when_a_job_failed(run, db_ur
     sweep_id, jobs = record_sweep(db_url, grid)
     # One job fails (as a worker stores a job whose fit raised); the rest train later.
     engine = make_engine(db_url)
-    store_jobs.claim_jobs(engine, sweep_id, [jobs[0].id], "w@h", 60)
-    store_jobs.save_results(engine, sweep_id,
+    claim_jobs(engine, sweep_id, [jobs[0].id], "w@h", 60)
+    save_results(engine, sweep_id,
                             [(jobs[0].id, {"status": "failed", "error": "ValueError: x"})],
                             "w@h", "cpu")
     engine.dispose()

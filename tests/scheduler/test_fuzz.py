@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 from polyfit_models import OPTIMIZERS, VARIANTS
 from scheduler.cli import cli
 from store import create_schema, make_engine
-from store import jobs as J
+from store.recording import save_sweep
 from worker.queues import is_device
 
 FUZZ = settings(max_examples=300, deadline=None,
@@ -35,7 +35,7 @@ def workdir(tmp_path, monkeypatch):
         monkeypatch.delenv(var)
     eng = make_engine("sqlite:///polyfit.sqlite")
     create_schema(eng)
-    J.save_sweep(eng, "s1", "existing", {"grid": {}}, [
+    save_sweep(eng, "s1", "existing", {"grid": {}}, [
         {"id": "job1", "variant": "numpy", "lr": 1e-6, "degree": 3, "seed": 0, "epochs": 10,
          "optimizer": "sgd", "device": "cpu", "target": "sin", "dtype": "float64",
          "x_start": -3.0, "x_stop": 3.0, "x_points": 100}])

@@ -63,7 +63,9 @@ def test_resume_ranks_the_rung_nobody_ranked(tmp_path):
     ranks it and enqueues the best (on the embedded broker; no worker needed to see it)."""
     from scheduler.submit import resume
     from store import create_schema, make_engine
-    from store import jobs as store_jobs
+    from store.claims import claim_jobs, save_results
+    from store.reads import list_jobs
+    from store.recording import save_sweep
     from tests.helpers import fit_result, job_row
     from worker.settings import Settings
 
@@ -71,15 +73,15 @@ def test_resume_ranks_the_rung_nobody_ranked(tmp_path):
     engine = make_engine(url)
     create_schema(engine)
     ids = [f"job{i:04d}" for i in range(8)]
-    store_jobs.save_sweep(engine, "s1", "demo", {"halving": {"eta": 4, "min_epochs": 5}},
+    save_sweep(engine, "s1", "demo", {"halving": {"eta": 4, "min_epochs": 5}},
                           [job_row(i) for i in range(8)])
-    store_jobs.claim_jobs(engine, "s1", ids, "w1", 60)
-    store_jobs.save_results(engine, "s1", [(i, fit_result(mse=1.0 / (n + 1)))
+    claim_jobs(engine, "s1", ids, "w1", 60)
+    save_results(engine, "s1", [(i, fit_result(mse=1.0 / (n + 1)))
                                            for n, i in enumerate(ids)], "w1", "cpu",
                             held={i: (5, 0, None) for i in ids})
     done = resume(Settings(db_url=url), "s1")
     assert done.enqueued_jobs == 2
-    jobs = {j.id: j.status for j in store_jobs.list_jobs(engine, "s1")}
+    jobs = {j.id: j.status for j in list_jobs(engine, "s1")}
     assert sorted(i for i, s in jobs.items() if s == "queued") == ["job0006", "job0007"]
     assert list(jobs.values()).count("pruned") == 6
     engine.dispose()

@@ -112,12 +112,12 @@ def test_delete_takes_jobs_and_curves_and_is_refused_while_the_sweep_runs(run):
     gone = run.trained("gone")
     running = run.submit("running")
     # A worker holds a job of it: the delete is refused and nothing changes.
-    from store import jobs as store_jobs
     from store import make_engine
+    from store.claims import claim_jobs
 
     engine = make_engine(run.db)
     job = rows(run.db, running)[0]["id"]
-    assert store_jobs.claim_jobs(engine, running, [job], "w/1", stale_after_s=60)
+    assert claim_jobs(engine, running, [job], "w/1", stale_after_s=60)
     engine.dispose()
     r = run("sweep", "delete", "running", "--yes", code=2)
     assert "the sweep is running (1 job" in r.stderr

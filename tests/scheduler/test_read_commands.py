@@ -17,7 +17,9 @@ from click.testing import CliRunner
 
 from scheduler.cli import cli
 from store import create_schema, make_engine
-from store import jobs as J
+from store.activity import status_counts
+from store.claims import claim_jobs, save_results
+from store.recording import save_sweep
 from tests.conftest import ROOT, polyfit_env
 
 READ_COMMANDS = [["status"], ["results"], ["best"], ["sql", "SELECT 1 AS x"],
@@ -103,9 +105,9 @@ def _results_db(folder: Path) -> str:
     job = {"id": "j1", "variant": "numpy", "lr": 1e-6, "degree": 3, "seed": 0, "epochs": 10,
            "optimizer": "sgd", "device": "cpu", "target": "sin", "dtype": "float64",
            "x_start": -3.0, "x_stop": 3.0, "x_points": 100}
-    J.save_sweep(engine, "s1", "demo", {}, [job])
-    J.claim_jobs(engine, "s1", ["j1"], "w/1", 60)
-    J.save_results(engine, "s1", [("j1", {
+    save_sweep(engine, "s1", "demo", {}, [job])
+    claim_jobs(engine, "s1", ["j1"], "w/1", 60)
+    save_results(engine, "s1", [("j1", {
         "status": "succeeded", "final_loss": 1.0, "mse": 0.01, "optimum_mse": 0.005,
         "coefficients": [0.1, 0.2, 0.3, 0.4], "monomial": [0.1, 0.2, 0.3, 0.4],
         "diverged_at_epoch": None, "duration_s": 0.1, "loss_curve": [[9, 1.0]]})],
@@ -161,7 +163,7 @@ def test_a_reader_never_drops_the_locks_of_its_own_process_writer(tmp_path):
     with kept.begin() as c:
         c.exec_driver_sql("UPDATE jobs SET attempts = attempts + 1")
     reader = open_results(url)
-    assert J.status_counts(reader, "s1") == {"succeeded": 1}
+    assert status_counts(reader, "s1") == {"succeeded": 1}
     closing = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
                "c.execute('SELECT count(*) FROM jobs').fetchone(); c.close()")
     subprocess.run([sys.executable, "-c", closing, str(path)], check=True, timeout=60)
@@ -173,8 +175,8 @@ def test_a_reader_never_drops_the_locks_of_its_own_process_writer(tmp_path):
         text=True)
     try:
         assert worker.stdout.readline() == "ok\n"
-        assert J.status_counts(reader, "s1") == {"failed": 1}
-        assert J.status_counts(kept, "s1") == {"failed": 1}
+        assert status_counts(reader, "s1") == {"failed": 1}
+        assert status_counts(kept, "s1") == {"failed": 1}
     finally:
         worker.communicate("", timeout=60)
         reader.dispose()

@@ -11,8 +11,11 @@ from polyfit_results import queries
 from scheduler.cli import cli
 from scheduler.sweep import SweepSpecError, build_plan
 from store import create_schema, make_engine
-from store import jobs as store_jobs
 from store import search as store_search
+from store.claims import claim_jobs, save_results
+from store.reads import list_jobs
+from store.requeue import cancel_sweep
+from store.sweeps import find_sweep
 from tests.helpers import race
 from worker import rounds
 from worker import search as worker_search
@@ -120,8 +123,8 @@ def _started(engine):
     """A recorded search whose first round has ended (results stored)."""
     plan, asked = started_search(engine)
     ids = [a.job_id for a in asked]
-    store_jobs.claim_jobs(engine, plan.sweep_id, ids, "w", 60)
-    store_jobs.save_results(engine, plan.sweep_id, [
+    claim_jobs(engine, plan.sweep_id, ids, "w", 60)
+    save_results(engine, plan.sweep_id, [
         (a.job_id, {"status": "succeeded", "mse": _mse(a.params), "final_loss": 1.0})
         for a in asked], "w", "cpu")
     return plan
@@ -142,7 +145,7 @@ def test_two_processes_racing_on_a_round_record_it_once(engine):
 
 def test_a_search_is_not_done_between_rounds(engine):
     plan = _started(engine)
-    sweep = store_jobs.find_sweep(engine, plan.sweep_id)
+    sweep = find_sweep(engine, plan.sweep_id)
     p = queries.progress(engine, sweep)
     assert p.ended == p.total == 4 and not p.done
     assert p.to_dict()["search"]["round"] == 1
@@ -162,9 +165,9 @@ def test_a_cancelled_search_is_done_until_resumed(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
     create_schema(engine)
     plan, _ = started_search(engine)
-    sweep = store_jobs.find_sweep(engine, plan.sweep_id)
+    sweep = find_sweep(engine, plan.sweep_id)
     assert not queries.progress(engine, sweep).done
-    store_jobs.cancel_sweep(engine, plan.sweep_id)
+    cancel_sweep(engine, plan.sweep_id)
     assert queries.progress(engine, sweep).done  # `status --wait` returns
     assert store_search.round_ready(engine, plan.sweep_id) is None  # and no round follows
     engine.dispose()
@@ -181,9 +184,9 @@ def test_a_sampler_that_fails_mid_search_ends_it_failed_keeping_every_result(
     assert rounds.advance(engine, Settings(), None, plan.sweep_id) == 0
     state = store_search.search_state(engine, plan.sweep_id)
     assert state.state == "failed" and "the sampler broke" in state.error
-    jobs = store_jobs.list_jobs(engine, plan.sweep_id)
+    jobs = list_jobs(engine, plan.sweep_id)
     assert len(jobs) == 4 and {j.status for j in jobs} == {"succeeded"}
-    assert queries.progress(engine, store_jobs.find_sweep(engine, plan.sweep_id)).done
+    assert queries.progress(engine, find_sweep(engine, plan.sweep_id)).done
     # `sweep resume` lets it ask again, once the sampler works.
     monkeypatch.undo()
     if engine.dialect.name == "sqlite":
@@ -205,7 +208,7 @@ def test_resume_asks_the_round_nobody_asked(tmp_path):
     done = resume(Settings(db_url=url), plan.sweep_id)
     assert done.enqueued_jobs == 4
     assert store_search.search_state(engine, plan.sweep_id).round == 2
-    assert [j.status for j in store_jobs.list_jobs(engine, plan.sweep_id)].count("queued") == 4
+    assert [j.status for j in list_jobs(engine, plan.sweep_id)].count("queued") == 4
     engine.dispose()
 
 
@@ -235,7 +238,7 @@ def test_a_search_grows_only_by_its_trials(tmp_path):
         return CliRunner().invoke(cli, ["sweep", "submit", str(path), "--db", db])
 
     assert submit(SPEC).exit_code == 0
-    recorded = store_jobs.find_sweep(make_engine(db), "s")
+    recorded = find_sweep(make_engine(db), "s")
     for change in ({"search": {**SPEC["search"], "sampler": "random"}},
                    {"search": {**SPEC["search"], "seed": 1}},
                    {"grid": {**SPEC["grid"], "epochs": [40]}},
@@ -243,7 +246,7 @@ def test_a_search_grows_only_by_its_trials(tmp_path):
         r = submit({**SPEC, **change})
         assert r.exit_code == 2 and "a search grows only by its trials" in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
-    after = store_jobs.find_sweep(make_engine(db), "s")
+    after = find_sweep(make_engine(db), "s")
     assert json.dumps(after.spec, sort_keys=True) == json.dumps(recorded.spec, sort_keys=True)
     assert submit({**SPEC, "search": {**SPEC["search"], "trials": 16}}).exit_code == 0
     assert store_search.search_state(make_engine(db), recorded.id).trials == 16

@@ -159,8 +159,8 @@ def test_the_eta_follows_the_work_left_not_the_count_of_jobs(run):
     from datetime import UTC, datetime, timedelta
 
     from polyfit_results.queries import progress
-    from store import jobs as J
     from store import make_engine
+    from store.sweeps import find_sweep
 
     # 20 short jobs done in the last 20 s, and one job with 1,000 times their work running.
     sid = run("sweep", "submit", "--variant", "numpy", "--seed", "0-19", "--epochs", "10",
@@ -176,7 +176,7 @@ def test_the_eta_follows_the_work_left_not_the_count_of_jobs(run):
     _age(run.db, sid, "UPDATE jobs SET status = 'running', started_at = :a WHERE sweep_id = :s "
                       "AND epochs = 10000", a=now - timedelta(seconds=1))
     engine = make_engine(run.db)
-    p = progress(engine, J.find_sweep(engine, sid))
+    p = progress(engine, find_sweep(engine, sid))
     engine.dispose()
     assert p.ended == 20 and p.total == 21
     # 20 x 10 epochs x 2000 points in ~20 s; 10,000 x 2000 left: about 1,000 s, not ~1 s.
@@ -190,13 +190,13 @@ def test_a_rerun_shows_its_own_rate_idle_time_and_tail(run):
     from datetime import UTC, datetime, timedelta
 
     from polyfit_results.queries import progress
-    from store import jobs as J
     from store import make_engine
+    from store.sweeps import find_sweep
 
     def now_progress():
         engine = make_engine(run.db)
         try:
-            return progress(engine, J.find_sweep(engine, sid))
+            return progress(engine, find_sweep(engine, sid))
         finally:
             engine.dispose()
 

@@ -16,8 +16,11 @@ import pytest
 from sqlalchemy import text
 
 from store import create_schema, make_engine
-from store import jobs as J
+from store.claims import claim_jobs
 from store.db import StoreError, is_conflict
+from store.recording import save_sweep
+from store.requeue import cancel_sweep, reap_stale, requeue, take_lost_queued
+from store.rows import now
 from tests.conftest import pg_schema
 from tests.helpers import job_row
 
@@ -33,7 +36,7 @@ def pg():
         create_schema(engine)
         # Recorded last id first: the table's physical order is the reverse of the id order,
         # so a writer that locked rows in the order a scan meets them would not lock by id.
-        J.save_sweep(engine, SWEEP, "s", {}, [job_row(i, id=i_d) for i, i_d in
+        save_sweep(engine, SWEEP, "s", {}, [job_row(i, id=i_d) for i, i_d in
                                                    reversed(list(enumerate(IDS)))])
         yield engine
         engine.dispose()
@@ -89,10 +92,10 @@ def _in_thread(fn):
 
 
 WRITERS = {
-    "requeue": lambda e: J.requeue(e, SWEEP, 30),
-    "claim": lambda e: J.claim_jobs(e, SWEEP, IDS, "w@h/1", 30),
-    "cancel": lambda e: J.cancel_sweep(e, SWEEP),
-    "take_lost_queued": lambda e: J.take_lost_queued(e, -1, ["cpu"]),
+    "requeue": lambda e: requeue(e, SWEEP, 30),
+    "claim": lambda e: claim_jobs(e, SWEEP, IDS, "w@h/1", 30),
+    "cancel": lambda e: cancel_sweep(e, SWEEP),
+    "take_lost_queued": lambda e: take_lost_queued(e, -1, ["cpu"]),
 }
 
 
@@ -118,7 +121,7 @@ def test_a_writer_held_in_a_deadlock_runs_again_and_succeeds(pg):
                        "heartbeat_at = :t"), {"t": later})
     holder = _hold(pg, [MIDDLE])
     try:
-        t, out = _in_thread(lambda: J.reap_stale(pg, 30))
+        t, out = _in_thread(lambda: reap_stale(pg, 30))
         _waiting(pg, holder)
         # Asking for a row the waiting writer holds closes the circle. The writer's side
         # detects it (after 1 s) and is rolled back, which lets this go on.
@@ -154,4 +157,4 @@ def test_a_deadlock_is_a_conflict_and_other_errors_are_not(pg):
 
 
 def now_plus(seconds: float):
-    return J.now() + timedelta(seconds=seconds)
+    return now() + timedelta(seconds=seconds)

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 
 from scheduler.cli import cli
 from store import create_schema, make_engine
-from store import jobs as J
+from store.recording import save_sweep
 from tests.conftest import PG_URL, pg_schema
 
 # The reader roles are the server's, and `GRANT CONNECT ON DATABASE` changes one catalog row:
@@ -39,7 +39,7 @@ def _job(i: int) -> dict:
 def _fill(url: str) -> None:
     eng = make_engine(url)
     create_schema(eng)
-    J.save_sweep(eng, "s1", "demo", {}, [_job(i) for i in range(3)])
+    save_sweep(eng, "s1", "demo", {}, [_job(i) for i in range(3)])
     eng.dispose()
 
 

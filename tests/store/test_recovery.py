@@ -9,15 +9,20 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from store import jobs as J
+from store.activity import status_counts
+from store.claims import claim_jobs, save_results
+from store.reads import list_jobs
+from store.recording import save_sweep
 from store.records import JobRecord
+from store.requeue import lost_queued_devices, reap_stale, take_lost_queued
+from store.rows import now
 from tests.conftest import ids_of
 from tests.helpers import fit_result, job_row
 
 
 def _age(engine, seconds: float, **where) -> None:
     with engine.begin() as c:
-        q = update(JobRecord).values(heartbeat_at=J.now() - timedelta(seconds=seconds))
+        q = update(JobRecord).values(heartbeat_at=now() - timedelta(seconds=seconds))
         for col, value in where.items():
             q = q.where(getattr(JobRecord, col) == value)
         c.execute(q)
@@ -25,7 +30,7 @@ def _age(engine, seconds: float, **where) -> None:
 
 def test_racing_claims_on_the_same_jobs_never_both_win(engine):
     ids = [f"job{i:04d}" for i in range(200)]
-    J.save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(200)])
+    save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(200)])
     start = threading.Barrier(8)
     won: dict[int, list[str]] = {}
 
@@ -33,7 +38,7 @@ def test_racing_claims_on_the_same_jobs_never_both_win(engine):
         start.wait()
         won[k] = []
         for chunk in (ids[i : i + 20] for i in range(0, 200, 20)):
-            won[k] += ids_of(J.claim_jobs(engine, "s1", chunk, f"w{k}", 60))
+            won[k] += ids_of(claim_jobs(engine, "s1", chunk, f"w{k}", 60))
 
     threads = [threading.Thread(target=claim, args=(k,)) for k in range(8)]
     for t in threads:
@@ -42,32 +47,32 @@ def test_racing_claims_on_the_same_jobs_never_both_win(engine):
         t.join()
     everything = [j for got in won.values() for j in got]
     assert sorted(everything) == ids  # each job won exactly once
-    assert all(j.attempts == 1 for j in J.list_jobs(engine, "s1"))
+    assert all(j.attempts == 1 for j in list_jobs(engine, "s1"))
 
 
 def test_stale_running_jobs_are_moved_once_however_many_reapers(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(4)])
-    J.claim_jobs(engine, "s1", ["job0000", "job0001"], "dead", 60)
-    J.claim_jobs(engine, "s1", ["job0002"], "alive", 60)
+    save_sweep(engine, "s1", "demo", {}, [job_row(i) for i in range(4)])
+    claim_jobs(engine, "s1", ["job0000", "job0001"], "dead", 60)
+    claim_jobs(engine, "s1", ["job0002"], "alive", 60)
     _age(engine, 120, worker="dead")
-    moved = J.reap_stale(engine, 60)
+    moved = reap_stale(engine, 60)
     assert sorted(j.id for j in moved) == ["job0000", "job0001"]
     assert all(j.status == "queued" and j.worker is None for j in moved)
-    assert J.reap_stale(engine, 60) == []
-    assert J.status_counts(engine, "s1") == {"queued": 3, "running": 1}
+    assert reap_stale(engine, 60) == []
+    assert status_counts(engine, "s1") == {"queued": 3, "running": 1}
 
 
 def test_queued_jobs_that_waited_too_long_are_taken_once(engine):
-    J.save_sweep(engine, "s1", "demo", {}, [job_row(0), job_row(1), job_row(2, device="cuda"),
+    save_sweep(engine, "s1", "demo", {}, [job_row(0), job_row(1), job_row(2, device="cuda"),
                                             job_row(3)])
-    J.claim_jobs(engine, "s1", ["job0003"], "w", 60)
-    J.save_results(engine, "s1", [("job0003", fit_result())], "w", "cpu")
-    assert J.lost_queued_devices(engine, 60) == []  # just queued: not lost
+    claim_jobs(engine, "s1", ["job0003"], "w", 60)
+    save_results(engine, "s1", [("job0003", fit_result())], "w", "cpu")
+    assert lost_queued_devices(engine, 60) == []  # just queued: not lost
     _age(engine, 120)
-    assert sorted(J.lost_queued_devices(engine, 60)) == ["cpu", "cuda"]
+    assert sorted(lost_queued_devices(engine, 60)) == ["cpu", "cuda"]
     # The caller found only the CPU queue empty: the cuda job may still have its message.
-    taken = J.take_lost_queued(engine, 60, ["cpu"])
+    taken = take_lost_queued(engine, 60, ["cpu"])
     assert sorted(j.id for j in taken) == ["job0000", "job0001"]
-    assert J.take_lost_queued(engine, 60, ["cpu"]) == []  # marked: once per stale period
-    assert J.lost_queued_devices(engine, 60) == ["cuda"]
-    assert J.status_counts(engine, "s1") == {"queued": 3, "succeeded": 1}
+    assert take_lost_queued(engine, 60, ["cpu"]) == []  # marked: once per stale period
+    assert lost_queued_devices(engine, 60) == ["cuda"]
+    assert status_counts(engine, "s1") == {"queued": 3, "succeeded": 1}

@@ -1,5 +1,5 @@
 """Eight real writer processes on one SQLite file: 10,000 jobs claimed, beaten and saved through
-``store.jobs`` while every process races the others for the same rows. Zero "database is
+``store.claims`` while every process races the others for the same rows. Zero "database is
 locked", every job stored exactly once (the benchmark prints the same figures at any size)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Running jobs' progress in the store: while a batch trains, its worker writes each job's
 epochs done and its loss-curve points so far (``_LiveCurves`` takes them from the training
-loop, ``store.jobs.record_progress`` writes them), only into rows it still holds; the final
+loop, ``store.claims.record_progress`` writes them), only into rows it still holds; the final
 result replaces them. Real fits, a real SQLite file and the real PostgreSQL server, the
 worker's own pieces."""
 
@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from polyfit_models import fit_many
-from store import jobs as store_jobs
+from store.claims import claim_jobs, record_progress, save_results
 from store.db import make_engine
 from tests.conftest import pg_schema
 from tests.helpers import query, record_sweep
@@ -43,14 +43,14 @@ def _progress(db_url: str, sweep_id: str) -> dict[str, tuple]:
 def test_a_running_batch_shows_its_epochs_and_curves_then_its_results(db_url):
     sweep_id, jobs = record_sweep(db_url, GRID, name="live")
     engine = make_engine(db_url)
-    claimed = store_jobs.claim_jobs(engine, sweep_id, [j.id for j in jobs], "w/1", 60)
+    claimed = claim_jobs(engine, sweep_id, [j.id for j in jobs], "w/1", 60)
     todo = [(job.id, spec_of(job)) for job in claimed]
     live = _LiveCurves(todo, every_s=1e-9)  # every window: the test sees each write
     seen = []
 
     def progress(rows, epochs_done, snapshot):
         live(rows, epochs_done, snapshot)
-        store_jobs.record_progress(engine, sweep_id, "w/1", live.take())
+        record_progress(engine, sweep_id, "w/1", live.take())
         seen.append((epochs_done, _progress(db_url, sweep_id)))
 
     results = fit_many([spec for _, spec in todo], progress=progress)
@@ -61,7 +61,7 @@ def test_a_running_batch_shows_its_epochs_and_curves_then_its_results(db_url):
                            "epoch", j=todo[0][0])
     assert [[r["epoch"], r["loss"]] for r in stored] == results[0].loss_curve
 
-    store_jobs.save_results(engine, sweep_id, [(job_id, r.to_dict()) for (job_id, _), r
+    save_results(engine, sweep_id, [(job_id, r.to_dict()) for (job_id, _), r
                                                in zip(todo, results)], "w/1", "cpu")
     assert _progress(db_url, sweep_id) == {
         job.id: ("succeeded", 1000, 10, 999) for job in claimed}
@@ -72,17 +72,17 @@ def test_progress_is_written_only_into_rows_the_worker_still_holds(db_url):
     sweep_id, jobs = record_sweep(db_url, GRID, name="held")
     engine = make_engine(db_url)
     mine, theirs = jobs
-    store_jobs.claim_jobs(engine, sweep_id, [mine.id], "w/1", 60)
-    store_jobs.claim_jobs(engine, sweep_id, [theirs.id], "w/2", 60)
+    claim_jobs(engine, sweep_id, [mine.id], "w/1", 60)
+    claim_jobs(engine, sweep_id, [theirs.id], "w/2", 60)
     update = {job.id: (300, [[99, 5.0], [199, 4.0], [299, 3.0]]) for job in jobs}
-    assert store_jobs.record_progress(engine, sweep_id, "w/1", update) == 1
+    assert record_progress(engine, sweep_id, "w/1", update) == 1
     state = _progress(db_url, sweep_id)
     assert state[mine.id] == ("running", 300, 3, 299)
     assert state[theirs.id] == ("running", None, 0, None)
     # Ended: nothing more is written.
-    store_jobs.save_results(engine, sweep_id, [(mine.id, {"status": "failed", "error": "x"})],
+    save_results(engine, sweep_id, [(mine.id, {"status": "failed", "error": "x"})],
                             "w/1", "cpu")
-    assert store_jobs.record_progress(engine, sweep_id, "w/1", update) == 0
+    assert record_progress(engine, sweep_id, "w/1", update) == 0
     assert _progress(db_url, sweep_id)[mine.id] == ("failed", None, 0, None)
     engine.dispose()
 
@@ -91,15 +91,15 @@ def test_a_later_attempt_overwrites_the_points_of_an_earlier_one(db_url):
     sweep_id, jobs = record_sweep(db_url, GRID, name="again")
     engine = make_engine(db_url)
     job = jobs[0]
-    store_jobs.claim_jobs(engine, sweep_id, [job.id], "w/1", 60)
-    store_jobs.record_progress(engine, sweep_id, "w/1", {job.id: (200, [[99, 9.0], [199, 8.0]])})
+    claim_jobs(engine, sweep_id, [job.id], "w/1", 60)
+    record_progress(engine, sweep_id, "w/1", {job.id: (200, [[99, 9.0], [199, 8.0]])})
     # w/1 is lost; w/2 claims the job once its heartbeat is stale, and starts from nothing.
     with engine.begin() as c:
         c.execute(text("UPDATE jobs SET heartbeat_at = '2000-01-01 00:00:00' WHERE id = :j"),
                   {"j": job.id})
-    assert store_jobs.claim_jobs(engine, sweep_id, [job.id], "w/2", 60)
+    assert claim_jobs(engine, sweep_id, [job.id], "w/2", 60)
     assert _progress(db_url, sweep_id)[job.id][1] is None
-    store_jobs.record_progress(engine, sweep_id, "w/2", {job.id: (100, [[99, 7.0]])})
+    record_progress(engine, sweep_id, "w/2", {job.id: (100, [[99, 7.0]])})
     stored = query(db_url, "SELECT epoch, loss FROM loss_curve WHERE job_id = :j ORDER BY epoch",
                    j=job.id)
     assert [(r["epoch"], r["loss"]) for r in stored] == [(99, 7.0), (199, 8.0)]

@@ -15,7 +15,8 @@ from polyfit_models import JobSpec
 from polyfit_results import queries
 from scheduler.cli import cli
 from store import create_schema, make_engine
-from store import jobs as store_jobs
+from store.recording import save_sweep
+from store.sweeps import find_sweep
 from tests.helpers import job_row, train
 from worker.batches import plan_batches
 from worker.execute import with_plugin
@@ -47,7 +48,7 @@ def test_rows_a_host_cannot_read_as_jobs_are_still_routed_by_their_variant():
 def _sweep_with(db_url: str, rows: list[dict], spec: dict | None = None) -> str:
     engine = make_engine(db_url)
     create_schema(engine)
-    store_jobs.save_sweep(engine, "s1", "mixed", spec or {}, rows)
+    save_sweep(engine, "s1", "mixed", spec or {}, rows)
     engine.dispose()
     return "s1"
 
@@ -79,13 +80,13 @@ def test_status_says_when_no_worker_serves_a_plugins_jobs(db_url):
     sweep = _sweep_with(db_url, [job_row(0), job_row(1, variant="ghost")], spec)
     train(db_url, sweep, ["job0000"])
     engine = make_engine(db_url)
-    row = store_jobs.find_sweep(engine, sweep)
+    row = find_sweep(engine, sweep)
     assert queries.progress(engine, row).unserved == {}  # just submitted: not yet
     with engine.begin() as c:
         c.execute(text("UPDATE sweeps SET created_at = '2000-01-01 00:00:00', "
                        "used_at = '2000-01-01 00:00:00'"))
         c.execute(text("UPDATE jobs SET finished_at = '2000-01-01 00:00:00'"))
-    p = queries.progress(engine, store_jobs.find_sweep(engine, sweep))
+    p = queries.progress(engine, find_sweep(engine, sweep))
     engine.dispose()
     assert list(p.unserved) == ["ghost"] and p.unserved["ghost"] > 60
     shown = CliRunner().invoke(cli, ["status", "mixed"], env={"POLYFIT_DB_URL": db_url})

@@ -9,7 +9,8 @@ import pytest
 from polyfit_models import JobSpec, fit_many
 from polyfit_models.errors import SettingError
 from store import create_schema, make_engine
-from store import jobs as J
+from store.reads import list_jobs
+from store.recording import save_sweep
 from worker.execute import run_batch
 from worker.payload import Batch
 from worker.runtime import Runtime
@@ -22,7 +23,7 @@ def test_a_failing_job_is_stored_failed_and_its_batch_mates_succeed(tmp_path):
     engine = make_engine(settings.db_url)
     create_schema(engine)
     specs = [JobSpec.create("numpy", seed=s, epochs=20) for s in range(4)]
-    J.save_sweep(engine, "s1", "demo", {}, [
+    save_sweep(engine, "s1", "demo", {}, [
         {"id": f"j{s.seed}", "variant": s.variant, "lr": s.lr, "degree": s.degree,
          "seed": s.seed, "epochs": s.epochs, "optimizer": s.optimizer, "device": "cpu",
          "target": s.target, "dtype": s.dtype, "x_start": s.x_start, "x_stop": s.x_stop,
@@ -36,7 +37,7 @@ def test_a_failing_job_is_stored_failed_and_its_batch_mates_succeed(tmp_path):
     batch = Batch("s1", "cpu", tuple(f"j{s.seed}" for s in specs))
     summary = run_batch(batch, Runtime(settings), "w/1", trainer)
     assert summary["ran"] == 4 and summary["stored"] == 4 and summary["failed"] == 1
-    jobs = {j.id: j for j in J.list_jobs(engine, "s1")}
+    jobs = {j.id: j for j in list_jobs(engine, "s1")}
     assert jobs["j2"].status == "failed" and jobs["j2"].error == (
         "ValueError: seed 2 cannot be fitted")
     for k in ("j0", "j1", "j3"):
