@@ -10,8 +10,8 @@ import pytest
 
 from polyfit_models import JobSpec
 from polyfit_models import fields as F
-from store.rows import JOB_COLUMNS, JobRow
 from store.records import JobRecord
+from store.rows import JOB_COLUMNS, JobRow
 
 
 def test_the_spec_holds_every_setting_but_the_device():
