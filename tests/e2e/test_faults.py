@@ -19,8 +19,12 @@ import redis
 from sqlalchemy import create_engine, text
 
 from polyfit_models import JobSpec, fit_many
-from tests.conftest import ROOT, free_port, ids_of, polyfit_env, wait_port
-from tests.helpers import cli, rows, submit, wait_done, wait_for
+from tests.support import ROOT
+from tests.support.database import ids_of, rows
+from tests.support.processes import polyfit_env
+from tests.support.servers import free_port, wait_port
+from tests.support.sweeps import cli, submit, wait_done
+from tests.support.waiting import wait_for
 from worker.payload import TASK_NAME, Batch
 
 pytestmark = pytest.mark.slow
@@ -282,7 +286,7 @@ def test_after_the_workers_patience_and_the_last_retry_the_reaper_finishes_the_j
 def test_credentials_in_urls_never_reach_the_logs(tmp_path, start_worker):
     from celery import Celery
 
-    from tests.conftest import pg_schema
+    from tests.support.servers import pg_schema
 
     port = free_port()
     server = subprocess.Popen(

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from scheduler.cli import cli
-from tests.conftest import ROOT, polyfit_env
+from tests.support import ROOT
+from tests.support.processes import polyfit_env
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +136,7 @@ def test_cancelled_jobs_are_delivered_but_never_run(db_url, start_worker, tmp_pa
 def test_nothing_secret_reaches_celery_inspect_conf_or_report(tmp_path, start_worker):
     """Anyone who reaches the broker can run `celery inspect conf`; `celery report` prints the
     local configuration. Neither may show the database's or the broker's password."""
-    from tests.conftest import free_port, pg_schema, wait_port
+    from tests.support.servers import free_port, pg_schema, wait_port
 
     port = free_port()
     server = subprocess.Popen(

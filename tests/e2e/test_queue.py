@@ -16,9 +16,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import ROOT, polyfit_env
-from tests.helpers import polyfit, query, wait_for
-from tests.helpers import rows as stored_jobs
+from tests.support import ROOT
+from tests.support.database import query
+from tests.support.database import rows as stored_jobs
+from tests.support.processes import polyfit, polyfit_env
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -36,8 +36,12 @@ from scheduler.cli import cli
 from scheduler.cli.dashboard import is_loopback
 from store import jobs as store_jobs
 from store import make_engine
-from tests.conftest import ROOT, pg_schema, polyfit_env, wait_port
-from tests.helpers import finished_sweep, query, record_sweep, wait_for
+from tests.support import ROOT
+from tests.support.database import query
+from tests.support.processes import polyfit_env
+from tests.support.servers import pg_schema, wait_port
+from tests.support.sweeps import finished_sweep, record_sweep
+from tests.support.waiting import wait_for
 
 # Every variant; numpy over lr x degree: at lr 1e-4 every job diverges before its first
 # recorded loss, at 3.6e-6 those of degree 3 diverge late (around epoch 300: their curves end

@@ -22,8 +22,10 @@ import pytest
 
 from store import jobs as store_jobs
 from store import make_engine
-from tests.conftest import ROOT, polyfit_env, wait_port
-from tests.helpers import finished_sweep, record_sweep, train
+from tests.support import ROOT
+from tests.support.processes import polyfit_env
+from tests.support.servers import wait_port
+from tests.support.sweeps import finished_sweep, record_sweep, train
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -16,8 +16,10 @@ from click.testing import CliRunner
 from scheduler.cli import cli
 from store import create_schema, make_engine
 from store import jobs as J
-from tests.conftest import ROOT, polyfit_env
-from tests.helpers import finished_sweep, job_row
+from tests.support import ROOT
+from tests.support.database import job_row
+from tests.support.processes import polyfit_env
+from tests.support.sweeps import finished_sweep
 
 
 @pytest.fixture(scope="module")

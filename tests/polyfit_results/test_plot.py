@@ -20,8 +20,8 @@ from polyfit_results import plot
 from scheduler.cli import cli
 from store import jobs as store_jobs
 from store import make_engine
-from tests.conftest import polyfit_env
-from tests.helpers import finished_sweep, record_sweep
+from tests.support.processes import polyfit_env
+from tests.support.sweeps import finished_sweep, record_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -232,7 +232,7 @@ def test_a_plugin_variant_not_installed_here_reads_as_stored(tmp_path):
     leaving out what needs the variant's code (its fitted curve), instead of an internal
     error."""
     from polyfit_results.dashboard import create_app
-    from tests.helpers import query
+    from tests.support.database import query
 
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     sweep = finished_sweep(url, [{"variant": ["numpy"], "lr": [1e-6], "degree": [3],

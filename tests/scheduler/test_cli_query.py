@@ -29,8 +29,10 @@ from scheduler.cli import cli
 from store import create_schema, make_engine
 from store import jobs as store_jobs
 from store.sql_views import VIEWS
-from tests.conftest import ROOT, pg_schema, polyfit_env
-from tests.helpers import finished_sweep, record_sweep, train
+from tests.support import ROOT
+from tests.support.processes import polyfit_env
+from tests.support.servers import pg_schema
+from tests.support.sweeps import finished_sweep, record_sweep, train
 
 
 @pytest.fixture(scope="module")

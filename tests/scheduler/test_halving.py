@@ -64,7 +64,7 @@ def test_resume_ranks_the_rung_nobody_ranked(tmp_path):
     from scheduler.submit import resume
     from store import create_schema, make_engine
     from store import jobs as store_jobs
-    from tests.helpers import fit_result, job_row
+    from tests.support.database import fit_result, job_row
     from worker.settings import Settings
 
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"

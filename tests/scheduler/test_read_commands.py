@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from scheduler.cli import cli
 from store import create_schema, make_engine
 from store import jobs as J
-from tests.conftest import ROOT, polyfit_env
+from tests.support import ROOT
+from tests.support.processes import polyfit_env
 
 READ_COMMANDS = [["status"], ["results"], ["best"], ["sql", "SELECT 1 AS x"],
                  ["status", "--json"]]

@@ -13,7 +13,7 @@ from scheduler.sweep import SweepSpecError, build_plan
 from store import create_schema, make_engine
 from store import jobs as store_jobs
 from store import search as store_search
-from tests.helpers import race
+from tests.support.database import race
 from worker import rounds
 from worker import search as worker_search
 from worker.search import ask_round

@@ -11,7 +11,7 @@ import pytest
 
 from store import jobs as J
 from store.clock import db_now, skew_s
-from tests.helpers import fit_result, job_row
+from tests.support.database import fit_result, job_row
 
 STALE_S = 10
 

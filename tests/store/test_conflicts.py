@@ -18,8 +18,8 @@ from sqlalchemy import text
 from store import create_schema, make_engine
 from store import jobs as J
 from store.db import StoreError, is_conflict
-from tests.conftest import pg_schema
-from tests.helpers import job_row
+from tests.support.database import job_row
+from tests.support.servers import pg_schema
 
 SWEEP = "s1"
 IDS = [f"job{i:04d}" for i in range(40)]

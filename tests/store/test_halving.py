@@ -8,7 +8,7 @@ from store import halving as H
 from store import jobs as J
 from store import states as S
 from store.records import ENDED
-from tests.helpers import fit_result, job_row, race
+from tests.support.database import fit_result, job_row, race
 
 IDS = [f"job{i:04d}" for i in range(8)]
 

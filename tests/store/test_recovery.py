@@ -11,8 +11,7 @@ from sqlalchemy import update
 
 from store import jobs as J
 from store.records import JobRecord
-from tests.conftest import ids_of
-from tests.helpers import fit_result, job_row
+from tests.support.database import fit_result, ids_of, job_row
 
 
 def _age(engine, seconds: float, **where) -> None:

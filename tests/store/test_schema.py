@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 from store import create_schema, make_engine
 from store.db import _missing
 from store.sql_views import VIEWS
-from tests.conftest import pg_schema
+from tests.support.servers import pg_schema
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

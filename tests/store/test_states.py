@@ -8,8 +8,7 @@ from sqlalchemy import inspect, text
 from store import create_schema
 from store import jobs as J
 from store import states as S
-from tests.conftest import ids_of
-from tests.helpers import fit_result, job_row
+from tests.support.database import fit_result, ids_of, job_row
 
 
 def test_a_stopped_job_is_queued_again_with_its_state_and_no_attempt_spent(engine):

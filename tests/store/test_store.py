@@ -10,8 +10,7 @@ from sqlalchemy import text
 from store import create_schema, make_engine, redact_url
 from store import jobs as J
 from store.db import StoreError
-from tests.conftest import ids_of
-from tests.helpers import fit_result, job_row
+from tests.support.database import fit_result, ids_of, job_row
 
 
 def test_save_sweep_is_idempotent_and_keeps_existing_jobs(engine):

@@ -11,8 +11,10 @@ import subprocess
 import pytest
 import redis
 
-from tests.conftest import free_port, wait_port
-from tests.helpers import rows, submit, wait_for
+from tests.support.database import rows
+from tests.support.servers import free_port, wait_port
+from tests.support.sweeps import submit
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

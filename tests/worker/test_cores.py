@@ -79,8 +79,9 @@ def test_share_cores_sets_the_threads_a_batch_trains_with(host, monkeypatch):
 def test_two_workers_on_one_host_share_its_cores(tmp_path, redis_url, start_worker):
     # Issue 25: two `polyfit worker --concurrency 1` each sized their threads from the whole
     # machine (2 x 2 threads on 2 cores: 7.8x slower than one worker with 2 processes).
-    from tests.conftest import polyfit_env
-    from tests.helpers import submit, wait_done, wait_for
+    from tests.support.processes import polyfit_env
+    from tests.support.sweeps import submit, wait_done
+    from tests.support.waiting import wait_for
 
     folder = tmp_path / "cores"
     db = f"sqlite:///{tmp_path / 'r.sqlite'}"

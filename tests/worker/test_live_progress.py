@@ -12,8 +12,9 @@ from sqlalchemy import text
 from polyfit_models import fit_many
 from store import jobs as store_jobs
 from store.db import make_engine
-from tests.conftest import pg_schema
-from tests.helpers import query, record_sweep
+from tests.support.database import query
+from tests.support.servers import pg_schema
+from tests.support.sweeps import record_sweep
 from worker.batches import spec_of
 from worker.execute import _LiveCurves
 

@@ -16,7 +16,8 @@ from polyfit_results import queries
 from scheduler.cli import cli
 from store import create_schema, make_engine
 from store import jobs as store_jobs
-from tests.helpers import job_row, train
+from tests.support.database import job_row
+from tests.support.sweeps import train
 from worker.batches import plan_batches
 from worker.execute import with_plugin
 from worker.queues import CPU, CUDA, queue_for, queues_served, route
