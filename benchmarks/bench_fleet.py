@@ -41,11 +41,11 @@ from tests.support.clockshift import build, shifted  # noqa: E402
 from tests.support.fleet import (  # noqa: E402
     Fleet,
     Services,
-    numpy_epochs_per_second,
     read_recipe,
     services_unavailable,
 )
 from tests.support.hosts import Net, unavailable  # noqa: E402
+from tests.support.sweeps import numpy_epochs_per_second  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
 JOB_S = 3.0

@@ -22,10 +22,9 @@ from store import jobs as store_jobs
 from tests.support import ROOT
 from tests.support.clockshift import ClockShiftError, build, offset_of, shifted
 from tests.support.database import query, rows
-from tests.support.fleet import numpy_epochs_per_second
 from tests.support.processes import polyfit, polyfit_env
 from tests.support.servers import pg_schema, wait_port
-from tests.support.sweeps import submit, wait_done
+from tests.support.sweeps import numpy_epochs_per_second, submit, wait_done
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

@@ -24,11 +24,11 @@ import pytest
 from tests.support.fleet import (
     Fleet,
     Services,
-    numpy_epochs_per_second,
     read_recipe,
     services_unavailable,
 )
 from tests.support.hosts import Net, unavailable
+from tests.support.sweeps import numpy_epochs_per_second
 from tests.support.waiting import wait_for
 
 _why_not = unavailable() or services_unavailable()

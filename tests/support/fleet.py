@@ -20,7 +20,6 @@ import pwd
 import shlex
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,13 +418,3 @@ class Fleet:
         return wait_for(lambda: self.ended(sweep_id, jobs), timeout,
                         f"the {jobs} jobs of sweep {sweep_id} to end")
 
-
-def numpy_epochs_per_second() -> int:
-    """numpy-variant epochs (default settings) that take about a second on one core here."""
-    from polyfit_models import JobSpec, fit_many
-
-    spec = JobSpec.create("numpy", epochs=4000)
-    fit_many([spec], "cpu")
-    t = time.perf_counter()
-    fit_many([spec], "cpu")
-    return max(1000, int(4000 / (time.perf_counter() - t)))

@@ -4,9 +4,11 @@ real workers."""
 
 from __future__ import annotations
 
+import time
+
 from click.testing import CliRunner
 
-from polyfit_models import batch_key
+from polyfit_models import JobSpec, batch_key, fit_many
 from scheduler.cli import cli as polyfit_cli
 from scheduler.sweep import build_plan
 from store import create_schema, make_engine
@@ -69,6 +71,15 @@ def finished_sweep(db_url: str, grid=GRID, name: str = "demo") -> str:
     sweep_id, jobs = record_sweep(db_url, grid, name)
     train(db_url, sweep_id, jobs)
     return sweep_id
+
+
+def numpy_epochs_per_second() -> int:
+    """numpy-variant epochs (default settings) that take about a second on one core here."""
+    spec = JobSpec.create("numpy", epochs=4000)
+    fit_many([spec], "cpu")
+    t = time.perf_counter()
+    fit_many([spec], "cpu")
+    return max(1000, int(4000 / (time.perf_counter() - t)))
 
 
 # -- the scheduler in this process, against real workers -----------------------------------------

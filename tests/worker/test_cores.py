@@ -5,7 +5,6 @@ is not taken for the process that had it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -108,5 +107,5 @@ def test_two_workers_on_one_host_share_its_cores(tmp_path, redis_url, start_work
                              check=True, env=env).stdout.strip()
     assert counted == "2"
     # A worker that stops leaves: the other then has the host to itself.
-    workers[0].kill(signal.SIGTERM)
+    workers[0].stop(30)  # warm: SIGTERM, killed after 30 s
     wait_for(lambda: len(registered()) == 1, 60, "the stopped worker's process to leave")
