@@ -35,6 +35,17 @@ def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'results.sqlite'}"
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db_url(request, tmp_path):
+    """The URL of a fresh, empty results database on each backend (a SQLite file, a schema on
+    the test PostgreSQL server)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.sqlite'}"
+        return
+    with pg_schema() as url:
+        yield url
+
+
 @pytest.fixture
 def start_worker(tmp_path):
     started: list[Worker] = []
