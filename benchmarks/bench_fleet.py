@@ -1,6 +1,6 @@
 """A fleet across a network, measured: docs/fleet.md's recipe on hosts made of network namespaces
-(``tests/hosts.py``, ``tests/fleet.py``: a services host with Redis and PostgreSQL, a scheduler
-host, up to three worker hosts, each on a core of its own), with the same faults as
+(``tests/support/hosts.py``, ``tests/support/fleet.py``: a services host with Redis and PostgreSQL,
+a scheduler host, up to three worker hosts, each on a core of its own), with the same faults as
 ``tests/e2e/test_netns.py``. Measures, in one run on one machine:
 
   1. a worker host cut off mid-job: seconds from the cut until its jobs run on another host;
@@ -8,8 +8,8 @@ host, up to three worker hosts, each on a core of its own), with the same faults
      job claimed, and to the first result stored;
   3. PostgreSQL stopped (``pg_ctl stop -m fast``) for 10 s: the same;
   4. a worker host killed for good: seconds from the kill until its jobs run elsewhere;
-  5. worker hosts whose clocks are off (``tests/clockshift.py``: one 120 s behind, one 90 s
-     ahead, one right), no other fault: jobs taken from a live worker are trained twice;
+  5. worker hosts whose clocks are off (``tests/support/clockshift.py``: one 120 s behind, one
+     90 s ahead, one right), no other fault: jobs taken from a live worker are trained twice;
   6. the same, the host 90 s ahead killed: seconds until its jobs run elsewhere;
   7. for each fault, the work done twice: jobs trained more than once, and their fit-seconds
      (``duration_s`` x (attempts - 1));
@@ -37,16 +37,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.clockshift import build, shifted  # noqa: E402
-from tests.fleet import (  # noqa: E402
+from tests.support.clockshift import build, shifted  # noqa: E402
+from tests.support.fleet import (  # noqa: E402
     Fleet,
     Services,
-    numpy_epochs_per_second,
     read_recipe,
     services_unavailable,
-    wait_for,
 )
-from tests.hosts import Net, unavailable  # noqa: E402
+from tests.support.hosts import Net, unavailable  # noqa: E402
+from tests.support.sweeps import numpy_epochs_per_second  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 JOB_S = 3.0
 
@@ -186,8 +186,8 @@ def run_killed(eps: int, stale: int, jobs: int = 8) -> tuple[str, str, int, int,
     import subprocess
     import tempfile
 
-    from tests.conftest import polyfit_env
-    from tests.helpers import alive, processes_with, query
+    from tests.support.database import query
+    from tests.support.processes import alive, polyfit_env, processes_with
 
     folder = Path(tempfile.mkdtemp(prefix="polyfit-bench-killed-"))
     db = f"sqlite:///{folder / 'polyfit.sqlite'}"

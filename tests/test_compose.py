@@ -8,7 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 from scheduler.cli import cli
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def _compose() -> dict:

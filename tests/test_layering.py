@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 PACKAGES = ("polyfit", "polyfit_models", "polyfit_results", "scheduler", "store", "worker")
 MAY_NOT = {

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, polyfit_env
+from tests.support import ROOT
+from tests.support.processes import polyfit_env
 
 
 @pytest.mark.slow  # starts polyfit and torch many times

@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 
 from benchmarks.gpu import wheels
 from benchmarks.gpu.kit import STEPS
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 KIT = ROOT / "benchmarks" / "gpu"
 

@@ -1,5 +1,5 @@
 """Clock skew: liveness is judged on the database's clock. Real workers whose wall clocks are
-off by minutes (``tests/clockshift.py``, preloaded into every process of the worker) train
+off by minutes (``tests/support/clockshift.py``, preloaded into every process of the worker) train
 against the real PostgreSQL server and a real Redis, with a stale timeout of seconds: a worker
 that reaches the database and beats keeps its jobs, whatever its clock says (a trigger records
 every change of a job's status or worker), and says that its clock is off. Also: ``polyfit
@@ -19,10 +19,13 @@ from sqlalchemy import text
 
 from store import create_schema, make_engine
 from store.requeue import reap_stale
-from tests.clockshift import ClockShiftError, build, offset_of, shifted
-from tests.conftest import ROOT, pg_schema, polyfit_env, wait_port
-from tests.fleet import numpy_epochs_per_second
-from tests.helpers import polyfit, query, rows, submit, wait_done, wait_for
+from tests.support import ROOT
+from tests.support.clockshift import ClockShiftError, build, offset_of, shifted
+from tests.support.database import query, rows
+from tests.support.processes import polyfit, polyfit_env
+from tests.support.servers import pg_schema, wait_port
+from tests.support.sweeps import numpy_epochs_per_second, submit, wait_done
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -15,8 +15,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from store import create_schema, make_engine
-from tests.conftest import ROOT, pg_schema, polyfit_env
-from tests.helpers import rows, wait_done, wait_for
+from tests.support import ROOT
+from tests.support.database import rows
+from tests.support.processes import polyfit_env
+from tests.support.servers import pg_schema
+from tests.support.sweeps import wait_done
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,8 +18,12 @@ import redis
 from sqlalchemy import create_engine, text
 
 from polyfit_models import JobSpec, fit_many
-from tests.conftest import ROOT, free_port, ids_of, polyfit_env, wait_port
-from tests.helpers import cli, rows, submit, wait_done, wait_for
+from tests.support import ROOT
+from tests.support.database import ids_of, rows
+from tests.support.processes import polyfit_env
+from tests.support.servers import free_port
+from tests.support.sweeps import cli, numpy_epochs_per_second, submit, wait_done
+from tests.support.waiting import wait_for
 from worker.payload import TASK_NAME, Batch
 
 pytestmark = pytest.mark.slow
@@ -43,17 +46,12 @@ def start_worker(start_worker):
 
     yield _start
     for w in started:
-        w.kill(signal.SIGKILL)
+        w.kill()
 
 
 @pytest.fixture(scope="module")
 def epochs_per_second() -> int:
-    """numpy-variant epochs that take about a second on this machine, alone on a core."""
-    spec = JobSpec.create("numpy", epochs=4000)
-    fit_many([spec], "cpu")
-    t = time.perf_counter()
-    fit_many([spec], "cpu")
-    return max(1000, int(4000 / (time.perf_counter() - t)))
+    return numpy_epochs_per_second()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -87,7 +85,7 @@ def test_sigkill_of_a_worker_group_reruns_its_jobs_once_on_another_worker(
 
     in_hand = wait_for(two_running, 60, "the first worker to train two jobs")
     assert all(r["worker"].startswith(worker_name(first)) for r in in_hand)
-    first.kill(signal.SIGKILL)
+    first.kill()  # the whole process group
     killed_at = time.monotonic()
     wait_for(lambda: not _group_alive(first.proc.pid), 10, "the whole group to be gone")
     second = start_worker("--concurrency", "2", **settings)
@@ -283,15 +281,9 @@ def test_after_the_workers_patience_and_the_last_retry_the_reaper_finishes_the_j
 def test_credentials_in_urls_never_reach_the_logs(tmp_path, start_worker):
     from celery import Celery
 
-    from tests.conftest import pg_schema
+    from tests.support.servers import locked_redis, pg_schema
 
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-         "--requirepass", "hunter2", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
+    with locked_redis(tmp_path, "hunter2") as port:
         broker = f"redis://:hunter2@127.0.0.1:{port}/0"
         with pg_schema() as pg:
             settings = {"POLYFIT_DB_URL": pg.replace("postgres@", "postgres:hunter3@"),
@@ -316,6 +308,3 @@ def test_credentials_in_urls_never_reach_the_logs(tmp_path, start_worker):
         assert "***" in failing.output()
         for out in (good.output(), failing.output(), status.output, results.output):
             assert "hunter" not in out
-    finally:
-        server.terminate()
-        server.wait(10)

@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from tests.conftest import polyfit_env
-from tests.helpers import polyfit
-from tests.helpers import rows as stored_rows
+from tests.support.database import rows as stored_rows
+from tests.support.processes import polyfit, polyfit_env
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import pg_schema, polyfit_env
-from tests.helpers import polyfit
+from tests.support.processes import polyfit, polyfit_env
+from tests.support.servers import pg_schema
 
 pytestmark = pytest.mark.slow
 

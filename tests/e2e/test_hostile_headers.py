@@ -16,9 +16,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.conftest import free_port, polyfit_env
-from tests.helpers import cli, query, rows, wait_done, wait_for
-from tests.hostile import QUEUE, Broker, batch, envelope, task_body
+from tests.support.database import query, rows
+from tests.support.hostile import QUEUE, Broker, batch, envelope, task_body
+from tests.support.processes import polyfit_env
+from tests.support.servers import free_port
+from tests.support.sweeps import cli, wait_done
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -10,14 +10,15 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
 
 from scheduler.cli import cli
-from tests.conftest import ROOT, polyfit_env
+from tests.support import ROOT
+from tests.support.database import query
+from tests.support.processes import polyfit_env
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,21 +36,6 @@ def celery(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedPr
                           check=False)
 
 
-def _rows(db_url: str, query: str, **params) -> list[dict]:
-    eng = create_engine(db_url)
-    with eng.connect() as c:
-        rows = [dict(r) for r in c.execute(text(query), params).mappings()]
-    eng.dispose()
-    return rows
-
-
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_celery_inspect_and_events_see_a_polyfit_worker(redis_url, db_url, start_worker,
                                                         tmp_path):
     env = polyfit_env(POLYFIT_BROKER_URL=redis_url, POLYFIT_DB_URL=db_url)
@@ -62,7 +48,7 @@ def test_celery_inspect_and_events_see_a_polyfit_worker(redis_url, db_url, start
     try:
         worker = start_worker("--device", "cpu", "--concurrency", "1",
                               POLYFIT_BROKER_URL=redis_url, POLYFIT_DB_URL=db_url)
-        _wait_for(lambda: " ready." in worker.output(), 60, "the worker to start")
+        wait_for(lambda: " ready." in worker.output(), 60, "the worker to start")
         # Its node name, from its log; naming it lets inspect return on its reply.
         node = re.search(r"(\S+) ready\.", worker.output()).group(1)
         assert node.startswith("polyfit-cpu-")
@@ -76,14 +62,14 @@ def test_celery_inspect_and_events_see_a_polyfit_worker(redis_url, db_url, start
         assert {q["name"] for q in by_node[node]} == {"polyfit.cpu", "polyfit.any"}
 
         # Task events, as Flower receives them: sent, received, started, succeeded.
-        _wait_for(lambda: f"{node} " in log.read_text(), 30, "the worker's heartbeat event")
+        wait_for(lambda: f"{node} " in log.read_text(), 30, "the worker's heartbeat event")
         sub = polyfit("sweep", "submit", "--variant", "numpy", "--seed", "0-2", "--epochs",
                       "50", "--batch-size", "1", db=db_url, broker=redis_url)
         assert sub.exit_code == 0, sub.output
         done = polyfit("status", sub.stdout.split()[-1], "--wait", "--interval", "0.2",
                        db=db_url)
         assert done.exit_code == 0, done.output
-        _wait_for(lambda: log.read_text().count("task succeeded") >= 3, 15, "the events")
+        wait_for(lambda: log.read_text().count("task succeeded") >= 3, 15, "the events")
     finally:
         events.terminate()
         events.wait(10)
@@ -112,21 +98,21 @@ def test_cancelled_jobs_are_delivered_but_never_run(db_url, start_worker, tmp_pa
     broker = sqlite3.connect(tmp_path / "results-broker.sqlite")
     try:
         # (taken messages are deleted, not kept invisible: the broker file does not grow)
-        _wait_for(lambda: broker.execute(
+        wait_for(lambda: broker.execute(
             "SELECT count(*) FROM kombu_message").fetchone() == (0,), 30,
             "the broker to be drained")
     finally:
         broker.close()
     # ...and handed to the worker, which claimed none of the cancelled jobs...
-    _wait_for(lambda: worker.output().count(f"'sweep_id': '{doomed}', 'ran': 0") == 2, 10,
+    wait_for(lambda: worker.output().count(f"'sweep_id': '{doomed}', 'ran': 0") == 2, 10,
               "the worker to log the cancelled sweep's tasks")
     # ...so that none was trained or stored.
-    rows = _rows(db_url, "SELECT status, attempts, worker, started_at, mse FROM jobs "
+    rows = query(db_url, "SELECT status, attempts, worker, started_at, mse FROM jobs "
                  "WHERE sweep_id = :s", s=doomed)
     assert len(rows) == 6
     assert all(r["status"] == "cancelled" and r["attempts"] == 0 and r["worker"] is None
                and r["started_at"] is None and r["mse"] is None for r in rows), rows
-    assert _rows(db_url, "SELECT count(*) AS n FROM loss_curve WHERE sweep_id = :s",
+    assert query(db_url, "SELECT count(*) AS n FROM loss_curve WHERE sweep_id = :s",
                  s=doomed) == [{"n": 0}]
     status = polyfit("status", "doomed", "--json", db=db_url)
     assert json.loads(status.stdout)["counts"] == {"cancelled": 6}
@@ -135,22 +121,16 @@ def test_cancelled_jobs_are_delivered_but_never_run(db_url, start_worker, tmp_pa
 def test_nothing_secret_reaches_celery_inspect_conf_or_report(tmp_path, start_worker):
     """Anyone who reaches the broker can run `celery inspect conf`; `celery report` prints the
     local configuration. Neither may show the database's or the broker's password."""
-    from tests.conftest import free_port, pg_schema, wait_port
+    from tests.support.servers import locked_redis, pg_schema
 
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-         "--requirepass", "brokersecret", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
+    with locked_redis(tmp_path, "brokersecret") as port:
         broker = f"redis://:brokersecret@127.0.0.1:{port}/0"
         with pg_schema() as pg:
             db = pg.replace("postgres@", "postgres:dbsecret@")
             env = polyfit_env(POLYFIT_BROKER_URL=broker, POLYFIT_DB_URL=db)
             worker = start_worker("--device", "cpu", "--concurrency", "1",
                                   POLYFIT_BROKER_URL=broker, POLYFIT_DB_URL=db)
-            _wait_for(lambda: " ready." in worker.output(), 60, "the worker to start")
+            wait_for(lambda: " ready." in worker.output(), 60, "the worker to start")
             node = re.search(r"(\S+) ready\.", worker.output()).group(1)
             conf = celery("inspect", "conf", "--destination", node, "--json", "--timeout",
                           "20", env=env)
@@ -165,9 +145,6 @@ def test_nothing_secret_reaches_celery_inspect_conf_or_report(tmp_path, start_wo
         for text_ in (conf.stdout, conf.stderr, report.stdout, report.stderr, embedded.stdout,
                       embedded.stderr, worker.output()):
             assert "brokersecret" not in text_ and "dbsecret" not in text_
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_a_malformed_database_url_is_never_echoed_with_its_password(tmp_path):

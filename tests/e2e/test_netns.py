@@ -1,9 +1,9 @@
 """A fleet across a network: docs/fleet.md's recipe run on hosts made of Linux network namespaces
-(``tests/hosts.py``, ``tests/fleet.py``): a services host (Redis, PostgreSQL), a scheduler host
-and worker hosts, each worker host on a core of its own, all on one virtual switch. Then faults
-on that network: a worker host cut off for longer and for shorter than the stale timeout, the
-services' Redis and PostgreSQL restarted mid-sweep, the services host crashing while a worker
-waits on its database, a slow and lossy link, a worker host that dies for good.
+(``tests/support/hosts.py``, ``tests/support/fleet.py``): a services host (Redis, PostgreSQL), a
+scheduler host and worker hosts, each worker host on a core of its own, all on one virtual switch.
+Then faults on that network: a worker host cut off for longer and for shorter than the stale
+timeout, the services' Redis and PostgreSQL restarted mid-sweep, the services host crashing while a
+worker waits on its database, a slow and lossy link, a worker host that dies for good.
 
 Every test waits for states in the database, never for a fixed time; the only fixed times are
 the lengths of the faults themselves. Counts come from the rows and from an audit trigger that
@@ -21,15 +21,15 @@ from collections import Counter
 
 import pytest
 
-from tests.fleet import (
+from tests.support.fleet import (
     Fleet,
     Services,
-    numpy_epochs_per_second,
     read_recipe,
     services_unavailable,
-    wait_for,
 )
-from tests.hosts import Net, unavailable
+from tests.support.hosts import Net, unavailable
+from tests.support.sweeps import numpy_epochs_per_second
+from tests.support.waiting import wait_for
 
 _why_not = unavailable() or services_unavailable()
 pytestmark = [pytest.mark.slow, pytest.mark.netns,

@@ -12,9 +12,11 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, polyfit_env
-from tests.helpers import polyfit, query, wait_for
-from tests.plugins import EXAMPLE, RAISING, WORKING, fake_plugin, install_example, with_path
+from tests.support import ROOT
+from tests.support.database import query
+from tests.support.plugins import EXAMPLE, RAISING, WORKING, fake_plugin, install_example, with_path
+from tests.support.processes import polyfit, polyfit_env
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import ROOT, polyfit_env
-from tests.helpers import polyfit, query, wait_for
-from tests.helpers import rows as stored_jobs
+from tests.support import ROOT
+from tests.support.database import query
+from tests.support.database import rows as stored_jobs
+from tests.support.processes import polyfit, polyfit_env
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +167,7 @@ def test_a_worker_stops_cleanly_on_sigterm(db_url, start_worker):
     env = polyfit_env(POLYFIT_DB_URL=db_url)
     sweep_id, rows = _submit_and_wait(env)
     assert {r["status"] for r in rows} == {"succeeded"}
-    worker.kill(signal.SIGTERM)
+    worker.stop(30)  # warm: SIGTERM, killed after 30 s
     # Exit code 0 after Celery's warm shutdown, its last words flushed to the log.
     assert worker.proc.returncode == 0, worker.output()[-2000:]
     assert "Warm shutdown" in worker.output()

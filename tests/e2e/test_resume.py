@@ -12,8 +12,10 @@ import sys
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import ROOT, polyfit_env
-from tests.helpers import polyfit, query, wait_for
+from tests.support import ROOT
+from tests.support.database import query
+from tests.support.processes import polyfit, polyfit_env
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

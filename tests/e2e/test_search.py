@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import pg_schema, polyfit_env
-from tests.helpers import polyfit, wait_for
+from tests.support.processes import polyfit, polyfit_env
+from tests.support.servers import pg_schema
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("optuna")

@@ -17,8 +17,11 @@ import uuid
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import ROOT, polyfit_env
-from tests.helpers import alive, children_of, polyfit, processes_with, query, rows, submit, wait_for
+from tests.support import ROOT
+from tests.support.database import query, rows
+from tests.support.processes import alive, children_of, polyfit, polyfit_env, processes_with
+from tests.support.sweeps import submit
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

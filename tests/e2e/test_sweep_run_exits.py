@@ -10,8 +10,10 @@ import uuid
 
 import pytest
 
-from tests.conftest import ROOT, free_port, polyfit_env, wait_port
-from tests.helpers import processes_with, wait_for
+from tests.support import ROOT
+from tests.support.processes import polyfit_env, processes_with
+from tests.support.servers import free_port, wait_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import torch
 
 import polyfit_models.runner as runner
 from polyfit_models import VARIANTS, fit, fit_many
-from tests.polyfit_models.conftest import spec, stability_limit
+from tests.support.numerics import spec, stability_limit
 
 EPOCHS = 300
 # (variant, optimizer) -> lrs: an ordinary one, a faster one, and one far past stability.

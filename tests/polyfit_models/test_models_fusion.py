@@ -29,8 +29,8 @@ from polyfit_models import (
     fuse_settings,
     fusion,
 )
-from tests.polyfit_models.conftest import TORCH_VARIANTS, cuda_or_skip, spec
 from tests.polyfit_models.test_models_batching import EPOCHS, MIXES, close, mixed_batch
+from tests.support.numerics import TORCH_VARIANTS, cuda_or_skip, spec
 
 FUSED_MIXES = [(name, optimizer) for name, optimizer in MIXES if name in TORCH_VARIANTS]
 #: Settings whose result is not determined by the problem to any tolerance: the Legendre model

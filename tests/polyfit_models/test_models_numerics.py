@@ -8,7 +8,7 @@ import pytest
 
 from polyfit_models import VARIANTS, fit, fit_many
 from polyfit_models.problem import optimum_mse
-from tests.polyfit_models.conftest import SSE_MONOMIAL_VARIANTS, spec, stability_limit
+from tests.support.numerics import SSE_MONOMIAL_VARIANTS, spec, stability_limit
 
 
 @pytest.mark.parametrize("target", ["sin", "cos", "exp", "tanh"])

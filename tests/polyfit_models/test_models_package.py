@@ -28,7 +28,7 @@ from polyfit_models import (
     fit_many,
 )
 from polyfit_models.errors import ResultError
-from tests.polyfit_models.conftest import cuda_or_skip, spec
+from tests.support.numerics import cuda_or_skip, spec
 
 PACKAGE = Path(polyfit_models.__file__).parent
 INFRA = ["celery", "redis", "sqlalchemy", "click", "kombu", "yaml"]

@@ -11,7 +11,7 @@ import pytest
 from polyfit_models import JobSpec, SpecError
 from polyfit_models import registry as R
 from polyfit_models.variants import builtin
-from tests.plugins import RAISING, WORKING, fake_plugin
+from tests.support.plugins import RAISING, WORKING, fake_plugin
 
 BUILTINS = ["numpy", "tensor", "autograd", "legendre", "module", "dynamic"]
 

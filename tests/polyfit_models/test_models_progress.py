@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from polyfit_models import fit_many
-from tests.polyfit_models.conftest import spec
+from tests.support.numerics import spec
 
 CASES = [("numpy", False), ("autograd", False), ("autograd", True), ("legendre", False),
          ("module", True)]

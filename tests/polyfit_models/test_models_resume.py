@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from polyfit_models import VARIANTS, JobState, StateError, fit_many
-from tests.polyfit_models.conftest import spec
+from tests.support.numerics import spec
 
 CASES = [(name, rule) for name, variant in VARIANTS.items() for rule in variant.optimizers]
 EPOCHS = 500

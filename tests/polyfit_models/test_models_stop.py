@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from polyfit_models import SpecError, fit, fit_many
-from tests.polyfit_models.conftest import spec
 from tests.polyfit_models.test_models_batching import close
+from tests.support.numerics import spec
 
 #: A gap each variant reaches mid-training with the lesson's settings (float64) and a seed.
 GAPS = {"numpy": 0.05, "tensor": 0.05, "autograd": 0.05, "legendre": 0.05, "module": 5.0}

@@ -12,7 +12,7 @@ from polyfit_models.optim import TORCH_RULES, RowwiseOptimizer
 from polyfit_models.variants.dynamic import DynamicProgram
 from polyfit_models.variants.legendre import LegendreP, legendre_and_derivative
 from polyfit_models.variants.module import ModuleProgram, PolynomialModel
-from tests.polyfit_models.conftest import spec
+from tests.support.numerics import spec
 
 CPU = torch.device("cpu")
 

@@ -37,22 +37,13 @@ from scheduler.cli.dashboard import is_loopback
 from store import make_engine
 from store.claims import claim_jobs
 from store.reads import list_jobs, loss_curves
-from tests.conftest import ROOT, pg_schema, polyfit_env, wait_port
-from tests.helpers import finished_sweep, query, record_sweep, wait_for
+from tests.support import ROOT
+from tests.support.database import query
+from tests.support.processes import polyfit_env
+from tests.support.servers import pg_schema, wait_port
+from tests.support.sweeps import EVERY_VARIANT, finished_sweep, record_sweep
+from tests.support.waiting import wait_for
 
-# Every variant; numpy over lr x degree: at lr 1e-4 every job diverges before its first
-# recorded loss, at 3.6e-6 those of degree 3 diverge late (around epoch 300: their curves end
-# with a cross). 24 jobs.
-GRID = [
-    {"variant": ["numpy"], "lr": [1e-6, 3.6e-6, 1e-4], "degree": [2, 3], "seed": [0, 1],
-     "epochs": [400]},
-    {"variant": ["tensor", "autograd", "legendre"], "lr": [1e-6], "degree": [3],
-     "seed": [0, 1], "epochs": [200]},
-    {"variant": ["module"], "optimizer": ["adam"], "lr": [1e-2], "degree": [3],
-     "seed": [0, 1], "epochs": [200]},
-    {"variant": ["dynamic"], "optimizer": ["momentum"], "lr": [1e-8], "degree": [4, 5],
-     "seed": [0, 1], "epochs": [200]},
-]
 # Markup in a sweep name (user input): it must be shown as text, never run.
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 SMALL = [{"variant": ["numpy"], "lr": [1e-6], "degree": [3], "seed": [0, 1], "epochs": [100]}]
@@ -79,7 +70,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'results.sqlite'}"
-    demo = finished_sweep(url, GRID, name="demo")
+    demo = finished_sweep(url, EVERY_VARIANT, name="demo")
     hostile = finished_sweep(url, SMALL, name=HOSTILE)
     # 60 queued jobs, nothing trained: a sweep waiting for workers, long enough to page.
     waiting, _ = record_sweep(url, [{"variant": ["numpy", "module"], "lr": [1e-6, 1e-5, 1e-4],

@@ -22,8 +22,10 @@ import pytest
 
 from store import make_engine
 from store.reads import list_jobs, loss_curves
-from tests.conftest import ROOT, polyfit_env, wait_port
-from tests.helpers import finished_sweep, record_sweep, train
+from tests.support import ROOT
+from tests.support.processes import polyfit_env
+from tests.support.servers import wait_port
+from tests.support.sweeps import finished_sweep, record_sweep, train
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -34,7 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(  # slow: a browser and a liv
            "/usr/bin/chromedriver (apt-get install chromium chromium-driver; .ci/run does)")]
 
 # Every variant; numpy over lr x degree, with a cell where every job diverges at once and one
-# where they diverge late (their curves end with a cross). 30 jobs.
+# where they diverge late (their curves end with a cross). 30 jobs. Not tests/support's
+# EVERY_VARIANT: numpy at lr 2e-6 is the cell LONGER is compared on, module at two learning
+# rates fills its map, and the screenshots and counts (30/30) are of this grid.
 GRID = [
     {"variant": ["numpy"], "lr": [1e-6, 2e-6, 3.6e-6, 1e-4], "degree": [2, 3], "seed": [0, 1],
      "epochs": [400]},

@@ -17,8 +17,10 @@ from scheduler.cli import cli
 from store import create_schema, make_engine
 from store.reads import list_jobs
 from store.recording import save_sweep
-from tests.conftest import ROOT, polyfit_env
-from tests.helpers import finished_sweep, job_row
+from tests.support import ROOT
+from tests.support.database import job_row
+from tests.support.processes import polyfit_env
+from tests.support.sweeps import finished_sweep
 
 
 @pytest.fixture(scope="module")

@@ -22,28 +22,17 @@ from store import make_engine
 from store.reads import list_jobs
 from store.rows import JobRow, SweepRow
 from store.sweeps import find_sweep
-from tests.conftest import polyfit_env
-from tests.helpers import finished_sweep, record_sweep
+from tests.support.processes import polyfit_env
+from tests.support.sweeps import EVERY_VARIANT, finished_sweep, record_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-# Every variant, one diverging cell (numpy at lr 1e-4), lr x degree for numpy. 22 jobs.
-GRID = [
-    {"variant": ["numpy"], "lr": [1e-6, 1e-4], "degree": [2, 3], "seed": [0, 1],
-     "epochs": [200]},
-    {"variant": ["tensor", "autograd", "legendre"], "lr": [1e-6], "degree": [3],
-     "seed": [0, 1], "epochs": [200]},
-    {"variant": ["module"], "optimizer": ["adam"], "lr": [1e-2], "degree": [3],
-     "seed": [0, 1], "epochs": [200]},
-    {"variant": ["dynamic"], "optimizer": ["momentum"], "lr": [1e-8], "degree": [4, 5],
-     "seed": [0, 1], "epochs": [200]},
-]
 
 
 @pytest.fixture(scope="module")
 def sweep_db(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('plot') / 'results.sqlite'}"
-    return url, finished_sweep(url, GRID, name="plotted")
+    return url, finished_sweep(url, EVERY_VARIANT, name="plotted")
 
 
 @pytest.fixture
@@ -131,16 +120,16 @@ def test_the_figure_shows_each_variant_and_marks_diverged_cells(sweep_db):
                    for label in labels)
     assert losses.get_yscale() == "log"
     assert [t.get_text() for t in losses.get_legend().get_texts()] == list(VARIANTS)
-    # One lr x degree map per variant; numpy's has 2 x 2 cells, and its lr 1e-4 row diverged.
+    # One lr x degree map per variant; numpy's has 3 x 2 cells: its lr 1e-4 row diverged, and
+    # at 3.6e-6 the cell of degree 3 (late, after its first recorded losses).
     numpy_map = axes["numpy"]
-    assert [t.get_text() for t in numpy_map.get_yticklabels()] == ["1e-06", "0.0001"]
+    assert [t.get_text() for t in numpy_map.get_yticklabels()] == ["1e-06", "3.6e-06", "0.0001"]
     assert [t.get_text() for t in numpy_map.get_xticklabels()] == ["2", "3"]
     grey = numpy_map.patches
-    assert len(grey) == 2  # the cells of lr 1e-4, degrees 2 and 3
-    assert sorted((p.get_x(), p.get_y()) for p in grey) == [(-0.5, 0.5), (0.5, 0.5)]
+    assert len(grey) == 3  # the cells of lr 1e-4, degrees 2 and 3, and of 3.6e-6, degree 3
+    assert sorted((p.get_x(), p.get_y()) for p in grey) == [(-0.5, 1.5), (0.5, 0.5), (0.5, 1.5)]
     assert all(not axes[v].patches for v in VARIANTS if v != "numpy")
-    values = {t.get_text().split("\n")[0] for t in numpy_map.texts}
-    assert len(values) == 2  # the two cells that trained, annotated with their mse
+    assert len(numpy_map.texts) == 3  # the three cells that trained, annotated with their mse
     assert "diverged" in fig.get_supxlabel()
     # dynamic ran at the lesson's lr: the figure says why its fits look flat.
     assert f"dynamic: {VARIANTS['dynamic'].note}" in fig.get_supxlabel()
@@ -234,7 +223,7 @@ def test_a_plugin_variant_not_installed_here_reads_as_stored(tmp_path):
     leaving out what needs the variant's code (its fitted curve), instead of an internal
     error."""
     from polyfit_results.dashboard import create_app
-    from tests.helpers import query
+    from tests.support.database import query
 
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     sweep = finished_sweep(url, [{"variant": ["numpy"], "lr": [1e-6], "degree": [3],

@@ -13,7 +13,7 @@ import sys
 import termios
 
 from polyfit_results import report
-from tests.conftest import polyfit_env
+from tests.support.processes import polyfit_env
 
 ROWS = [{"id": "a" * 12, "variant": "autograd", "lr": 1e-6, "mse": 0.00123456789,
          "coefficients": [0.123456789, -0.987654321, 0.5, 0.25]}] * 3

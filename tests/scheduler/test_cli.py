@@ -227,7 +227,7 @@ def test_a_job_too_big_for_its_devices_memory_budget_is_refused_at_submit(run, t
 
 
 def test_the_examples_point_nowhere_outside_the_project():
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     for path in (ROOT / "examples").rglob("*"):
         if not path.is_file() or "__pycache__" in path.parts:
@@ -289,7 +289,7 @@ def test_a_server_database_whose_driver_is_missing_says_how_to_install_it(tmp_pa
     import subprocess
     import sys
 
-    from tests.conftest import polyfit_env
+    from tests.support.processes import polyfit_env
 
     code = ("import sys; sys.modules['psycopg'] = None; sys.argv[0] = 'polyfit'; "
             "from scheduler.cli import main; main()")
@@ -353,8 +353,7 @@ def test_minus_zero_and_zero_are_one_job_not_two(run, tmp_path):
 @pytest.mark.parametrize("password", ["pa ss word", "pa\tss\tword", "a b", "p@ss w/rd"])
 def test_a_password_with_spaces_or_tabs_is_never_printed(tmp_path, password):
     """A real process (the passwords a process was told of are kept for its lifetime)."""
-    from tests.conftest import polyfit_env
-    from tests.helpers import polyfit
+    from tests.support.processes import polyfit, polyfit_env
 
     env = polyfit_env(POLYFIT_DB_URL=f"sqlite:///{tmp_path / 'r.sqlite'}")
     shown = (password, " ".join(password.split()), password.replace(" ", "%20"))

@@ -31,8 +31,9 @@ from store.activity import status_counts
 from store.claims import claim_jobs, save_results
 from store.reads import list_jobs
 from store.sql_views import VIEWS
-from tests.conftest import ROOT, pg_schema, polyfit_env
-from tests.helpers import finished_sweep, record_sweep, train
+from tests.support import ROOT
+from tests.support.processes import polyfit_env
+from tests.support.sweeps import finished_sweep, record_sweep, train
 
 
 @pytest.fixture(scope="module")
@@ -219,20 +220,6 @@ def test_views_are_readable_through_polyfit_sql_and_sqlite3(run, sweep_db):
     assert per_variant == {"numpy": 8, "legendre": 2, "module": 4, "dynamic": 4}
 
 
-def _engines():
-    """A fresh SQLite file and a fresh PostgreSQL schema."""
-    return ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=_engines())
-def any_db(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'v.sqlite'}"
-        return
-    with pg_schema() as url:
-        yield url
-
-
 def _view_sql(engine, name: str) -> str | None:
     with engine.connect() as c:
         if engine.dialect.name == "sqlite":
@@ -241,18 +228,18 @@ def _view_sql(engine, name: str) -> str | None:
         return c.execute(text("SELECT pg_get_viewdef(to_regclass(:n))"), {"n": name}).scalar()
 
 
-def test_views_answer_the_same_on_sqlite_and_postgresql(any_db):
+def test_views_answer_the_same_on_sqlite_and_postgresql(any_db_url):
     grid = [{"variant": ["numpy"], "lr": [1e-6, 1e-4], "degree": [2, 3], "seed": [0, 1],
              "epochs": [200]}]
-    sweep_id, jobs = record_sweep(any_db, grid, x_points=200)
-    train(any_db, sweep_id, jobs[:6])
-    engine = make_engine(any_db)
+    sweep_id, jobs = record_sweep(any_db_url, grid, x_points=200)
+    train(any_db_url, sweep_id, jobs[:6])
+    engine = make_engine(any_db_url)
     try:
         create_schema(engine)  # again: a no-op
         before = {name: _view_sql(engine, name) for name in VIEWS}
         create_schema(engine)
         assert {name: _view_sql(engine, name) for name in VIEWS} == before
-        views = {name: _sql(any_db, f"SELECT * FROM {name}") for name in VIEWS}
+        views = {name: _sql(any_db_url, f"SELECT * FROM {name}") for name in VIEWS}
         counts = status_counts(engine, sweep_id)
         stored = list_jobs(engine, sweep_id)
     finally:
@@ -272,8 +259,8 @@ def test_views_answer_the_same_on_sqlite_and_postgresql(any_db):
     assert variant["jobs"] == 8 and variant["best_mse"] == summary["best_mse"]
 
 
-def test_a_view_with_an_old_definition_is_replaced(any_db):
-    engine = make_engine(any_db)
+def test_a_view_with_an_old_definition_is_replaced(any_db_url):
+    engine = make_engine(any_db_url)
     try:
         create_schema(engine)
         with engine.begin() as c:

@@ -328,7 +328,7 @@ def test_a_hostile_spec_file_is_refused_quickly_in_little_memory(workdir, kind):
     import subprocess
     import sys
 
-    from tests.conftest import polyfit_env
+    from tests.support.processes import polyfit_env
 
     spec = workdir / "hostile.yaml"
     HOSTILE[kind](spec)

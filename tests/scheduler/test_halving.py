@@ -66,7 +66,7 @@ def test_resume_ranks_the_rung_nobody_ranked(tmp_path):
     from store.claims import claim_jobs, save_results
     from store.reads import list_jobs
     from store.recording import save_sweep
-    from tests.helpers import fit_result, job_row
+    from tests.support.database import fit_result, job_row
     from worker.settings import Settings
 
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"

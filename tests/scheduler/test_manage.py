@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from scheduler.cli import cli
 from scheduler.sweep import sweep_id_of
-from tests.helpers import query, rows, train
+from tests.support.database import query, rows
+from tests.support.sweeps import train
 
 
 class Cli:

@@ -20,7 +20,8 @@ from store import create_schema, make_engine
 from store.activity import status_counts
 from store.claims import claim_jobs, save_results
 from store.recording import save_sweep
-from tests.conftest import ROOT, polyfit_env
+from tests.support import ROOT
+from tests.support.processes import polyfit_env
 
 READ_COMMANDS = [["status"], ["results"], ["best"], ["sql", "SELECT 1 AS x"],
                  ["status", "--json"]]

@@ -23,8 +23,7 @@ def test_the_best_results_go_to_the_current_stdout(tmp_path, capsys):
 
 def test_a_run_leaves_no_worker_log_behind(tmp_path):
     # One /tmp/polyfit-worker-*.log was left per run (29 after an hour of work).
-    from tests.conftest import polyfit_env
-    from tests.helpers import polyfit
+    from tests.support.processes import polyfit, polyfit_env
 
     logs = tmp_path / "tmp"
     logs.mkdir()

@@ -16,7 +16,7 @@ from store.claims import claim_jobs, save_results
 from store.reads import list_jobs
 from store.requeue import cancel_sweep
 from store.sweeps import find_sweep
-from tests.helpers import race
+from tests.support.database import race
 from worker import rounds
 from worker import search as worker_search
 from worker.search import ask_round

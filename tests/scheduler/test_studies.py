@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from scheduler.cli import cli
-from tests.helpers import query, rows, train
+from tests.support.database import query, rows
+from tests.support.sweeps import train
 
 
 class Study:

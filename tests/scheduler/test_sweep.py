@@ -154,7 +154,7 @@ def test_load_spec_file_errors(tmp_path):
 
 
 def test_the_tutorial_example_expands_to_the_lessons_programs():
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     p = build_plan(load_spec_file(ROOT / "examples" / "tutorial.yaml"))
     by_variant = {}

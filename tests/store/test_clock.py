@@ -18,7 +18,7 @@ from store.recording import save_sweep
 from store.requeue import lost_queued_devices, reap_stale, requeue, take_lost_queued
 from store.rows import as_utc
 from store.sweeps import find_sweep
-from tests.helpers import fit_result, job_row
+from tests.support.database import fit_result, job_row
 
 STALE_S = 10
 

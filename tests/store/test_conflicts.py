@@ -21,8 +21,8 @@ from store.db import StoreError, is_conflict
 from store.recording import save_sweep
 from store.requeue import cancel_sweep, reap_stale, requeue, take_lost_queued
 from store.rows import now
-from tests.conftest import pg_schema
-from tests.helpers import job_row
+from tests.support.database import job_row
+from tests.support.servers import pg_schema
 
 SWEEP = "s1"
 IDS = [f"job{i:04d}" for i in range(40)]

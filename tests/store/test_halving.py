@@ -12,7 +12,7 @@ from store.reads import list_jobs
 from store.recording import save_sweep
 from store.records import ENDED
 from store.requeue import cancel_sweep
-from tests.helpers import fit_result, job_row, race
+from tests.support.database import fit_result, job_row, race
 
 IDS = [f"job{i:04d}" for i in range(8)]
 

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from scheduler.cli import cli
 from store import create_schema, make_engine
 from store.recording import save_sweep
-from tests.conftest import PG_URL, pg_schema
+from tests.support.servers import PG_URL, pg_schema
 
 # The reader roles are the server's, and `GRANT CONNECT ON DATABASE` changes one catalog row:
 # two of these tests at once failed with "tuple concurrently updated". Under `pytest -n 2` a
@@ -324,8 +324,7 @@ def test_the_reader_cannot_hold_up_schema_creation_or_a_submit(reader, tmp_path)
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from tests.conftest import polyfit_env
-    from tests.helpers import polyfit
+    from tests.support.processes import polyfit, polyfit_env
 
     conninfo = make_url(reader.env["POLYFIT_SQL_URL"]).set(drivername="postgresql")
     conn = psycopg.connect(conninfo.render_as_string(hide_password=False), autocommit=True)
@@ -379,7 +378,8 @@ _FLAT_MIB = 250
 
 def _measured_sql(db: Db, *args: str) -> tuple[int, int, str, int]:
     """Exit code, lines printed, stderr without the last line, and peak memory (MiB)."""
-    from tests.conftest import ROOT, polyfit_env
+    from tests.support import ROOT
+    from tests.support.processes import polyfit_env
 
     proc = subprocess.Popen([sys.executable, "-c", _MEASURED, "sql", *args, "--db", db.url],
                             env=polyfit_env(**db.env), cwd=ROOT, stdout=subprocess.PIPE,

@@ -16,8 +16,7 @@ from store.recording import save_sweep
 from store.records import JobRecord
 from store.requeue import lost_queued_devices, reap_stale, take_lost_queued
 from store.rows import now
-from tests.conftest import ids_of
-from tests.helpers import fit_result, job_row
+from tests.support.database import fit_result, ids_of, job_row
 
 
 def _age(engine, seconds: float, **where) -> None:

@@ -7,27 +7,16 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 from sqlalchemy import inspect
 
 from store import create_schema, make_engine
 from store.db import _missing
 from store.sql_views import VIEWS
-from tests.conftest import pg_schema
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def fresh_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'r.sqlite'}"
-        return
-    with pg_schema() as url:
-        yield url
-
-
-def test_many_at_once_on_a_fresh_database_all_succeed(fresh_url):
+def test_many_at_once_on_a_fresh_database_all_succeed(any_db_url):
     n = 6
-    engines = [make_engine(fresh_url) for _ in range(n)]
+    engines = [make_engine(any_db_url) for _ in range(n)]
     start = threading.Barrier(n)
     errors: list[BaseException] = []
 

@@ -11,8 +11,7 @@ from store.claims import claim_jobs, save_results
 from store.reads import list_jobs
 from store.recording import save_sweep
 from store.requeue import cancel_sweep
-from tests.conftest import ids_of
-from tests.helpers import fit_result, job_row
+from tests.support.database import fit_result, ids_of, job_row
 
 
 def test_a_stopped_job_is_queued_again_with_its_state_and_no_attempt_spent(engine):

@@ -16,8 +16,7 @@ from store.recording import save_sweep
 from store.requeue import cancel_sweep, release_worker, requeue_missing
 from store.rows import now
 from store.sweeps import find_sweep, list_sweeps
-from tests.conftest import ids_of
-from tests.helpers import fit_result, job_row
+from tests.support.database import fit_result, ids_of, job_row
 
 
 def test_save_sweep_is_idempotent_and_keeps_existing_jobs(engine):

@@ -6,13 +6,14 @@ shutdown (SIGTERM) ends once the batch in hand is stored. A real redis-server wi
 from __future__ import annotations
 
 import signal
-import subprocess
 
 import pytest
 import redis
 
-from tests.conftest import free_port, wait_port
-from tests.helpers import rows, submit, wait_for
+from tests.support import servers
+from tests.support.database import rows
+from tests.support.sweeps import submit
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +23,8 @@ REFUSED = "the broker refused the login"
 @pytest.fixture
 def locked_redis(tmp_path):
     """A private redis-server that asks for the password ``pw1``."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "pw1",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    yield port
-    proc.terminate()
-    proc.wait(10)
+    with servers.locked_redis(tmp_path, "pw1") as port:
+        yield port
 
 
 def _change_password(port: int) -> redis.Redis:

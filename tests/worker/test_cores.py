@@ -5,7 +5,6 @@ is not taken for the process that had it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -79,8 +78,9 @@ def test_share_cores_sets_the_threads_a_batch_trains_with(host, monkeypatch):
 def test_two_workers_on_one_host_share_its_cores(tmp_path, redis_url, start_worker):
     # Issue 25: two `polyfit worker --concurrency 1` each sized their threads from the whole
     # machine (2 x 2 threads on 2 cores: 7.8x slower than one worker with 2 processes).
-    from tests.conftest import polyfit_env
-    from tests.helpers import submit, wait_done, wait_for
+    from tests.support.processes import polyfit_env
+    from tests.support.sweeps import submit, wait_done
+    from tests.support.waiting import wait_for
 
     folder = tmp_path / "cores"
     db = f"sqlite:///{tmp_path / 'r.sqlite'}"
@@ -107,5 +107,5 @@ def test_two_workers_on_one_host_share_its_cores(tmp_path, redis_url, start_work
                              check=True, env=env).stdout.strip()
     assert counted == "2"
     # A worker that stops leaves: the other then has the host to itself.
-    workers[0].kill(signal.SIGTERM)
+    workers[0].stop(30)  # warm: SIGTERM, killed after 30 s
     wait_for(lambda: len(registered()) == 1, 60, "the stopped worker's process to leave")

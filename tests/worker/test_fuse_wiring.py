@@ -8,8 +8,9 @@ import pytest
 
 from polyfit_models import fusion, runner
 from polyfit_models.errors import SettingError
-from tests.conftest import polyfit_env
-from tests.helpers import polyfit, record_sweep, rows
+from tests.support.database import rows
+from tests.support.processes import polyfit, polyfit_env
+from tests.support.sweeps import record_sweep
 from worker.execute import run_batch
 from worker.payload import Batch
 from worker.runtime import Runtime

@@ -12,19 +12,16 @@ from sqlalchemy import text
 from polyfit_models import fit_many
 from store.claims import claim_jobs, record_progress, save_results
 from store.db import make_engine
-from tests.conftest import pg_schema
-from tests.helpers import query, record_sweep
+from tests.support.database import query
+from tests.support.sweeps import record_sweep
 from worker.batches import spec_of
 from worker.execute import _LiveCurves
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'results.sqlite'}"
-        return
-    with pg_schema() as url:
-        yield url
+@pytest.fixture
+def db_url(any_db_url):
+    """Each backend (conftest's ``db_url`` is SQLite only)."""
+    return any_db_url
 
 
 GRID = [{"variant": ["autograd"], "lr": [1e-6], "seed": [0, 1], "epochs": [1000]}]

@@ -17,7 +17,8 @@ from scheduler.cli import cli
 from store import create_schema, make_engine
 from store.recording import save_sweep
 from store.sweeps import find_sweep
-from tests.helpers import job_row, train
+from tests.support.database import job_row
+from tests.support.sweeps import train
 from worker.batches import plan_batches
 from worker.execute import with_plugin
 from worker.queues import CPU, CUDA, queue_for, queues_served, route

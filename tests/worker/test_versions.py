@@ -11,7 +11,8 @@ import socket
 import numpy
 import torch
 
-from tests.helpers import finished_sweep, query, record_sweep
+from tests.support.database import query
+from tests.support.sweeps import finished_sweep, record_sweep
 
 GRID = [{"variant": ["numpy", "autograd"], "lr": [1e-6], "degree": [3], "seed": [0],
          "epochs": [50]}]

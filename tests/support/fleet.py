@@ -1,5 +1,5 @@
-"""A polyfit fleet on the namespaced hosts of ``tests/hosts.py``, set up the way docs/fleet.md's
-"A fleet" section says.
+"""A polyfit fleet on the namespaced hosts of ``tests/support/hosts.py``, set up the way
+docs/fleet.md's "A fleet" section says.
 
 The shell block between ``<!-- fleet-recipe:start -->`` and ``<!-- fleet-recipe:end -->`` in
 docs/fleet.md is the recipe: its ``redis-server`` line starts the services host's Redis, its
@@ -20,30 +20,17 @@ import pwd
 import shlex
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from tests.hosts import ROOT, SUBNET, HostsError, Net, base_env, remove_pg_shm
+from tests.support import ROOT
+from tests.support.hosts import SUBNET, HostsError, Net, base_env, remove_pg_shm
+from tests.support.waiting import wait_for
 
 RECIPE_START = "<!-- fleet-recipe:start -->"
 RECIPE_END = "<!-- fleet-recipe:end -->"
 ENDED = ("succeeded", "diverged", "failed", "cancelled")
-
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.25) -> T:
-    """Poll ``predicate`` until it returns something true, which is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 # -- the recipe ----------------------------------------------------------------------------------
@@ -265,7 +252,7 @@ class Services:
         import os
         import signal
 
-        from tests.hosts import namespace_pids
+        from tests.support.hosts import namespace_pids
 
         uid = pwd.getpwnam("postgres").pw_uid
 
@@ -431,13 +418,3 @@ class Fleet:
         return wait_for(lambda: self.ended(sweep_id, jobs), timeout,
                         f"the {jobs} jobs of sweep {sweep_id} to end")
 
-
-def numpy_epochs_per_second() -> int:
-    """numpy-variant epochs (default settings) that take about a second on one core here."""
-    from polyfit_models import JobSpec, fit_many
-
-    spec = JobSpec.create("numpy", epochs=4000)
-    fit_many([spec], "cpu")
-    t = time.perf_counter()
-    fit_many([spec], "cpu")
-    return max(1000, int(4000 / (time.perf_counter() - t)))

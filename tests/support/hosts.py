@@ -12,8 +12,8 @@ mounts over ``/etc/hosts`` so that hosts reach each other by name. Addresses are
 
 Faults: ``partition`` (the host's port on the switch down) and ``heal``, ``slow`` (netem delay
 and loss on both ends of the host's link, or, on a kernel without ``sch_netem``, the same done in
-userspace by ``tests/impair.py``) and ``unslow``, ``kill_host`` (SIGKILL every process in the
-host's namespace), ``crash`` (the same with the link cut first and the namespace deleted, so
+userspace by ``tests/support/impair.py``) and ``unslow``, ``kill_host`` (SIGKILL every process in
+the host's namespace), ``crash`` (the same with the link cut first and the namespace deleted, so
 that the kernel's socket state is lost as in a power cut and no peer hears of it) and ``boot``
 (the namespace made again, with the same addresses, MAC included).
 
@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 PREFIX = "pfn-"
 SUBNET = "10.213.7"
 NETNS_ETC = Path("/etc/netns")
@@ -438,7 +439,7 @@ class Net:
     def slow(self, host: str, delay_ms: int = 100, loss_pct: float = 2.0) -> None:
         """Delay every frame to and from ``host`` by ``delay_ms`` and drop ``loss_pct`` % of
         them, in each direction: ``netem`` on both ends of its link, or the same in userspace
-        (``tests/impair.py``) where the kernel has no ``sch_netem``."""
+        (``tests/support/impair.py``) where the kernel has no ``sch_netem``."""
         h = self.hosts[host]
         if host in self._slowed:
             raise HostsError(f"{host} is slowed already")
@@ -456,8 +457,8 @@ class Net:
             if "unknown" not in r.stderr.lower():
                 raise HostsError(f"netem on {h.link}: {r.stderr.strip()}")
             self.netem = False
-        # Userspace: the host's port leaves the bridge; tests/impair.py copies frames between it
-        # and a spare veth pair's end, whose other end takes its place on the bridge.
+        # Userspace: the host's port leaves the bridge; tests/support/impair.py copies frames
+        # between it and a spare veth pair's end, whose other end takes its place on the bridge.
         a, b = f"pf{self.suffix}i{h.index}", f"pf{self.suffix}j{h.index}"
         sw = self.switch
         ip("link", "add", a, "type", "veth", "peer", "name", b, ns=sw)
@@ -467,7 +468,7 @@ class Net:
         ip("link", "set", h.port, "nomaster", ns=sw)
         with open(self.logs / f"impair-{host}.log", "ab") as err:
             p = subprocess.Popen(
-                ["ip", "netns", "exec", sw, sys.executable, "-m", "tests.impair", h.port, a,
+                ["ip", "netns", "exec", sw, sys.executable, "-m", "tests.support.impair", h.port, a,
                  "--delay-ms", str(delay_ms), "--loss-pct", str(loss_pct)],
                 cwd=ROOT, env=base_env(), stdout=subprocess.PIPE, stderr=err,
                 start_new_session=True)

@@ -1,5 +1,5 @@
 """A userspace stand-in for ``tc qdisc ... netem delay D loss P``, for kernels built without
-``sch_netem`` (the harness in ``tests/hosts.py`` tries netem first).
+``sch_netem`` (the harness in ``tests/support/hosts.py`` tries netem first).
 
 Run inside the switch namespace between a host's switch-side veth end and a spare bridge port,
 it copies every Ethernet frame from one link to the other after ``--delay-ms`` and drops
@@ -8,7 +8,7 @@ ends of the veth pair gives. Frames are whole wire frames (the harness turns che
 segmentation offloads off on every host link), so a dropped frame is one lost TCP segment that
 the sender retransmits, as on a real lossy link.
 
-    python -m tests.impair SWITCH_SIDE_LINK SPARE_LINK --delay-ms 100 --loss-pct 2
+    python -m tests.support.impair SWITCH_SIDE_LINK SPARE_LINK --delay-ms 100 --loss-pct 2
 
 Prints ``ready`` once both links are open; runs until killed."""
 
