@@ -13,7 +13,7 @@ import click
 import pytest
 
 from polyfit_models.errors import BadInput, PolyfitError
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 PACKAGES = ("polyfit", "polyfit_models", "polyfit_results", "scheduler", "store", "worker")
 #: Errors that belong to another library's tree on purpose: the CLI's own (click's, which
