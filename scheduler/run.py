@@ -25,8 +25,8 @@ import click
 from polyfit_results import queries, report
 from polyfit_results.progress import LiveProgress
 from scheduler.local import LocalWorkers, stopping_signals
+from scheduler.plan import Plan
 from scheduler.submit import BrokerError, Submitted, carry_on, drop_queue, submit
-from scheduler.sweep import Plan
 from store import StoreError
 from store import jobs as store_jobs
 from store.db import make_engine

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 
 from polyfit_models import batch_key
 from scheduler.cli import cli as polyfit_cli
-from scheduler.sweep import build_plan
+from scheduler.plan import build_plan
 from store import create_schema, make_engine
 from store import jobs as store_jobs
 from store.records import ENDED

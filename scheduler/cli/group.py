@@ -12,7 +12,7 @@ import traceback
 import click
 
 from polyfit_models import PolyfitModelError
-from scheduler.sweep import SweepSpecError
+from scheduler.specfile import SweepSpecError
 from store import StoreError
 from store.db import MissingDriver, redact_url
 from store.reader import NotResultsDatabase, QueryError, UnsafeAccount

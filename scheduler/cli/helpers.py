@@ -14,8 +14,10 @@ from pathlib import Path
 import click
 from sqlalchemy import Engine
 
+from scheduler.axes import AXES, RANGE_AXES, parse_flag
 from scheduler.cli.group import InputError
-from scheduler.sweep import AXES, RANGE_AXES, Plan, build_plan, load_spec_file, parse_flag
+from scheduler.plan import Plan, build_plan
+from scheduler.specfile import load_spec_file
 from store import jobs as store_jobs
 from store import make_engine
 from store.db import ENV_DB, StoreError, sqlite_path

@@ -13,7 +13,8 @@ from scheduler.cli.group import InputError, cli
 from scheduler.cli.helpers import changing, find_sweep, pass_settings, reading
 from scheduler.cli.reads import _group_columns, _styled, _width, grouped_table_options
 from scheduler.cli.sweeps import sweep
-from scheduler.sweep import SweepSpecError, check_name, sweep_id_of
+from scheduler.plan import sweep_id_of
+from scheduler.specfile import SweepSpecError, check_name
 from store.manage import (
     SweepChangeRefused,
     delete_sweep,

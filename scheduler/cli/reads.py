@@ -16,6 +16,7 @@ import click
 from polyfit_models import VARIANTS
 from polyfit_results import export, queries, report
 from polyfit_results.progress import LiveProgress
+from scheduler.axes import parse_axis, parse_flag
 from scheduler.cli.group import EXIT_FAILED, InputError, cli
 from scheduler.cli.helpers import (
     TABLE_COLUMNS,
@@ -25,7 +26,7 @@ from scheduler.cli.helpers import (
     pass_settings,
     reading,
 )
-from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
+from scheduler.specfile import SweepSpecError
 from store import jobs as store_jobs
 from store.records import CANCELLED, FAILED, STATUSES
 from store.user_sql import sql_rows

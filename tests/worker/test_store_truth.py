@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from polyfit_models import JobSpec, fit_many
-from scheduler.sweep import Job
+from scheduler.plan import Job
 from store import create_schema, make_engine
 from store import jobs as J
 from store.records import JobRecord

@@ -1,9 +1,10 @@
 """A sweep spec (YAML file and axis flags) expanded into jobs.
 
-Each grid mapping is the product of its axes; a list of mappings is the union of their products.
-Axes a variant does not use are ignored for it (duplicates then collapse, as job ids are derived
-from the job's settings); combinations a variant cannot take are left out and reported; a value
-out of range, an unknown key or variant, or a grid left with no job is a ``SweepSpecError``."""
+Each grid mapping is the product of its axes (``scheduler.axes``); a list of mappings is the
+union of their products. Axes a variant does not use are ignored for it (duplicates then
+collapse, as job ids are derived from the job's settings); combinations a variant cannot take
+are left out and reported; a value out of range, an unknown key or variant, or a grid left with
+no job is a ``SweepSpecError``."""
 
 from __future__ import annotations
 
@@ -12,46 +13,36 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import random
-import re
-import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-import yaml
+from polyfit_models import TARGETS, VARIANTS, JobSpec, SpecError, batch_bytes
+from polyfit_models.registry import is_plugin
+from polyfit_models.spec import check_points, check_seed
+from scheduler.axes import (
+    AXES,
+    axes_used,
+    parse_axis,
+    parse_choice,
+    parse_ints,
+    parse_number,
+    show_value,
+    within,
+)
+from scheduler.specfile import SweepSpecError, check_name
 
-from polyfit_models import OPTIMIZERS, TARGETS, VARIANTS, JobSpec, SpecError, batch_bytes
-from polyfit_models.registry import BROKEN, is_plugin
-from polyfit_models.spec import MAX_EPOCHS, MAX_LR, MAX_POINTS, SEED_LIMIT
-from worker.queues import is_device
-
-AXES = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device")
 TOP_KEYS = ("name", "target", "x", "grid", "sample", "stop_at_gap", "search", "halving")
-#: The axes a range (``{log: [a, b], num: n}``, ``{linear: [a, b], num: n}``) may define.
-RANGE_AXES = ("lr", "degree", "seed", "epochs")
 X_KEYS = ("start", "stop", "points")
-MAX_DEGREE = max(v.max_degree for v in VARIANTS.values())
 #: What a grid that names no variant sweeps: polyfit's own six, never the plugins installed
 #: where it is submitted (the same spec gives the same jobs on every host).
 BUILTIN_VARIANTS = [name for name in VARIANTS if not is_plugin(name)]
 
 
-def axes_used(variant) -> list[str]:
-    """The sweep axes (besides ``variant``) a variant takes; a grid's other axes are ignored
-    for it. The one rule: its registry entry lists them."""
-    return [a for a in AXES if a != "variant" and a in variant.axes]
-_RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
-
-
-class SweepSpecError(ValueError):
-    """Raised when a sweep spec or an axis flag is malformed or out of range (one line)."""
-
-
 @dataclass(frozen=True)
 class Job:
+    """One job of a sweep: its id (from its settings and device), its spec and its device."""
+
     id: str
     spec: JobSpec
     device: str
@@ -76,8 +67,10 @@ class Template:
         return len(self.lrs) * len(self.seeds)
 
     def jobs(self) -> Iterator[Job]:
-        # job_id's canonical JSON of this template, cut where lr and seed go: each job's id
-        # is then one string join and one hash (a million-job sweep spends its time here).
+        # A job's id is the digest of its settings and device (``_canonical``: the same job,
+        # the same id, in every sweep and database). The canonical JSON of this template, cut
+        # where lr and seed go: each job's id is then one string join and one hash (a
+        # million-job sweep spends its time here).
         lr_mark, seed_mark = "\x00lr\x00", "\x00seed\x00"
         text = _canonical({**self.base.to_dict(), "lr": lr_mark, "seed": seed_mark},
                           self.device)
@@ -145,294 +138,12 @@ class Plan:
         return frozenset(random.Random(seed).sample(sorted(ids), n))
 
 
-def job_id(spec: JobSpec, device: str) -> str:
-    """A job's id: the digest of its settings and device (the same job, the same id, in every
-    sweep and database)."""
-    return hashlib.sha256(_canonical(spec.to_dict(), device).encode()).hexdigest()[:16]
-
-
 def _canonical(fields: dict, device: str) -> str:
     # A setting added after ids were first made is left out while it has its default, so that
     # every job that was already recorded keeps its id.
     if fields.get("stop_gap") is None:
         fields = {k: v for k, v in fields.items() if k != "stop_gap"}
     return json.dumps({**fields, "device": device}, sort_keys=True)
-
-
-#: A sweep spec is a small text file: anything bigger is refused unread.
-MAX_SPEC_BYTES = 256 * 1024
-#: Mappings and lists nested deeper than this are refused (a spec needs four levels).
-MAX_SPEC_DEPTH = 16
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def load_spec_file(path: str | Path) -> dict:
-    """The spec file at ``path`` as a mapping. Refused with one line (``SweepSpecError``),
-    quickly and in little memory, whatever the file: not a regular file (a FIFO, a device such
-    as /dev/zero, a folder), over ``MAX_SPEC_BYTES``, not UTF-8, not YAML, YAML aliases (which
-    can expand a few hundred bytes into gigabytes), nesting deeper than ``MAX_SPEC_DEPTH``,
-    keys that are not text."""
-    shown = _printable(str(path))
-    raw = _read_small_regular_file(path, shown)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SweepSpecError(f"{shown}: not UTF-8 text (byte {e.start})") from None
-    data = _parse_yaml(text, shown)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SweepSpecError(f"{shown}: a sweep spec must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def _read_small_regular_file(path: str | Path, shown: str) -> bytes:
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the
-        # open descriptor, so the file cannot be swapped between the check and the read.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except OSError as e:
-        raise SweepSpecError(f"cannot read {shown}: {e.strerror or e}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SweepSpecError(f"{shown}: not a regular file")
-        if info.st_size > MAX_SPEC_BYTES:
-            raise SweepSpecError(f"{shown}: {info.st_size:,} bytes, over the limit of "
-                                 f"{MAX_SPEC_BYTES:,} for a sweep spec")
-        chunks, size = [], 0
-        while size <= MAX_SPEC_BYTES:
-            chunk = os.read(fd, MAX_SPEC_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as e:
-        raise SweepSpecError(f"cannot read {shown}: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
-    if size > MAX_SPEC_BYTES:
-        raise SweepSpecError(f"{shown}: over the limit of {MAX_SPEC_BYTES:,} bytes for a spec")
-    return b"".join(chunks)
-
-
-def _parse_yaml(text: str, shown: str) -> object:
-    """Parse, then check the node graph before building any Python object from it."""
-    loader = _YAML_LOADER(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_nodes(node, shown)
-        return loader.construct_document(node)
-    except SweepSpecError:
-        raise
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise SweepSpecError(f"{shown}: not valid YAML{at}") from None
-    except (RecursionError, MemoryError):
-        raise SweepSpecError(f"{shown}: nested too deeply") from None
-    except (ValueError, TypeError, OverflowError) as e:  # e.g. an int of 10,000 digits
-        raise SweepSpecError(f"{shown}: a value YAML cannot read: "
-                             f"{_printable(str(e))[:80]}") from None
-    finally:
-        loader.dispose()
-
-
-def _check_nodes(root: yaml.Node, shown: str) -> None:
-    """Refuse aliases (a node reached twice), deep nesting and keys that are not text."""
-    seen: set[int] = set()
-    stack = [(root, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if id(node) in seen:
-            raise SweepSpecError(f"{shown}: YAML aliases (*name) are not allowed in a sweep "
-                                 f"spec (line {node.start_mark.line + 1})")
-        seen.add(id(node))
-        if depth > MAX_SPEC_DEPTH:
-            raise SweepSpecError(f"{shown}: nested more than {MAX_SPEC_DEPTH} levels deep "
-                                 f"(line {node.start_mark.line + 1})")
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if not (isinstance(key, yaml.ScalarNode)
-                        and key.tag == "tag:yaml.org,2002:str"):
-                    raise SweepSpecError(f"{shown}: keys must be text (line "
-                                         f"{key.start_mark.line + 1})")
-                stack += [(key, depth + 1), (value, depth + 1)]
-        elif isinstance(node, yaml.SequenceNode):
-            stack += [(item, depth + 1) for item in node.value]
-
-
-def _printable(text: str) -> str:
-    """``text`` for a one-line message: control and format characters shown escaped."""
-    if all(c.isprintable() for c in text):
-        return text
-    return repr(text)[1:-1]
-
-
-def check_name(name: object) -> str:
-    """A sweep name: non-empty text of at most 200 printable characters (it is printed in
-    progress lines and tables, and matched by every command that takes SWEEP)."""
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise SweepSpecError("name: must be a non-empty string of at most 200 characters")
-    if not name.isprintable():
-        raise SweepSpecError(f"name: control characters are not allowed, got "
-                             f"{_printable(name)!r}")
-    return name
-
-
-# -- axis values ------------------------------------------------------------------------------
-
-def _as_list(axis: str, value: object) -> list:
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise SweepSpecError(f"{axis}: empty list")
-        return list(value)
-    if isinstance(value, dict) or value is None:
-        raise SweepSpecError(f"{axis}: expected a value or a list, got {value!r}")
-    return [value]
-
-
-def _shown(raw: object) -> str:
-    """A value for a one-line message, cut short (an int of 400 digits is one)."""
-    text = _printable(repr(raw))
-    return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
-
-
-def _number(axis: str, raw: object) -> float:
-    if isinstance(raw, bool):
-        raise SweepSpecError(f"{axis}: expected a number, got {_shown(raw)}")
-    try:
-        value = float(raw)  # YAML reads "1e-6" as a string
-    except (TypeError, ValueError):
-        raise SweepSpecError(f"{axis}: expected a number, got {_shown(raw)}") from None
-    except OverflowError:  # an int too big for a float
-        value = math.inf
-    if not math.isfinite(value):
-        raise SweepSpecError(f"{axis}: must be finite, got {_shown(raw)}")
-    return value + 0.0  # -0.0 is 0.0: the same setting, the same job id
-
-
-def _ints(axis: str, raw: object, low: int, high: int) -> Sequence[int]:
-    """An int, or a range 'a-b' (inclusive), within [low, high]."""
-    if isinstance(raw, str) and _RANGE.match(raw):
-        a, b = (int(v) for v in _RANGE.match(raw).groups())
-        if a > b:
-            raise SweepSpecError(f"{axis}: empty range {_shown(raw)}")
-        if a < low or b > high:
-            raise SweepSpecError(f"{axis}: range {_shown(raw)} outside {low}..{high}")
-        return range(a, b + 1)
-    value = _number(axis, raw)
-    if value != int(value):
-        raise SweepSpecError(f"{axis}: expected a whole number, got {_shown(raw)}")
-    if not low <= value <= high:
-        raise SweepSpecError(f"{axis}: {_shown(raw)} is outside {low}..{high}")
-    return [int(value)]
-
-
-def _lr(raw: object) -> float:
-    value = _number("lr", raw)
-    if not 0 < value <= MAX_LR:
-        raise SweepSpecError(f"lr: {_shown(raw)} is outside (0, {MAX_LR:g}]")
-    return value
-
-
-def _choice(axis: str, raw: object, choices: Sequence[str]) -> str:
-    if not isinstance(raw, str) or raw not in choices:
-        raise SweepSpecError(f"{axis}: unknown value {_shown(raw)} "
-                             f"(choose from {', '.join(choices)})")
-    return raw
-
-
-def _spaced(axis: str, raw: object, max_values: int) -> list | None:
-    """The values of a range of a numeric axis, or None if ``raw`` is not one: a mapping
-    ``{log: [a, b], num: n}`` or ``{linear: [a, b], num: n}`` (YAML), or the flag form
-    ``log:a:b:n`` / ``linear:a:b:n``. n values spaced evenly (in log space for ``log``), both
-    ends included; an integer axis rounds them and drops repeats."""
-    if isinstance(raw, str) and raw.split(":", 1)[0] in ("log", "linear"):
-        parts = raw.split(":")
-        if len(parts) != 4:
-            raise SweepSpecError(f"--{axis}: a range is {parts[0]}:START:STOP:NUM, "
-                                 f"got {_shown(raw)}")
-        raw = {parts[0]: parts[1:3], "num": parts[3]}
-    if not isinstance(raw, dict):
-        return None
-    kinds = [k for k in ("log", "linear") if k in raw]
-    if axis not in RANGE_AXES:
-        raise SweepSpecError(f"{axis}: ranges are for {', '.join(RANGE_AXES)}, not {axis}")
-    if len(kinds) != 1 or set(raw) != {kinds[0], "num"}:
-        raise SweepSpecError(f"{axis}: a range is {{log: [start, stop], num: n}} or "
-                             f"{{linear: [start, stop], num: n}}, got {_shown(raw)}")
-    kind, ends = kinds[0], raw[kinds[0]]
-    if not isinstance(ends, (list, tuple)) or len(ends) != 2:
-        raise SweepSpecError(f"{axis}: {kind} takes [start, stop], got {_shown(ends)}")
-    start, stop = (_number(axis, v) for v in ends)
-    num = _number(f"{axis} num", raw["num"])
-    if num != int(num) or not 1 <= num <= max_values:
-        raise SweepSpecError(f"{axis}: num must be a whole number in 1..{max_values:,}, "
-                             f"got {_shown(raw['num'])}")
-    num = int(num)
-    if kind == "log":
-        if start <= 0 or stop <= 0:
-            raise SweepSpecError(f"{axis}: a log range needs positive ends, got {_shown(ends)}")
-        values = [float(v) for v in np.geomspace(start, stop, num)]
-    else:
-        values = [float(v) for v in np.linspace(start, stop, num)]
-    if num > 1:  # exactly the ends given, not their round trip through logs
-        values[0], values[-1] = start, stop
-    if axis in _INT_AXES:
-        values = [int(round(v)) for v in values]
-    return values
-
-
-def parse_axis(axis: str, values: object, max_values: int = 1_000_000) -> list:
-    """The validated values of one axis; refuses more than ``max_values`` of them before any
-    range is expanded (a typo like seed 0-999999999 must not allocate a billion ints)."""
-    spaced = _spaced(axis, values, max_values)
-    if spaced is not None:
-        values = spaced
-    items = _as_list(axis, values)
-    if any(isinstance(i, str) and i.split(":", 1)[0] in ("log", "linear") for i in items):
-        items = [v for i in items for v in (_spaced(axis, i, max_values) or [i])]
-    out: list = []
-    pieces = [_ints(axis, raw, *_INT_AXES[axis]) if axis in _INT_AXES else None for raw in items]
-    count = sum(len(p) if p is not None else 1 for p in pieces)
-    if count > max_values:
-        raise SweepSpecError(f"{axis}: {count:,} values, over the limit of {max_values:,} jobs "
-                             "(POLYFIT_MAX_JOBS)")
-    for raw, piece in zip(items, pieces):
-        if axis == "variant":
-            if isinstance(raw, str) and raw in BROKEN:
-                raise SweepSpecError(f"variant: the plugin {BROKEN[raw].describe()}")
-            out.append(_choice(axis, raw, list(VARIANTS)))
-        elif axis == "lr":
-            out.append(_lr(raw))
-        elif piece is not None:
-            out.extend(piece)
-        elif axis == "optimizer":
-            out.append(_choice(axis, raw, list(OPTIMIZERS)))
-        elif axis == "device":
-            if not isinstance(raw, str) or not is_device(raw):
-                raise SweepSpecError(f"device: unknown value {_shown(raw)} "
-                                     "(cpu, cuda, cuda:N or any)")
-            out.append(raw)
-    # Keep order, drop repeats.
-    seen: dict = {}
-    for v in out:
-        seen.setdefault(v, None)
-    return list(seen)
-
-
-_INT_AXES = {"degree": (0, MAX_DEGREE), "seed": (0, SEED_LIMIT - 1), "epochs": (1, MAX_EPOCHS)}
-
-
-def parse_flag(axis: str, text: str) -> list[str]:
-    """A comma-separated flag value as raw items (validated later with the file's values)."""
-    items = [part.strip() for part in text.split(",")]
-    if not text.strip() or any(not part for part in items):
-        raise SweepSpecError(f"--{axis}: empty value in {text!r}")
-    return items
 
 
 # -- expansion --------------------------------------------------------------------------------
@@ -463,11 +174,11 @@ def _x_grid(spec: Mapping) -> dict:
         raise SweepSpecError(f"x: unknown key {sorted(unknown)[0]!r} (keys: {', '.join(X_KEYS)})")
     out = {}
     if "start" in x:
-        out["x_start"] = _number("x.start", x["start"])
+        out["x_start"] = parse_number("x.start", x["start"])
     if "stop" in x:
-        out["x_stop"] = _number("x.stop", x["stop"])
+        out["x_stop"] = parse_number("x.stop", x["stop"])
     if "points" in x:
-        out["x_points"] = _ints("x.points", x["points"], 2, MAX_POINTS)[0]
+        out["x_points"] = parse_ints("x.points", x["points"], check_points)[0]
     return out
 
 
@@ -501,7 +212,7 @@ def build_plan(
         raise SweepSpecError("nothing to sweep: give a SPEC.yaml with a grid, or axis flags "
                              "such as --variant")
     target = spec.get("target", "sin")
-    _choice("target", target, list(TARGETS))
+    parse_choice("target", target, list(TARGETS))
     x = _x_grid(spec)
     # An explicit empty name is an error, not a request for the default (``name:`` with no
     # value in YAML is null and means "not given").
@@ -589,9 +300,9 @@ def _stop_gap(raw: object) -> float | None:
     ``mse - optimum_mse`` at which a job stops early; None for none."""
     if raw is None:
         return None
-    value = _number("stop_at_gap", raw)
+    value = parse_number("stop_at_gap", raw)
     if not value >= 0:
-        raise SweepSpecError(f"stop_at_gap must be a number >= 0, got {_shown(raw)}")
+        raise SweepSpecError(f"stop_at_gap must be a number >= 0, got {show_value(raw)}")
     return value
 
 
@@ -607,9 +318,9 @@ def _sample(raw: object) -> tuple[int, int] | None:
         raw = {"n": raw}
     if not isinstance(raw, dict) or not set(raw) <= {"n", "seed"} or "n" not in raw:
         raise SweepSpecError(f"sample: expected {{n: N, seed: S}} (or --sample N[:SEED]), "
-                             f"got {_shown(raw)}")
-    n = _ints("sample.n", raw["n"], 1, 10**9)[0]
-    seed = _ints("sample.seed", raw.get("seed", 0), 0, SEED_LIMIT - 1)[0]
+                             f"got {show_value(raw)}")
+    n = parse_ints("sample.n", raw["n"], within(1, 10**9))[0]
+    seed = parse_ints("sample.seed", raw.get("seed", 0), check_seed)[0]
     return n, seed
 
 
