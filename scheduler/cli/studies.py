@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from scheduler.cli.group import InputError, cli
-from scheduler.cli.helpers import find_sweep, not_the_database, pass_settings, reading
+from scheduler.cli.group import cli
+from scheduler.cli.helpers import not_the_database, pass_settings, reading_sweep
 from worker.settings import Settings
 
 
@@ -23,13 +23,7 @@ def export_optuna(settings: Settings, sweep_ref, storage, study_name) -> None:
     from polyfit_results.studies import StudyError, export_study
 
     not_the_database(storage, settings, "--storage")
-    engine = reading(settings)
-    target = find_sweep(engine, sweep_ref)
-    try:
+    with reading_sweep(settings, sweep_ref, StudyError) as (engine, target):
         n = export_study(engine, target, storage, study_name)
-    except StudyError as e:
-        raise InputError(str(e)) from e
-    finally:
-        engine.dispose()
     click.echo(f"sweep {target.name}: {n} trials written to the study "
                f"{study_name or target.name!r}")
