@@ -48,8 +48,10 @@ def run(spec: Mapping[str, Any] | str | os.PathLike | None = None, *, name: str 
     define, to the end, and return its jobs, best first. Failed or diverged jobs are rows like
     any other (``status``). ``quiet=False`` shows the progress on stderr."""
     from polyfit_results.api import jobs_frame
+    from scheduler.axes import AXES, parse_flag
+    from scheduler.plan import build_plan
     from scheduler.run import run_sweep
-    from scheduler.sweep import AXES, build_plan, load_spec_file, parse_flag
+    from scheduler.specfile import load_spec_file
     from store import StoreError
     from worker.settings import Settings
 

@@ -62,6 +62,41 @@ def _as_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_lr(value: Any, name: str = "lr") -> float:
+    """A learning rate: a finite number > 0 and <= ``MAX_LR`` (the spec's rule, which a sweep's
+    axes apply too, naming the value ``name``); raises ``SpecError`` otherwise."""
+    lr = _as_float(name, value)
+    if not 0.0 < lr <= MAX_LR:
+        raise SpecError(f"{name} must be > 0 and <= {MAX_LR:g}, got {lr!r}")
+    return lr
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A seed: an integer >= 0 and < 2**32; raises ``SpecError`` otherwise."""
+    seed = _as_int(name, value)
+    if not 0 <= seed < SEED_LIMIT:
+        raise SpecError(f"{name} must be >= 0 and < 2**32, got {_show(seed)}")
+    return seed
+
+
+def check_int(value: Any, name: str, low: int, high: int) -> int:
+    """An integer from ``low`` to ``high`` (both included); raises ``SpecError`` otherwise."""
+    number = _as_int(name, value)
+    if not low <= number <= high:
+        raise SpecError(f"{name} must be between {low} and {high}, got {_show(number)}")
+    return number
+
+
+def check_epochs(value: Any, name: str = "epochs") -> int:
+    """A number of epochs: an integer from 1 to ``MAX_EPOCHS``."""
+    return check_int(value, name, 1, MAX_EPOCHS)
+
+
+def check_points(value: Any, name: str = "x_points") -> int:
+    """A number of points on the x grid: an integer from 2 to ``MAX_POINTS``."""
+    return check_int(value, name, 2, MAX_POINTS)
+
+
 def _unknown_variant(name: Any) -> SpecError:
     """The error for a variant that is not in the registry: the reason where an installed
     plugin declares it but could not be loaded here."""
@@ -104,17 +139,13 @@ class JobSpec:
         for name in _INT_FIELDS:
             object.__setattr__(self, name, _as_int(name, getattr(self, name)))
 
-        if not 0.0 < self.lr <= MAX_LR:
-            raise SpecError(f"lr must be > 0 and <= {MAX_LR:g}, got {self.lr!r}")
+        check_lr(self.lr)
         if not variant.min_degree <= self.degree <= variant.max_degree:
             raise SpecError(f"degree must be between {variant.min_degree} and "
                             f"{variant.max_degree} for variant {self.variant}, "
                             f"got {_show(self.degree)}")
-        if not 0 <= self.seed < SEED_LIMIT:
-            raise SpecError(f"seed must be >= 0 and < 2**32, got {_show(self.seed)}")
-        if not 1 <= self.epochs <= MAX_EPOCHS:
-            raise SpecError(f"epochs must be between 1 and {MAX_EPOCHS}, "
-                            f"got {_show(self.epochs)}")
+        check_seed(self.seed)
+        check_epochs(self.epochs)
         if self.optimizer not in variant.optimizers:
             raise SpecError(f"optimizer must be one of {', '.join(variant.optimizers)} for "
                             f"variant {self.variant}, got {_show(self.optimizer)}")
@@ -123,9 +154,7 @@ class JobSpec:
                             f"got {_show(self.target)}")
         if self.dtype not in DTYPES:
             raise SpecError(f"dtype must be one of {', '.join(DTYPES)}, got {_show(self.dtype)}")
-        if not 2 <= self.x_points <= MAX_POINTS:
-            raise SpecError(f"x_points must be between 2 and {MAX_POINTS}, "
-                            f"got {_show(self.x_points)}")
+        check_points(self.x_points)
         if not self.x_start < self.x_stop:
             raise SpecError(f"x_start must be < x_stop, got x_start={self.x_start!r} "
                             f"and x_stop={self.x_stop!r}")
@@ -155,11 +184,7 @@ class JobSpec:
     def with_lr_and_seed(self, lr: float, seed: int) -> JobSpec:
         """This spec with another learning rate and seed, checked for those two only (the rest
         is this spec's, valid already): how a sweep makes a million jobs in seconds."""
-        lr, seed = _as_float("lr", lr), _as_int("seed", seed)
-        if not 0.0 < lr <= MAX_LR:
-            raise SpecError(f"lr must be > 0 and <= {MAX_LR:g}, got {lr!r}")
-        if not 0 <= seed < SEED_LIMIT:
-            raise SpecError(f"seed must be >= 0 and < 2**32, got {_show(seed)}")
+        lr, seed = check_lr(lr), check_seed(seed)
         out = object.__new__(JobSpec)  # no __init__: the fields are this spec's, checked
         fields = out.__dict__
         fields.update(self.__dict__)

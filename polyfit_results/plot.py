@@ -10,15 +10,11 @@ API on the Agg canvas: no pyplot, no display, nothing global changed."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from sqlalchemy import Engine
 
@@ -27,6 +23,7 @@ from polyfit_models.errors import BadInput
 from polyfit_results import queries
 from polyfit_results.export import ExportError, output_path
 from polyfit_results.fits import fitted_values, per_point, variant_rank
+from polyfit_results.plot_maps import draw_maps, label_lr, plan_maps, variant_color
 from store.reads import MapCell, list_jobs, loss_curves, map_cells
 from store.records import DIVERGED, OK, RUNNING
 from store.rows import JobRow, SweepRow
@@ -34,8 +31,6 @@ from store.rows import JobRow, SweepRow
 # Faint loss curves drawn per variant besides its best (the lowest-mse ones): enough to show the
 # spread over seeds and learning rates, few enough to keep the file small and the panel legible.
 MAX_FAINT_CURVES = 30
-DIVERGED_COLOR = "#d9d9d9"
-DIVERGED_MARK = "#8c2d04"
 
 
 class PlotError(BadInput, ValueError):
@@ -78,11 +73,6 @@ def x_grid(job: JobRow) -> np.ndarray:
     return np.linspace(job.x_start, job.x_stop, job.x_points)
 
 
-def _color(variant: str) -> tuple:
-    # Fixed by the registry's order, so a variant has the same color in every plot.
-    return colormaps["tab10"](variant_rank(variant) % 10)
-
-
 # Variants that train the same model the same way (numpy, tensor, autograd) draw the very same
 # curve: a dash pattern each lets every one of them show through the others.
 _DASHES = ["solid", (0, (6, 3)), (0, (2, 2)), (0, (8, 2, 2, 2)), (0, (4, 1.5)), (0, (1, 1))]
@@ -90,10 +80,6 @@ _DASHES = ["solid", (0, (6, 3)), (0, (2, 2)), (0, (8, 2, 2, 2)), (0, (4, 1.5)), 
 
 def _dash(variant: str):
     return _DASHES[variant_rank(variant) % len(_DASHES)]
-
-
-def _label_lr(lr: float) -> str:
-    return f"{lr:g}"
 
 
 def _draw_fits(fig: Figure, spec, data: PlotData) -> None:
@@ -111,12 +97,13 @@ def _draw_fits(fig: Figure, spec, data: PlotData) -> None:
         values = fitted_values(job, x)
         if values is None:
             continue
-        label = f"{job.variant}  lr {_label_lr(job.lr)}, deg {job.degree}: mse {job.mse:.3g}"
+        label = f"{job.variant}  lr {label_lr(job.lr)}, deg {job.degree}: mse {job.mse:.3g}"
         if job.status == DIVERGED:
             label += f" (diverged at epoch {job.diverged_at_epoch})"
-        ax.plot(x, values, color=_color(job.variant), ls=_dash(job.variant), lw=1.5,
+        ax.plot(x, values, color=variant_color(job.variant), ls=_dash(job.variant), lw=1.5,
                 label=label)
-        res.plot(x, values - y, color=_color(job.variant), ls=_dash(job.variant), lw=1.3)
+        res.plot(x, values - y, color=variant_color(job.variant), ls=_dash(job.variant),
+                 lw=1.3)
         if job.mse <= 100 * best_mse:
             scale = max(scale, float(np.max(np.abs(values - y))))
     degrees = sorted({j.degree for j in data.best})
@@ -156,12 +143,13 @@ def _draw_losses(fig: Figure, spec, data: PlotData) -> None:
         epochs = [e for e, _ in curve]
         losses = [per_point(job, v) for _, v in curve]
         bold = job.id in best_ids
-        ax.plot(epochs, [np.nan if v is None else v for v in losses], color=_color(job.variant),
+        ax.plot(epochs, [np.nan if v is None else v for v in losses],
+                color=variant_color(job.variant),
                 ls=_dash(job.variant) if bold else "solid", lw=1.8 if bold else 0.7,
                 alpha=1.0 if bold else 0.25, zorder=3 if bold else 2,
                 label=job.variant if bold else None)
         if job.status == DIVERGED:
-            ax.plot(epochs[-1:], losses[-1:], marker="x", color=_color(job.variant), ms=6)
+            ax.plot(epochs[-1:], losses[-1:], marker="x", color=variant_color(job.variant), ms=6)
         last_epochs.append(epochs[-1])
     # A job that diverged before its curve's first point has no curve: its loss where it
     # diverged is drawn as a cross, so that the panel never hides what happened.
@@ -173,7 +161,7 @@ def _draw_losses(fig: Figure, spec, data: PlotData) -> None:
         if loss is not None and math.isfinite(loss) and loss > 0:
             epoch = max(job.diverged_at_epoch, 1)
             ax.plot([epoch], [loss], marker="x", ls="none", ms=8, mew=2,
-                    color=_color(job.variant),
+                    color=variant_color(job.variant),
                     label=f"{job.variant} (diverged at epoch {job.diverged_at_epoch})")
             last_epochs.append(epoch)
     if last_epochs and not curves_drawn:  # crosses only: an axis from epoch 0
@@ -216,118 +204,6 @@ def _no_curve_note(data: PlotData) -> str:
             "(the curve keeps\na point every few epochs)")
 
 
-def _cells(cells: Sequence[MapCell]) -> tuple[list, list, dict]:
-    lrs = sorted({c.lr for c in cells})
-    degrees = sorted({c.degree for c in cells})
-    return lrs, degrees, {(c.lr, c.degree): c for c in cells}
-
-
-@dataclass(frozen=True)
-class _Maps:
-    """The maps' cells per variant, and how large a cell is drawn (inches)."""
-
-    per_variant: dict[str, tuple[list, list, dict]]
-    cell_in: float
-
-    @property
-    def height_in(self) -> float:
-        rows = max(len(lrs) for lrs, _, _ in self.per_variant.values())
-        return self.cell_in * rows + 1.1  # + title, tick labels, axis label
-
-
-def _plan_maps(cells: Sequence[MapCell], width_in: float) -> _Maps:
-    variants = sorted({c.variant for c in cells}, key=lambda v: (variant_rank(v), v))
-    per_variant = {v: _cells([c for c in cells if c.variant == v]) for v in variants}
-    columns = sum(len(degrees) for _, degrees, _ in per_variant.values())
-    rows = max(len(lrs) for lrs, _, _ in per_variant.values())
-    # Room left once each panel's lr tick labels and the colorbar have theirs.
-    room = width_in - 0.75 * len(variants) - 1.2
-    cell = min(0.65, room / columns, 4.5 / rows)
-    return _Maps(per_variant, max(cell, 0.05))
-
-
-def _draw_maps(fig: Figure, spec, maps: _Maps) -> None:
-    variants = list(maps.per_variant)
-    values = [c.best_mse for _, _, cells in maps.per_variant.values() for c in cells.values()
-              if c.best_mse is not None and c.best_mse > 0]
-    lo, hi = (min(values), max(values)) if values else (1e-3, 1.0)
-    if hi <= lo:
-        lo, hi = lo / 2, hi * 2
-    norm = LogNorm(vmin=lo, vmax=hi)
-    cmap = colormaps["viridis_r"]
-    # Panel widths follow their number of columns, so that every cell is the same size.
-    widths = [max(len(degrees), 1) for _, degrees, _ in maps.per_variant.values()]
-    grid = spec.subgridspec(1, len(variants) + 1, wspace=0.08,
-                            width_ratios=widths + [max(0.25, 0.2 * sum(widths) / 8)])
-    annotate = maps.cell_in >= 0.42
-    detailed = maps.cell_in >= 0.6
-    any_diverged = False
-    for i, variant in enumerate(variants):
-        lrs, degrees, cells = maps.per_variant[variant]
-        ax = fig.add_subplot(grid[i])
-        table = np.full((len(lrs), len(degrees)), np.nan)
-        for (lr, degree), cell in cells.items():
-            if cell.best_mse is not None and cell.best_mse > 0:
-                table[lrs.index(lr), degrees.index(degree)] = cell.best_mse
-        ax.imshow(table, cmap=cmap, norm=norm, aspect="equal", origin="lower",
-                  interpolation="nearest")
-        ax.set_anchor("S")
-        for (lr, degree), cell in cells.items():
-            r, c = lrs.index(lr), degrees.index(degree)
-            any_diverged = any_diverged or bool(cell.diverged)
-            if cell.best_mse is None:
-                # No job of the cell succeeded: grey, and crossed out if they diverged.
-                ax.add_patch(_rect(c, r, DIVERGED_COLOR))
-                if cell.diverged:
-                    ax.plot([c - 0.5, c + 0.5], [r - 0.5, r + 0.5], color=DIVERGED_MARK, lw=0.9)
-                    ax.plot([c - 0.5, c + 0.5], [r + 0.5, r - 0.5], color=DIVERGED_MARK, lw=0.9)
-                elif annotate:
-                    ax.text(c, r, "-", ha="center", va="center", fontsize=8)
-                continue
-            if cell.diverged:
-                # Some of the cell's jobs diverged: a small cross in its corner.
-                ax.plot(c + 0.33, r + 0.33, marker="x", color=DIVERGED_MARK,
-                        ms=max(3.0, 7 * min(maps.cell_in, 0.8)), mew=1.3)
-            if annotate:
-                rgba = cmap(norm(cell.best_mse))
-                dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
-                text = f"{cell.best_mse:.2g}"
-                if detailed and cell.succeeded > 1:
-                    text += f"\nmean {cell.mean_mse:.2g}"
-                ax.text(c, r, text, ha="center", va="center",
-                        fontsize=7.5 if detailed else 6.5, color="white" if dark else "black")
-        ax.set_xticks(range(len(degrees)), [str(d) for d in degrees])
-        ax.set_yticks(range(len(lrs)), [_label_lr(lr) for lr in lrs])
-        ax.set_xlim(-0.5, len(degrees) - 0.5)
-        ax.set_ylim(-0.5, len(lrs) - 0.5)
-        ax.set_title(variant, fontsize=9.5, color=_color(variant), fontweight="bold")
-        ax.set_xlabel("degree", fontsize=8)
-        if i == 0:
-            ax.set_ylabel("learning rate", fontsize=8)
-        ax.tick_params(labelsize=7, length=2)
-    cax = fig.add_subplot(grid[-1])
-    cax.set_anchor("SW")
-    note = ("maps: final mse by learning rate x degree, the best of each cell's jobs"
-            + (" (and their mean)" if detailed else ""))
-    if values:
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
-        bar.set_label("final mse", fontsize=7.5)
-        bar.ax.tick_params(labelsize=7)
-    else:
-        # A colour scale that contains no value would be a scale of nothing.
-        cax.set_axis_off()
-        note += ";  no cell has an mse to colour: no job has succeeded yet"
-    if any_diverged:
-        note += ";  grey, crossed: every job of the cell diverged;  x in a corner: some did"
-    fig.supxlabel(note, fontsize=7.5, color="#444444")
-
-
-def _rect(col: int, row: int, color: str):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((col - 0.5, row - 0.5), 1, 1, color=color, zorder=0.5)
-
-
 def draw(data: PlotData) -> Figure:
     """The whole figure (not yet saved)."""
     counts: dict[str, int] = {}
@@ -335,14 +211,14 @@ def draw(data: PlotData) -> Figure:
         counts[j.status] = counts.get(j.status, 0) + 1
     first = data.best[0] if data.best else data.jobs[0]
     width = 13.0
-    maps = _plan_maps(data.cells, width)
+    maps = plan_maps(data.cells, width)
     top = 6.6
     fig = Figure(figsize=(width, top + maps.height_in + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     outer = fig.add_gridspec(2, 2, height_ratios=(top, maps.height_in), width_ratios=(1.15, 1))
     _draw_fits(fig, outer[0, 0], data)
     _draw_losses(fig, outer[0, 1], data)
-    _draw_maps(fig, outer[1, :], maps)
+    draw_maps(fig, outer[1, :], maps)
     # A variant whose defaults need a word (the lesson's lr for dynamic barely moves it) gets
     # it under the figure when the sweep ran it at those defaults.
     notes = [f"{name}: {VARIANTS[name].note}" for name in VARIANTS

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.launch import new_token, node_name
-from worker.processes import WorkerProcess
+from worker.processes import WorkerProcess, handling
 from worker.queues import run_queue
 from worker.settings import ENV_BROKER, Settings
 
@@ -46,12 +46,8 @@ def stopping_signals() -> Iterator[None]:
             fired.append(signum)
             raise Stopped(signum)
 
-    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
-    try:
+    with handling(STOP_SIGNALS, stop):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 @dataclass

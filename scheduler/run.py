@@ -26,8 +26,8 @@ from polyfit_models.fields import names
 from polyfit_results import queries, report
 from polyfit_results.progress import LiveProgress
 from scheduler.local import LocalWorkers, stopping_signals
+from scheduler.plan import Plan
 from scheduler.submit import BrokerError, Submitted, carry_on, drop_queue, submit
-from scheduler.sweep import Plan
 from store import StoreError
 from store.activity import status_counts
 from store.db import make_engine

@@ -9,15 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from scheduler.sweep import (
-    _INT_AXES,
-    RANGE_AXES,
-    SweepSpecError,
-    _lr,
-    _number,
-    _shown,
-    parse_axis,
-)
+from scheduler.axes import RANGE_AXES, parse_axis, parse_lr, parse_number, show_value
+from scheduler.specfile import SweepSpecError
 from store import search as store_search
 from store.db import create_schema, make_engine
 from worker.app import make_app
@@ -41,7 +34,7 @@ def search_settings(raw: object, flags: Mapping) -> dict:
         raw = {}
     if not isinstance(raw, Mapping):
         raise SweepSpecError(f"search: expected {{sampler: S, trials: N, round: R, seed: S}}, "
-                             f"got {_shown(raw)}")
+                             f"got {show_value(raw)}")
     unknown = set(raw) - set(SEARCH_KEYS)
     if unknown:
         raise SweepSpecError(f"search: unknown key {sorted(unknown)[0]!r} "
@@ -49,7 +42,7 @@ def search_settings(raw: object, flags: Mapping) -> dict:
     merged = {"sampler": "tpe", "seed": 0, **raw, **flags}
     sampler = merged["sampler"]
     if sampler not in SAMPLERS:
-        raise SweepSpecError(f"search.sampler: unknown sampler {_shown(sampler)} "
+        raise SweepSpecError(f"search.sampler: unknown sampler {show_value(sampler)} "
                              f"(choose from {', '.join(SAMPLERS)})")
     if "trials" not in merged:
         raise SweepSpecError("search.trials: how many jobs the search asks for in all "
@@ -63,10 +56,10 @@ def search_settings(raw: object, flags: Mapping) -> dict:
 
 
 def _whole(key: str, raw: object, low: int, high: int) -> int:
-    value = _number(key, raw)
+    value = parse_number(key, raw)
     if value != int(value) or not low <= value <= high:
         raise SweepSpecError(f"{key}: expected a whole number in {low}..{high:,}, "
-                             f"got {_shown(raw)}")
+                             f"got {show_value(raw)}")
     return int(value)
 
 
@@ -85,21 +78,18 @@ def _continuous(axis: str, raw: object) -> dict | None:
     kinds = [k for k in ("log", "linear") if k in raw]
     if len(kinds) != 1 or len(raw) != 1:
         raise SweepSpecError(f"{axis}: a continuous range is {{log: [low, high]}} or "
-                             f"{{linear: [low, high]}}, got {_shown(raw)}")
+                             f"{{linear: [low, high]}}, got {show_value(raw)}")
     kind, ends = kinds[0], raw[kinds[0]]
     if not isinstance(ends, (list, tuple)) or len(ends) != 2:
-        raise SweepSpecError(f"{axis}: {kind} takes [low, high], got {_shown(ends)}")
+        raise SweepSpecError(f"{axis}: {kind} takes [low, high], got {show_value(ends)}")
     if axis == "lr":
-        low, high = (_lr(v) for v in ends)
-    else:
-        bounds = _INT_AXES[axis]
+        low, high = (parse_lr(v) for v in ends)
+    else:  # each end checked as the axis's values are
         low, high = (parse_axis(axis, [v])[0] for v in ends)
-        if not (bounds[0] <= low and high <= bounds[1]):
-            raise SweepSpecError(f"{axis}: outside {bounds[0]}..{bounds[1]}")
     if not low < high:
-        raise SweepSpecError(f"{axis}: a continuous range needs low < high, got {_shown(ends)}")
+        raise SweepSpecError(f"{axis}: a continuous range needs low < high, got {show_value(ends)}")
     if kind == "log" and low <= 0:
-        raise SweepSpecError(f"{axis}: a log range needs positive ends, got {_shown(ends)}")
+        raise SweepSpecError(f"{axis}: a log range needs positive ends, got {show_value(ends)}")
     return {kind: [low, high]}
 
 

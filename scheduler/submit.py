@@ -12,7 +12,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from polyfit_models import JobSpec, batch_key
-from scheduler.sweep import Plan, SweepSpecError
+from scheduler.plan import Plan
+from scheduler.specfile import SweepSpecError
 from store.db import create_schema, make_engine
 from store.recording import mark_used, save_sweep
 from store.records import ENDED

@@ -146,7 +146,7 @@ def _about(specs: Sequence[JobSpec | None]) -> str:
 
 def spec_of(job: JobRow) -> JobSpec:
     """The job spec a stored row describes: the row holds every field of ``JobSpec`` (see
-    ``scheduler.sweep.Job.row``); raises ``SpecError`` if they are not a valid job."""
+    ``scheduler.plan.Job.row``); raises ``SpecError`` if they are not a valid job."""
     return JobSpec.from_dict({f.name: getattr(job, f.name) for f in dataclasses.fields(JobSpec)})
 
 

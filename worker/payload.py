@@ -21,7 +21,7 @@ from worker.queues import is_device
 TASK_NAME = "polyfit.run_batch"
 SCHEMA = 2
 MAX_JOBS_PER_BATCH = 65_536
-# Sweep and job ids are hex digests (see scheduler.sweep); a short word for tests and tools.
+# Sweep and job ids are hex digests (see scheduler.plan); a short word for tests and tools.
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 # A Celery task id (a uuid from Celery; any short word from other publishers).
 _TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -131,12 +131,20 @@ def forwarding(processes: Sequence[WorkerProcess],
         for p in processes:
             p.send(signals[signum])
 
-    previous = {s: signal.signal(s, forward) for s in signals}
+    with handling(signals, forward):
+        yield
+
+
+@contextmanager
+def handling(signals: Iterable[int], handler: Callable[[int, object], None]) -> Iterator[None]:
+    """While inside, ``handler`` receives each of ``signals``; the handlers they had before are
+    put back at the end, however it comes."""
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, before in previous.items():
+            signal.signal(s, before)
 
 
 def watch_parent(grace_s: float = ORPHAN_GRACE_S) -> bool:

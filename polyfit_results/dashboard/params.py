@@ -13,7 +13,7 @@ import re
 from flask import abort, request
 
 #: The longest value of any query argument (a float, a sweep's name or id, a list of choices).
-#: Sweep names have at most 200 characters (``scheduler.sweep.check_name``).
+#: Sweep names have at most 200 characters (``scheduler.specfile.check_name``).
 MAX_TEXT = 256
 #: The highest page of any table, and the highest degree a filter may name: pages past what
 #: the tables can hold (a million jobs, 25 a page) and degrees far past the model's cap (14).

@@ -1,21 +1,28 @@
 """What the commands share: the setting options (``--db``, ``--broker``) with the decorators that
 turn them into one ``Settings`` object, the doors into the results database (read-only for the
-commands that read), the sweep lookup, and the options that define a sweep (SPEC.yaml, the axis
-flags, ``--name``, ``--batch-size``). Nothing here imports the command modules."""
+commands that read), the sweep lookup, the table layout and ``--by`` of the read commands, and
+the options that define a sweep (SPEC.yaml, the axis flags, ``--name``, ``--batch-size``).
+Nothing here imports the command modules."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import math
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 from sqlalchemy import Engine
 
+from polyfit_results import queries, report
+from scheduler.axes import AXES, RANGE_AXES, parse_flag
 from scheduler.cli.group import InputError
-from scheduler.sweep import AXES, RANGE_AXES, Plan, build_plan, load_spec_file, parse_flag
+from scheduler.plan import Plan, build_plan
+from scheduler.specfile import load_spec_file
 from store import make_engine
 from store import sweeps as store_sweeps
 from store.db import ENV_DB, StoreError, sqlite_path
@@ -170,6 +177,47 @@ def find_sweep(engine: Engine, ref: str | None) -> SweepRow:
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else (
         " (`polyfit sweeps` lists them)")
     raise InputError(f"no sweep {ref!r}{hint}")
+
+
+@contextlib.contextmanager
+def reading_sweep(settings: Settings, ref: str | None) -> Iterator[tuple[Engine, SweepRow]]:
+    """The results database opened read-only and the sweep SWEEP names, for a command that
+    hands both to the read side; the database is closed at the end."""
+    engine = reading(settings)
+    try:
+        yield engine, find_sweep(engine, ref)
+    finally:
+        engine.dispose()
+
+
+def styled() -> bool:
+    """Tables with a bold header and a rule on a terminal; plain text for pipes and files."""
+    return sys.stdout.isatty()
+
+
+def table_width() -> int | None:
+    """A table on a terminal fits its width; piped or written to a file, it keeps every
+    column."""
+    return report.terminal_width(sys.stdout)
+
+
+def group_columns(text: str) -> list[str]:
+    """The job settings ``--by`` names (of ``best`` and ``compare``), checked."""
+    by = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in by if c not in queries.GROUP_COLUMNS]
+    if not by or unknown:
+        raise InputError(f"--by takes a comma-separated list of "
+                         f"{', '.join(queries.GROUP_COLUMNS)}; got {text!r}")
+    return list(dict.fromkeys(by))
+
+
+def grouped_table_options(f):
+    """--by (the groups of the best jobs) and --format, of ``best`` and ``compare``."""
+    f = click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
+                     show_default=True)(f)
+    return click.option("--by", "by_text", default="variant", show_default=True,
+                        metavar="COLS", help="Group by these job settings, comma-separated "
+                        f"({', '.join(queries.GROUP_COLUMNS)}).")(f)
 
 
 # -- what defines a sweep -----------------------------------------------------------------------

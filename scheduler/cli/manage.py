@@ -10,10 +10,19 @@ import click
 
 from polyfit_results import queries, report
 from scheduler.cli.group import InputError, cli
-from scheduler.cli.helpers import changing, find_sweep, pass_settings, reading
-from scheduler.cli.reads import _group_columns, _styled, _width, grouped_table_options
+from scheduler.cli.helpers import (
+    changing,
+    find_sweep,
+    group_columns,
+    grouped_table_options,
+    pass_settings,
+    reading,
+    styled,
+    table_width,
+)
 from scheduler.cli.sweeps import sweep
-from scheduler.sweep import SweepSpecError, check_name, sweep_id_of
+from scheduler.plan import sweep_id_of
+from scheduler.specfile import SweepSpecError, check_name
 from store.manage import (
     SweepChangeRefused,
     delete_sweep,
@@ -108,7 +117,7 @@ COMPARED = ("mse", "gap", "lr", "degree", "status")
 @pass_settings()
 def compare(settings: Settings, first_ref, second_ref, by_text, fmt) -> None:
     """Two sweeps' best jobs per group side by side, with the ratio of their mse (B / A)."""
-    by = _group_columns(by_text)
+    by = group_columns(by_text)
     engine = reading(settings)
     a, b = find_sweep(engine, first_ref), find_sweep(engine, second_ref)
     best = [{tuple(r[c] for c in by): r for r in queries.best_per_group(engine, s.id, by)}
@@ -127,4 +136,4 @@ def compare(settings: Settings, first_ref, second_ref, by_text, fmt) -> None:
     if fmt == "table":
         click.echo(f"best results per {', '.join(by)}: A = sweep {a.name} ({a.id}), "
                    f"B = sweep {b.name} ({b.id})")
-    click.echo(report.render(rows, columns, fmt, _styled(), _width()))
+    click.echo(report.render(rows, columns, fmt, styled(), table_width()))

@@ -1,36 +1,39 @@
 """The commands that read a sweep's results: ``status`` (with ``--watch``, a live progress line
-for a sweep running anywhere), ``results``, ``best``, ``sql`` and ``plot``. They open the
-database read-only: none of them creates or changes anything."""
+for a sweep running anywhere), ``sweeps``, ``results``, ``best``, ``job`` and ``plot`` (``sql``
+has its own module). They open the database read-only: none of them creates or changes
+anything."""
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
-from decimal import Decimal
-from itertools import islice
 
 import click
 
 from polyfit_models import VARIANTS
 from polyfit_results import export, queries, report
 from polyfit_results.progress import LiveProgress
+from scheduler.axes import parse_axis, parse_flag
 from scheduler.cli.group import EXIT_FAILED, InputError, cli
 from scheduler.cli.helpers import (
     TABLE_COLUMNS,
     FiniteFloat,
     find_sweep,
+    group_columns,
+    grouped_table_options,
     not_over_the_database,
     pass_settings,
     reading,
+    reading_sweep,
+    styled,
+    table_width,
 )
-from scheduler.sweep import SweepSpecError, parse_axis, parse_flag
+from scheduler.specfile import SweepSpecError
 from store.reads import JobQuery, list_jobs, loss_curves, stream_jobs
 from store.records import CANCELLED, FAILED, STATUSES
 from store.rows import JOB_COLUMNS
 from store.sweeps import list_sweeps
-from store.user_sql import sql_rows
 from worker.settings import Settings
 
 # Every column of ``results`` but the JSON lists, which have no order (PostgreSQL refuses to
@@ -122,17 +125,6 @@ def status(settings: Settings, sweep_ref, wait, watch, as_json, fmt, interval) -
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
-def _styled() -> bool:
-    """Tables with a bold header and a rule on a terminal; plain text for pipes and files."""
-    return sys.stdout.isatty()
-
-
-def _width() -> int | None:
-    """A table on a terminal fits its width; piped or written to a file, it keeps every
-    column."""
-    return report.terminal_width(sys.stdout)
-
-
 def _status_line(p: queries.Progress) -> str:
     line = f"sweep {p.name} ({p.sweep_id}): " + report.progress_line(
         p.counts, p.total, p.fits_per_s, p.eta_s, p.idle_s, p.running_done)
@@ -184,7 +176,7 @@ def sweeps(settings: Settings, tags, fmt) -> None:
         if wanted <= set(tagged):
             shown = tagged if fmt == "json" else (",".join(tagged) or None)
             rows.append({**summary.to_dict(), "tags": shown, "note": note or None})
-    click.echo(report.render(rows, SWEEP_COLUMNS, fmt, _styled(), _width()))
+    click.echo(report.render(rows, SWEEP_COLUMNS, fmt, styled(), table_width()))
 
 
 SWEEP_COLUMNS = ("id", "name", "created_at", "jobs", "ended", "failed", "best_mse", "tags",
@@ -227,7 +219,7 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
         rows = list_jobs(engine, target.id, **query.__dict__)
         to_screen = output is None
         text = report.render([r.to_dict() for r in rows], TABLE_COLUMNS, fmt,
-                             _styled() and to_screen, _width() if to_screen else None)
+                             styled() and to_screen, table_width() if to_screen else None)
         # A table for people says whose jobs it shows (the latest sweep is not always the
         # one a user thinks of); csv, json and parquet carry sweep_id in every row.
         title = f"jobs of sweep {target.name} ({target.id}), by {sort}:"
@@ -237,138 +229,23 @@ def results(settings: Settings, sweep_ref, variants_, statuses, degrees, lr_min,
     if fmt == "parquet":
         if output is None:
             raise InputError("--format parquet writes a file: give -o FILE.parquet")
-        try:
-            with export.output_path(output) as where:
-                export.write_parquet(rows, where)
-        except export.ExportError as e:
-            raise InputError(str(e)) from e
+        with export.output_path(output) as where:  # an ExportError is bad input
+            export.write_parquet(rows, where)
         return
     write = export.write_csv if fmt == "csv" else export.write_json
     if output is None:
         write(rows, sys.stdout)
         return
-    try:
-        with export.output_text(output) as out:
-            write(rows, out)
-    except export.ExportError as e:
-        raise InputError(str(e)) from e
+    with export.output_text(output) as out:
+        write(rows, out)
 
 
 def _write_text(text: str, output: str | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    try:
-        with export.output_text(output) as out:
-            out.write(text)
-    except export.ExportError as e:
-        raise InputError(str(e)) from e
-
-
-#: The most text a ``polyfit sql`` table holds and lays out (a cell counts its text and 32
-#: bytes); csv and json print each row as it comes and hold none.
-SQL_TABLE_BYTES = 8 * 2**20
-
-
-@cli.command()
-@click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
-              show_default=True,
-              help="csv and json print the rows as they come (memory stays flat); a table "
-                   f"holds at most {SQL_TABLE_BYTES // 2**20} MiB of text.")
-@click.option("--timeout", "timeout_s", type=FiniteFloat(0.01, 86400), default=None,
-              help="Stop the statement after this many seconds. [default: 30, or "
-                   "POLYFIT_SQL_TIMEOUT_S]")
-@click.option("--max-rows", type=click.IntRange(1, 10**9), default=None,
-              help="Return at most this many rows. [default: 100,000, or POLYFIT_SQL_MAX_ROWS]")
-@pass_settings()
-def sql(settings: Settings, query, fmt, timeout_s, max_rows) -> None:
-    """A read-only SQL query on the results database.
-
-    On PostgreSQL it runs as an account that cannot write or escalate: POLYFIT_SQL_URL, else
-    the results URL's own account if it is such an account, else the role polyfit_reader
-    (create it once with `polyfit db create-reader`)."""
-    max_rows = max_rows or settings.sql_max_rows
-    with sql_rows(settings.db_url, query, sql_url=settings.sql_url,
-                  timeout_s=timeout_s or settings.sql_timeout_s) as out:
-        if fmt == "table":
-            table, full = _table_rows(islice(out.rows, max_rows), out.columns)
-            click.echo(report.render(table, out.columns, fmt, _styled(), _width()))
-            shown = len(table)
-        else:
-            write = _write_csv if fmt == "csv" else _write_json
-            shown, full = write(islice(out.rows, max_rows), out.columns, sys.stdout), False
-            sys.stdout.flush()
-        more = shown == max_rows and next(out.rows, None) is not None
-    if full:
-        click.echo(f"warning: only the first {shown:,} rows are shown: a table holds at most "
-                   f"{SQL_TABLE_BYTES // 2**20} MiB of text (--format csv or json prints "
-                   "every row)", err=True)
-    elif more:
-        click.echo(f"warning: only the first {shown:,} rows are shown (--max-rows, "
-                   "POLYFIT_SQL_MAX_ROWS)", err=True)
-
-
-def _table_rows(rows, columns: list[str]) -> tuple[list[dict], bool]:
-    """The rows a table shows (as dicts), up to ``SQL_TABLE_BYTES`` of text; and whether
-    that limit left rows out."""
-    out, size = [], 0
-    for row in rows:
-        size += sum(len(report.cell(v)) + 32 for v in row)
-        if size > SQL_TABLE_BYTES and out:
-            return out, True
-        out.append(dict(zip(columns, row)))
-    return out, False
-
-
-def _write_csv(rows, columns: list[str], stream) -> int:
-    writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(columns)
-    n = 0
-    for row in rows:
-        writer.writerow([report.csv_cell(v) for v in row])
-        n += 1
-    return n
-
-
-def _write_json(rows, columns: list[str], stream) -> int:
-    """The rows as one JSON list, as ``report.render`` writes it, written row by row."""
-    n = 0
-    for row in rows:
-        item = report.json_ready(dict(zip(columns, row)))
-        text = json.dumps(item, indent=1, default=_json_default).replace("\n", "\n ")
-        stream.write(("[\n " if n == 0 else ",\n ") + text)
-        n += 1
-    stream.write("[]\n" if n == 0 else "\n]\n")
-    return n
-
-
-def _json_default(value: object) -> object:
-    """What PostgreSQL hands back that JSON has no type for: numeric as a number, bytes as
-    hex, anything else (intervals, ranges, addresses) as its text."""
-    if isinstance(value, Decimal):
-        return float(value) if value.is_finite() else None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex()
-    return str(value)
-
-
-def _group_columns(text: str) -> list[str]:
-    by = [c.strip() for c in text.split(",") if c.strip()]
-    unknown = [c for c in by if c not in queries.GROUP_COLUMNS]
-    if not by or unknown:
-        raise InputError(f"--by takes a comma-separated list of "
-                         f"{', '.join(queries.GROUP_COLUMNS)}; got {text!r}")
-    return list(dict.fromkeys(by))
-
-
-def grouped_table_options(f):
-    """--by (the groups of the best jobs) and --format, of ``best`` and ``compare``."""
-    f = click.option("--format", "fmt", type=click.Choice(report.FORMATS), default="table",
-                     show_default=True)(f)
-    return click.option("--by", "by_text", default="variant", show_default=True,
-                        metavar="COLS", help="Group by these job settings, comma-separated "
-                        f"({', '.join(queries.GROUP_COLUMNS)}).")(f)
+    with export.output_text(output) as out:
+        out.write(text)
 
 
 @cli.command()
@@ -377,7 +254,7 @@ def grouped_table_options(f):
 @pass_settings()
 def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
     """The best job (lowest mse) per group, with its gap to the least-squares optimum."""
-    by = _group_columns(by_text)
+    by = group_columns(by_text)
     engine = reading(settings)
     target = find_sweep(engine, sweep_ref)
     rows = queries.best_per_group(engine, target.id, by)
@@ -387,7 +264,7 @@ def best(settings: Settings, sweep_ref, by_text, fmt) -> None:
                    f"{', '.join(by)}:")
     else:
         columns = [*JOB_COLUMNS, "gap", "formula"]
-    click.echo(report.render(rows, columns, fmt, _styled(), _width()))
+    click.echo(report.render(rows, columns, fmt, styled(), table_width()))
 
 
 @cli.command()
@@ -435,13 +312,9 @@ def job(settings: Settings, job_ref, sweep_ref, fmt) -> None:
 def plot(settings: Settings, sweep_ref, output, kind) -> None:
     """Fitted curves against the target, loss curves, and a lr x degree map of the mse (or,
     with --kind, a search's figures)."""
-    from polyfit_results.plot import PlotError, save_plot
+    from polyfit_results.plot import save_plot
 
     not_over_the_database(output, settings)
-    engine = reading(settings)
-    target = find_sweep(engine, sweep_ref)
-    try:
+    with reading_sweep(settings, sweep_ref) as (engine, target):
         path = save_plot(engine, target, output, kind)
-    except PlotError as e:
-        raise InputError(str(e)) from e
     click.echo(f"sweep {target.name}: plot written to {path}")

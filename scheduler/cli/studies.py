@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from scheduler.cli.group import cli
-from scheduler.cli.helpers import find_sweep, not_the_database, pass_settings, reading
+from scheduler.cli.helpers import not_the_database, pass_settings, reading_sweep
 from worker.settings import Settings
 
 
@@ -23,11 +23,7 @@ def export_optuna(settings: Settings, sweep_ref, storage, study_name) -> None:
     from polyfit_results.studies import export_study
 
     not_the_database(storage, settings, "--storage")
-    engine = reading(settings)
-    target = find_sweep(engine, sweep_ref)
-    try:
-        n = export_study(engine, target, storage, study_name)  # a StudyError is bad input
-    finally:
-        engine.dispose()
+    with reading_sweep(settings, sweep_ref) as (engine, target):
+        n = export_study(engine, target, storage, study_name)
     click.echo(f"sweep {target.name}: {n} trials written to the study "
                f"{study_name or target.name!r}")

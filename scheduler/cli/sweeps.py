@@ -11,6 +11,7 @@ import click
 from polyfit_models import VARIANTS
 from polyfit_models.registry import BROKEN, REFUSED
 from polyfit_results.report import plural
+from scheduler.axes import axes_used
 from scheduler.cli.group import InputError, WorkFailed, cli
 from scheduler.cli.helpers import (
     apply_labels,
@@ -23,7 +24,6 @@ from scheduler.cli.helpers import (
     reading,
     sweep_inputs,
 )
-from scheduler.sweep import axes_used
 from store import StoreError
 from store import sweeps as store_sweeps
 from store.sweeps import sweep_names

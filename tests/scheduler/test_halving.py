@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from scheduler.cli import cli
-from scheduler.sweep import SweepSpecError, build_plan
+from scheduler.plan import build_plan
+from scheduler.specfile import SweepSpecError
 
 GRID = {"variant": ["autograd"], "lr": [1e-3, 1e-2], "epochs": [500, 2000]}
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from scheduler.cli import cli
-from scheduler.sweep import sweep_id_of
+from scheduler.plan import sweep_id_of
 from tests.support.database import query, rows
 from tests.support.sweeps import train
 

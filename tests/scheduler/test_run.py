@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from scheduler.plan import build_plan
 from scheduler.run import run_sweep
-from scheduler.sweep import build_plan
 from worker.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from polyfit_results import queries
 from scheduler.cli import cli
-from scheduler.sweep import SweepSpecError, build_plan
+from scheduler.plan import build_plan
+from scheduler.specfile import SweepSpecError
 from store import create_schema, make_engine
 from store import search as store_search
 from store.claims import claim_jobs, save_results

@@ -304,7 +304,7 @@ def test_the_latest_sweep_is_the_one_last_submitted_to_or_resumed_and_tables_nam
 # -- stopping at the optimum ----------------------------------------------------------------------
 
 def test_stop_at_gap_reaches_every_job_that_can_stop_and_changes_their_ids():
-    from scheduler.sweep import build_plan
+    from scheduler.plan import build_plan
 
     grid = {"variant": ["autograd", "dynamic"], "seed": [0, 1]}
     plain = build_plan({"grid": grid})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from polyfit_models import VARIANTS
-from scheduler.sweep import SweepSpecError, build_plan, load_spec_file, parse_flag
+from scheduler.axes import parse_flag
+from scheduler.plan import build_plan
+from scheduler.specfile import SweepSpecError, load_spec_file
 
 
 def plan(grid, **kw):
@@ -101,7 +103,7 @@ def test_seed_ranges_expand_inclusively():
 def test_a_billion_job_grid_is_refused_without_expanding_it(monkeypatch):
     # Refused from the grid's size, before a single job is made (not timed: a time bound
     # would judge the machine's load, not the code).
-    import scheduler.sweep as sweep_module
+    import scheduler.plan as sweep_module
 
     def no_job_may_be_made(self):
         raise AssertionError("a job was made before the size was checked")
@@ -175,7 +177,7 @@ def test_planning_and_batching_a_sweep_does_not_import_torch():
     import sys
 
     code = ("import sys, scheduler.cli, scheduler.submit\n"
-            "from scheduler.sweep import build_plan\n"
+            "from scheduler.plan import build_plan\n"
             "from worker.batches import plan_batches\n"
             "p = build_plan({'grid': {'variant': ['legendre', 'dynamic'], 'seed': [0, 1]}})\n"
             "from worker.settings import Settings\n"
@@ -188,7 +190,7 @@ def test_planning_and_batching_a_sweep_does_not_import_torch():
 # -- ranges and sampling -----------------------------------------------------------------------
 
 def test_log_and_linear_ranges_space_values_with_both_ends_included():
-    from scheduler.sweep import build_plan
+    from scheduler.plan import build_plan
 
     plan = build_plan({"grid": {"variant": ["numpy"], "lr": {"log": [1e-7, 1e-5], "num": 9},
                                 "seed": {"linear": [0, 10], "num": 4}}})
@@ -214,7 +216,8 @@ def test_log_and_linear_ranges_space_values_with_both_ends_included():
     "log:1e-7:1e-5", "linear:1:2:x",
 ])
 def test_a_bad_range_is_one_line_exit_2(bad):
-    from scheduler.sweep import SweepSpecError, build_plan
+    from scheduler.plan import build_plan
+    from scheduler.specfile import SweepSpecError
 
     with pytest.raises(SweepSpecError) as e:
         build_plan({"grid": {"variant": ["numpy"], "lr": bad}})
@@ -222,7 +225,7 @@ def test_a_bad_range_is_one_line_exit_2(bad):
 
 
 def test_sampling_draws_the_same_jobs_for_the_same_spec_and_seed():
-    from scheduler.sweep import build_plan
+    from scheduler.plan import build_plan
 
     spec = {"grid": {"variant": ["numpy", "autograd"], "seed": "0-99",
                      "lr": {"log": [1e-7, 1e-5], "num": 5}}, "sample": {"n": 50, "seed": 7}}

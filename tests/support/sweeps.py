@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from polyfit_models import JobSpec, batch_key, fit_many
 from scheduler.cli import cli as polyfit_cli
-from scheduler.sweep import build_plan
+from scheduler.plan import build_plan
 from store import create_schema, make_engine
 from store.recording import save_sweep
 from store.records import ENDED

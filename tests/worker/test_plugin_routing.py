@@ -97,7 +97,7 @@ def test_status_says_when_no_worker_serves_a_plugins_jobs(db_url):
 
 def test_a_grid_that_names_no_variant_sweeps_the_builtins_only(monkeypatch):
     # The same spec gives the same jobs on every host, whatever plugins it has installed.
-    import scheduler.sweep as S
+    import scheduler.plan as S
     from polyfit_models.variants.builtin import AUTOGRAD
 
     ghost = replace(AUTOGRAD, name="ghost", package="pf-ghost", version="1")

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from polyfit_models import JobSpec, fit_many
-from scheduler.sweep import Job
+from scheduler.plan import Job
 from store import create_schema, make_engine
 from store.claims import claim_jobs, save_results
 from store.reads import list_jobs
