@@ -30,10 +30,6 @@ class SpecError(PolyfitModelError, ValueError):
     """Raised when a job spec (or a value passed with it, like the device) is invalid."""
 
 
-class ResultError(PolyfitModelError, ValueError):
-    """Raised when a dict handed to ``FitResult.from_dict`` is not a valid fit result."""
-
-
 class DeviceError(PolyfitModelError, RuntimeError):
     """Raised when a valid device is asked for but this machine cannot provide it."""
 

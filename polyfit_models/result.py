@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from .errors import ResultError
 
 STATUSES = ("succeeded", "diverged")
 #: The loss curve keeps the loss at every epoch with ``epoch % CURVE_EVERY == CURVE_EVERY - 1``,
@@ -48,46 +44,8 @@ class FitResult:
         d["loss_curve"] = [list(point) for point in self.loss_curve]
         return d
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FitResult:
-        """Rebuild a result from ``to_dict`` output; raises ``ResultError`` on malformed input."""
-        if not isinstance(data, Mapping):
-            raise ResultError(f"a fit result must be a mapping, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [repr(k) for k in data if k not in names]
-        missing = [k for k in names if k not in data]
-        if unknown or missing:
-            raise ResultError(f"fit result keys do not match: unknown {unknown}, missing {missing}")
-        if data["status"] not in STATUSES:
-            raise ResultError(f"status must be one of {', '.join(STATUSES)}, "
-                              f"got {data['status']!r}")
-        for name in ("final_loss", "mse", "optimum_mse", "duration_s"):
-            value = data[name]
-            if value is None and name in ("final_loss", "mse"):
-                continue
-            if not _is_finite_number(value):
-                raise ResultError(f"{name} must be a finite number, got {value!r}")
-        for name in ("diverged_at_epoch", "stopped_at_epoch"):
-            at = data[name]
-            if at is not None and (isinstance(at, bool) or not isinstance(at, int)):
-                raise ResultError(f"{name} must be an integer or None, got {at!r}")
-        for name in ("coefficients", "monomial", "loss_curve"):
-            if data[name] is None and name == "monomial":
-                continue
-            if not isinstance(data[name], (list, tuple)):
-                raise ResultError(f"{name} must be a list, got {data[name]!r}")
-        return cls(**{**data,
-                      "coefficients": list(data["coefficients"]),
-                      "monomial": None if data["monomial"] is None else list(data["monomial"]),
-                      "loss_curve": [list(point) for point in data["loss_curve"]]})
-
 
 _FIELD_ORDER = tuple(f.name for f in dataclasses.fields(FitResult))
-
-
-def _is_finite_number(value: Any) -> bool:
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 def finite_or_none(value: float) -> float | None:

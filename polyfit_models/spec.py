@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import fields
 from .errors import SpecError
 from .problem import DTYPES, TARGETS, power_sum_is_safe
 from .registry import BROKEN, VARIANTS
@@ -26,9 +27,12 @@ SEED_LIMIT = 2 ** 32
 MAX_EPOCHS = 10_000_000
 MAX_POINTS = 10_000_000
 
-_FLOAT_FIELDS = ("lr", "x_start", "x_stop")
-_INT_FIELDS = ("degree", "seed", "epochs", "x_points")
-_STR_FIELDS = ("variant", "optimizer", "target", "dtype")
+# The spec's required settings by type (the job's declaration less the device, which is not
+# part of a spec, and the later, optional ones, checked one by one below).
+_REQUIRED_SETTINGS = [f for f in fields.FIELDS
+                      if f.role == "setting" and f.name != "device" and not f.later]
+_FLOAT_FIELDS, _INT_FIELDS, _STR_FIELDS = (tuple(f.name for f in _REQUIRED_SETTINGS
+                                                 if f.type is kind) for kind in (float, int, str))
 
 
 def _show(value: Any) -> str:

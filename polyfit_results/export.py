@@ -84,12 +84,6 @@ def output_text(path: str | os.PathLike) -> Iterator[IO[str]]:
         yield out
 
 
-def _iso(t: datetime | str | None) -> str | None:
-    if t is None or isinstance(t, str):
-        return t
-    return (t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)).isoformat()
-
-
 def write_csv(rows: Iterable[tuple], out: IO[str], columns: Sequence[str] = JOB_COLUMNS) -> int:
     """Write the rows (in ``JOB_COLUMNS`` order, times as text) as CSV; returns how many."""
     writer = csv.writer(out, lineterminator="\n")

@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from polyfit_models import fields
 from store.clock import ago_sql, now_sql
 from store.db import retry_conflicts, transaction
 from store.records import (
@@ -158,7 +159,7 @@ def save_results(
                                      else_=_epochs_done(table)),
                     attempts=case((paused, table.c.attempts - 1), else_=table.c.attempts),
                     rung=case((paused, func.coalesce(table.c.rung, 0)), else_=table.c.rung),
-                    **{k: bindparam(f"b_{k}") for k in _RESULT_KEYS}),
+                    **{k: bindparam(f"b_{k}") for k in RESULT_KEYS}),
             params,
         )
         points = [
@@ -182,8 +183,8 @@ def save_results(
     return len(owned)
 
 
-_RESULT_KEYS = ("status", "error", "final_loss", "mse", "optimum_mse", "coefficients",
-                "monomial", "diverged_at_epoch", "stopped_at_epoch", "duration_s")
+#: What a worker's result writes (the job's declaration says which columns).
+RESULT_KEYS = fields.RESULT
 
 
 def _epochs_done(table):
@@ -231,4 +232,4 @@ def record_progress(engine: Engine, sweep_id: str, worker: str,
 
 
 def _result_values(result: dict) -> dict:
-    return {f"b_{k}": result.get(k) for k in _RESULT_KEYS}
+    return {f"b_{k}": result.get(k) for k in RESULT_KEYS}

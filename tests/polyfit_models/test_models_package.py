@@ -18,7 +18,6 @@ from polyfit_models import (
     TARGETS,
     VARIANTS,
     DeviceError,
-    FitResult,
     PolyfitModelError,
     SpecError,
     Variant,
@@ -27,7 +26,6 @@ from polyfit_models import (
     fit,
     fit_many,
 )
-from polyfit_models.errors import ResultError
 from tests.support.numerics import cuda_or_skip, spec
 
 PACKAGE = Path(polyfit_models.__file__).parent
@@ -98,7 +96,7 @@ def test_coefficient_counts(name, degree, count):
 
 
 def test_exception_tree():
-    for cls in (SpecError, ResultError, DeviceError):
+    for cls in (SpecError, DeviceError):
         assert issubclass(cls, PolyfitModelError) and cls.__doc__.startswith("Raised when")
     assert issubclass(SpecError, ValueError)
 
@@ -149,16 +147,11 @@ def test_bytes_per_job_grows_with_points_and_dtype():
     assert 2000 * 4 * 2 < bytes_per_job(spec("tensor")) < 2000 * 8 * 20
 
 
-def test_result_round_trip_and_validation():
+def test_a_result_is_json_safe():
     r = fit(spec("legendre", epochs=250))
     d = json.loads(json.dumps(r.to_dict(), allow_nan=False))
-    assert FitResult.from_dict(d) == r
+    assert d == r.to_dict()
     assert r.loss_curve == [[99, r.loss_curve[0][1]], [199, r.loss_curve[1][1]]]
-    for bad in [dict(d, status="failed"), dict(d, mse=float("nan")), dict(d, extra=1),
-                {k: v for k, v in d.items() if k != "mse"}, dict(d, coefficients=3),
-                dict(d, diverged_at_epoch=True)]:
-        with pytest.raises(ResultError):
-            FitResult.from_dict(bad)
 
 
 @pytest.mark.gpu
