@@ -84,6 +84,8 @@ class RawFits:
 
 
 class Program(Protocol):
+    """What the training loop drives: a batch of jobs' parameters, optimizer and loss."""
+
     batch_size: int
     params: list[torch.Tensor]  # (b, k) leaves, updated in place by the optimizer
     param_rows: list[slice]  # the jobs (rows of the batch) each of params holds

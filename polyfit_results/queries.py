@@ -36,6 +36,8 @@ IDLE_AFTER_S = 30.0
 
 @dataclass(frozen=True)
 class Progress:
+    """A sweep's progress: its jobs per status, its work done and left, its pace."""
+
     sweep_id: str
     name: str
     total: int

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
+from polyfit_models import optional
 from polyfit_models.errors import BadInput
 from polyfit_models.fields import AXES, names
 from store.reads import list_jobs, loss_curves
@@ -27,12 +28,8 @@ class StudyError(BadInput, ValueError):
 
 
 def optuna():
-    try:
-        import optuna as module
-    except ImportError:
-        raise StudyError(INSTALL_HINT) from None
-    module.logging.set_verbosity(module.logging.WARNING)
-    return module
+    """Optuna, or a ``StudyError`` with the install hint."""
+    return optional.optuna(StudyError, INSTALL_HINT)
 
 
 def distributions(spec: dict, jobs: Sequence[JobRow]) -> dict:

@@ -52,6 +52,8 @@ def stopping_signals() -> Iterator[None]:
 
 @dataclass
 class LocalWorkers:
+    """The worker processes ``sweep run`` starts on this machine, and their stop."""
+
     settings: Settings
     processes: int
     sweep_id: str

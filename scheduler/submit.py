@@ -35,6 +35,8 @@ __all__ = ["BrokerError", "Submitted", "carry_on", "drop_queue", "resume", "subm
 
 @dataclass(frozen=True)
 class Submitted:
+    """What a submit did: jobs recorded, enqueued and the batches they went in."""
+
     sweep_id: str
     new_jobs: int
     enqueued_jobs: int

@@ -41,10 +41,12 @@ OK = (SUCCEEDED, DIVERGED)
 
 
 class Base(DeclarativeBase):
-    pass
+    """The tables polyfit declares (``Base.metadata``: what a results database holds)."""
 
 
 class SweepRecord(Base):
+    """A row of ``sweeps``: a sweep's id, name, normalized spec, labels and times."""
+
     __tablename__ = "sweeps"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -63,6 +65,9 @@ class SweepRecord(Base):
 
 
 class JobRecord(Base):
+    """A row of ``jobs``: one column per field of the job's declaration
+    (``polyfit_models.fields``), with its SQL type, and the indexes its queries need."""
+
     __tablename__ = "jobs"
 
     # (sweep_id, id) is the unique key that makes a redelivered result a no-op.

@@ -27,6 +27,8 @@ RUNNING, DONE, FAILED = "running", "done", "failed"
 
 @dataclass(frozen=True)
 class SearchState:
+    """A search as stored: its sampler, size, round and the trials asked so far."""
+
     sweep_id: str
     sampler: str
     trials: int

@@ -71,6 +71,8 @@ class SqlRows:
 
 @dataclass(frozen=True)
 class SqlResult:
+    """The rows of a user's query, and whether they were cut at the row limit."""
+
     columns: list[str]
     rows: list[tuple]
     truncated: bool

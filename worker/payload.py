@@ -43,6 +43,8 @@ class BadMessage(PolyfitError, ValueError):
 
 @dataclass(frozen=True)
 class Batch:
+    """A queue message: the ids of jobs of one sweep to train together on one device."""
+
     sweep_id: str
     device: str
     job_ids: tuple[str, ...]

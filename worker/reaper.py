@@ -95,6 +95,8 @@ def _take_lost(app, engine, stale_after_s: float) -> list:
 
 
 class Reaper(bootsteps.StartStopStep):
+    """A worker's step that requeues jobs whose worker died and messages that were lost."""
+
     requires: ClassVar[set] = {"celery.worker.components:Timer"}
 
     def __init__(self, worker, **kwargs):

@@ -18,6 +18,8 @@ from worker.settings import Settings
 
 @dataclass(frozen=True)
 class Runtime:
+    """What a worker process is: its settings, device and the GPU it is pinned to."""
+
     settings: Settings
     # "cpu" or "cuda" (a cuda worker sees only its pinned GPU, as cuda:0).
     device: str = "cpu"

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from polyfit_models import VARIANTS, BadInput, JobSpec, PolyfitError, SpecError
+from polyfit_models import VARIANTS, BadInput, JobSpec, PolyfitError, SpecError, optional
 from store.search import TrialRow
 
 #: Axes whose values are whole numbers (a continuous range over them asks integers).
@@ -65,12 +65,7 @@ class Asked:
 
 def optuna():
     """Optuna, or a ``SearchError`` with the install hint."""
-    try:
-        import optuna as module
-    except ImportError:
-        raise SearchError(INSTALL_HINT) from None
-    module.logging.set_verbosity(module.logging.WARNING)
-    return module
+    return optional.optuna(SearchError, INSTALL_HINT)
 
 
 def _sampler(name: str, seed: int):

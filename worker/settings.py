@@ -147,6 +147,8 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 1,
 
 @dataclass(frozen=True, repr=False)
 class Settings:
+    """Every setting of a command or a worker, resolved once from flags and environment."""
+
     db_url: str = DEFAULT_DB_URL
     # None means the embedded broker next to the database.
     broker: str | None = None

@@ -80,6 +80,8 @@ class _Guarded:
 
 
 class RedisChannel(_Guarded, kombu_redis.Channel):
+    """kombu's Redis channel, with a broker that went away told apart from other errors."""
+
     def _brpop_read(self, **options):
         try:
             return super()._brpop_read(**options)
@@ -107,6 +109,8 @@ class BrokerAuthError(KombuError):
 
 
 class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, with a refused login as one clear error."""
+
     Channel = RedisChannel
 
     def establish_connection(self):
@@ -117,6 +121,8 @@ class RedisTransport(kombu_redis.Transport):
 
 
 class SQLAChannel(_Guarded, kombu_sqla.Channel):
+    """kombu's SQLAlchemy channel (the embedded broker), safe for processes starting at once."""
+
     def _open(self):
         # kombu creates its tables on first use with a check-then-create, which two processes
         # starting at once on PostgreSQL (the embedded broker on a server database) race on:
@@ -182,6 +188,8 @@ class SQLAChannel(_Guarded, kombu_sqla.Channel):
 
 
 class SQLATransport(kombu_sqla.Transport):
+    """The embedded broker's transport: kombu's SQLAlchemy one, polled every 0.1 s."""
+
     Channel = SQLAChannel
     # kombu's default is 1 s: a worker of the embedded broker waited that long for each batch.
     polling_interval = 0.1

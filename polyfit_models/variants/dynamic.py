@@ -75,6 +75,8 @@ def mean_squared_error(params, sharing, k, powers_t, y) -> torch.Tensor:
 
 
 class DynamicProgram:
+    """The dynamic variant's batch: a cubic plus one shared weight on x^4..x^k, k drawn per pass."""
+
     def __init__(self, specs, device: torch.device, fused: bool = False) -> None:
         spec = specs[0]
         self.degree = spec.degree

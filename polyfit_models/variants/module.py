@@ -72,6 +72,8 @@ def mean_squared_error(coefficients: torch.Tensor, powers_t: torch.Tensor,
 
 
 class ModuleProgram:
+    """The module variant's batch: an ``nn.Module`` polynomial trained with ``torch.optim``."""
+
     def __init__(self, specs, device: torch.device, fused: bool = False) -> None:
         spec = specs[0]
         _, y, self.Vt = torch_grid(spec, spec.degree, device)
