@@ -53,6 +53,7 @@ def run(spec: Mapping[str, Any] | str | os.PathLike | None = None, *, name: str 
     from scheduler.run import run_sweep
     from scheduler.specfile import load_spec_file
     from store import StoreError
+    from store.db import dispose_shared
     from worker.settings import Settings
 
     try:
@@ -80,6 +81,8 @@ def run(spec: Mapping[str, Any] | str | os.PathLike | None = None, *, name: str 
                                                  batch_size=None, out=out, fresh=fresh))
     except StoreError as e:
         raise SweepFailed(str(e)) from None
+    finally:
+        dispose_shared()  # the run's one connection: a notebook keeps no file open after it
     frame = jobs_frame(plan.sweep_id, db_url=settings.db_url)
     if code not in (0, 1):  # 1: some job failed, which the frame shows
         raise SweepFailed(f"sweep {plan.name} could not finish (exit {code})", frame)

@@ -22,9 +22,10 @@ from sqlalchemy import Engine
 from polyfit_models.errors import BadInput
 from polyfit_models.fields import names
 from polyfit_results import queries
-from store.db import DEFAULT_DB_URL, ENV_DB, remember_secrets
+from store.db import db_url_from
 from store.reader import open_results
 from store.reads import list_jobs, loss_curves, stream_jobs
+from store.redact import remember_secrets
 from store.rows import JOB_COLUMNS, SweepRow
 from store.sweeps import find_sweep
 
@@ -49,7 +50,7 @@ def _pandas():
 
 
 def _open(db_url: str | None) -> Engine:
-    url = db_url or os.environ.get(ENV_DB) or DEFAULT_DB_URL
+    url = db_url or db_url_from(os.environ)
     remember_secrets(url)
     return open_results(url)
 

@@ -30,7 +30,7 @@ from scheduler.plan import Plan
 from scheduler.submit import BrokerError, Submitted, carry_on, drop_queue, submit
 from store import StoreError
 from store.activity import status_counts
-from store.db import make_engine
+from store.db import shared_engine
 from store.reads import best_jobs, list_jobs
 from store.records import CANCELLED, FAILED
 from store.requeue import release_worker
@@ -155,33 +155,30 @@ def _say(line: str) -> None:
 
 
 def _wait(settings: Settings, target: Target, local: LocalWorkers) -> int:
-    engine = make_engine(settings.db_url)
+    engine = shared_engine(settings.db_url)
     sweep = find_sweep(engine, target.sweep_id)
-    try:
-        with LiveProgress(sys.stderr, terminal=sys.stderr.isatty(), every_s=LINE_EVERY_S,
-                          label=f"sweep {target.name}") as live:
-            while True:
-                p = queries.progress(engine, sweep)
-                if p.done:
-                    live.show(p, last=True)
-                    if p.search is not None and p.search.state == "failed":
-                        click.echo(f"Error: the search failed: {p.search.error} (every result "
-                                   "is kept)", err=True)
-                        return 1
-                    if p.counts.get(CANCELLED):
-                        click.echo(f"note: {report.plural(p.counts[CANCELLED], 'job')} of the "
-                                   "sweep cancelled (`polyfit sweep resume` trains them)",
-                                   err=True)
-                    return 1 if p.counts.get(FAILED) or p.counts.get(CANCELLED) else 0
-                if not local.alive():
-                    live.show(p, last=True)
-                    click.echo(f"Error: the local workers exited (code {local.returncode()}); "
-                               f"log: {local.log_path}\n{local.log_tail()}", err=True)
+    with LiveProgress(sys.stderr, terminal=sys.stderr.isatty(), every_s=LINE_EVERY_S,
+                      label=f"sweep {target.name}") as live:
+        while True:
+            p = queries.progress(engine, sweep)
+            if p.done:
+                live.show(p, last=True)
+                if p.search is not None and p.search.state == "failed":
+                    click.echo(f"Error: the search failed: {p.search.error} (every result "
+                               "is kept)", err=True)
                     return 1
-                live.show(p)
-                time.sleep(POLL_S)
-    finally:
-        engine.dispose()
+                if p.counts.get(CANCELLED):
+                    click.echo(f"note: {report.plural(p.counts[CANCELLED], 'job')} of the "
+                               "sweep cancelled (`polyfit sweep resume` trains them)",
+                               err=True)
+                return 1 if p.counts.get(FAILED) or p.counts.get(CANCELLED) else 0
+            if not local.alive():
+                live.show(p, last=True)
+                click.echo(f"Error: the local workers exited (code {local.returncode()}); "
+                           f"log: {local.log_path}\n{local.log_tail()}", err=True)
+                return 1
+            live.show(p)
+            time.sleep(POLL_S)
 
 
 def _release(settings: Settings, local: LocalWorkers) -> None:
@@ -189,30 +186,25 @@ def _release(settings: Settings, local: LocalWorkers) -> None:
     those of this run's workers (their identity carries a random token), never another's."""
     if local.identity is None:
         return
-    engine = make_engine(settings.db_url)
+    engine = shared_engine(settings.db_url)
     try:
         release_worker(engine, local.identity)
     except StoreError as e:
         click.echo(f"warning: could not release the local workers' jobs ({e}); the workers' "
                    "reaper puts them back in the queue once their heartbeat is stale", err=True)
-    finally:
-        engine.dispose()
 
 
 def _print_best(settings: Settings, target: Target, top: int, out) -> None:
     if top <= 0:
         return
-    engine = make_engine(settings.db_url)
-    try:
-        # The store's one "best" (as ``polyfit best``): the ``top`` lowest-mse succeeded or
-        # diverged jobs of each variant, ranked by the database.
-        best = sorted(best_jobs(engine, target.sweep_id, ["variant"], top=top),
-                      key=lambda j: (j.mse, j.id))
-        failed = status_counts(engine, target.sweep_id).get(FAILED, 0)
-        first_failed = list_jobs(engine, target.sweep_id, statuses=[FAILED], sort="id",
-                                 limit=1) if failed else []
-    finally:
-        engine.dispose()
+    engine = shared_engine(settings.db_url)
+    # The store's one "best" (as ``polyfit best``): the ``top`` lowest-mse succeeded or
+    # diverged jobs of each variant, ranked by the database.
+    best = sorted(best_jobs(engine, target.sweep_id, ["variant"], top=top),
+                  key=lambda j: (j.mse, j.id))
+    failed = status_counts(engine, target.sweep_id).get(FAILED, 0)
+    first_failed = list_jobs(engine, target.sweep_id, statuses=[FAILED], sort="id",
+                             limit=1) if failed else []
     variants = list(dict.fromkeys(j.variant for j in best))  # by their best mse
     rows = [j.to_dict(gap=True) for j in
             sorted(best, key=lambda j: (variants.index(j.variant), j.mse, j.id))]

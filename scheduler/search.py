@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from scheduler.axes import RANGE_AXES, parse_axis, parse_lr, parse_number, show_value
 from scheduler.specfile import SweepSpecError
 from store import search as store_search
-from store.db import create_schema, make_engine
+from store.db import create_schema, shared_engine
 from worker.app import make_app
 from worker.rounds import advance, publish_round
 from worker.search import (
@@ -125,27 +125,24 @@ def submit_search(settings: Settings, plan, *, batch_size: int | None = None,
 
     search = plan.search
     asked, attrs = [], {}
-    engine = make_engine(settings.db_url)
-    try:
-        create_schema(engine)
-        check_growth(engine, plan)
-        if store_search.search_state(engine, plan.sweep_id) is None:
-            try:
-                asked, attrs = ask_round(plan.spec, [], 0, {})
-            except SamplerFailed as e:
-                raise SweepSpecError(str(e)) from None
-        new = store_search.start_search(
-            engine, plan.sweep_id, plan.name, plan.spec, sampler=search["sampler"],
-            trials=search["trials"], round_size=search["round"],
-            first=[a.row for a in asked], first_trials=[a.trial() for a in asked],
-            study_attrs=attrs)
-        if new:
-            sent, batches = publish_round(settings, make_app(settings), plan.sweep_id, asked,
-                                          private=private, spread=spread,
-                                          batch_size=batch_size)
-            return Submitted(plan.sweep_id, len(asked), sent, batches, 0, search["trials"])
-    finally:
-        engine.dispose()
+    engine = shared_engine(settings.db_url)
+    create_schema(engine)
+    check_growth(engine, plan)
+    if store_search.search_state(engine, plan.sweep_id) is None:
+        try:
+            asked, attrs = ask_round(plan.spec, [], 0, {})
+        except SamplerFailed as e:
+            raise SweepSpecError(str(e)) from None
+    new = store_search.start_search(
+        engine, plan.sweep_id, plan.name, plan.spec, sampler=search["sampler"],
+        trials=search["trials"], round_size=search["round"],
+        first=[a.row for a in asked], first_trials=[a.trial() for a in asked],
+        study_attrs=attrs)
+    if new:
+        sent, batches = publish_round(settings, make_app(settings), plan.sweep_id, asked,
+                                      private=private, spread=spread,
+                                      batch_size=batch_size)
+        return Submitted(plan.sweep_id, len(asked), sent, batches, 0, search["trials"])
     done = carry_on(settings, plan.sweep_id, batch_size=batch_size, spread=spread,
                     private=private)
     return Submitted(plan.sweep_id, 0, done.enqueued_jobs + continue_search(
@@ -157,10 +154,7 @@ def continue_search(settings: Settings, sweep_id: str, *,
     """Ask and enqueue the next round of a search whose last round ended with nobody to ask
     it (a worker stopped between storing the last result and asking, or had no Optuna);
     ``reopen`` (``sweep resume``): a search that failed asks again. Returns the jobs sent."""
-    engine = make_engine(settings.db_url)
-    try:
-        if reopen:
-            store_search.reopen(engine, sweep_id)
-        return advance(engine, settings, make_app(settings), sweep_id, private=private)
-    finally:
-        engine.dispose()
+    engine = shared_engine(settings.db_url)
+    if reopen:
+        store_search.reopen(engine, sweep_id)
+    return advance(engine, settings, make_app(settings), sweep_id, private=private)

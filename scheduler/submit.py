@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from polyfit_models import JobSpec, batch_key
 from scheduler.plan import Plan
 from scheduler.specfile import SweepSpecError
-from store.db import create_schema, make_engine
+from store.db import create_schema, shared_engine
 from store.recording import mark_used, save_sweep
 from store.records import ENDED
 from store.requeue import clear_results, requeue_chunks
@@ -67,41 +67,38 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
 
         return submit_search(settings, plan, batch_size=batch_size, spread=spread,
                              private=private)
-    engine = make_engine(settings.db_url)
-    try:
-        create_schema(engine)
-        check_growth(engine, plan)
-        recorded = save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
-                                         (job.row() for job in plan.iter_jobs()),
-                                         # A halving's rungs rank every job on its own
-                                         # training: no result is taken from elsewhere.
-                                         reuse=not fresh and "halving" not in plan.spec)
-        if recorded.new < recorded.given or fresh:
-            # A re-run: some jobs are recorded already; the store says which need to run.
-            if fresh:
-                ids = (job.id for job in plan.iter_jobs())
-                clear_results(engine, plan.sweep_id,
-                                         (job.id for job in plan.iter_jobs()))
-                chunks = requeue_chunks(
-                    engine, plan.sweep_id, settings.stale_after_s,
-                    retry=tuple(s.value for s in ENDED), job_ids=ids)
-            else:
-                chunks = requeue_chunks(engine, plan.sweep_id,
-                                                   settings.stale_after_s)
-            sent, batches = _publish_rows(settings, plan.sweep_id, chunks, batch_size, spread,
-                                          private)
+    engine = shared_engine(settings.db_url)
+    create_schema(engine)
+    check_growth(engine, plan)
+    recorded = save_sweep(engine, plan.sweep_id, plan.name, plan.spec,
+                                     (job.row() for job in plan.iter_jobs()),
+                                     # A halving's rungs rank every job on its own
+                                     # training: no result is taken from elsewhere.
+                                     reuse=not fresh and "halving" not in plan.spec)
+    if recorded.new < recorded.given or fresh:
+        # A re-run: some jobs are recorded already; the store says which need to run.
+        if fresh:
+            ids = (job.id for job in plan.iter_jobs())
+            clear_results(engine, plan.sweep_id,
+                                     (job.id for job in plan.iter_jobs()))
+            chunks = requeue_chunks(
+                engine, plan.sweep_id, settings.stale_after_s,
+                retry=tuple(s.value for s in ENDED), job_ids=ids)
         else:
-            # A new sweep: every job was just recorded as queued (or took a result), so the
-            # plan is the work list.
-            stream = BatchStream(plan.sweep_id, settings, batch_size=batch_size, spread=spread,
-                                 group_sizes=_group_sizes(plan))
-            counted = _Counted()
-            sent = publish_stream(make_app(settings), counted.over(_batches(
-                stream, ((job.id, job.spec, job.device) for job in plan.iter_jobs()
-                         if job.id not in recorded.reused))), private=private)
-            batches = counted.n
-    finally:
-        engine.dispose()
+            chunks = requeue_chunks(engine, plan.sweep_id,
+                                               settings.stale_after_s)
+        sent, batches = _publish_rows(settings, plan.sweep_id, chunks, batch_size, spread,
+                                      private)
+    else:
+        # A new sweep: every job was just recorded as queued (or took a result), so the
+        # plan is the work list.
+        stream = BatchStream(plan.sweep_id, settings, batch_size=batch_size, spread=spread,
+                             group_sizes=_group_sizes(plan))
+        counted = _Counted()
+        sent = publish_stream(make_app(settings), counted.over(_batches(
+            stream, ((job.id, job.spec, job.device) for job in plan.iter_jobs()
+                     if job.id not in recorded.reused))), private=private)
+        batches = counted.n
     return Submitted(plan.sweep_id, recorded.new, sent, batches, len(recorded.reused),
                      recorded.given)
 
@@ -207,14 +204,11 @@ def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
 
 def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_size, spread,
                          private: tuple[str, str] | None = None) -> Submitted:
-    engine = make_engine(settings.db_url)
-    try:
-        mark_used(engine, sweep_id)  # the sweep a later command means by default
-        chunks = requeue_chunks(engine, sweep_id, settings.stale_after_s,
-                                           retry=retry)
-        sent, batches = _publish_rows(settings, sweep_id, chunks, batch_size, spread, private)
-    finally:
-        engine.dispose()
+    engine = shared_engine(settings.db_url)
+    mark_used(engine, sweep_id)  # the sweep a later command means by default
+    chunks = requeue_chunks(engine, sweep_id, settings.stale_after_s,
+                                       retry=retry)
+    sent, batches = _publish_rows(settings, sweep_id, chunks, batch_size, spread, private)
     from scheduler.search import continue_search
 
     # A halving rung, or a search's round, that ended with nobody left to rank it or ask the
@@ -229,11 +223,8 @@ def continue_halving(settings: Settings, sweep_id: str, *,
     """Rank a halving sweep's complete rung and enqueue the next (``worker.halving``)."""
     from worker.halving import advance
 
-    engine = make_engine(settings.db_url)
-    try:
-        return advance(engine, settings, make_app(settings), sweep_id, private=private)
-    finally:
-        engine.dispose()
+    engine = shared_engine(settings.db_url)
+    return advance(engine, settings, make_app(settings), sweep_id, private=private)
 
 
 def drop_queue(settings: Settings, name: str) -> None:

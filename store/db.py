@@ -8,16 +8,15 @@ worker cut off from the server notices instead of hanging. The read-only doors (
 from __future__ import annotations
 
 import functools
+import os
 import random
-import re
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
@@ -32,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from polyfit_models.errors import BadInput, PolyfitError
 from store.records import Base
+from store.redact import redact_url
 
 F = TypeVar("F", bound=Callable)
 
@@ -55,70 +55,6 @@ class StoreUnavailable(StoreError):
     dropped or timed out, a lock not granted): worth retrying, unlike other store errors."""
 
 
-# A password in a URL's user info: ``scheme://user:secret@host`` (up to the last ``@`` of the
-# token, as a password may hold one), then, for malformed URLs (``postgres:/u:secret@h``,
-# ``postgresql//u:secret@h``, no scheme at all), anything else shaped like ``user:secret@``.
-_USERINFO = re.compile(r"(://[^\s:/@]*):[^\s]*@")
-_USERINFO_MALFORMED = re.compile(r"((?:^|[\s/'\"(=,;])[^\s:/@'\"]*):(?!//)[^\s]*@")
-# ``password=...`` as a URL query parameter or a libpq keyword.
-_PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&;\s])(?:password|passwd|pwd)=)[^&;\s]*")
-
-
-# Passwords seen in the settings of this process (see ``remember_secrets``): hidden wherever
-# they appear, also where no pattern above recognises them (a password with a space in it).
-_SECRETS: set[str] = set()
-
-
-def remember_secrets(url: str | None) -> None:
-    """Note the password of ``url`` (well-formed or not, with spaces or tabs in it), so that
-    ``redact_url`` hides it in any text from now on. Called where settings are read, at each
-    process edge."""
-    if not url:
-        return
-    url = str(url)
-    found = _setting_passwords(url)
-    for pattern in (_USERINFO, _USERINFO_MALFORMED):
-        found += [m.group(0)[len(m.group(1)) + 1:-1] for m in pattern.finditer(url)]
-    found += [url[m.end(1):m.end()] for m in _PASSWORD_PARAM.finditer(url)]
-    for secret in filter(None, found):
-        # As given, as a driver decodes it (%20), and as a one-line message shows it (a tab
-        # or a run of spaces as one space).
-        for form in {secret, unquote(secret), " ".join(secret.split()),
-                     " ".join(unquote(secret).split())}:
-            if len(form) >= 3 and form != "***":
-                _SECRETS.add(form)
-
-
-def _setting_passwords(url: str) -> list[str]:
-    """The password of a URL given as a setting, read two ways, as the patterns for free text
-    stop at a space or a tab: as ``urllib`` reads it (the user info is the part of the host
-    field, up to the first ``/``, ``?`` or ``#``, before its last ``@``), and up to the last
-    ``@`` of the whole URL (a password with an unescaped ``/`` in it)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or not re.fullmatch(r"[\w+.-]*", scheme):
-        return []
-    found = []
-    for field in (re.split(r"[/?#]", rest, maxsplit=1)[0], rest):
-        userinfo, at, _host = field.rpartition("@")
-        _user, colon, password = userinfo.partition(":")
-        if at and colon and "/" not in _user:
-            found.append(password)
-    return found
-
-
-def redact_url(text: str) -> str:
-    """``text`` (a URL, or a message that may hold URLs) with every password replaced by
-    ``***``, safe to print or log. Works on malformed URLs too: anything shaped like
-    ``user:secret@`` or ``password=secret`` is hidden, and so is any password that
-    ``remember_secrets`` was told of."""
-    text = str(text)
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    text = _USERINFO.sub(r"\1:***@", text)
-    text = _USERINFO_MALFORMED.sub(r"\1:***@", text)
-    return _PASSWORD_PARAM.sub(r"\1***", text)
-
-
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL (None for other databases or an in-memory one)."""
     try:
@@ -135,6 +71,34 @@ def sqlite_path(url: str) -> Path | None:
 # partition: keepalives alone do not fire while data waits to be sent).
 _PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
                     "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
+
+
+def db_url_from(env: Mapping[str, str]) -> str:
+    """The results database an environment names (``POLYFIT_DB``), else the default file: the
+    one rule for every command, worker and the Python API."""
+    return env.get(ENV_DB) or DEFAULT_DB_URL
+
+
+_shared: dict[tuple[int, str], Engine] = {}
+
+
+def shared_engine(url: str) -> Engine:
+    """This process's one engine for ``url``, made on first use (and again after a fork: pools
+    do not survive one): every step of a command (record, enqueue, wait, release, the closing
+    summary) and every batch of a worker share it, as rq's ``CliConfig`` keeps one connection
+    per command. ``dispose_shared`` closes them when the command ends."""
+    key = (os.getpid(), url)
+    engine = _shared.get(key)
+    if engine is None:
+        engine = _shared[key] = make_engine(url)
+    return engine
+
+
+def dispose_shared() -> None:
+    """Close this process's shared engines (a command's end)."""
+    while _shared:
+        _, engine = _shared.popitem()
+        engine.dispose()
 
 
 def make_engine(url: str) -> Engine:

@@ -24,15 +24,9 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from polyfit_models.errors import BadInput
-from store.db import (
-    BUSY_TIMEOUT_MS,
-    StoreError,
-    redact_url,
-    server_engine,
-    sqlite_path,
-    store_error,
-)
+from store.db import BUSY_TIMEOUT_MS, StoreError, server_engine, sqlite_path, store_error
 from store.records import Base
+from store.redact import redact_url
 
 #: The role ``polyfit sql`` logs in as on PostgreSQL unless told otherwise.
 READER_ROLE = "polyfit_reader"

@@ -33,7 +33,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from store.db import StoreError, redact_url, sqlite_path
+from store.db import StoreError, sqlite_path
 from store.reader import (
     TABLES,
     NotResultsDatabase,
@@ -47,6 +47,7 @@ from store.reader import (
     open_results,
     reader_url,
 )
+from store.redact import redact_url
 
 #: SQLite: the longest string or blob a statement may build (``repeat``, ``zeroblob``,
 #: ``group_concat``), and the heap the process may use while ``polyfit sql`` runs.

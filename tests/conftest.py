@@ -10,8 +10,17 @@ import subprocess
 
 import pytest
 
+from store.db import dispose_shared
 from tests.support.processes import Worker, polyfit_env
 from tests.support.servers import RedisServer, pg_schema
+
+
+@pytest.fixture(autouse=True)
+def _commands_connection():
+    """What a command does at its end, done after each test that ran scheduler code in this
+    process: its shared engines closed (``store.db.shared_engine``)."""
+    yield
+    dispose_shared()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from celery import Celery
 from kombu.exceptions import ChannelError, KombuError, OperationalError
 
 from polyfit_models import JobSpec, PolyfitError, SpecError, batch_key, jobs_within
-from store.db import redact_url
+from store.redact import redact_url
 from store.rows import JobRow
 from worker.payload import TASK_NAME, Batch
 from worker.queues import route

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from store import make_engine
+from store.db import shared_engine
 from worker.settings import Settings
 
 
@@ -111,16 +111,9 @@ def current() -> Runtime:
     return _current
 
 
-_engines: dict[tuple[int, str], Engine] = {}
-
-
 def engine_for(settings: Settings) -> Engine:
     """This process's engine for the results database (one per process, made after any fork)."""
-    key = (os.getpid(), settings.db_url)
-    engine = _engines.get(key)
-    if engine is None:
-        engine = _engines[key] = make_engine(settings.db_url)
-    return engine
+    return shared_engine(settings.db_url)
 
 
 _shared: dict[int, int] = {}  # pid -> the threads last applied by share_cores

@@ -15,7 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from polyfit_models import SettingError, fuse_settings
-from store.db import DEFAULT_DB_URL, ENV_DB, redact_url, remember_secrets
+from store.db import DEFAULT_DB_URL, ENV_DB, db_url_from
+from store.redact import redact_url, remember_secrets
 
 ENV_BROKER = "POLYFIT_BROKER_URL"
 ENV_MAX_JOBS = "POLYFIT_MAX_JOBS"
@@ -222,12 +223,9 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **flags) -> Settings:
         """Flags (non-None values in ``flags``) win over environment variables."""
         env = os.environ if env is None else env
-        try:
-            fusing = fuse_settings(env, Path.home())
-        except SettingError as e:
-            raise SettingError(str(e)) from e
+        fusing = fuse_settings(env, Path.home())
         base = cls(
-            db_url=env.get(ENV_DB) or DEFAULT_DB_URL,
+            db_url=db_url_from(env),
             broker=env.get(ENV_BROKER) or None,
             max_jobs=_int(env, ENV_MAX_JOBS, cls.max_jobs),
             max_job_work=_int(env, ENV_MAX_JOB_WORK, cls.max_job_work),

@@ -35,7 +35,7 @@ from redis import exceptions as redis_errors
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from store.db import redact_url
+from store.redact import redact_url
 
 log = logging.getLogger("polyfit.worker")
 

@@ -18,7 +18,7 @@
 - On loopback, requests must name a loopback host (localhost, 127.x.y.z, [::1]), so a web page
   whose DNS name is rebound to 127.0.0.1 cannot read the dashboard. (Flask's ``TRUSTED_HOSTS``
   would do it but cannot name an IPv6 address.)
-- URLs are shown through ``store.db.redact_url``; errors are one line, never a traceback.
+- URLs are shown through ``store.redact.redact_url``; errors are one line, never a traceback.
 
 The charting library is plotly.js, served from the ``plotly`` package's own copy: the pages
 load nothing from the internet."""
@@ -37,8 +37,9 @@ from flask import Flask, Response, current_app, redirect, render_template, reque
 from werkzeug.exceptions import HTTPException, SecurityError
 
 from polyfit_results.dashboard.views import EngineHolder, bp
-from store.db import StoreError, redact_url, remember_secrets
+from store.db import StoreError
 from store.reader import open_results
+from store.redact import redact_url, remember_secrets
 
 #: The cookie that carries proof of the token after a ``?token=`` visit.
 COOKIE = "polyfit_dashboard"

@@ -13,7 +13,7 @@ import click
 
 from scheduler.cli.group import InputError, cli
 from scheduler.cli.helpers import FiniteFloat, pass_settings
-from store.db import redact_url
+from store.redact import redact_url
 from worker.settings import Settings
 
 ENV_TOKEN = "POLYFIT_DASHBOARD_TOKEN"

@@ -12,7 +12,8 @@ import traceback
 import click
 
 from polyfit_models.errors import BadInput, PolyfitError
-from store.db import redact_url
+from store.db import dispose_shared
+from store.redact import redact_url
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -67,6 +68,8 @@ class PolyfitGroup(click.Group):
         except Exception as e:  # noqa: BLE001 - the promise is: no traceback, unless asked
             _fail(f"internal error: {e.__class__.__name__}: {e}", EXIT_FAILED, debug,
                   hint=not debug)
+        finally:
+            dispose_shared()  # the command's one connection (``store.db.shared_engine``)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -26,7 +26,7 @@ from scheduler.plan import Plan, build_plan
 from scheduler.specfile import load_spec_file
 from store import make_engine
 from store import sweeps as store_sweeps
-from store.db import ENV_DB, StoreError, sqlite_path
+from store.db import ENV_DB, StoreError, shared_engine, sqlite_path
 from store.reader import open_results
 from store.rows import SweepRow
 from store.sweeps import sweep_names
@@ -288,11 +288,8 @@ def apply_labels(settings: Settings, sweep_id: str, tags: list[str], note: str |
         return
     from store.manage import label_sweep
 
-    engine = make_engine(settings.db_url)
-    try:
-        label_sweep(engine, sweep_id, add=tags, note=note)
-    finally:
-        engine.dispose()
+    engine = shared_engine(settings.db_url)
+    label_sweep(engine, sweep_id, add=tags, note=note)
 
 
 def batch_size_option(f):

@@ -21,6 +21,23 @@ def test_the_best_results_go_to_the_current_stdout(tmp_path, capsys):
     assert "numpy" in out
 
 
+def test_a_run_opens_one_engine_for_all_its_steps(tmp_path, monkeypatch):
+    """Record, enqueue, wait, release and the closing summary share the command's one engine
+    (``sweep run`` opened four); the command's end closes it."""
+    import store.db
+
+    made = []
+    make = store.db.make_engine
+    monkeypatch.setattr(store.db, "make_engine", lambda url: made.append(url) or make(url))
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    plan = build_plan(None, {"variant": ["numpy"], "seed": ["0-1"], "epochs": ["20"]})
+    assert run_sweep(settings, plan, workers=1, batch_size=None) == 0
+    assert made == [settings.db_url]
+    assert store.db._shared  # held until the command ends
+    store.db.dispose_shared()
+    assert not store.db._shared
+
+
 def test_a_run_leaves_no_worker_log_behind(tmp_path):
     # One /tmp/polyfit-worker-*.log was left per run (29 after an hour of work).
     from tests.support.processes import polyfit, polyfit_env
