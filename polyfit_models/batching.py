@@ -3,19 +3,24 @@ scheduler needs to cut a sweep into batches, without importing torch."""
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
+from .fields import BATCH_KEY
 from .problem import numpy_dtype
 from .registry import VARIANTS
 from .result import CURVE_EVERY
 from .spec import JobSpec
 
+_BATCH_KEY = operator.attrgetter(*BATCH_KEY)
+
 
 def batch_key(spec: JobSpec) -> tuple:
     """The settings that must be equal for jobs to train as one vectorized program: all of a
-    spec's fields except ``lr`` and ``seed``."""
-    return (spec.variant, spec.degree, spec.epochs, spec.optimizer, spec.target, spec.x_start,
-            spec.x_stop, spec.x_points, spec.dtype)
+    spec's fields except those each job of a batch has its own of (``fields.BATCH_KEY``: all
+    but ``lr``, ``seed`` and ``stop_gap``)."""
+    return _BATCH_KEY(spec)
 
 
 #: float64 (x_points,) arrays a batch holds whatever its size, besides its powers: the grid, the

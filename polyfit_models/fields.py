@@ -49,6 +49,9 @@ class Field:
     #: A setting added after job ids were first made: left out of the id while it is None, so
     #: that every job recorded before it keeps its id.
     later: bool = False
+    #: A setting that may differ between the jobs of one batch (one vectorized program); the
+    #: other settings make the batch's key.
+    per_job: bool = False
     #: A value the store's row type carries (False: a column for SQL only).
     row: bool = True
     #: Computed from other columns, not stored (the gap to the optimum).
@@ -68,9 +71,9 @@ FIELDS: tuple[Field, ...] = (
     _f("id", str, "key", "results page"),
     _f("sweep_id", str, "key"),
     _f("variant", str, "setting", "results page best job group", axis=True),
-    _f("lr", float, "setting", "results page best job group", **_RANGED),
+    _f("lr", float, "setting", "results page best job group", **_RANGED, per_job=True),
     _f("degree", int, "setting", "results page best job group", **_RANGED),
-    _f("seed", int, "setting", "results page best job group", **_RANGED),
+    _f("seed", int, "setting", "results page best job group", **_RANGED, per_job=True),
     _f("epochs", int, "setting", "results page best job group", **_RANGED),
     _f("optimizer", str, "setting", "results page best job group", **_AXIS),
     _f("device", str, "setting", "results page job group", **_AXIS),
@@ -96,7 +99,7 @@ FIELDS: tuple[Field, ...] = (
     _f("attempts", int, "run", "job"),
     _f("error", str, "outcome", "job", result=True),
     _f("reused_from", str, "run", "job"),
-    _f("stop_gap", float, "setting", "job", later=True),
+    _f("stop_gap", float, "setting", "job", later=True, per_job=True),
     _f("stopped_at_epoch", int, "outcome", "job", **_KEPT),
     _f("epochs_done", int, "outcome", "results", reused=True),
     _f("versions", str, "run", reused=True),
@@ -131,6 +134,9 @@ VARIANT_AXES = names(per_variant=True)
 REUSED = names(reused=True)
 #: What a worker writes with a job's result.
 RESULT = names(result=True)
+#: The settings that must be equal for jobs to train as one batch (the device aside: a batch is
+#: for one device already).
+BATCH_KEY = tuple(n for n in names(role="setting", per_job=False) if n != "device")
 #: Settings a job's id leaves out while they are None.
 LATER = names(later=True)
 #: Columns held as JSON lists, and times.

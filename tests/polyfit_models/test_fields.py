@@ -50,6 +50,8 @@ def test_each_list_of_columns_is_derived():
     assert set(F.VARIANT_AXES) == {"lr", "degree", "seed", "epochs", "optimizer", "dtype",
                                    "device"}
     assert F.LATER == ("stop_gap",)
+    # Each job of a batch has its own lr, seed and stop_gap; every other setting is shared.
+    assert set(F.BATCH_KEY) == set(F.SETTINGS) - {"lr", "seed", "stop_gap", "device"}
     assert "error" in F.RESULT and "error" not in F.REUSED  # an error is never reused
     assert "attempts" not in F.REUSED  # a reused row was not attempted here
 
