@@ -26,6 +26,7 @@ from polyfit_models import (
     fit,
     fit_many,
 )
+from polyfit_models.fields import VARIANT_AXES
 from tests.support.numerics import cuda_or_skip, spec
 
 PACKAGE = Path(polyfit_models.__file__).parent
@@ -80,7 +81,7 @@ def test_registry_is_ordered_and_complete():
         assert isinstance(v, Variant) and v.name == name and "\n" not in v.summary
         assert v.loss in ("sse", "mse")
         assert set(v.defaults) == {"lr", "degree", "epochs", "optimizer", "dtype"}
-        assert set(v.axes) <= {"lr", "degree", "seed", "epochs", "optimizer", "dtype", "device"}
+        assert set(v.axes) <= set(VARIANT_AXES)
         assert v.min_degree <= v.defaults["degree"] <= v.max_degree
         assert v.defaults["optimizer"] in v.optimizers
     assert VARIANTS["numpy"].devices == ("cpu",) and VARIANTS["numpy"].optimizers == ("sgd",)
