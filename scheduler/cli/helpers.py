@@ -33,6 +33,8 @@ from store.sweeps import sweep_names
 from worker.search import SAMPLERS
 from worker.settings import ENV_BROKER, Settings
 
+#: The axes whose flags take integer ranges (``0-9``).
+INT_RANGES = names(ranged=True, type=int)
 #: The columns of ``polyfit results`` as a table (the other formats carry every column).
 TABLE_COLUMNS = names(shown="results")
 
@@ -222,10 +224,12 @@ def grouped_table_options(f):
 # -- what defines a sweep -----------------------------------------------------------------------
 
 def axis_options(f):
-    for axis in reversed(AXES):
-        f = click.option(f"--{axis}", f"axis_{axis}", multiple=True, metavar="LIST",
+    for axis in reversed(AXES):  # from the job's declaration
+        # A two-word setting's flag is spelled with a dash, as every other flag.
+        f = click.option(f"--{axis.replace('_', '-')}", f"axis_{axis}", multiple=True,
+                         metavar="LIST",
                          help=f"Comma-separated {axis} values (repeatable); overrides the file."
-                         + (" Ranges like 0-9 allowed." if axis in ("seed", "degree") else "")
+                         + (" Ranges like 0-9 allowed." if axis in INT_RANGES else "")
                          + (" Spaced values: log:START:STOP:NUM or linear:START:STOP:NUM."
                             if axis in RANGE_AXES else ""))(f)
     return f
