@@ -119,10 +119,9 @@ def save_results(
     ``outcomes`` holds (job id, FitResult.to_dict()) or (job id, {"status": "failed",
     "error": text}). ``held``: the jobs among them that reached the end of a successive-halving
     rung, job id -> (epochs reached, the state's epochs, training state to continue from or
-    None): their result
-    is the rung's, stored ``paused`` with that state until the rung is ranked
-    (``store.halving``), and the attempt their claim counted is given back. Returns how many
-    rows were written."""
+    None): their result is the rung's, stored ``paused`` with that state until the rung is
+    ranked (``store.halving``), and the attempt their claim counted is given back. Returns how
+    many rows were written."""
     held = held or {}
     t = now_sql(engine)
     table = JobRecord.__table__
