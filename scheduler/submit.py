@@ -20,6 +20,7 @@ from store.records import ENDED
 from store.requeue import clear_results, requeue_chunks
 from store.rows import JobRow
 from store.sweeps import find_sweep
+from store.workers import live_processes
 from worker.app import make_app
 from worker.batches import (
     BatchStream,
@@ -45,8 +46,20 @@ class Submitted:
     jobs: int = 0  # in the plan
 
 
+#: How many batches a sweep is cut into at least when no worker has noted itself yet (a submit
+#: before the fleet is up): enough for a few workers to share it.
+DEFAULT_SPREAD = 8
+
+
+def fleet_spread(settings: Settings) -> int:
+    """How many batches a sweep is cut into at least: one per training process of the workers
+    that are up (``store.workers``), or ``DEFAULT_SPREAD`` when none has noted itself."""
+    live = live_processes(shared_engine(settings.db_url), within_s=3 * settings.heartbeat_s)
+    return live or DEFAULT_SPREAD
+
+
 def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
-           spread: int = 8, fresh: bool = False,
+           spread: int | None = None, fresh: bool = False,
            private: tuple[str, str] | None = None) -> Submitted:
     """Record the plan and enqueue every job of it that has not ended yet.
 
@@ -56,7 +69,8 @@ def submit(settings: Settings, plan: Plan, *, batch_size: int | None = None,
     a cancel nor retrains a result (``resume`` retries failed and cancelled jobs); ``fresh``
     trains every job of the plan again. ``private``: a ``sweep run``'s (sweep, own queue), see
     ``worker.queues.route``. A search (``plan.search``) records and enqueues its first round
-    (``scheduler.search``)."""
+    (``scheduler.search``). ``spread``: batches at least (default: the fleet's processes)."""
+    spread = spread or fleet_spread(settings)
     if plan.search is not None:
         from scheduler.search import submit_search
 
@@ -188,14 +202,14 @@ def _publish_rows(settings: Settings, sweep_id: str, chunks: Iterable[list[JobRo
 
 
 def carry_on(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
-             spread: int = 8, private: tuple[str, str] | None = None) -> Submitted:
+             spread: int | None = None, private: tuple[str, str] | None = None) -> Submitted:
     """Enqueue what a sweep still needs: its queued jobs, and those of a worker that stopped
     beating (not its failed or cancelled ones: ``resume`` retries those)."""
     return _requeue_and_publish(settings, sweep_id, (), batch_size, spread, private)
 
 
 def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
-           spread: int = 8) -> Submitted:
+           spread: int | None = None) -> Submitted:
     """Re-enqueue the jobs of a sweep that have not ended well: queued, stuck on a dead
     worker, failed, and cancelled (resuming is how a cancel is undone)."""
     return _requeue_and_publish(settings, sweep_id, ("failed", "cancelled"), batch_size,
@@ -205,6 +219,7 @@ def resume(settings: Settings, sweep_id: str, *, batch_size: int | None = None,
 def _requeue_and_publish(settings: Settings, sweep_id: str, retry: tuple, batch_size, spread,
                          private: tuple[str, str] | None = None) -> Submitted:
     engine = shared_engine(settings.db_url)
+    spread = spread or fleet_spread(settings)
     mark_used(engine, sweep_id)  # the sweep a later command means by default
     chunks = requeue_chunks(engine, sweep_id, settings.stale_after_s,
                                        retry=retry)

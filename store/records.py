@@ -199,3 +199,15 @@ class TrialRecord(Base):
     system_attrs: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (Index("ix_trials_sweep_round", "sweep_id", "round"),)
+
+
+class WorkerRecord(Base):
+    """A worker of the fleet that is up: its node name, device and training processes, and
+    when it last said so (by the database's clock). What a submit sizes its batches by."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    device: Mapped[str] = mapped_column(String(16))
+    processes: Mapped[int] = mapped_column(Integer)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -18,6 +18,7 @@ from celery import bootsteps
 from store import StoreError
 from store.clock import skew_s
 from store.requeue import lost_queued_groups, reap_stale, take_lost_queued
+from store.workers import forget_worker, note_worker
 from worker import runtime
 from worker.batches import BrokerError, batches_for_views, publish, queue_sizes
 from worker.queues import queue_for
@@ -94,20 +95,43 @@ def _take_lost(app, engine, stale_after_s: float) -> list:
     return take_lost_queued(engine, stale_after_s, (), groups=empty)
 
 
+def note_presence(worker) -> None:
+    """Note this worker in the fleet's list (``store.workers``): its training processes are
+    what a submit cuts a sweep for."""
+    rt = runtime.current()
+    processes = worker.concurrency if rt.device == "cpu" else 1
+    try:
+        note_worker(engine_for(rt.settings), worker.hostname, rt.device, processes)
+    except StoreError as e:
+        log.warning("could not note this worker in the fleet's list: %s", e)
+
+
 class Reaper(bootsteps.StartStopStep):
-    """A worker's step that requeues jobs whose worker died and messages that were lost."""
+    """A worker's step that requeues jobs whose worker died and messages that were lost, and
+    keeps the worker on the fleet's list while it is up."""
 
     requires: ClassVar[set] = {"celery.worker.components:Timer"}
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
-        self.tref = None
+        self.tref = self.presence = None
 
     def start(self, worker):
-        every = runtime.current().settings.reap_every_s
-        self.tref = worker.timer.call_repeatedly(every, reap_once, (worker.app,), priority=10)
+        settings = runtime.current().settings
+        self.tref = worker.timer.call_repeatedly(settings.reap_every_s, reap_once,
+                                                 (worker.app,), priority=10)
+        if runtime.current().private is None:  # a `sweep run`'s own workers serve it alone
+            note_presence(worker)
+            self.presence = worker.timer.call_repeatedly(settings.heartbeat_s, note_presence,
+                                                         (worker,), priority=10)
 
     def stop(self, worker):
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
+        for tref in (self.tref, self.presence):
+            if tref is not None:
+                tref.cancel()
+        self.tref = self.presence = None
+        if runtime.current().private is None:
+            try:
+                forget_worker(engine_for(runtime.current().settings), worker.hostname)
+            except StoreError as e:
+                log.warning("could not take this worker off the fleet's list: %s", e)

@@ -333,3 +333,28 @@ def test_a_worker_makes_the_results_tables_when_it_starts(tmp_path, start_worker
         time.sleep(0.2)
     tables = {r["name"] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"jobs", "sweeps", "loss_curve"} <= tables
+
+
+def _live(db_url: str) -> list[dict]:
+    return query(db_url, "SELECT name, device, processes FROM workers")
+
+
+def test_a_submit_cuts_a_sweep_for_the_workers_that_are_up(redis_url, db_url, start_worker):
+    """A warm fleet of one worker with two processes trains a 64-job sweep as two batches of
+    32 (one per process), not eight of 8; a warm stop takes the worker off the list."""
+    env = polyfit_env(POLYFIT_BROKER_URL=redis_url, POLYFIT_DB_URL=db_url)
+    # No worker noted yet: the default cut.
+    first = polyfit("sweep", "submit", "--variant", "numpy", "--seed", "0-63", "--epochs",
+                    "10", "--name", "before", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "in 8 batches" in first.stdout
+    w = start_worker("--device", "cpu", "--concurrency", "2", POLYFIT_BROKER_URL=redis_url,
+                     POLYFIT_DB_URL=db_url)
+    (noted,) = wait_for(lambda: _live(db_url), 120, "the worker noted on the fleet's list")
+    assert noted["device"] == "cpu" and noted["processes"] == 2
+    second = polyfit("sweep", "submit", "--variant", "numpy", "--seed", "100-163", "--epochs",
+                     "10", "--name", "after", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "in 2 batches" in second.stdout
+    w.stop(30)
+    assert _live(db_url) == []
