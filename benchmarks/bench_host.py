@@ -31,7 +31,7 @@ from sqlalchemy import create_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_queue import ROOT, _ended, _wait, base_env, free_port, start, stop
+from benchmarks.bench_queue import ROOT, _ended, _wait, base_env, private_redis, start, stop
 from worker.cores import usable_cores
 
 
@@ -69,12 +69,7 @@ def main() -> None:
     a = ap.parse_args()
     cores = usable_cores()
     tmp = Path(tempfile.mkdtemp(prefix="polyfit-bench-host-"))
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp)],
-                              stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
-    url = f"redis://127.0.0.1:{port}/0"
+    server, url = private_redis(tmp)
     polyfit = [sys.executable, "-m", "scheduler", "worker", "--device", "cpu", "--loglevel",
                "WARNING"]
     runs = {

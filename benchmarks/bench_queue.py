@@ -38,6 +38,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def private_redis(tmp: Path) -> tuple[subprocess.Popen, str]:
+    """A redis-server of this run's own (no persistence) in ``tmp``, and its URL (db 0)."""
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp)],
+                              stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return server, f"redis://127.0.0.1:{port}/0"
+
+
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -131,12 +141,7 @@ def main() -> None:
     ap.add_argument("--batched-jobs", type=int, default=10_000)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="polyfit-bench-"))
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp)],
-                              stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
-    url = f"redis://127.0.0.1:{port}/0"
+    server, url = private_redis(tmp)
     try:
         floor = noop_rate(url.replace("/0", "/15"), a.tasks, tmp)
         # One job per task on one pool process: comparable with the solo no-op worker.

@@ -31,7 +31,15 @@ from sqlalchemy import create_engine
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_peers import plain_loop
-from benchmarks.bench_queue import ROOT, _ended, _wait, base_env, free_port, start, stop
+from benchmarks.bench_queue import (
+    ROOT,
+    _ended,
+    _wait,
+    base_env,
+    private_redis,
+    start,
+    stop,
+)
 from worker.cores import usable_cores
 
 
@@ -43,13 +51,9 @@ def main() -> None:
     a = ap.parse_args()
     cores = usable_cores()
     tmp = Path(tempfile.mkdtemp(prefix="polyfit-bench-warm-"))
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp)],
-                              stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
+    server, url = private_redis(tmp)
     db = f"sqlite:///{tmp / 'r.sqlite'}"
-    env = base_env(POLYFIT_BROKER_URL=f"redis://127.0.0.1:{port}/0", POLYFIT_DB_URL=db,
+    env = base_env(POLYFIT_BROKER_URL=url, POLYFIT_DB_URL=db,
                    POLYFIT_CORES_DIR=str(tmp / "cores"))
     worker = start([sys.executable, "-m", "scheduler", "worker", "--device", "cpu",
                     "--concurrency", str(cores), "--loglevel", "WARNING"], env, tmp / "w.log")
