@@ -10,7 +10,8 @@ column itself is declared in ``store.records.JobRecord`` (its SQL type and index
 setting's check in ``polyfit_models.spec.JobSpec``; a test holds the three in step.
 
 Adding a setting: one :class:`Field` here, one attribute of ``JobSpec`` (with its check), one
-column of ``JobRecord``, and its tests.
+column of ``JobRecord``, and its tests; a sweep axis of a new kind of value also needs its
+parser in ``scheduler.axes.parse_axis``. What the setting does is the numerics' own change.
 """
 
 from __future__ import annotations
