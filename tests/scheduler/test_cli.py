@@ -441,3 +441,17 @@ def test_a_time_option_that_is_no_finite_number_is_refused(run, args):
     r = run(*args)
     _one_line_error(r)
     assert "finite" in r.stderr or "not a number" in r.stderr
+
+
+def test_every_axis_has_a_flag_and_the_integer_ranges_say_so():
+    """The axis flags come from the job's declaration: one per axis, and each integer axis that
+    takes ranges says so (epochs took ``100-200`` without saying it)."""
+    from polyfit_models import fields
+
+    text = " ".join(CliRunner().invoke(cli, ["sweep", "run", "--help"],
+                                       terminal_width=200).output.split())
+    for axis in fields.AXES:
+        assert f"--{axis.replace('_', '-')} LIST" in text
+    for axis in ("degree", "seed", "epochs"):
+        start = text.index(f"--{axis} LIST")
+        assert "Ranges like 0-9 allowed." in text[start:text.index("--", start + 3)]
