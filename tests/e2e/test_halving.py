@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.support.processes import polyfit, polyfit_env
-from tests.support.servers import pg_schema
+from tests.support.sweeps import submitted_to_a_fleet
 
 pytestmark = pytest.mark.slow
 
@@ -69,16 +69,8 @@ def test_sweep_run_runs_a_halving_sweep_to_the_end_reproducibly(tmp_path):
 
 def test_the_fleet_finishes_a_submitted_halving_sweep_with_no_client(tmp_path, redis_url,
                                                                      start_worker):
-    (tmp_path / "h.yaml").write_text(SPEC)
-    with pg_schema() as url:
-        settings = {"POLYFIT_DB_URL": url, "POLYFIT_BROKER_URL": redis_url}
-        env = polyfit_env(**settings)
-        # One job a batch, two workers: a rung's last two results often land together.
-        sub = polyfit("sweep", "submit", "h.yaml", "--batch-size", "1", env=env, cwd=tmp_path)
-        assert sub.returncode == 0, sub.stderr
-        sweep_id = sub.stdout.split()[-1]
-        for _ in range(2):
-            start_worker("--concurrency", "1", **settings)
+    with submitted_to_a_fleet(tmp_path, "h.yaml", SPEC, redis_url,
+                              start_worker) as (url, env, sweep_id):
         status = polyfit("status", sweep_id, "--wait", env=env, cwd=tmp_path, timeout=240)
         assert status.returncode == 0, status.stderr
         assert "rung 4/4" in status.stdout

@@ -5,6 +5,7 @@ real workers."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from click.testing import CliRunner
 
@@ -101,3 +102,24 @@ def wait_done(env: dict, sweep_id: str, timeout: float = 150) -> list[dict]:
     return wait_for(lambda: (got := rows(env["POLYFIT_DB_URL"], sweep_id))
                     and all(r["status"] in ENDED for r in got) and got,
                     timeout, f"sweep {sweep_id} to end")
+
+
+@contextmanager
+def submitted_to_a_fleet(tmp_path, spec_file: str, spec: str, redis_url: str, start_worker,
+                         workers: int = 2):
+    """``spec`` written to ``tmp_path/spec_file`` and submitted with no client left to finish
+    it (one job a batch) over Redis and a fresh PostgreSQL schema, then ``workers`` workers of
+    one process started: yields (database URL, environment, sweep id). One job a batch and two
+    workers make a round's or a rung's last two results often land together."""
+    from tests.support.processes import polyfit, polyfit_env
+    from tests.support.servers import pg_schema
+
+    (tmp_path / spec_file).write_text(spec)
+    with pg_schema() as url:
+        settings = {"POLYFIT_DB_URL": url, "POLYFIT_BROKER_URL": redis_url}
+        env = polyfit_env(**settings)
+        sub = polyfit("sweep", "submit", spec_file, "--batch-size", "1", env=env, cwd=tmp_path)
+        assert sub.returncode == 0, sub.stderr
+        for _ in range(workers):
+            start_worker("--concurrency", "1", **settings)
+        yield url, env, sub.stdout.split()[-1]
