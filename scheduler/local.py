@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scheduler.early import take
 from worker.launch import new_token, node_name
 from worker.processes import WorkerProcess, handling
 from worker.queues import run_queue
@@ -66,9 +67,16 @@ class LocalWorkers:
         env = {**os.environ, **self.settings.to_env()}
         if self.settings.broker is None:
             env.pop(ENV_BROKER, None)
-        self._worker = WorkerProcess(
+        worker = WorkerProcess(
             ["--device", "cpu", "--concurrency", str(self.processes), "--loglevel", "WARNING",
-             "--token", self.token, "--only-sweep", self.sweep_id], env, self.log_path).start()
+             "--token", self.token, "--only-sweep", self.sweep_id], env, self.log_path)
+        early = take()  # the interpreter `polyfit sweep run` started first of all, if any
+        if early is None:
+            self._worker = worker.start()
+            return
+        self.log_path.unlink(missing_ok=True)
+        self.log_path = early.log_path
+        self._worker = worker.adopt(early)
 
     @property
     def private(self) -> tuple[str, str]:

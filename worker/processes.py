@@ -66,6 +66,14 @@ class WorkerProcess:
                 out.close()
         return self
 
+    def adopt(self, early) -> WorkerProcess:
+        """Become an interpreter started before its orders were known (``scheduler.early``):
+        it gets this worker's arguments and environment now, and its pipe and log were made
+        as ``start`` makes them."""
+        early.order(self.args, self.env)
+        self._proc, self._lifeline, self.log_path = early.proc, early.lifeline, early.log_path
+        return self
+
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid

@@ -12,6 +12,7 @@ import traceback
 import click
 
 from polyfit_models.errors import BadInput, PolyfitError
+from scheduler.early import discard
 from store.db import dispose_shared
 from store.redact import redact_url
 
@@ -69,6 +70,7 @@ class PolyfitGroup(click.Group):
             _fail(f"internal error: {e.__class__.__name__}: {e}", EXIT_FAILED, debug,
                   hint=not debug)
         finally:
+            discard()  # a local worker started early and never given its orders
             dispose_shared()  # the command's one connection (``store.db.shared_engine``)
         sys.exit(rv if isinstance(rv, int) else 0)
 
