@@ -59,6 +59,21 @@ def side(jobs: int, epochs: int, points: int, fuse: bool | None, cache: Path,
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+#: Each side: its fuse setting and its cache folder ("auto, warm" reuses what "fused, cold"
+#: compiled into "a").
+SIDES = {"unfused": (False, "none"), "fused, cold": (True, "a"), "auto, cold": (None, "b"),
+         "auto, warm": (None, "a")}
+
+
+def measure(jobs: int, epochs: int, points: int, threads: int,
+            sides: tuple[str, ...] = tuple(SIDES)) -> dict[str, dict]:
+    """Each of ``sides`` (in ``SIDES``' order) in a process of its own, in fresh cache folders:
+    its ``fit_many`` seconds, whether it fused, and its best mse."""
+    with tempfile.TemporaryDirectory(prefix="polyfit-cold-") as tmp:
+        return {label: side(jobs, epochs, points, fuse, Path(tmp, folder), threads)
+                for label, (fuse, folder) in SIDES.items() if label in sides}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=1024)
@@ -69,13 +84,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{a.jobs:,} autograd fits x {a.epochs:,} epochs x {a.points:,} points, "
           f"{a.threads} torch threads")
-    with tempfile.TemporaryDirectory(prefix="polyfit-cold-") as tmp:
-        figures = {
-            "unfused": side(a.jobs, a.epochs, a.points, False, Path(tmp, "none"), a.threads),
-            "fused, cold": side(a.jobs, a.epochs, a.points, True, Path(tmp, "a"), a.threads),
-            "auto, cold": side(a.jobs, a.epochs, a.points, None, Path(tmp, "b"), a.threads),
-            "auto, warm": side(a.jobs, a.epochs, a.points, None, Path(tmp, "a"), a.threads),
-        }
+    figures = measure(a.jobs, a.epochs, a.points, a.threads)
     base = figures["unfused"]["s"]
     print(f"{'':14} {'s':>7} {'fused':>6} {'vs unfused':>11}")
     for label, f in figures.items():

@@ -63,10 +63,9 @@ def timed_sweep(url: str, db: str, fits: int, workers: list[list[str]], tmp: Pat
         eng.dispose()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--fits", type=int, default=1024)
-    a = ap.parse_args()
+def measure(fits: int) -> dict[str, float]:
+    """Seconds from submit to stored of each way of running the host's workers, by label, the
+    baseline (one worker with a process per core) first."""
     cores = usable_cores()
     tmp = Path(tempfile.mkdtemp(prefix="polyfit-bench-host-"))
     server, url = private_redis(tmp)
@@ -82,14 +81,22 @@ def main() -> None:
     took = {}
     try:
         for i, (label, workers) in enumerate(runs.items()):
-            took[label] = timed_sweep(url, f"sqlite:///{tmp / f'r{i}.sqlite'}", a.fits,
+            took[label] = timed_sweep(url, f"sqlite:///{tmp / f'r{i}.sqlite'}", fits,
                                       workers, tmp, f"r{i}")
     finally:
         server.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fits", type=int, default=1024)
+    a = ap.parse_args()
+    took = measure(a.fits)
     base = next(iter(took.values()))
-    print(f"{a.fits:,} autograd fits (degree 3, 2000 epochs, 2000 points), {cores} cores, "
-          "warm workers, submit to stored:")
+    print(f"{a.fits:,} autograd fits (degree 3, 2000 epochs, 2000 points), {usable_cores()} "
+          "cores, warm workers, submit to stored:")
     for label, seconds in took.items():
         print(f"  {label:48s} {seconds:7.1f} s  {seconds / base:5.2f}x")
 

@@ -186,6 +186,19 @@ def installed(module: str | None) -> bool:
     return True
 
 
+def peer_cost(label: str, run, small: int, large: int,
+              tmp: Path) -> tuple[dict[int, float], float, float]:
+    """``run`` timed on ``small`` and ``large`` fits: the seconds measured by fits, and the
+    fixed (s) + marginal (s/fit) cost that extrapolates them. The plain loop has no fixed cost
+    to speak of: the mean of its small run."""
+    if label == "plain loop":
+        t_small = run(small, tmp)
+        return {small: t_small}, 0.0, t_small / small
+    measured = {n: run(n, tmp) for n in (small, large)}
+    marginal = (measured[large] - measured[small]) / (large - small)
+    return measured, max(0.0, measured[small] - small * marginal), marginal
+
+
 def polyfit_sweep_run(fits: int) -> tuple[float, float]:
     """Seconds for ``polyfit sweep run`` of the sweep in a fresh folder, and the peak resident
     memory (MB) of any process it started."""
@@ -221,6 +234,15 @@ def peak_flops(threads: int, n: int = 4096, repeats: int = 3) -> float:
     finally:
         torch.set_num_threads(previous)
     return 2 * n ** 3 / best
+
+
+def sweep_marginal(polyfit: dict[int, float], lo: int, hi: int, peak_all: float) -> dict:
+    """The sweep's marginal cost from ``lo`` to ``hi`` fits (``polyfit``: seconds by fits),
+    against ``peak_all`` (the all-thread peak, flop/s)."""
+    marginal = (polyfit[hi] - polyfit[lo]) / (hi - lo)
+    flops = flops_per_point_epoch("autograd", DEGREE) * POINTS * EPOCHS
+    return dict(from_fits=lo, to_fits=hi, s_per_fit=marginal, flops_per_fit=flops,
+                fraction_of_peak=flops / marginal / peak_all)
 
 
 def variant_marginal(name: str, jobs: int, fuse: bool) -> dict:
@@ -301,14 +323,7 @@ def main(argv=None) -> None:
                 peers[label] = SKIPPED
                 print(f"{label}: {SKIPPED}", flush=True)
                 continue
-            if label == "plain loop":  # no fixed cost to speak of: the mean of the small run
-                t_small = run(small, Path(tmp))
-                fixed, marginal = 0.0, t_small / small
-                measured = {small: t_small}
-            else:
-                measured = {n: run(n, Path(tmp)) for n in (small, large)}
-                marginal = (measured[large] - measured[small]) / (large - small)
-                fixed = max(0.0, measured[small] - small * marginal)
+            measured, fixed, marginal = peer_cost(label, run, small, large, Path(tmp))
             peers[label] = {fits: (measured[fits], False) if fits in measured
                             else (fixed + marginal * fits, True) for fits in sizes}
             runs = ", ".join(f"{n} fits {t:.1f} s" for n, t in measured.items())
@@ -340,14 +355,13 @@ def main(argv=None) -> None:
 
     # How close to the machine's limit.
     if len(sizes) >= 2:
-        lo, hi = sizes[-2], sizes[-1]
-        marginal = (polyfit[hi] - polyfit[lo]) / (hi - lo)
-        flops = flops_per_point_epoch("autograd", DEGREE) * POINTS * EPOCHS
-        print(f"\npolyfit sweep run marginal cost ({lo} -> {hi} fits): {marginal:.5f} s/fit = "
-              f"{flops / marginal / 1e9:.1f} GFLOP/s, {flops / marginal / peak_all:.1%} of the "
-              f"{os.cpu_count()}-thread peak ({flops / 1e6:.0f} Mflop/fit)")
-        figures["sweep_marginal"] = dict(from_fits=lo, to_fits=hi, s_per_fit=marginal,
-                                         fraction_of_peak=flops / marginal / peak_all)
+        m = sweep_marginal(polyfit, sizes[-2], sizes[-1], peak_all)
+        print(f"\npolyfit sweep run marginal cost ({m['from_fits']} -> {m['to_fits']} fits): "
+              f"{m['s_per_fit']:.5f} s/fit = {m['flops_per_fit'] / m['s_per_fit'] / 1e9:.1f} "
+              f"GFLOP/s, {m['fraction_of_peak']:.1%} of the {os.cpu_count()}-thread peak "
+              f"({m['flops_per_fit'] / 1e6:.0f} Mflop/fit)")
+        figures["sweep_marginal"] = {k: m[k] for k in ("from_fits", "to_fits", "s_per_fit",
+                                                       "fraction_of_peak")}
     if not args.skip_variants:
         print(f"\n{'variant':<9} {'path':<8} {'s/fit':>9} {'Mflop/fit':>10} {'GFLOP/s':>8} "
               f"{'of 1-thread peak':>16}   ({args.jobs} jobs, fit_many, 1 thread)")

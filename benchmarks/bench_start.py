@@ -39,20 +39,26 @@ def timed(cmd: list[str], cwd: str) -> float:
     return took
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    a = ap.parse_args()
+def measure(repeats: int) -> dict[str, list[float]]:
+    """Seconds of each command, ``repeats`` interleaved runs (each in a fresh folder)."""
     polyfit = [sys.executable, "-m", "scheduler"]
     times: dict[str, list[float]] = {"import torch": [], "polyfit --help": [],
                                      "tiny sweep, fresh": [], "tiny sweep, again": []}
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {a.repeats} interleaved runs")
-    for _ in range(a.repeats):
+    for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="polyfit-bench-") as tmp:
             times["import torch"].append(timed([sys.executable, "-c", "import torch"], tmp))
             times["polyfit --help"].append(timed([*polyfit, "--help"], tmp))
             times["tiny sweep, fresh"].append(timed([*polyfit, *SWEEP], tmp))
             times["tiny sweep, again"].append(timed([*polyfit, *SWEEP], tmp))
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {a.repeats} interleaved runs")
+    times = measure(a.repeats)
     floor = statistics.median(times["import torch"])
     print(f"{'':20} {'median s':>9} {'min s':>7} {'vs import torch':>16}")
     for label, runs in times.items():

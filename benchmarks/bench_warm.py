@@ -43,12 +43,10 @@ from benchmarks.bench_queue import (
 from worker.cores import usable_cores
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--fits", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--sample", type=int, default=4)
-    a = ap.parse_args()
+def measure(fits: int, repeats: int, sample: int) -> dict:
+    """Seconds from submit to stored of each side (``repeats`` runs each, interleaved) on one
+    warm worker of ``cores`` processes, and the lesson's loop timed on ``sample`` fits and
+    extrapolated to ``fits`` (None where ``sample`` is 0: the caller times the loop itself)."""
     cores = usable_cores()
     tmp = Path(tempfile.mkdtemp(prefix="polyfit-bench-warm-"))
     server, url = private_redis(tmp)
@@ -64,7 +62,7 @@ def main() -> None:
                              env=env, cwd=ROOT, capture_output=True, text=True, check=True)
         return out.stdout.split()[-1]
 
-    sides = {"cut into 8 batches (before)": ["--batch-size", str(max(1, a.fits // 8))],
+    sides = {"cut into 8 batches (before)": ["--batch-size", str(max(1, fits // 8))],
              "cut for the fleet that is up": []}
     took: dict[str, list[float]] = {label: [] for label in sides}
     try:
@@ -72,26 +70,37 @@ def main() -> None:
                       "--batch-size", "1", "--name", "warm")
         _wait(lambda: _ended(eng, warm) == 2 * cores, 180)
         seed = 1000
-        for r in range(a.repeats):
+        for r in range(repeats):
             for label, extra in sides.items():
                 t0 = time.perf_counter()
                 sweep_id = submit("--variant", "autograd", "--lr", "1e-6,2e-6", "--seed",
-                                  f"{seed}-{seed + a.fits // 2 - 1}", "--epochs", "2000",
+                                  f"{seed}-{seed + fits // 2 - 1}", "--epochs", "2000",
                                   "--name", f"s{r}-{len(extra)}", *extra)
-                _wait(lambda: _ended(eng, sweep_id) == a.fits, 600)
+                _wait(lambda: _ended(eng, sweep_id) == fits, 600)
                 took[label].append(time.perf_counter() - t0)
-                seed += a.fits
-        loop = plain_loop(a.sample, tmp) / a.sample * a.fits
+                seed += fits
+        loop = plain_loop(sample, tmp) / sample * fits if sample else None
     finally:
         stop(worker)
         server.terminate()
         eng.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
+    return {"cores": cores, "sides": took, "loop": loop}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fits", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sample", type=int, default=4)
+    a = ap.parse_args()
+    m = measure(a.fits, a.repeats, a.sample)
+    loop = m["loop"]
     print(f"{a.fits} autograd fits (degree 3, 2000 epochs, 2000 points) on a warm worker of "
-          f"{cores} processes, submit to stored, median of {a.repeats}; the lesson's loop "
+          f"{m['cores']} processes, submit to stored, median of {a.repeats}; the lesson's loop "
           f"timed on {a.sample} fits and extrapolated:")
     print(f"  {'lesson loop, one fit after another':36s} {loop:7.2f} s   1.0x")
-    for label, runs in took.items():
+    for label, runs in m["sides"].items():
         med = statistics.median(runs)
         print(f"  {label:36s} {med:7.2f} s  {loop / med:5.1f}x the loop")
 
