@@ -116,11 +116,18 @@ def lesson_objective(lr: float, seed: int) -> float:
 # --- the peers ------------------------------------------------------------------------------
 
 def plain_loop(fits: int, tmp: Path) -> float:
+    """Seconds for ``fits`` fits of the lesson's program, one after another, on one torch
+    thread whoever calls it (more threads only slow the lesson's small tensors down)."""
     lrs, seeds = grid(fits)
-    started = time.perf_counter()
-    for i in range(fits):
-        lesson_objective(lrs[i % 2], seeds[i // 2])
-    return time.perf_counter() - started
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        started = time.perf_counter()
+        for i in range(fits):
+            lesson_objective(lrs[i % 2], seeds[i // 2])
+        return time.perf_counter() - started
+    finally:
+        torch.set_num_threads(previous)
 
 
 def optuna_study(fits: int, tmp: Path) -> float:

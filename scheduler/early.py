@@ -31,10 +31,14 @@ from pathlib import Path
 ENV_EARLY = "POLYFIT_EARLY_WORKER"
 #: What a worker imports that reads no setting and no environment variable of polyfit's at
 #: import (``polyfit_models`` never reads the environment; torch, Celery, kombu and SQLAlchemy
-#: read theirs when used, not when imported).
-PRELOAD = ("torch", "sqlalchemy.orm", "celery.app", "celery.apps.worker",
+#: read theirs when used, not when imported): all but ``worker.app``, which makes the Celery app
+#: from the settings (a test holds that). Celery's command line (``celery.bin.celery``, which
+#: ``worker_main`` imports) is a fifth of a second by itself.
+PRELOAD = ("torch", "sqlalchemy.orm", "sqlalchemy.dialects.sqlite", "celery.app",
+           "celery.apps.worker", "celery.bin.celery", "celery.app.control", "celery.events",
            "celery.concurrency.prefork", "kombu.transport.redis", "kombu.transport.sqlalchemy",
-           "polyfit_models", "polyfit_models.runner", "store.records")
+           "polyfit_models", "polyfit_models.runner", "store.records", "scheduler.cli",
+           "worker.launch")
 
 
 @dataclass

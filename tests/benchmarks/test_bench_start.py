@@ -17,5 +17,6 @@ def test_the_benchmark_runs_and_prints_each_ratio():
                        cwd=ROOT, env=polyfit_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    for label in ("import torch", "polyfit --help", "tiny sweep, fresh", "tiny sweep, again"):
+    for label in ("import torch", "polyfit --help", "tiny sweep, fresh", "tiny sweep, again",
+                  "tiny sweep, fresh, worker started late"):
         assert any(line.startswith(label) and line.endswith("x") for line in lines), r.stdout

@@ -112,3 +112,16 @@ def test_a_worker_started_early_ends_when_its_command_is_killed(tmp_path):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] == "Z"
 
     wait_for(gone, 60, "the early worker to end")
+
+
+def test_the_early_worker_imports_nothing_that_reads_the_settings():
+    # worker.app makes the Celery app from the settings at import: imported before the
+    # orders, it would keep the environment the command started with, not the worker's.
+    script = ("import importlib, sys\n"
+              "from scheduler.early import PRELOAD\n"
+              "for m in PRELOAD: importlib.import_module(m)\n"
+              "print(sorted(m for m in ('worker.app', 'worker.tasks') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", script], env=polyfit_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
