@@ -101,8 +101,27 @@ def dispose_shared() -> None:
         engine.dispose()
 
 
+def dispose_all() -> None:
+    """Close every engine this process made, the shared ones and any other (a command's end):
+    no connection outlives the command, and a SQLite file's write-ahead log is folded back into
+    the file when its last connection closes, not left to the interpreter's exit."""
+    dispose_shared()
+    for engine in list(_made):
+        if engine.url.database not in (None, "", ":memory:"):  # disposing one loses it
+            engine.dispose()
+
+
+_made: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 def make_engine(url: str) -> Engine:
     """An engine for reading and writing results; creates a SQLite file's folder if needed."""
+    engine = _new_engine(url)
+    _made.add(engine)
+    return engine
+
+
+def _new_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number

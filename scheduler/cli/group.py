@@ -13,7 +13,7 @@ import click
 
 from polyfit_models.errors import BadInput, PolyfitError
 from scheduler.early import discard
-from store.db import dispose_shared
+from store.db import dispose_all
 from store.redact import redact_url
 
 EXIT_FAILED = 1
@@ -71,7 +71,7 @@ class PolyfitGroup(click.Group):
                   hint=not debug)
         finally:
             discard()  # a local worker started early and never given its orders
-            dispose_shared()  # the command's one connection (``store.db.shared_engine``)
+            dispose_all()  # the command's connections (``store.db.shared_engine`` and others)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
