@@ -32,13 +32,15 @@ ENV_EARLY = "POLYFIT_EARLY_WORKER"
 #: What a worker imports that reads no setting and no environment variable of polyfit's at
 #: import (``polyfit_models`` never reads the environment; torch, Celery, kombu and SQLAlchemy
 #: read theirs when used, not when imported): all but ``worker.app``, which makes the Celery app
-#: from the settings (a test holds that). Celery's command line (``celery.bin.celery``, which
-#: ``worker_main`` imports) is a fifth of a second by itself.
+#: from the settings (a test holds that).
 PRELOAD = ("torch", "sqlalchemy.orm", "sqlalchemy.dialects.sqlite", "celery.app",
-           "celery.apps.worker", "celery.bin.celery", "celery.app.control", "celery.events",
+           "celery.apps.worker", "celery.app.control", "celery.events",
            "celery.concurrency.prefork", "kombu.transport.redis", "kombu.transport.sqlalchemy",
-           "polyfit_models", "polyfit_models.runner", "store.records", "scheduler.cli",
-           "worker.launch")
+           "polyfit_models", "polyfit_models.runner", "store.records", "worker.launch")
+
+
+#: The flags ``scheduler.local`` starts its worker with, each with its value.
+LOCAL_FLAGS = ("--device", "--concurrency", "--loglevel", "--token", "--only-sweep")
 
 
 @dataclass
@@ -151,10 +153,23 @@ def _serve_orders() -> None:
     os.environ.update(orders["env"])
     if lifeline is not None:
         os.environ[ENV_PARENT_FD] = lifeline
-    sys.argv = ["polyfit", "worker", *orders["args"]]
-    from scheduler.cli import main
+    args = orders["args"]
+    flags = dict(zip(args[::2], args[1::2]))
+    if len(args) % 2 or set(flags) != set(LOCAL_FLAGS) or flags["--device"] != "cpu":
+        sys.argv = ["polyfit", "worker", *args]  # not a local worker's: the command line's
+        from scheduler.cli import main
 
-    main()
+        main()
+        return
+    # What ``polyfit worker`` would do with these flags (they come from ``scheduler.local``),
+    # without importing the whole command line first.
+    from worker.launch import run_cpu_worker
+    from worker.processes import watch_parent
+    from worker.settings import Settings
+
+    watch_parent()
+    run_cpu_worker(Settings.from_env(), int(flags["--concurrency"]), flags["--loglevel"],
+                   flags["--token"], flags["--only-sweep"])
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import secrets
 import sys
 
 from celery import signals
+from celery.utils.log import mlevel
+from celery.utils.nodenames import default_nodename, host_format
 
 from polyfit_models.errors import BadInput
 from polyfit_models.fuse_settings import INDUCTOR_CACHE
@@ -83,12 +85,17 @@ def new_token() -> str:
     return secrets.token_hex(4)
 
 
-def worker_argv(device: str, queues: list[str], concurrency: int, loglevel: str,
-                token: str | None = None) -> list[str]:
-    name = node_name(device, token or new_token())
-    pool = ["-P", "prefork", "-c", str(concurrency)] if device == "cpu" else ["-P", "solo"]
-    return ["worker", "-Q", ",".join(queues), "-n", name, "--loglevel", loglevel, "-E",
-            "--without-gossip", "--without-mingle", *pool]
+def worker_options(device: str, queues: list[str], concurrency: int, loglevel: str,
+                   token: str | None = None) -> dict:
+    """The Celery worker's options, as ``celery worker -Q QUEUES -n NAME -l LEVEL -E
+    --without-gossip --without-mingle -P POOL [-c N]`` would pass them to ``app.Worker``. The
+    worker is made from code rather than through Celery's command line, whose imports (click
+    plugins, a REPL, every subcommand) cost a fifth of a second of each worker's start."""
+    pool = {"pool_cls": "prefork", "concurrency": concurrency} if device == "cpu" else \
+        {"pool_cls": "solo"}
+    return {"hostname": host_format(default_nodename(node_name(device, token or new_token()))),
+            "queues": list(queues), "loglevel": mlevel(loglevel), "task_events": True,
+            "without_gossip": True, "without_mingle": True, "optimization": "default", **pool}
 
 
 def run_cpu_worker(settings: Settings, concurrency: int | None, loglevel: str = "WARNING",
@@ -99,7 +106,7 @@ def run_cpu_worker(settings: Settings, concurrency: int | None, loglevel: str = 
     threads = max(1, cpu_count() // concurrency)
     private = (only_sweep, run_queue(only_sweep, token)) if only_sweep and token else None
     queues = [private[1]] if private else queues_served("cpu", plugins=plugin_names())
-    _serve(settings, Runtime(settings, "cpu", None, threads, private=private), worker_argv(
+    _serve(settings, Runtime(settings, "cpu", None, threads, private=private), worker_options(
         "cpu", queues, concurrency, loglevel, token))
 
 
@@ -114,11 +121,11 @@ def run_gpu_worker(settings: Settings, gpu: int, loglevel: str = "WARNING",
     # Narrow this process to its one GPU before CUDA is initialized anywhere in it.
     os.environ["CUDA_VISIBLE_DEVICES"] = physical
     pinned = Runtime(settings, "cuda", physical, None, emulated=emulated_gpus() > 0)
-    _serve(settings, pinned, worker_argv(
+    _serve(settings, pinned, worker_options(
         f"cuda:{physical}", queues_served("cuda", physical, plugin_names()), 1, loglevel, token))
 
 
-def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
+def _serve(settings: Settings, rt: Runtime, options: dict) -> None:
     runtime.install(rt)
     if settings.compile_cache:
         # Before anything is compiled: inductor reads its disk cache folder from here.
@@ -128,23 +135,17 @@ def _serve(settings: Settings, rt: Runtime, argv: list[str]) -> None:
     app.conf.broker_url = settings.broker_url
     runtime.apply_threads(rt.torch_threads)
     _make_schema(settings)
-    controllers: list = []
-
-    def _keep(sender=None, **_kwargs) -> None:
-        controllers.append(sender)
-
-    # Celery's command line drops the worker's exit code when it is run from code; the
-    # worker itself keeps it: a worker that stopped on an unrecoverable error exits non-zero,
-    # so a supervisor (systemd, docker, `sweep run`) sees it.
-    signals.worker_init.connect(_keep, weak=False)
     signals.worker_ready.connect(_stop_on_hangup, weak=False)
     # A warm shutdown stops the batches in training at their next epoch boundary, their jobs
     # queued again with their states (worker.stopping).
     stopping.arm()
     signals.worker_shutting_down.connect(stopping.request, weak=False)
     try:
-        app.worker_main(argv)
-        code = next((c.exitcode for c in controllers if c is not None and c.exitcode), 0)
+        worker = app.Worker(**options)
+        worker.start()
+        # A worker that stopped on an unrecoverable error exits non-zero, so a supervisor
+        # (systemd, docker, `sweep run`) sees it.
+        code = worker.exitcode or 0
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             code = e.code or 0

@@ -48,14 +48,14 @@ def test_pinning_narrows_cuda_visible_devices_to_the_chosen_card(monkeypatch):
     served = {}
     monkeypatch.setenv(launch.ENV_EMULATE_CUDA, "4")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
-    monkeypatch.setattr(launch, "_serve", lambda s, rt, argv: served.update(rt=rt, argv=argv))
+    monkeypatch.setattr(launch, "_serve", lambda s, rt, options: served.update(rt=rt, **options))
     launch.run_gpu_worker(Settings(), 2)
     import os
 
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
     assert served["rt"].gpu == "6"
-    assert f"{CUDA}.6" in served["argv"][served["argv"].index("-Q") + 1].split(",")
-    assert "solo" in served["argv"]  # no fork after CUDA initialization
+    assert f"{CUDA}.6" in served["queues"]
+    assert served["pool_cls"] == "solo"  # no fork after CUDA initialization
     with pytest.raises(launch.LaunchError):
         launch.run_gpu_worker(Settings(), 4)
 
