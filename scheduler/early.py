@@ -130,6 +130,15 @@ def _close(early: Early) -> None:
         early.proc.stdin.close()
 
 
+def local_flags(args: list[str]) -> dict[str, str] | None:
+    """The flags of ``sweep run``'s local worker (``scheduler.local``), by name; None for any
+    other command line (which ``polyfit worker`` then parses and checks)."""
+    flags = dict(zip(args[::2], args[1::2]))
+    if len(args) % 2 or set(flags) != set(LOCAL_FLAGS) or flags["--device"] != "cpu":
+        return None
+    return flags
+
+
 def _serve_orders() -> None:
     """``python -m scheduler.early``: import, then wait for the orders and become the worker."""
     from worker.processes import ENV_PARENT_FD
@@ -153,10 +162,9 @@ def _serve_orders() -> None:
     os.environ.update(orders["env"])
     if lifeline is not None:
         os.environ[ENV_PARENT_FD] = lifeline
-    args = orders["args"]
-    flags = dict(zip(args[::2], args[1::2]))
-    if len(args) % 2 or set(flags) != set(LOCAL_FLAGS) or flags["--device"] != "cpu":
-        sys.argv = ["polyfit", "worker", *args]  # not a local worker's: the command line's
+    flags = local_flags(orders["args"])
+    if flags is None:
+        sys.argv = ["polyfit", "worker", *orders["args"]]  # not a local worker's flags
         from scheduler.cli import main
 
         main()

@@ -67,9 +67,7 @@ class LocalWorkers:
         env = {**os.environ, **self.settings.to_env()}
         if self.settings.broker is None:
             env.pop(ENV_BROKER, None)
-        worker = WorkerProcess(
-            ["--device", "cpu", "--concurrency", str(self.processes), "--loglevel", "WARNING",
-             "--token", self.token, "--only-sweep", self.sweep_id], env, self.log_path)
+        worker = WorkerProcess(self.args, env, self.log_path)
         early = take()  # the interpreter `polyfit sweep run` started first of all, if any
         if early is None:
             self._worker = worker.start()
@@ -77,6 +75,12 @@ class LocalWorkers:
         self.log_path.unlink(missing_ok=True)
         self.log_path = early.log_path
         self._worker = worker.adopt(early)
+
+    @property
+    def args(self) -> list[str]:
+        """The flags of its ``polyfit worker`` (see ``scheduler.early.local_flags``)."""
+        return ["--device", "cpu", "--concurrency", str(self.processes), "--loglevel", "WARNING",
+                "--token", self.token, "--only-sweep", self.sweep_id]
 
     @property
     def private(self) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from scheduler.early import ENV_EARLY, wanted
+from scheduler.early import ENV_EARLY, local_flags, wanted
 from tests.support import ROOT
 from tests.support.processes import polyfit, polyfit_env, processes_with
 from tests.support.waiting import wait_for
@@ -37,6 +37,20 @@ def test_only_a_sweep_run_starts_a_worker_first(argv, expected):
 def test_the_early_start_can_be_turned_off():
     assert not wanted(["sweep", "run"], environ={ENV_EARLY: "0"})
     assert wanted(["sweep", "run"], environ={ENV_EARLY: "1"})
+
+
+def test_the_early_worker_reads_the_local_workers_flags_itself(tmp_path):
+    from scheduler.local import LocalWorkers
+    from worker.settings import Settings
+
+    local = LocalWorkers(Settings(), 3, "abc123", log_path=tmp_path / "w.log", token="0f0f0f0f")
+    assert local_flags(local.args) == {"--device": "cpu", "--concurrency": "3",
+                                       "--loglevel": "WARNING", "--token": "0f0f0f0f",
+                                       "--only-sweep": "abc123"}
+    # Anything else goes through `polyfit worker`'s own parsing and checks.
+    assert local_flags([*local.args, "--gpus", "all"]) is None
+    assert local_flags(["--device", "cuda", *local.args[2:]]) is None
+    assert local_flags(local.args[:-1]) is None
 
 
 def _cmdline(pid: int) -> str:
