@@ -140,11 +140,15 @@ def fit(spec: JobSpec, device: str | torch.device = "cpu",
 def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
              fuse: bool | None = None, progress: Progress | None = None,
              states: Sequence[JobState | None] | None = None,
-             halt: Callable[[int], bool] | None = None) -> list[FitResult | JobState]:
+             halt: Callable[[int], bool] | None = None,
+             group_jobs: int = 0) -> list[FitResult | JobState]:
     """Train many jobs on ``device``, batching compatible ones; results in input order.
 
     ``fuse``: None fuses the chunks where it pays, True every chunk that can be, False none
-    (see the module docstring). ``progress(specs, epochs_done, snapshot)``, if given, is called
+    (see the module docstring). ``group_jobs``: how many jobs of their configuration ``specs``
+    are one slice of (a worker trains a message's batch in slices its memory budget allows,
+    one call each): the compile is paid once for all of them, so ``fuse=None`` weighs it
+    against the work of them all. ``progress(specs, epochs_done, snapshot)``, if given, is called
     every 100 epochs of a batch with the specs it trains (objects of ``specs``, one per row)
     and how many epochs it has done; ``snapshot()`` returns, if called, each row's loss curve
     so far ((rows, k) float64: the loss at epochs 99, 199, ...) and whether it is still
@@ -182,7 +186,7 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
         indices.sort(key=lambda i: (specs[i].lr, specs[i].seed))
         first, state = specs[indices[0]], states[indices[0]]
         if state is None:
-            fused = _fuses(fuse, first, len(indices), dev)
+            fused = _fuses(fuse, first, len(indices), dev, max(len(indices), group_jobs))
         else:  # the path it started on: the other one rounds differently
             fused = state.fused and _fuses(True, first, len(indices), dev)
         for chunk in _chunks(indices, first, dev, fused):
@@ -229,8 +233,10 @@ def _continues(state: JobState | None) -> tuple:
     return (0, False) if state is None else (state.epoch, state.fused)
 
 
-def _fuses(fuse: bool | None, spec: JobSpec, jobs: int, dev: torch.device) -> bool:
-    """Whether to train ``jobs`` jobs of ``spec``'s group fused (see the module docstring)."""
+def _fuses(fuse: bool | None, spec: JobSpec, jobs: int, dev: torch.device,
+           group: int = 0) -> bool:
+    """Whether to train ``jobs`` jobs of ``spec``'s group fused (see the module docstring), as
+    a slice of ``group`` jobs of the same configuration that one compile serves."""
     config = _fuse_config(spec, dev)
     if fuse is False or not VARIANTS[spec.variant].fusable or config in _fuse_failed:
         return False
@@ -241,7 +247,7 @@ def _fuses(fuse: bool | None, spec: JobSpec, jobs: int, dev: torch.device) -> bo
     if config in _fused_ready:
         return True
     pays = AUTO_FUSE_WORK if _compiled_here(config) else AUTO_FUSE_WORK_COLD
-    return jobs * spec.epochs * spec.x_points >= pays
+    return max(jobs, group) * spec.epochs * spec.x_points >= pays
 
 
 def _fuse_config(spec: JobSpec, dev: torch.device) -> tuple:

@@ -312,13 +312,13 @@ def run_batch(batch: Batch, runtime: Runtime, worker: str, trainer: Trainer | No
 
     live = _LiveCurves(todo, settings.progress_s) if settings.progress_s > 0 else None
     if trainer is None:
-        # Which configurations this machine compiled before, noted beside inductor's cache:
-        # a cold compile is fused only where it pays (``runner.AUTO_FUSE_WORK_COLD``).
+        # Which configurations this machine compiled before, noted beside inductor's cache: a
+        # cold compile is fused only where it pays (``runner.AUTO_FUSE_WORK_COLD``), weighed
+        # against the whole batch (one configuration), not each slice the budget allows.
         remember_compiles(settings.compile_cache)
         states = _states(engine, batch.sweep_id, todo, patience)
-        train = partial(fit_many, fuse=settings.fuse, progress=live)
-        # Each job continues from its stored state, if any, to its end (or, in a sweep with
-        # successive halving, to its rung's end).
+        train = partial(fit_many, fuse=settings.fuse, progress=live, group_jobs=len(todo))
+        # Each job continues from its stored state, if any, to its end (or its halving rung's).
         trainer = halving.rung_trainer(train, states,
                                        _rung_budgets(engine, batch.sweep_id, todo, patience),
                                        stopping.halt)

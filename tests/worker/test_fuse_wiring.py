@@ -84,3 +84,27 @@ def test_the_worker_process_compiles_into_the_cache_folder(tmp_path):
     r = polyfit("sweep", "run", str(spec), "--workers", "1", env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     assert any(p.is_file() for p in cache.rglob("*")), "nothing was compiled into the cache"
+
+
+def test_a_batch_trained_in_slices_is_fused_for_its_whole_work(tmp_path, monkeypatch):
+    # A memory budget of 1 MiB cuts a 12-job batch into slices of 8 and 4. Each slice alone is
+    # under the threshold (8 x 50 epochs x 2000 points = 8e5), the batch is over it (1.2e6):
+    # one compile serves the whole batch, so the batch is fused (it was trained unfused, slice
+    # by slice, an 8,192-fit sweep included).
+    db_url = f"sqlite:///{tmp_path / 'r.db'}"
+    calls = []
+    real = fusion.compiled
+    monkeypatch.setattr(fusion, "compiled", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(runner, "_fused_ready", set())
+    monkeypatch.setattr(runner, "_fuse_failed", set())
+    monkeypatch.setattr(runner, "AUTO_FUSE_MIN_JOBS", 2)
+    monkeypatch.setattr(runner, "AUTO_FUSE_WORK", 1_000_000)
+    monkeypatch.setattr(runner, "AUTO_FUSE_WORK_COLD", 1_000_000)
+    grid = [{"variant": ["autograd"], "lr": [1e-6], "seed": list(range(12)), "epochs": [50]}]
+    sweep_id, jobs = record_sweep(db_url, grid, name="sliced")
+    settings = Settings(db_url=db_url, fuse=None, cpu_memory_mb=1)
+    summary = run_batch(Batch(sweep_id, "cpu", tuple(j.id for j in jobs)),
+                        Runtime(settings=settings), "w@h/1")
+    assert summary["ran"] == 12
+    assert {r["status"] for r in rows(db_url, sweep_id)} == {"succeeded"}
+    assert calls  # the fused path was taken
