@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from celery import Celery
 from kombu.exceptions import ChannelError, KombuError, OperationalError
 
-from polyfit_models import JobSpec, PolyfitError, SpecError, batch_key, jobs_within
+from polyfit_models import VARIANTS, JobSpec, PolyfitError, SpecError, batch_key, jobs_within
 from store.redact import redact_url
 from store.rows import JobRow
 from worker.payload import TASK_NAME, Batch
@@ -37,6 +37,18 @@ def auto_batch_size(spec: JobSpec, device: str, settings: Settings,
     return max(1, min(cap, jobs_within(spec, budget)))
 
 
+def message_size(spec: JobSpec, device: str, settings: Settings) -> int:
+    """Jobs of ``spec``'s group one message may hold: its memory budget's room, or for a
+    variant with a fused path up to ``MAX_BATCH``. A worker trains a message in slices of its
+    budget anyway (``worker.execute.train_within_budget``), and a fused epoch keeps no (jobs,
+    points) arrays; what a bigger message buys is one compile weighed against more work: an
+    8,192-fit sweep on a machine that never compiled its configuration was cut at the budget
+    (3,300 lesson fits) under the size where a cold compile pays, and trained unfused, twice
+    as long."""
+    cap = MAX_BATCH["cpu" if device == "cpu" else "cuda"]
+    return cap if VARIANTS[spec.variant].fusable else auto_batch_size(spec, device, settings)
+
+
 def plan_batches(
     sweep_id: str, jobs: Sequence[tuple], settings: Settings, *,
     batch_size: int | None = None, spread: int = 1,
@@ -56,7 +68,7 @@ def plan_batches(
     batches = []
     for (device, variant, key), members in groups.items():
         fits = (len(members) if key is None
-                else auto_batch_size(members[0][1], device, settings))
+                else message_size(members[0][1], device, settings))
         size = batch_size or min(fits, max(1, math.ceil(len(members) / max(1, spread))))
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
@@ -103,7 +115,7 @@ class BatchStream:
                 self._sizes[key] = MAX_BATCH["cpu"]
             else:
                 total = self.group_sizes.get(key, MAX_BATCH["cuda"])
-                self._sizes[key] = min(auto_batch_size(spec, device, self.settings),
+                self._sizes[key] = min(message_size(spec, device, self.settings),
                                        max(1, math.ceil(total / self.spread)))
         return self._sizes[key]
 
