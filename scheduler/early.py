@@ -80,7 +80,10 @@ def prestart(argv: list[str]) -> None:
         return
     from worker.processes import ENV_PARENT_FD
 
-    fd, name = tempfile.mkstemp(prefix="polyfit-worker-", suffix=".log")
+    try:  # a folder for temporary files that is not there: the command says so, later
+        fd, name = tempfile.mkstemp(prefix="polyfit-worker-", suffix=".log")
+    except OSError:
+        return
     read_end, lifeline = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -121,7 +124,6 @@ def discard() -> None:
     early.proc.wait()
     _close(early)
     early.log_path.unlink(missing_ok=True)
-
 
 
 def _close(early: Early) -> None:

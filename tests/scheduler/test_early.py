@@ -139,3 +139,15 @@ def test_the_early_worker_imports_nothing_that_reads_the_settings():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_an_early_start_that_cannot_be_made_is_left_to_the_command(monkeypatch):
+    # No file for its log: nothing is started, nothing raised; the worker starts later.
+    from scheduler import early
+
+    def no_file(**_kwargs):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(early.tempfile, "mkstemp", no_file)
+    early.prestart(["sweep", "run"])
+    assert early.take() is None
