@@ -186,7 +186,7 @@ def fit_many(specs: Sequence[JobSpec], device: str | torch.device = "cpu",
         indices.sort(key=lambda i: (specs[i].lr, specs[i].seed))
         first, state = specs[indices[0]], states[indices[0]]
         if state is None:
-            fused = _fuses(fuse, first, len(indices), dev, max(len(indices), group_jobs))
+            fused = _fuses(fuse, first, len(indices), dev, group_jobs)
         else:  # the path it started on: the other one rounds differently
             fused = state.fused and _fuses(True, first, len(indices), dev)
         for chunk in _chunks(indices, first, dev, fused):
